@@ -1,0 +1,1 @@
+"""HTTP APIs over the cache: /content, health, and the root dispatcher."""

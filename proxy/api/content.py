@@ -1,0 +1,197 @@
+"""The /content API: ask for a URL, see whether it is here, remove it.
+
+Routes translate HTTP to calls on :class:`proxy.downloads.Downloads` and its
+store; they own no state. The URL in the path is base64 (standard or
+URL-safe alphabet, padded or not); it is read from the raw request path so
+``/`` and ``+`` in the encoding survive routing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from proxy.api.errors import json_error, render_error
+from proxy.cache.store import Entry
+from proxy.downloads import Download, Downloads, Interrupted, parse_post
+from proxy.errors import BadRequest, EntryUnknown, StorageError
+from proxy.fetch.base import split_userinfo
+from proxy.types import Descriptor
+
+MAX_BODY = 64 * 1024
+_B64_RE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+def decode_url(encoded: bytes) -> str:
+    """Decode the base64 URL of a /content path; raise BadRequest."""
+    raw = unquote_to_bytes(encoded).strip()
+    if not raw:
+        raise BadRequest("missing base64-encoded URL in the path")
+    std = raw.replace(b"-", b"+").replace(b"_", b"/")
+    if not _B64_RE.fullmatch(std):
+        raise BadRequest("the path is not base64 (standard or URL-safe alphabet)")
+    std = std.rstrip(b"=")
+    if len(std) % 4 == 1:
+        raise BadRequest("the path is not valid base64 (bad length)")
+    try:
+        url = base64.b64decode(std + b"=" * (-len(std) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise BadRequest("the path is not base64 of a UTF-8 URL") from None
+    if "://" not in url or any(ord(c) < 0x20 for c in url):
+        raise BadRequest("the path does not decode to a URL")
+    clean, _ = split_userinfo(url)
+    return clean
+
+
+class ContentAPI:
+    """Klein routes for /content around an injected :class:`Downloads`."""
+
+    app = Klein()
+
+    def __init__(self, downloads: Downloads) -> None:
+        self.downloads = downloads
+        self.layout = downloads.store.layout
+
+    # -- answers ---------------------------------------------------------------
+
+    def _path(self, desc: Descriptor) -> str:
+        return str(self.layout.blob_path(desc.digest))
+
+    def _blob_json(self, desc: Descriptor, state: str) -> dict[str, Any]:
+        return {
+            "title": desc.annotations.get("org.opencontainers.image.title"),
+            "digest": str(desc.digest),
+            "mediaType": desc.media_type,
+            "size": desc.size,
+            "bytesDone": desc.size if state == "complete" else 0,
+            "state": state,
+            "path": self._path(desc),
+        }
+
+    def describe_entry(self, entry: Entry) -> dict[str, Any]:
+        state = "complete" if entry.complete else "incomplete"
+        return {
+            "url": entry.url,
+            "digest": str(entry.primary.digest),
+            "state": state,
+            "size": entry.primary.size,
+            "bytesDone": entry.primary.size if entry.complete else 0,
+            "mediaType": entry.primary.media_type,
+            "path": self._path(entry.primary),
+            "manifestDigest": None if entry.legacy else str(entry.descriptor.digest),
+            "reference": entry.reference,
+            "kind": entry.kind,
+            "created": entry.created or None,
+            "blobs": [self._blob_json(f, state) for f in entry.files],
+        }
+
+    def describe_download(self, job: Download) -> dict[str, Any]:
+        progress = job.progress
+        blobs = [
+            {
+                "title": b.title,
+                "digest": str(b.digest) if b.digest else None,
+                "size": b.total,
+                "bytesDone": b.done,
+                "state": b.state,
+                "path": str(self.layout.blob_path(b.digest)) if b.digest else None,
+            }
+            for b in progress.blobs
+        ]
+        expected = job.request.expected
+        return {
+            "url": job.request.url,
+            "digest": str(expected) if expected else None,
+            "state": job.state,
+            "size": progress.total,
+            "bytesDone": progress.done,
+            "blobs": blobs,
+        }
+
+    def describe_interrupted(self, it: Interrupted) -> dict[str, Any]:
+        return {
+            "url": it.url,
+            "digest": None,
+            "state": "interrupted",
+            "size": it.total,
+            "bytesDone": it.bytes_done,
+            "blobs": [],
+        }
+
+    def describe(self, url: str) -> tuple[int, dict[str, Any]] | None:
+        entry = self.downloads.store.get(url)
+        if entry is not None and entry.complete:
+            return 200, self.describe_entry(entry)
+        job = self.downloads.running(url)
+        if job is not None:
+            return 206, self.describe_download(job)
+        it = self.downloads.interrupted(url)
+        if it is not None:
+            return 206, self.describe_interrupted(it)
+        if entry is not None:
+            return 206, self.describe_entry(entry)
+        return None
+
+    @staticmethod
+    def _json(request: IRequest, status: int, body: Any) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(body).encode() + b"\n"
+
+    @staticmethod
+    def _encoded(request: IRequest) -> bytes:
+        path: bytes = request.path  # raw, still percent-encoded
+        return path.split(b"/content/", 1)[1]
+
+    # -- routes ----------------------------------------------------------------
+
+    @app.handle_errors(StorageError)
+    def _storage_error(self, request: IRequest, failure: Any) -> bytes:
+        return render_error(request, failure.value)
+
+    @app.route("/content/", methods=["GET"])
+    def list_all(self, request: IRequest) -> bytes:
+        items = []
+        for url in self.downloads.urls():
+            found = self.describe(url)
+            if found is not None:
+                items.append(found[1])
+        return self._json(request, 200, {"entries": items})
+
+    @app.route("/content/<path:_encoded>", methods=["GET", "HEAD"])
+    def get(self, request: IRequest, _encoded: str) -> bytes:
+        url = decode_url(self._encoded(request))
+        found = self.describe(url)
+        if found is None:
+            raise EntryUnknown(f"{url} is not in the cache")
+        return self._json(request, *found)
+
+    @app.route("/content/", methods=["POST"])
+    @app.route("/content", methods=["POST"])
+    async def post(self, request: IRequest) -> bytes:
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            return json_error(request, 400, "BAD_REQUEST", f"body larger than {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("body is not JSON") from None
+        fetch_request = parse_post(body)
+        entry, created = await self.downloads.ensure(fetch_request)
+        return self._json(request, 201 if created else 200, self.describe_entry(entry))
+
+    @app.route("/content/<path:_encoded>", methods=["DELETE"])
+    async def delete(self, request: IRequest, _encoded: str) -> bytes:
+        url = decode_url(self._encoded(request))
+        await self.downloads.delete(url)
+        request.setResponseCode(204)
+        return b""
+
+

@@ -1,0 +1,1 @@
+"""The cache on disk: layout, ingest and entries."""

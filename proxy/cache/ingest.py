@@ -1,0 +1,239 @@
+"""Resumable ingest: bytes stream into ``ingest/<key>/data`` and are hashed as
+they are written; commit checks size and digest, fsyncs and renames the file
+into ``blobs/`` (containerd's content writer, in Python).
+
+:class:`IngestFile` is the blocking part (it runs in a worker thread);
+:class:`IngestSink` is its reactor-side face: it coalesces chunks, keeps at
+most one write in flight, and pauses the producer (the HTTP response) when
+the disk falls behind, so memory stays bounded whatever the blob size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from proxy.cache.layout import Layout
+from proxy.types import Digest
+
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+class DigestMismatch(Exception):
+    """Content did not hash to the digest it was expected to have."""
+
+    def __init__(self, expected: Digest, actual: Digest) -> None:
+        super().__init__(f"content digest {actual} does not match expected {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(Exception):
+    """Content was not as long as announced."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"received {actual} bytes, expected {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+@attrs.define
+class IngestState:
+    """What must survive a crash to resume a download (never secrets)."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    total: int | None = None
+    expected: str | None = None
+    verified: str | None = None  # digest of data once checked, before the rename
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> IngestState:
+        if not isinstance(obj, dict) or not isinstance(obj.get("url"), str):
+            raise ValueError("bad ingest state")
+        fields = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in fields})
+
+
+class IngestFile:
+    """One ingest directory. Every method blocks: call it from a thread."""
+
+    def __init__(self, layout: Layout, key: str) -> None:
+        self.layout = layout
+        self.dir = layout.ingest_path(key)
+        self.data_path = self.dir / "data"
+        self.state_path = self.dir / "state.json"
+        self._f: Any = None
+        self._hash = hashlib.sha256()
+        self.offset = 0
+
+    # -- state ---------------------------------------------------------------
+
+    def read_state(self) -> IngestState | None:
+        try:
+            with open(self.state_path, "rb") as f:
+                return IngestState.from_json(json.load(f))
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, state: IngestState) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "state.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(state.to_json(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_path)
+
+    # -- data ----------------------------------------------------------------
+
+    def open(self, resume: bool) -> int:
+        """Open for appending; with ``resume``, re-hash the bytes already on
+        disk and continue after them, else start empty. Return the offset."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.close()
+        self._hash = hashlib.sha256()
+        if resume and self.data_path.exists():
+            self._f = open(self.data_path, "r+b")  # noqa: SIM115 - kept open across calls
+            while chunk := self._f.read(HASH_CHUNK):
+                self._hash.update(chunk)
+            self.offset = self._f.tell()
+        else:
+            self._f = open(self.data_path, "wb")  # noqa: SIM115
+            self.offset = 0
+        return self.offset
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+        self._hash.update(data)
+        self.offset += len(data)
+
+    def finish(self) -> tuple[Digest, int]:
+        """Flush and fsync; return the digest and size of everything written."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        return Digest(self._hash.hexdigest()), self.offset
+
+    def close(self) -> None:
+        if self._f is not None:
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
+
+    def commit(self, digest: Digest) -> bool:
+        """Rename the verified data into blobs/; False if it was already there."""
+        self.close()
+        return self.layout.commit_file(self.data_path, digest)
+
+    def discard(self) -> None:
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def bytes_on_disk(self) -> int:
+        try:
+            return self.data_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+class IngestSink:
+    """Reactor-side writer around an :class:`IngestFile`.
+
+    ``write`` never blocks: data is buffered and handed to a worker thread one
+    batch at a time. ``pause``/``resume`` are called when the buffer crosses the
+    high/low water marks so the network stops reading while the disk catches up.
+    """
+
+    HIGH_WATER = 16 * 1024 * 1024
+    LOW_WATER = 4 * 1024 * 1024
+
+    def __init__(
+        self,
+        reactor: IReactorThreads,
+        ingest: IngestFile,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None:
+        self._reactor = reactor
+        self._ingest = ingest
+        self._pause = pause
+        self._resume = resume
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        self._in_flight = False
+        self._paused = False
+        self._error: Failure | None = None
+        self._drained: list[Deferred[None]] = []
+        self.received = ingest.offset
+
+    @property
+    def failed(self) -> Failure | None:
+        return self._error
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        self._buf.append(data)
+        self._buffered += len(data)
+        self.received += len(data)
+        if self._buffered >= self.HIGH_WATER and not self._paused:
+            self._paused = True
+            self._pause()
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._in_flight or not self._buf or self._error is not None:
+            if not self._in_flight:
+                self._fire_drained()
+            return
+        batch = b"".join(self._buf)
+        self._buf.clear()
+        self._buffered = 0
+        self._in_flight = True
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._ingest.write, batch)
+        d.addCallbacks(self._written, self._write_failed)
+
+    def _written(self, _: object) -> None:
+        self._in_flight = False
+        if self._paused and self._buffered <= self.LOW_WATER:
+            self._paused = False
+            self._resume()
+        self._kick()
+
+    def _write_failed(self, f: Failure) -> None:
+        self._in_flight = False
+        self._error = f
+        self._buf.clear()
+        self._buffered = 0
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        waiters, self._drained = self._drained, []
+        for d in waiters:
+            d.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """Fire once everything written so far is on its way to disk (or failed)."""
+        d: Deferred[None] = Deferred()
+        if not self._in_flight and not self._buf:
+            d.callback(None)
+        else:
+            self._drained.append(d)
+            self._kick()
+        return d
+

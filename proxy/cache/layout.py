@@ -1,0 +1,228 @@
+"""The cache directory on disk: every path under it is named here.
+
+The cache is a valid OCI image layout (image-spec ``image-layout.md``), so
+skopeo, oras and umoci can read it directly, plus an ``ingest/`` area for
+downloads in progress::
+
+    <cache>/
+      oci-layout                  {"imageLayoutVersion": "1.0.0"}
+      index.json                  one manifest descriptor per cached URL (an
+                                  "entry"); annotations:
+                                    org.opencontainers.image.ref.name
+                                        normalised reference (how /v2 serves it)
+                                    io.nekko.storage-manager.url
+                                        the source URL, secrets removed (the key)
+                                  entries written by the Go storage-manager carry
+                                  only ref.name = the raw URL; they are adopted
+                                  as they are and never rewritten or collected.
+      index.json.tmp-<pid>-<n>    index being replaced (write, fsync, rename);
+                                  stray ones are removed at startup
+      blobs/sha256/<hex>          verified, immutable, read-only (0444) content:
+                                  files as downloaded, manifests, configs
+      ingest/<key>/               one download in progress, key = sha256(URL)
+        state.json                source URL (no secrets), validators (ETag,
+                                  Last-Modified), expected/verified digest
+        data                      the bytes received so far (resume point)
+      ingest/<key>/blob-<n>.tmp   small blobs (manifests) being written
+      .lock                       flock(2) held by the one process that writes
+
+Invariants: a file appears under ``blobs/`` only by ``rename(2)`` after its
+size and sha256 were checked and its data fsync'd, and its directory is
+fsync'd after the rename; ``index.json`` only ever references blobs that are
+present. After a crash at any point the layout is valid and every download
+can resume from ``ingest/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from proxy.types import Digest
+
+OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
+_tmp_counter = itertools.count()
+
+
+class CacheLocked(Exception):
+    """Another process holds the cache's write lock."""
+
+
+class DiskFull(Exception):
+    """The filesystem holding the cache has no room left (ENOSPC/EDQUOT)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ingest_key(url: str) -> str:
+    """The ingest directory name of a source URL (its secrets already removed)."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+@attrs.frozen
+class Layout:
+    """Paths of one cache directory; all filesystem calls here are blocking."""
+
+    root: Path
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def ingest_dir(self) -> Path:
+        return self.root / "ingest"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.hex
+
+    def ingest_path(self, key: str) -> Path:
+        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"invalid ingest key {key!r}")
+        return self.ingest_dir / key
+
+    # -- setup -----------------------------------------------------------
+
+    def create(self) -> None:
+        """Create the skeleton if missing; never touch existing content."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        marker = self.root / "oci-layout"
+        if not marker.exists():
+            self._write_atomic(marker, json.dumps(OCI_LAYOUT).encode())
+        if not self.index_path.exists():
+            self.write_index({"schemaVersion": 2, "manifests": []})
+
+    def lock(self) -> int:
+        """Take the exclusive write lock; return its fd (keep it open)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise CacheLocked(
+                f"cache directory {self.root} is in use by another storage-manager{who}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def remove_stray_temp_files(self) -> list[Path]:
+        """Remove temporary files this program leaves behind after a crash."""
+        removed = []
+        for p in self.root.glob("index.json.tmp-*"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+        return removed
+
+    # -- index.json --------------------------------------------------------
+
+    def read_index(self) -> dict[str, Any]:
+        with open(self.index_path, "rb") as f:
+            index = json.load(f)
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise ValueError(f"{self.index_path} is not an OCI image index")
+        index.setdefault("manifests", [])
+        return index
+
+    def write_index(self, index: dict[str, Any]) -> None:
+        data = json.dumps(index, indent=2, sort_keys=False).encode() + b"\n"
+        self._write_atomic(self.index_path, data)
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{next(_tmp_counter)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+    # -- blobs ---------------------------------------------------------------
+
+    def has_blob(self, digest: Digest) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_size(self, digest: Digest) -> int | None:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def commit_file(self, src: Path, digest: Digest) -> bool:
+        """Move a verified, fsync'd file into ``blobs/``.
+
+        Return False when the blob was already there (the source is removed:
+        identical content is stored once).
+        """
+        dst = self.blob_path(digest)
+        if dst.exists():
+            src.unlink(missing_ok=True)
+            return False
+        os.chmod(src, 0o444)
+        os.replace(src, dst)
+        fsync_dir(self.blobs_dir)
+        return True
+
+    def put_small_blob(self, data: bytes, scratch: Path) -> Digest:
+        """Write a small in-memory blob (manifest, config) atomically."""
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        if self.has_blob(digest):
+            return digest
+        scratch.mkdir(parents=True, exist_ok=True)
+        tmp = scratch / f"blob-{os.getpid()}-{next(_tmp_counter)}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self.commit_file(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest
+
+    def remove_blob(self, digest: Digest) -> int:
+        """Delete one blob; return the bytes freed (0 when absent)."""
+        p = self.blob_path(digest)
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            return 0
+        return size

@@ -1,0 +1,256 @@
+"""Entries of the cache and the references between them and their blobs.
+
+The store keeps ``index.json`` in memory (the one writer is this process, see
+:meth:`Layout.lock`), answers which entry a URL names, persists every change
+atomically from a worker thread, and on removal deletes exactly the blobs no
+remaining entry references. Descriptors it does not own -- entries written by
+the Go storage-manager, or anything another tool put in the layout -- are kept
+verbatim and everything they reference is treated as in use.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections import Counter
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+
+from proxy.cache import artifact
+from proxy.cache.layout import Layout
+from proxy.naming import reference_for_url
+from proxy.types import (
+    ANNOTATION_CREATED,
+    ANNOTATION_KIND,
+    ANNOTATION_REF_NAME,
+    ANNOTATION_URL,
+    Descriptor,
+    Digest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Entry:
+    """One cached URL: the descriptor in ``index.json`` and what it holds."""
+
+    url: str
+    reference: str
+    descriptor: Descriptor
+    files: tuple[Descriptor, ...]
+    primary: Descriptor  # the file a consumer opens: /content's "digest"
+    blobs: frozenset[Digest]  # everything this entry keeps alive
+    kind: str
+    created: str
+    legacy: bool = False
+    complete: bool = True
+    raw: dict[str, Any] | None = attrs.field(default=None, eq=False)
+
+    def index_json(self) -> dict[str, Any]:
+        if self.raw is not None:
+            return self.raw
+        return self.descriptor.to_json()
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_entry(
+    url: str, kind: str, manifest: Descriptor, files: list[Descriptor], primary: Descriptor
+) -> Entry:
+    """An entry for content this server stored (manifest already in blobs/)."""
+    created = now_rfc3339()
+    reference = reference_for_url(url)
+    descriptor = attrs.evolve(
+        manifest,
+        annotations={
+            ANNOTATION_REF_NAME: reference,
+            ANNOTATION_URL: url,
+            ANNOTATION_KIND: kind,
+            ANNOTATION_CREATED: created,
+        },
+    )
+    blobs = {manifest.digest, artifact.EMPTY_CONFIG.digest, *(f.digest for f in files)}
+    return Entry(
+        url=url,
+        reference=reference,
+        descriptor=descriptor,
+        files=tuple(files),
+        primary=primary,
+        blobs=frozenset(blobs),
+        kind=kind,
+        created=created,
+    )
+
+
+class Store:
+    """The entries of one cache directory."""
+
+    def __init__(self, layout: Layout, reactor: IReactorThreads) -> None:
+        self.layout = layout
+        self._reactor = reactor
+        self._entries: dict[str, Entry] = {}
+        self._foreign: list[dict[str, Any]] = []
+        self._foreign_blobs: set[Digest] = set()
+        self._index_meta: dict[str, Any] = {"schemaVersion": 2}
+        self._write_lock = DeferredLock()
+        # Held while blobs are committed or deleted; see hold().
+        self.blob_lock = DeferredLock()
+        self._held: Counter[Digest] = Counter()
+
+    # -- loading (blocking; at startup, before the reactor serves) ----------------
+
+    def load(self) -> None:
+        index = self.layout.read_index()
+        self._index_meta = {k: v for k, v in index.items() if k != "manifests"}
+        self._index_meta.setdefault("schemaVersion", 2)
+        for raw in index["manifests"]:
+            try:
+                desc = Descriptor.from_json(raw)
+            except ValueError as e:
+                log.warning("index.json: keeping a descriptor this server cannot read: %s", e)
+                self._foreign.append(raw)
+                continue
+            ann = desc.annotations
+            if ANNOTATION_URL in ann:
+                entry = self._load_own(desc)
+            elif "://" in ann.get(ANNOTATION_REF_NAME, ""):
+                entry = self._load_legacy(desc, raw)
+            else:
+                entry = None
+            if entry is None or entry.url in self._entries:
+                self._foreign.append(raw)
+                self._foreign_blobs |= self._closure(desc)
+            else:
+                self._entries[entry.url] = entry
+
+    def _closure(self, desc: Descriptor) -> set[Digest]:
+        """Digests reachable from a descriptor through manifests on disk."""
+        seen: set[Digest] = set()
+        todo = [desc]
+        while todo:
+            d = todo.pop()
+            if d.digest in seen:
+                continue
+            seen.add(d.digest)
+            if d.media_type in artifact.MANIFEST_MEDIA_TYPES and self.layout.has_blob(d.digest):
+                try:
+                    todo.extend(
+                        artifact.children(d.media_type, self.layout.blob_path(d.digest).read_bytes())
+                    )
+                except ValueError as e:
+                    log.warning("blob %s is not a readable manifest: %s", d.digest, e)
+        return seen
+
+    def _load_own(self, desc: Descriptor) -> Entry | None:
+        ann = desc.annotations
+        try:
+            data = self.layout.blob_path(desc.digest).read_bytes()
+            files = [
+                c for c in artifact.children(desc.media_type, data) if artifact.title_of(c) is not None
+            ]
+        except (OSError, ValueError) as e:
+            log.warning("entry %s: manifest %s unreadable (%s); kept as is", ann[ANNOTATION_URL],
+                        desc.digest, e)
+            return None
+        if not files:
+            return None
+        return Entry(
+            url=ann[ANNOTATION_URL],
+            reference=ann.get(ANNOTATION_REF_NAME) or reference_for_url(ann[ANNOTATION_URL]),
+            descriptor=desc,
+            files=tuple(files),
+            primary=files[0],
+            blobs=frozenset(self._closure(desc)),
+            kind=ann.get(ANNOTATION_KIND, "file"),
+            created=ann.get(ANNOTATION_CREATED, ""),
+        )
+
+    def _load_legacy(self, desc: Descriptor, raw: dict[str, Any]) -> Entry:
+        """An entry of the Go storage-manager: ref.name is the raw URL and the
+        descriptor names the downloaded blob itself (often with size 0)."""
+        url = desc.annotations[ANNOTATION_REF_NAME]
+        size = self.layout.blob_size(desc.digest)
+        primary = attrs.evolve(desc, size=size if size is not None else desc.size, annotations={})
+        complete = size is not None
+        return Entry(
+            url=url,
+            reference=reference_for_url(url),
+            descriptor=desc,
+            files=(primary,),
+            primary=primary,
+            blobs=frozenset(self._closure(desc)),
+            kind="legacy",
+            created="",
+            legacy=True,
+            complete=complete,
+            raw=raw,
+        )
+
+    # -- queries -------------------------------------------------------------
+
+    def get(self, url: str) -> Entry | None:
+        return self._entries.get(url)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def hold(self, digest: Digest) -> None:
+        """Keep a blob alive for a download that has not stored its entry yet."""
+        self._held[digest] += 1
+
+    def release(self, digest: Digest) -> None:
+        self._held[digest] -= 1
+        if self._held[digest] <= 0:
+            del self._held[digest]
+
+    def referenced(self, exclude: str | None = None) -> set[Digest]:
+        refs = set(self._foreign_blobs) | set(self._held)
+        for url, e in self._entries.items():
+            if url != exclude:
+                refs |= e.blobs
+        return refs
+
+    # -- changes -------------------------------------------------------------
+
+    def put(self, entry: Entry) -> Deferred[None]:
+        """Add or replace an entry and persist index.json."""
+        self._entries[entry.url] = entry
+        return self._persist()
+
+    def remove(self, url: str) -> Deferred[int]:
+        """Remove an entry and the blobs only it referenced; fire with bytes freed."""
+        entry = self._entries.pop(url)
+        d = self._persist()
+
+        def delete_blobs() -> Deferred[int]:
+            # Computed under the blob lock, so a commit cannot re-use a blob
+            # between this check and its deletion.
+            orphans = entry.blobs - self.referenced()
+            return deferToThreadPool(
+                self._reactor,
+                self._reactor.getThreadPool(),
+                lambda: sum(self.layout.remove_blob(b) for b in orphans),
+            )
+
+        return d.addCallback(lambda _: self.blob_lock.run(delete_blobs))
+
+    def _snapshot(self) -> dict[str, Any]:
+        manifests = list(self._foreign) + [e.index_json() for e in self._entries.values()]
+        return {**self._index_meta, "manifests": manifests}
+
+    def _persist(self) -> Deferred[None]:
+        def locked() -> Deferred[None]:
+            snapshot = self._snapshot()
+            return deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(), self.layout.write_index, snapshot
+            )
+
+        return self._write_lock.run(locked)
+

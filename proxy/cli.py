@@ -1,0 +1,112 @@
+"""The ``storage-manager`` command: ``serve`` (the default) and its flags.
+
+Exit codes: 0 clean stop, 1 runtime failure (cache locked, cannot listen),
+2 bad flags or environment values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from proxy import config as config_mod
+from proxy.cache.layout import CacheLocked
+
+log = logging.getLogger("proxy")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help=f"cache directory (env CACHE_DIR, default {config_mod.DEFAULT_CACHE_DIR})",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="host:port, or unix:/path / a path with '/' for a Unix socket "
+        f"(env NEKKO_ADDRESS, default {config_mod.DEFAULT_ADDRESS})",
+    )
+    p.add_argument(
+        "--verbose",
+        metavar="N",
+        nargs="?",
+        const="1",
+        help="log level: 0 info, 1 debug, 2 trace (env VERBOSE, default 0)",
+    )
+    p.add_argument(
+        "--max-downloads",
+        metavar="N",
+        help="concurrent downloads (env NEKKO_MAX_DOWNLOADS, default 4)",
+    )
+    p.add_argument(
+        "--allow-upstream",
+        metavar="HOSTS",
+        help="comma-separated hosts downloads may reach; default any public host "
+        "(env NEKKO_ALLOW_UPSTREAM)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        metavar="SECONDS",
+        help="abort a download whose body sends nothing this long "
+        "(env NEKKO_IDLE_TIMEOUT, default 60)",
+    )
+    p.add_argument(
+        "--retries",
+        metavar="N",
+        help="retries of a failed transfer, resuming each time (env NEKKO_RETRIES, default 3)",
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="storage-manager",
+        description="Per-node storage manager for AI workloads: downloads images, models and "
+        "files into a content-addressed OCI cache and serves it over /content and /v2.",
+    )
+    _server_flags(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    serve = sub.add_parser("serve", help="run the server (the default)")
+    _server_flags(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        cfg = config_mod.build(flags)
+    except config_mod.ConfigError as e:
+        print(f"storage-manager: error: {e}", file=sys.stderr)
+        return 2
+    return serve(cfg)
+
+
+def serve(cfg: config_mod.Config) -> int:
+    from twisted.internet import reactor
+
+    from proxy import logs, server
+
+    logs.setup(cfg.verbose)
+    try:
+        srv = server.build(cfg, reactor)
+        server.listen(srv, reactor)
+    except (server.StartupError, CacheLocked) as e:
+        print(f"storage-manager: error: {e}", file=sys.stderr)
+        return 1
+    reactor.run()  # type: ignore[attr-defined]
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""One attrs :class:`Config` from flags, then environment, then defaults.
+
+The three options of the original binary keep their names and defaults
+exactly (``--cache-dir``/``CACHE_DIR``, ``--address``/``NEKKO_ADDRESS``,
+``--verbose``/``VERBOSE``); the rest follow ``DESIGN.md``. Every value is
+validated here; a bad one raises :class:`ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+DEFAULT_CACHE_DIR = "/var/lib/nekko/cache"
+DEFAULT_ADDRESS = "localhost:8050"
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has a value this program cannot use."""
+
+
+@attrs.frozen
+class Address:
+    """Where the API listens: TCP ``host:port`` or a Unix-domain socket path."""
+
+    host: str = ""
+    port: int = 0
+    unix_path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        text = text.strip()
+        if not text:
+            raise ConfigError("address is empty")
+        if text.startswith("unix:"):
+            path = text[len("unix:"):]
+            if not path:
+                raise ConfigError("unix: address needs a socket path")
+            return cls(unix_path=Path(path))
+        if "/" in text:
+            return cls(unix_path=Path(text))
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ConfigError(f"address {text!r}: expected host:port or a socket path")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(f"address {text!r}: put an IPv6 host in brackets, [::1]:8050")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(f"address {text!r}: port must be a number from 0 to 65535")
+        return cls(host=host, port=int(port_text))
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _int(name: str, text: str, minimum: int = 0) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _hosts(text: str) -> frozenset[str]:
+    return frozenset(h.strip().lower() for h in text.split(",") if h.strip())
+
+
+@attrs.frozen
+class Config:
+    cache_dir: Path = Path(DEFAULT_CACHE_DIR)
+    address: Address = Address.parse(DEFAULT_ADDRESS)
+    verbose: int = 0
+    max_downloads: int = 4
+    allow_upstream: frozenset[str] = frozenset()
+    idle_timeout: float = 60.0
+    retries: int = 3
+
+
+# flag dest -> (environment variable, default as text)
+ENV: dict[str, tuple[str, str]] = {
+    "cache_dir": ("CACHE_DIR", DEFAULT_CACHE_DIR),
+    "address": ("NEKKO_ADDRESS", DEFAULT_ADDRESS),
+    "verbose": ("VERBOSE", "0"),
+    "max_downloads": ("NEKKO_MAX_DOWNLOADS", "4"),
+    "allow_upstream": ("NEKKO_ALLOW_UPSTREAM", ""),
+    "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
+    "retries": ("NEKKO_RETRIES", "3"),
+}
+
+
+def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Flags (None = not given) beat environment beat defaults."""
+    env = os.environ if environ is None else environ
+
+    def pick(dest: str) -> tuple[str, str]:
+        var, default = ENV[dest]
+        value = flags.get(dest)
+        if value is not None:
+            return f"--{dest.replace('_', '-')}", str(value)
+        if env.get(var, "") != "":
+            return var, env[var]
+        return var, default
+
+    name, cache_dir = pick("cache_dir")
+    if not cache_dir.strip():
+        raise ConfigError(f"{name} is empty")
+    name, address = pick("address")
+    try:
+        addr = Address.parse(address)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    name, verbose = pick("verbose")
+    name_md, max_downloads = pick("max_downloads")
+    name_it, idle = pick("idle_timeout")
+    try:
+        idle_timeout = float(idle)
+    except ValueError:
+        raise ConfigError(f"{name_it} must be a number of seconds, not {idle!r}") from None
+    if idle_timeout <= 0:
+        raise ConfigError(f"{name_it} must be positive")
+    name_r, retries = pick("retries")
+    return Config(
+        cache_dir=Path(cache_dir).expanduser(),
+        address=addr,
+        verbose=min(_int(name, verbose), 2),
+        max_downloads=_int(name_md, max_downloads, minimum=1),
+        allow_upstream=_hosts(pick("allow_upstream")[1]),
+        idle_timeout=idle_timeout,
+        retries=_int(name_r, retries),
+    )

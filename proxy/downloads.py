@@ -1,0 +1,381 @@
+"""Running downloads: one per URL, joined by every caller that asks for it.
+
+:class:`Downloads` is what the /content API talks to. It validates a POST
+into a :class:`FetchRequest`, picks the fetcher by scheme, runs at most
+``max_downloads`` at once, lets a second POST of the same URL wait on the
+running download (single flight by URL), turns a fetcher's result into an
+entry (artifact manifest, index.json), and knows the downloads that were
+interrupted (their partial bytes wait in ``ingest/`` to be resumed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from proxy.cache import artifact
+from proxy.cache.ingest import IngestFile, IngestState
+from proxy.cache.layout import ingest_key, is_disk_full
+from proxy.cache.store import Entry, Store, new_entry
+from proxy.errors import (
+    BadRequest,
+    Cancelled,
+    Conflict,
+    DiskFull,
+    EntryUnknown,
+    StorageError,
+    UnsupportedScheme,
+)
+from proxy.fetch.base import (
+    FetchRequest,
+    FetchResult,
+    Fetcher,
+    Progress,
+    parse_credentials,
+    split_userinfo,
+)
+from proxy.redact import redact_url
+from proxy.types import EMPTY_JSON, MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest, InvalidDigest
+
+log = logging.getLogger(__name__)
+
+MAX_URL = 8192
+
+
+def parse_post(body: Any) -> FetchRequest:
+    """Validate a POST /content body (already JSON-decoded)."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    url = body.get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise BadRequest("missing 'url' (a non-empty string)")
+    url = url.strip()
+    if len(url) > MAX_URL or any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise BadRequest("url is too long or contains control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as e:
+        raise BadRequest(f"malformed url: {e}") from None
+    if not parts.scheme:
+        raise BadRequest("url has no scheme")
+    credentials = parse_credentials(body.get("credentials"), body.get("credentialsType"))
+    clean, from_url = split_userinfo(url)
+    if credentials is None:
+        credentials = from_url
+    expected = body.get("digest")
+    digest = None
+    if expected is not None:
+        try:
+            digest = Digest.parse(expected)
+        except InvalidDigest as e:
+            raise BadRequest(str(e)) from None
+    return FetchRequest(url=clean, credentials=credentials, expected=digest)
+
+
+@attrs.frozen
+class Interrupted:
+    """A download that stopped before completion; its bytes wait in ingest/."""
+
+    url: str
+    bytes_done: int
+    total: int | None
+    verified: bool = False
+
+
+@attrs.define(eq=False)
+class Download:
+    """One running download: the Job its fetcher sees, and its waiters."""
+
+    request: FetchRequest
+    store: Store
+    threads: IReactorThreads
+    progress: Progress = attrs.field(factory=Progress)
+    state: str = "queued"
+    cancelled: bool = False
+    _abort: Callable[[], None] | None = None
+    _held: list[Digest] = attrs.field(factory=list)
+    _cleanups: list[Callable[[], None]] = attrs.field(factory=list)
+    _waiters: list[Deferred[tuple[Entry, bool]]] = attrs.field(factory=list)
+    _finished: list[Deferred[None]] = attrs.field(factory=list)
+
+    # -- Job -------------------------------------------------------------------
+
+    def on_abort(self, abort: Callable[[], None] | None) -> None:
+        self._abort = abort
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled("download cancelled by DELETE")
+
+    def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.threads, self.threads.getThreadPool(), f, *a)
+
+    def commit(self, ingest: IngestFile, digest: Digest) -> Deferred[None]:
+        def locked() -> Deferred[None]:
+            self._hold(digest)
+            return self._thread(ingest.commit, digest).addCallback(lambda _: None)
+
+        self._cleanups.append(ingest.discard)
+        return self.store.blob_lock.run(locked)
+
+    def hold_existing(self, digest: Digest) -> Deferred[int | None]:
+        def locked() -> Deferred[int | None]:
+            self._hold(digest)
+            return self._thread(self.store.layout.blob_size, digest)
+
+        return self.store.blob_lock.run(locked)
+
+    def put_blob(self, data: bytes) -> Deferred[Digest]:
+        layout = self.store.layout
+        scratch = layout.ingest_dir / "small"
+
+        def locked() -> Deferred[Digest]:
+            d = self._thread(layout.put_small_blob, data, scratch)
+            return d.addCallback(self._hold)
+
+        return self.store.blob_lock.run(locked)
+
+    def after_commit(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
+
+    def _hold(self, digest: Digest) -> Digest:
+        self.store.hold(digest)
+        self._held.append(digest)
+        return digest
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def release(self) -> None:
+        for d in self._held:
+            self.store.release(d)
+        self._held.clear()
+
+    def cleanups(self) -> list[Callable[[], None]]:
+        return list(self._cleanups)
+
+    def wait(self) -> Deferred[tuple[Entry, bool]]:
+        d: Deferred[tuple[Entry, bool]] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def finished(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._finished.append(d)
+        return d
+
+    def settle(self, result: tuple[Entry, bool] | Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if w.called:  # its caller went away (the request was cancelled)
+                continue
+            if isinstance(result, Failure):
+                w.errback(result)
+            else:
+                w.callback(result)
+        finished, self._finished = self._finished, []
+        for f in finished:
+            f.callback(None)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._abort is not None:
+            abort, self._abort = self._abort, None
+            abort()
+
+
+class Downloads:
+    """Every download of this server, running or interrupted."""
+
+    def __init__(
+        self,
+        reactor: IReactorThreads,
+        store: Store,
+        fetchers: Mapping[str, Fetcher],
+        max_downloads: int = 4,
+    ) -> None:
+        self._reactor = reactor
+        self.store = store
+        self.fetchers = dict(fetchers)
+        self._running: dict[str, Download] = {}
+        self._interrupted: dict[str, Interrupted] = {}
+        self._slots = DeferredSemaphore(max_downloads)
+
+    def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
+
+    # -- startup (blocking) ----------------------------------------------------
+
+    def scan_ingest(self) -> None:
+        """Find interrupted downloads in ingest/ (called once before serving)."""
+        layout = self.store.layout
+        for d in sorted(layout.ingest_dir.iterdir()):
+            if not d.is_dir() or len(d.name) != 64:
+                continue
+            ingest = IngestFile(layout, d.name)
+            state = ingest.read_state()
+            if state is None:
+                continue
+            self._interrupted[state.url] = _interrupted(state, ingest)
+        # Small-blob scratch files are never resumable.
+        for p in (layout.ingest_dir / "small").glob("*.tmp"):
+            p.unlink(missing_ok=True)
+
+    # -- queries -------------------------------------------------------------
+
+    def running(self, url: str) -> Download | None:
+        return self._running.get(url)
+
+    def interrupted(self, url: str) -> Interrupted | None:
+        if url in self._running:
+            return None
+        return self._interrupted.get(url)
+
+    def urls(self) -> list[str]:
+        urls = dict.fromkeys(e.url for e in self.store.entries())
+        urls.update(dict.fromkeys(self._running))
+        urls.update(dict.fromkeys(self._interrupted))
+        return list(urls)
+
+    # -- POST ------------------------------------------------------------------
+
+    def fetcher_for(self, request: FetchRequest) -> Fetcher:
+        fetcher = self.fetchers.get(request.scheme)
+        if fetcher is None:
+            known = ", ".join(sorted(self.fetchers))
+            raise UnsupportedScheme(f"unsupported URL scheme {request.scheme!r} (known: {known})")
+        return fetcher
+
+    def ensure(self, request: FetchRequest) -> Deferred[tuple[Entry, bool]]:
+        """Make the URL's content present; fire with (entry, created)."""
+        fetcher = self.fetcher_for(request)
+        fetcher.validate(request)
+        entry = self.store.get(request.url)
+        if entry is not None and entry.complete:
+            if request.expected is not None and entry.primary.digest != request.expected:
+                raise Conflict(
+                    f"{request.url} is cached with digest {entry.primary.digest}, "
+                    f"not {request.expected}; DELETE it first to replace it"
+                )
+            return _succeed((entry, False))
+        job = self._running.get(request.url)
+        if job is not None:
+            log.info("joining the running download of %s", redact_url(request.url))
+            return job.wait()
+        job = Download(request, self.store, self._reactor)
+        self._running[request.url] = job
+        waiter = job.wait()
+        self._slots.run(self._run, job, fetcher)
+        return waiter
+
+    def _run(self, job: Download, fetcher: Fetcher) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._run_async(job, fetcher))
+
+    async def _run_async(self, job: Download, fetcher: Fetcher) -> None:
+        url = job.request.url
+        log.info("downloading %s", redact_url(url))
+        job.state = "downloading"
+        try:
+            job.check_cancelled()
+            result = await fetcher.fetch(job.request, job)
+            job.check_cancelled()
+            entry = await self._store_entry(job, result)
+        except BaseException as e:  # noqa: BLE001 - every failure is reported to the waiters
+            failure = Failure(e) if not isinstance(e, CancelledError) else Failure(
+                Cancelled("download cancelled")
+            )
+            job.release()
+            self._running.pop(url, None)
+            await self._note_interrupted(url)
+            if isinstance(failure.value, OSError) and is_disk_full(failure.value):
+                failure = Failure(DiskFull("no space left in the cache"))
+            if isinstance(failure.value, StorageError):
+                log.warning("download of %s failed: %s", redact_url(url), failure.value.message)
+            else:
+                log.error("download of %s failed", redact_url(url), exc_info=failure.value)
+            job.settle(failure)
+            return
+        job.release()
+        self._running.pop(url, None)
+        self._interrupted.pop(url, None)
+        for cleanup in job.cleanups():
+            await self._thread(cleanup)
+        log.info("stored %s as %s (%d bytes)", redact_url(url), entry.primary.digest, entry.primary.size)
+        job.settle((entry, True))
+
+    async def _store_entry(self, job: Download, result: FetchResult) -> Entry:
+        if result.kind == "file":
+            await job.put_blob(EMPTY_JSON)
+            data = artifact.file_manifest(list(result.files))
+            digest = await job.put_blob(data)
+            manifest = Descriptor(MEDIA_TYPE_IMAGE_MANIFEST, digest, len(data))
+        else:
+            raise NotImplementedError(result.kind)
+        entry = new_entry(job.request.url, result.kind, manifest, list(result.files), result.primary)
+        await self.store.put(entry)
+        return entry
+
+    async def _note_interrupted(self, url: str) -> None:
+        ingest = IngestFile(self.store.layout, ingest_key(url))
+
+        def look() -> Interrupted | None:
+            state = ingest.read_state()
+            return _interrupted(state, ingest) if state is not None else None
+
+        found = await self._thread(look)
+        if found is not None and (found.bytes_done > 0 or found.verified):
+            self._interrupted[url] = found
+        else:
+            self._interrupted.pop(url, None)
+            await self._thread(ingest.discard)
+
+    # -- DELETE ----------------------------------------------------------------
+
+    async def delete(self, url: str) -> int:
+        """Cancel, forget and free a URL; return bytes freed."""
+        found = False
+        job = self._running.get(url)
+        if job is not None:
+            found = True
+            finished = job.finished()
+            job.cancel()
+            await finished
+        freed = 0
+        if self.store.get(url) is not None:
+            found = True
+            freed += await self.store.remove(url)
+        ingest = IngestFile(self.store.layout, ingest_key(url))
+        if self._interrupted.pop(url, None) is not None:
+            found = True
+        partial = await self._thread(ingest.bytes_on_disk)
+        if await self._thread(lambda: ingest.dir.exists()):
+            await self._thread(ingest.discard)
+            freed += partial
+        if not found:
+            raise EntryUnknown(f"{url} is not in the cache")
+        log.info("deleted %s (%d bytes freed)", redact_url(url), freed)
+        return freed
+
+
+def _interrupted(state: IngestState, ingest: IngestFile) -> Interrupted:
+    return Interrupted(
+        url=state.url,
+        bytes_done=ingest.bytes_on_disk(),
+        total=state.total,
+        verified=state.verified is not None,
+    )
+
+
+def _succeed(value: tuple[Entry, bool]) -> Deferred[tuple[Entry, bool]]:
+    d: Deferred[tuple[Entry, bool]] = Deferred()
+    d.callback(value)
+    return d
+

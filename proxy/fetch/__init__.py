@@ -1,0 +1,1 @@
+"""Downloaders, one module per URL scheme, behind one interface (base.Fetcher)."""

@@ -1,0 +1,161 @@
+"""The one interface every downloader implements, and the values it uses.
+
+A :class:`FetchRequest` is a validated POST: the URL with secrets removed
+(the entry key), credentials kept apart (never logged: their ``repr`` is
+redacted), and an optional expected digest. A fetcher stores the content in
+the cache and returns a :class:`FetchResult` naming what it stored.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from proxy.cache.ingest import IngestFile
+from proxy.errors import BadRequest
+from proxy.types import Descriptor, Digest
+
+CREDENTIAL_TYPES = ("Bearer", "Basic")
+
+
+@attrs.frozen(repr=False)
+class Credentials:
+    """A secret for one download; ``repr`` and ``str`` never show it."""
+
+    secret: str
+    kind: str = "Bearer"
+
+    def authorization(self) -> bytes:
+        return f"{self.kind} {self.secret}".encode()
+
+    def __repr__(self) -> str:
+        return f"Credentials(kind={self.kind!r}, secret=<redacted>)"
+
+    __str__ = __repr__
+
+
+def parse_credentials(secret: object, kind: object) -> Credentials | None:
+    """Validate the POST body's ``credentials``/``credentialsType``."""
+    if kind is None:
+        kind = "Bearer"
+    if not isinstance(kind, str):
+        raise BadRequest("credentialsType must be a string")
+    canonical = next((k for k in CREDENTIAL_TYPES if k.lower() == kind.lower()), None)
+    if canonical is None:
+        raise BadRequest(f"unknown credentialsType {kind[:40]!r}: use Bearer or Basic")
+    if secret is None or secret == "":
+        return None
+    if not isinstance(secret, str):
+        raise BadRequest("credentials must be a string")
+    if any(c in secret for c in "\r\n\0"):
+        raise BadRequest("credentials contain control characters")
+    return Credentials(secret, canonical)
+
+
+def split_userinfo(url: str) -> tuple[str, Credentials | None]:
+    """Remove ``user:password@`` from a URL; return the clean URL and the
+    secret as Basic credentials (base64 ``user:pass``)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.netloc.rsplit("@", 1)[1]
+    clean = urlunsplit(SplitResult(parts.scheme, host, parts.path, parts.query, parts.fragment))
+    user = unquote(parts.username or "")
+    password = unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return clean, Credentials(token, "Basic")
+
+
+@attrs.frozen
+class FetchRequest:
+    url: str
+    credentials: Credentials | None = None
+    expected: Digest | None = None
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme.lower()
+
+
+@attrs.define
+class BlobProgress:
+    """Progress of one blob of a download."""
+
+    title: str
+    total: int | None = None
+    done: int = 0
+    digest: Digest | None = None
+    state: str = "downloading"  # downloading | complete
+
+
+@attrs.define
+class Progress:
+    """What a running download has done so far (read by GET /content)."""
+
+    blobs: list[BlobProgress] = attrs.field(factory=list)
+
+    def add(self, title: str, total: int | None = None) -> BlobProgress:
+        b = BlobProgress(title=title, total=total)
+        self.blobs.append(b)
+        return b
+
+    @property
+    def done(self) -> int:
+        return sum(b.done for b in self.blobs)
+
+    @property
+    def total(self) -> int | None:
+        totals = [b.total for b in self.blobs]
+        if not totals or any(t is None for t in totals):
+            return None
+        return sum(t for t in totals if t is not None)
+
+
+@attrs.frozen
+class FetchResult:
+    """What a fetcher stored: the files (titled layers) and which one is primary."""
+
+    files: tuple[Descriptor, ...]
+    primary: Descriptor
+    kind: str
+
+
+class Job(Protocol):
+    """What a fetcher may ask of the download it runs in."""
+
+    progress: Progress
+
+    def on_abort(self, abort: Callable[[], None] | None) -> None:
+        """Register how to stop the current network activity (None clears)."""
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`proxy.errors.Cancelled` if the download was cancelled."""
+
+    def commit(self, ingest: IngestFile, digest: Digest) -> Deferred[None]:
+        """Move verified ingest data into blobs/ and keep it alive until the
+        entry is stored; the ingest directory is removed after that."""
+
+    def hold_existing(self, digest: Digest) -> Deferred[int | None]:
+        """Keep a blob already in the cache alive for this download; fire with
+        its size, or None when it is not there."""
+
+    def put_blob(self, data: bytes) -> Deferred[Digest]:
+        """Store a small blob (a manifest) and keep it alive like ``commit``."""
+
+    def after_commit(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` (blocking, in a thread) once the entry is stored."""
+
+
+class Fetcher(Protocol):
+    schemes: tuple[str, ...]
+
+    def validate(self, request: FetchRequest) -> None:
+        """Raise BadRequest for a URL this fetcher cannot use (no network)."""
+
+    def fetch(self, request: FetchRequest, job: Job) -> Deferred[FetchResult]:
+        """Store the content in the cache."""

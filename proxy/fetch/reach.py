@@ -1,0 +1,152 @@
+"""Where outbound connections may go.
+
+Every connection the fetchers open goes through :class:`GuardedEndpointFactory`:
+the host is resolved first, every address is checked against the policy,
+and only then is a connection made -- to the checked address itself, so a
+DNS answer cannot change between the check and the connect. Because the
+check sits at connect time, every redirect hop is checked the same way.
+
+Refused always: link-local and cloud metadata addresses (169.254.0.0/16,
+fe80::/10, also IPv4-mapped), the unspecified address and multicast.
+When ``allow_hosts`` is set, only those hosts (and loopback) are reached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+import attrs
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.threads import deferToThread
+from twisted.web.client import URI
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from proxy.errors import TargetDenied, UpstreamUnreachable
+
+_DENIED_NETS = [
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("0.0.0.0/32"),
+    ipaddress.ip_network("::/128"),
+    ipaddress.ip_network("224.0.0.0/4"),
+    ipaddress.ip_network("ff00::/8"),
+]
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _as_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower().rstrip(".") in LOOPBACK_NAMES:
+        return True
+    ip = _as_ip(host)
+    return ip is not None and ip.is_loopback
+
+
+@attrs.frozen
+class ReachPolicy:
+    """Which hosts and addresses downloads may reach."""
+
+    allow_hosts: frozenset[str] = frozenset()
+
+    def check_host(self, host: str) -> None:
+        """Check a host name or literal before resolving it."""
+        ip = _as_ip(host)
+        if ip is not None:
+            self.check_address(ip, host)
+        if self.allow_hosts and not is_loopback_host(host):
+            if host.lower().strip("[]") not in self.allow_hosts:
+                raise TargetDenied(f"host {host!r} is not in --allow-upstream")
+
+    def check_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> None:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in _DENIED_NETS):
+            raise TargetDenied(
+                f"refusing to connect to {host!r} ({ip}): link-local/metadata address"
+            )
+
+
+def _resolve(host: str, port: int) -> list[tuple[int, str]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UpstreamUnreachable(f"cannot resolve {host!r}: {e.strerror}") from None
+    out: list[tuple[int, str]] = []
+    for family, _t, _p, _c, sockaddr in infos:
+        addr = (family, str(sockaddr[0]))
+        if addr not in out:
+            out.append(addr)
+    return out
+
+
+@implementer(IStreamClientEndpoint)
+@attrs.define
+class GuardedEndpoint:
+    reactor: Any
+    policy: ReachPolicy
+    scheme: bytes
+    host: str
+    port: int
+    connect_timeout: float
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        self.policy.check_host(self.host)
+        ip = _as_ip(self.host)
+        if ip is not None:
+            addrs = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))]
+        else:
+            addrs = await deferToThread(_resolve, self.host, self.port)
+        for _family, addr in addrs:
+            self.policy.check_address(ipaddress.ip_address(addr), self.host)
+        last: Exception | None = None
+        for family, addr in addrs:
+            ep: IStreamClientEndpoint
+            if family == socket.AF_INET6:
+                ep = endpoints.TCP6ClientEndpoint(
+                    self.reactor, addr, self.port, timeout=self.connect_timeout
+                )
+            else:
+                ep = endpoints.TCP4ClientEndpoint(
+                    self.reactor, addr, self.port, timeout=self.connect_timeout
+                )
+            if self.scheme == b"https":
+                ep = endpoints.wrapClientTLS(optionsForClientTLS(self.host), ep)
+            try:
+                proto: IProtocol = await ep.connect(factory)
+                return proto
+            except Exception as e:  # try the next address
+                last = e
+        raise UpstreamUnreachable(f"cannot connect to {self.host}:{self.port}: {last}")
+
+
+@implementer(IAgentEndpointFactory)
+@attrs.define
+class GuardedEndpointFactory:
+    reactor: Any
+    policy: ReachPolicy
+    connect_timeout: float = 30.0
+
+    def endpointForURI(self, uri: URI) -> GuardedEndpoint:  # noqa: N802
+        host = uri.host.decode("idna") if isinstance(uri.host, bytes) else str(uri.host)
+        return GuardedEndpoint(
+            self.reactor, self.policy, uri.scheme, host.strip("[]"), uri.port, self.connect_timeout
+        )

@@ -1,0 +1,122 @@
+"""Stream one HTTP response body into an ingest file.
+
+Shared by every downloader that receives a blob over HTTP: the body is fed
+to an :class:`IngestSink` (writes and hashing happen in a worker thread),
+reading pauses while the disk is behind, and an idle timer aborts a body that
+stops flowing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from proxy.cache.ingest import IngestFile, IngestSink
+from proxy.errors import UpstreamTimeout
+
+
+class BodyCut(Exception):
+    """The body ended before it was complete (connection lost, reset)."""
+
+
+class _BodyReceiver(Protocol):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        threads: IReactorThreads,
+        ingest: IngestFile,
+        idle_timeout: float,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self.done: Deferred[bool] = Deferred(self._cancel)
+        self._clock = clock
+        self._threads = threads
+        self._ingest = ingest
+        self._idle_timeout = idle_timeout
+        self._on_bytes = on_bytes
+        self._timer: IDelayedCall | None = None
+        self._timed_out = False
+        self.sink: IngestSink | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        transport: Any = self.transport
+        self.sink = IngestSink(
+            self._threads, self._ingest, transport.pauseProducing, transport.resumeProducing
+        )
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._idle_timeout)
+        else:
+            self._timer = self._clock.callLater(self._idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        self._timed_out = True
+        self.abort()
+
+    def abort(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def _cancel(self, _: Deferred[bool]) -> None:
+        self.abort()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        assert self.sink is not None
+        self.sink.write(data)
+        if self.sink.failed is not None:
+            self.abort()
+            return
+        self._on_bytes(len(data))
+        self._arm()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]  # noqa: N802
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        assert self.sink is not None
+        sink = self.sink
+        complete = reason.check(ResponseDone, PotentialDataLoss) is not None
+        exact = reason.check(ResponseDone) is not None
+
+        def settled(_: None) -> None:
+            if self.done.called:
+                return
+            if sink.failed is not None:
+                self.done.errback(sink.failed)
+            elif self._timed_out:
+                self.done.errback(UpstreamTimeout(f"no data for {self._idle_timeout:g} s"))
+            elif complete:
+                self.done.callback(exact)
+            else:
+                self.done.errback(BodyCut(reason.getErrorMessage()))
+
+        sink.drain().addCallback(settled)
+
+
+def stream_body(
+    response: Any,
+    clock: IReactorTime,
+    threads: IReactorThreads,
+    ingest: IngestFile,
+    idle_timeout: float,
+    on_bytes: Callable[[int], None],
+    on_abort: Callable[[Callable[[], None] | None], None],
+) -> Deferred[bool]:
+    """Deliver ``response``'s body into ``ingest``; fire with True when the
+    body ended as framed (Content-Length or chunked), False when it ended by
+    connection close without framing; errback with :class:`BodyCut`,
+    :class:`UpstreamTimeout` or a disk error. Every byte delivered is on its
+    way to disk when this fires."""
+    receiver = _BodyReceiver(clock, threads, ingest, idle_timeout, on_bytes)
+    on_abort(receiver.abort)
+    response.deliverBody(receiver)
+    return receiver.done

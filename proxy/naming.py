@@ -1,0 +1,53 @@
+"""How an entry is named for the OCI distribution API (its ``reference``).
+
+Source URLs become ``<name>:<tag>`` within the distribution grammar, which is
+also within the grammar of the ``org.opencontainers.image.ref.name``
+annotation. For http(s) sources: ``<host>[-<port>]/<path parts>:latest``,
+lowercased, characters outside the grammar replaced by ``-``; a URL with a
+query gets the tag ``q-<12 hex of sha256(query)>`` so two queries are two
+references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from urllib.parse import urlsplit
+
+# distribution/reference: path component and tag grammars.
+NAME_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+NAME_RE = re.compile(
+    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+)
+TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
+MAX_NAME = 255
+
+
+def _component(text: str) -> str:
+    text = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
+    # A run of separators is kept only where the grammar allows it.
+    text = re.sub(
+        r"[._-]{2,}", lambda m: m.group(0) if re.fullmatch(r"__|-+", m.group(0)) else "-", text
+    )
+    return text.strip("._-")
+
+
+def name_from_parts(parts: list[str]) -> str:
+    """Join sanitised components into a repository name (never empty)."""
+    comps = [c for c in (_component(p) for p in parts) if c]
+    name = "/".join(comps) or "content"
+    while len(name) > MAX_NAME and "/" in name:
+        name = name.split("/", 1)[1]
+    return name[:MAX_NAME].strip("._-/") or "content"
+
+
+def reference_for_url(url: str) -> str:
+    """The reference (``name:tag``) under which ``/v2`` serves a URL's entry."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").strip("[]")
+    head = host if parts.port is None else f"{host}-{parts.port}"
+    name = name_from_parts([head, *parts.path.split("/")])
+    tag = "latest"
+    if parts.query:
+        tag = "q-" + hashlib.sha256(parts.query.encode()).hexdigest()[:12]
+    return f"{name}:{tag}"

@@ -1,0 +1,111 @@
+"""Wire a configured server: cache, store, fetchers, API, listener."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from typing import Any
+
+import attrs
+
+from proxy.api.content import ContentAPI
+from proxy.api.root import Root
+from proxy.cache.layout import Layout
+from proxy.cache.store import Store
+from proxy.config import Config
+from proxy.downloads import Downloads
+from proxy.fetch.base import Fetcher
+from proxy.fetch.http import HttpFetcher, HttpOptions
+from proxy.fetch.reach import ReachPolicy
+from proxy.logs import LoggingSite
+
+log = logging.getLogger("proxy")
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why in one line."""
+
+
+@attrs.define
+class Server:
+    config: Config
+    layout: Layout
+    store: Store
+    downloads: Downloads
+    site: LoggingSite
+    lock_fd: int
+
+
+def build(config: Config, reactor: Any) -> Server:
+    """Open the cache (taking its lock) and build every part; nothing listens yet."""
+    layout = Layout(config.cache_dir)
+    try:
+        layout.create()
+        lock_fd = layout.lock()
+    except PermissionError as e:
+        raise StartupError(f"cannot use cache directory {config.cache_dir}: {e.strerror}") from None
+    except OSError as e:
+        if e.__class__.__name__ == "CacheLocked":
+            raise
+        raise StartupError(f"cannot use cache directory {config.cache_dir}: {e}") from None
+    for p in layout.remove_stray_temp_files():
+        log.info("removed stray temporary file %s", p)
+    store = Store(layout, reactor)
+    try:
+        store.load()
+    except ValueError as e:
+        raise StartupError(f"cannot read {layout.index_path}: {e}") from None
+    policy = ReachPolicy(allow_hosts=config.allow_upstream)
+    http = HttpFetcher(
+        reactor,
+        layout,
+        policy,
+        HttpOptions(idle_timeout=config.idle_timeout, attempts=config.retries + 1),
+    )
+    fetchers: dict[str, Fetcher] = {"http": http, "https": http}
+    downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
+    downloads.scan_ingest()
+    content = ContentAPI(downloads)
+    site = LoggingSite(Root(content))
+    log.info(
+        "cache %s: %d entries, %d interrupted downloads",
+        layout.root,
+        len(store.entries()),
+        len([u for u in downloads.urls() if downloads.interrupted(u)]),
+    )
+    return Server(config, layout, store, downloads, site, lock_fd)
+
+
+def listen(server: Server, reactor: Any) -> Any:
+    """Start listening; return the listening port."""
+    addr = server.config.address
+    if addr.unix_path is not None:
+        path = addr.unix_path
+        if path.exists() and not stat.S_ISSOCK(path.stat().st_mode):
+            raise StartupError(f"{path} exists and is not a socket")
+        if path.is_socket():
+            # A socket left by a process that is gone (we hold the cache lock,
+            # so no other server of this cache is using it).
+            path.unlink()
+        old = os.umask(0o117)
+        try:
+            port = reactor.listenUNIX(str(path), server.site, mode=0o660)
+        finally:
+            os.umask(old)
+        log.info("listening on unix:%s", path)
+        return port
+    host = addr.host
+    if host == "localhost":
+        host = "127.0.0.1"
+    interface = host or "::"
+    try:
+        port = reactor.listenTCP(addr.port, server.site, interface=interface)
+    except Exception as e:
+        if host:
+            raise StartupError(f"cannot listen on {addr}: {e}") from None
+        port = reactor.listenTCP(addr.port, server.site, interface="0.0.0.0")  # noqa: S104
+    bound = port.getHost()
+    shown = f"[{bound.host}]" if ":" in bound.host else bound.host
+    log.info("listening on http://%s:%d", shown, bound.port)
+    return port

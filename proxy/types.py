@@ -1,0 +1,116 @@
+"""Validated value types shared by the cache, the fetchers and the API.
+
+Everything that names a file on disk (a digest) or travels between layers
+(a descriptor) is one of these frozen attrs values, validated on creation, so
+invalid input never reaches the filesystem.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+# OCI image-spec: digest grammar, restricted to the algorithm this cache stores.
+_SHA256_RE = re.compile(r"^sha256:([a-f0-9]{64})$")
+
+MEDIA_TYPE_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_TYPE_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
+MEDIA_TYPE_OCTET = "application/octet-stream"
+ANNOTATION_TITLE = "org.opencontainers.image.title"
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+
+# Project-namespaced annotations (never org.opencontainers.*).
+ANNOTATION_URL = "io.nekko.storage-manager.url"
+ANNOTATION_KIND = "io.nekko.storage-manager.kind"
+ANNOTATION_ETAG = "io.nekko.storage-manager.etag"
+
+ARTIFACT_TYPE_FILE = "application/vnd.nekko.storage-manager.file.v1"
+
+EMPTY_JSON = b"{}"
+
+
+class InvalidDigest(ValueError):
+    """A string is not a sha256 digest in the OCI grammar."""
+
+
+@attrs.frozen(order=True)
+class Digest:
+    """A sha256 content digest, ``sha256:<64 lowercase hex>``."""
+
+    hex: str = attrs.field()
+
+    @hex.validator
+    def _check(self, _attr: attrs.Attribute[str], value: str) -> None:
+        if not re.fullmatch(r"[a-f0-9]{64}", value):
+            raise InvalidDigest(f"invalid sha256 digest: {value[:80]!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Parse ``sha256:<hex>``; raise :class:`InvalidDigest` otherwise."""
+        if not isinstance(text, str):
+            raise InvalidDigest("digest must be a string")
+        m = _SHA256_RE.match(text)
+        if m is None:
+            raise InvalidDigest(f"invalid digest {text[:80]!r}: expected sha256:<64 hex digits>")
+        return cls(m.group(1))
+
+    def __str__(self) -> str:
+        return f"sha256:{self.hex}"
+
+
+EMPTY_DIGEST = Digest("44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+
+
+@attrs.frozen
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: dict[str, str] = attrs.field(factory=dict, eq=False, hash=False)
+    artifact_type: str | None = None
+    data: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.data is not None:
+            out["data"] = self.data
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Descriptor:
+        """Build from parsed JSON; raise ValueError on anything malformed."""
+        if not isinstance(obj, dict):
+            raise ValueError("descriptor must be an object")
+        media_type = obj.get("mediaType", "")
+        size = obj.get("size", 0)
+        annotations = obj.get("annotations") or {}
+        if not isinstance(media_type, str) or not isinstance(size, int) or size < 0:
+            raise ValueError("descriptor has a bad mediaType or size")
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise ValueError("descriptor annotations must map strings to strings")
+        artifact_type = obj.get("artifactType")
+        data = obj.get("data")
+        return cls(
+            media_type=media_type,
+            digest=Digest.parse(obj.get("digest", "")),
+            size=size,
+            annotations=dict(annotations),
+            artifact_type=artifact_type if isinstance(artifact_type, str) else None,
+            data=data if isinstance(data, str) else None,
+        )
