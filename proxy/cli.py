@@ -103,7 +103,7 @@ def serve(cfg: config_mod.Config) -> int:
     except (server.StartupError, CacheLocked) as e:
         print(f"storage-manager: error: {e}", file=sys.stderr)
         return 1
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     log.info("stopped")
     return 0
 

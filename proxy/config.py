@@ -37,7 +37,7 @@ class Address:
         if not text:
             raise ConfigError("address is empty")
         if text.startswith("unix:"):
-            path = text[len("unix:"):]
+            path = text[len("unix:") :]
             if not path:
                 raise ConfigError("unix: address needs a socket path")
             return cls(unix_path=Path(path))
@@ -78,7 +78,7 @@ def _hosts(text: str) -> frozenset[str]:
 @attrs.frozen
 class Config:
     cache_dir: Path = Path(DEFAULT_CACHE_DIR)
-    address: Address = Address.parse(DEFAULT_ADDRESS)
+    address: Address = Address("localhost", 8050)
     verbose: int = 0
     max_downloads: int = 4
     allow_upstream: frozenset[str] = frozenset()

@@ -35,9 +35,9 @@ from proxy.errors import (
     UnsupportedScheme,
 )
 from proxy.fetch.base import (
+    Fetcher,
     FetchRequest,
     FetchResult,
-    Fetcher,
     Progress,
     parse_credentials,
     split_userinfo,
@@ -288,9 +288,11 @@ class Downloads:
             result = await fetcher.fetch(job.request, job)
             job.check_cancelled()
             entry = await self._store_entry(job, result)
-        except BaseException as e:  # noqa: BLE001 - every failure is reported to the waiters
-            failure = Failure(e) if not isinstance(e, CancelledError) else Failure(
-                Cancelled("download cancelled")
+        except BaseException as e:
+            failure = (
+                Failure(e)
+                if not isinstance(e, CancelledError)
+                else Failure(Cancelled("download cancelled"))
             )
             job.release()
             self._running.pop(url, None)
@@ -308,7 +310,8 @@ class Downloads:
         self._interrupted.pop(url, None)
         for cleanup in job.cleanups():
             await self._thread(cleanup)
-        log.info("stored %s as %s (%d bytes)", redact_url(url), entry.primary.digest, entry.primary.size)
+        primary = entry.primary
+        log.info("stored %s as %s (%d bytes)", redact_url(url), primary.digest, primary.size)
         job.settle((entry, True))
 
     async def _store_entry(self, job: Download, result: FetchResult) -> Entry:
@@ -319,7 +322,8 @@ class Downloads:
             manifest = Descriptor(MEDIA_TYPE_IMAGE_MANIFEST, digest, len(data))
         else:
             raise NotImplementedError(result.kind)
-        entry = new_entry(job.request.url, result.kind, manifest, list(result.files), result.primary)
+        files = list(result.files)
+        entry = new_entry(job.request.url, result.kind, manifest, files, result.primary)
         await self.store.put(entry)
         return entry
 
@@ -378,4 +382,3 @@ def _succeed(value: tuple[Entry, bool]) -> Deferred[tuple[Entry, bool]]:
     d: Deferred[tuple[Entry, bool]] = Deferred()
     d.callback(value)
     return d
-

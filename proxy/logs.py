@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
 
 from twisted.logger import STDLibLogObserver, globalLogBeginner
+from twisted.web import http
 from twisted.web.server import Request, Site
-
 
 from proxy.redact import redact_url
 
@@ -56,19 +55,22 @@ def display_path(raw: bytes) -> str:
 class TimedRequest(Request):
     """A request that remembers when it started."""
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
+    started_at: float | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        # Called once the request line and headers are in: the request's start.
         self.started_at = time.monotonic()
+        super().gotLength(length)  # type: ignore[no-untyped-call]
 
 
 class LoggingSite(Site):
     """A Site whose access log is one redacted line per request."""
 
-    requestFactory = TimedRequest  # type: ignore[assignment]
+    requestFactory = TimedRequest
     noisy = False
 
-    def log(self, request: Request) -> None:
-        started = getattr(request, "started_at", None)
+    def log(self, request: http.Request) -> None:
+        started = request.started_at if isinstance(request, TimedRequest) else None
         duration = time.monotonic() - started if started is not None else 0.0
         client = request.getClientAddress()
         peer = getattr(client, "host", None) or "unix"

@@ -193,5 +193,3 @@ class ContentAPI:
         await self.downloads.delete(url)
         request.setResponseCode(204)
         return b""
-
-

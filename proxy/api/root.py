@@ -20,7 +20,7 @@ class Root(Resource):
     isLeaf = True
 
     def __init__(self, content: ContentAPI) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._content = content.app.resource()
         self._layout = content.layout
 

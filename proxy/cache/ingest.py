@@ -205,7 +205,8 @@ class IngestSink:
         self._buf.clear()
         self._buffered = 0
         self._in_flight = True
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._ingest.write, batch)
+        pool = self._reactor.getThreadPool()
+        d = deferToThreadPool(self._reactor, pool, self._ingest.write, batch)
         d.addCallbacks(self._written, self._write_failed)
 
     def _written(self, _: object) -> None:
@@ -236,4 +237,3 @@ class IngestSink:
             self._drained.append(d)
             self._kick()
         return d
-

@@ -141,9 +141,8 @@ class Store:
             seen.add(d.digest)
             if d.media_type in artifact.MANIFEST_MEDIA_TYPES and self.layout.has_blob(d.digest):
                 try:
-                    todo.extend(
-                        artifact.children(d.media_type, self.layout.blob_path(d.digest).read_bytes())
-                    )
+                    data = self.layout.blob_path(d.digest).read_bytes()
+                    todo.extend(artifact.children(d.media_type, data))
                 except ValueError as e:
                     log.warning("blob %s is not a readable manifest: %s", d.digest, e)
         return seen
@@ -152,12 +151,15 @@ class Store:
         ann = desc.annotations
         try:
             data = self.layout.blob_path(desc.digest).read_bytes()
-            files = [
-                c for c in artifact.children(desc.media_type, data) if artifact.title_of(c) is not None
-            ]
+            children = artifact.children(desc.media_type, data)
+            files = [c for c in children if artifact.title_of(c) is not None]
         except (OSError, ValueError) as e:
-            log.warning("entry %s: manifest %s unreadable (%s); kept as is", ann[ANNOTATION_URL],
-                        desc.digest, e)
+            log.warning(
+                "entry %s: manifest %s unreadable (%s); kept as is",
+                ann[ANNOTATION_URL],
+                desc.digest,
+                e,
+            )
             return None
         if not files:
             return None
@@ -253,4 +255,3 @@ class Store:
             )
 
         return self._write_lock.run(locked)
-

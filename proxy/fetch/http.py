@@ -32,8 +32,8 @@ from twisted.web.http_headers import Headers
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key, is_disk_full
 from proxy.errors import (
-    BadRequest,
     BadContent,
+    BadRequest,
     DiskFull,
     StorageError,
     TargetDenied,
@@ -90,7 +90,7 @@ class _Retry(Exception):
 class HttpFetcher:
     """Downloads http(s) URLs into the cache."""
 
-    schemes = ("http", "https")
+    schemes: tuple[str, ...] = ("http", "https")
 
     def __init__(
         self,
@@ -136,9 +136,7 @@ class HttpFetcher:
             if request.credentials is not None and origin(url) == home:
                 h.setRawHeaders(b"Authorization", [request.credentials.authorization()])
             self.policy.check_host(urlsplit(url).hostname or "")
-            d = self._client.request(
-                "GET", url, headers=h, allow_redirects=False, unbuffered=True, browser_like_redirects=False
-            )
+            d = self._client.request("GET", url, headers=h, allow_redirects=False, unbuffered=True)
             job.on_abort(d.cancel)
             try:
                 response = await d
@@ -177,7 +175,7 @@ class HttpFetcher:
 
     async def _attempt(self, request: FetchRequest, ingest: IngestFile, job: Job) -> IngestState:
         blob = job.progress.blobs[0]
-        state = await self._thread(ingest.read_state)
+        state: IngestState | None = await self._thread(ingest.read_state)
         offset = 0
         headers: dict[bytes, bytes] = {b"Accept-Encoding": b"identity"}
         if state is not None and state.url == request.url:
@@ -228,7 +226,8 @@ class HttpFetcher:
             await self._thread(ingest.open, False)
         else:
             response.deliverBody(_Discard())
-            msg = f"{urlsplit(request.url).netloc} answered {code} {response.phrase.decode('latin-1', 'replace')}"
+            phrase = response.phrase.decode("latin-1", "replace")
+            msg = f"{urlsplit(request.url).netloc} answered {code} {phrase}"
             if 500 <= code < 600 or code == 429:
                 raise _Retry(UpstreamError(msg, code))
             raise UpstreamError(msg, code)
@@ -250,14 +249,15 @@ class HttpFetcher:
             )
         except BodyCut as e:
             job.check_cancelled()
-            raise _Retry(UpstreamUnreachable(f"connection lost after {blob.done} bytes: {e}")) from None
+            cut = UpstreamUnreachable(f"connection lost after {blob.done} bytes: {e}")
+            raise _Retry(cut) from None
         except UpstreamTimeout as e:
             job.check_cancelled()
             raise _Retry(e) from None
         finally:
             job.on_abort(None)
         job.check_cancelled()
-        if not framed and state.total is None and not (state.etag or state.last_modified):
+        if not framed:
             log.debug("%s: body ended by connection close", redact_url(request.url))
         return state
 
@@ -304,8 +304,11 @@ class HttpFetcher:
                     raise r.cause from None
                 log.warning(
                     "%s: %s; retry %d/%d in %.1f s",
-                    redact_url(request.url), r.cause.message, attempt,
-                    self.options.attempts - 1, delay,
+                    redact_url(request.url),
+                    r.cause.message,
+                    attempt,
+                    self.options.attempts - 1,
+                    delay,
                 )
                 await self._sleep(delay, job)
                 delay *= 2
@@ -347,11 +350,11 @@ class HttpFetcher:
 class _Discard:
     """A body protocol that drops the body (to free the connection)."""
 
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802
+    def makeConnection(self, transport: Any) -> None:
         pass
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         pass
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any) -> None:
         pass

@@ -69,9 +69,9 @@ class ReachPolicy:
         ip = _as_ip(host)
         if ip is not None:
             self.check_address(ip, host)
-        if self.allow_hosts and not is_loopback_host(host):
-            if host.lower().strip("[]") not in self.allow_hosts:
-                raise TargetDenied(f"host {host!r} is not in --allow-upstream")
+        allowed = not self.allow_hosts or is_loopback_host(host)
+        if not allowed and host.lower().strip("[]") not in self.allow_hosts:
+            raise TargetDenied(f"host {host!r} is not in --allow-upstream")
 
     def check_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> None:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -82,12 +82,12 @@ class ReachPolicy:
             )
 
 
-def _resolve(host: str, port: int) -> list[tuple[int, str]]:
+def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, str]]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise UpstreamUnreachable(f"cannot resolve {host!r}: {e.strerror}") from None
-    out: list[tuple[int, str]] = []
+    out: list[tuple[socket.AddressFamily, str]] = []
     for family, _t, _p, _c, sockaddr in infos:
         addr = (family, str(sockaddr[0]))
         if addr not in out:
@@ -105,7 +105,7 @@ class GuardedEndpoint:
     port: int
     connect_timeout: float
 
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         return Deferred.fromCoroutine(self._connect(protocolFactory))
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
@@ -145,7 +145,7 @@ class GuardedEndpointFactory:
     policy: ReachPolicy
     connect_timeout: float = 30.0
 
-    def endpointForURI(self, uri: URI) -> GuardedEndpoint:  # noqa: N802
+    def endpointForURI(self, uri: URI) -> GuardedEndpoint:
         host = uri.host.decode("idna") if isinstance(uri.host, bytes) else str(uri.host)
         return GuardedEndpoint(
             self.reactor, self.policy, uri.scheme, host.strip("[]"), uri.port, self.connect_timeout

@@ -45,7 +45,7 @@ class _BodyReceiver(Protocol):
         self._timed_out = False
         self.sink: IngestSink | None = None
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         transport: Any = self.transport
         self.sink = IngestSink(
             self._threads, self._ingest, transport.pauseProducing, transport.resumeProducing
@@ -70,7 +70,7 @@ class _BodyReceiver(Protocol):
     def _cancel(self, _: Deferred[bool]) -> None:
         self.abort()
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         assert self.sink is not None
         self.sink.write(data)
         if self.sink.failed is not None:
@@ -79,7 +79,7 @@ class _BodyReceiver(Protocol):
         self._on_bytes(len(data))
         self._arm()
 
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]  # noqa: N802
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         assert self.sink is not None
