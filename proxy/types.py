@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 # OCI image-spec: digest grammar, restricted to the algorithm this cache stores.
-_SHA256_RE = re.compile(r"^sha256:([a-f0-9]{64})$")
+_SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
 
 MEDIA_TYPE_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -53,7 +53,7 @@ class Digest:
         """Parse ``sha256:<hex>``; raise :class:`InvalidDigest` otherwise."""
         if not isinstance(text, str):
             raise InvalidDigest("digest must be a string")
-        m = _SHA256_RE.match(text)
+        m = _SHA256_RE.fullmatch(text)
         if m is None:
             raise InvalidDigest(f"invalid digest {text[:80]!r}: expected sha256:<64 hex digits>")
         return cls(m.group(1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -27,6 +28,11 @@ class Root(Resource):
     def render(self, request: IRequest) -> Any:
         path: bytes = request.path
         if path == b"/content" or path.startswith(b"/content/"):
+            try:
+                unquote_to_bytes(path).decode("utf-8")
+            except UnicodeDecodeError:
+                # Klein would answer this in plain text; keep errors JSON.
+                return json_error(request, 400, "BAD_REQUEST", "the path is not UTF-8")
             return self._content.render(request)
         if path == b"/healthz":
             return self._json(request, 200, {"status": "ok"})
