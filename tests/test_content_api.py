@@ -100,7 +100,8 @@ def test_base64_with_slash_and_plus_routes(server: ServerProcess, source: Source
     # '~', '?' and '>' encode to '+' and '/' (the query part is fine: the
     # source serves the path without it).
     name = next(
-        n for n in (f"/{'a' * k}~~~???>>>" for k in range(30))
+        n
+        for n in (f"/{'a' * k}~~~???>>>" for k in range(30))
         if "/" in b64(source.url(n)) and "+" in b64(source.url(n))
     )
     source.add_file(name.split("?", 1)[0], b"payload")
@@ -108,7 +109,13 @@ def test_base64_with_slash_and_plus_routes(server: ServerProcess, source: Source
     with server.client() as c:
         assert c.post("/content/", json={"url": url}).status_code == 201
         percent = b64(url).replace("/", "%2F").replace("+", "%2B").replace("=", "%3D")
-        forms = (b64(url), b64(url, pad=False), b64(url, urlsafe=True), b64(url, True, False), percent)
+        forms = (
+            b64(url),
+            b64(url, pad=False),
+            b64(url, urlsafe=True),
+            b64(url, True, False),
+            percent,
+        )
         for enc in forms:
             r = c.get(f"/content/{enc}")
             assert r.status_code == 200, (enc, r.text)
@@ -131,11 +138,22 @@ def test_bad_input_is_400_and_changes_nothing(
             ("empty url", b'{"url": ""}'),
             ("unknown scheme", b'{"url": "gopher://127.0.0.1/x"}'),
             ("no scheme", b'{"url": "127.0.0.1/x"}'),
-            ("credentials not a string", json.dumps({"url": source.url("/ok2"), "credentials": 5}).encode()),
-            ("unknown credentialsType", json.dumps({"url": source.url("/ok2"), "credentials": "t", "credentialsType": "Digest"}).encode()),
+            (
+                "credentials not a string",
+                json.dumps({"url": source.url("/ok2"), "credentials": 5}).encode(),
+            ),
+            (
+                "unknown credentialsType",
+                json.dumps(
+                    {"url": source.url("/ok2"), "credentials": "t", "credentialsType": "Digest"}
+                ).encode(),
+            ),
             ("bad digest", json.dumps({"url": source.url("/ok2"), "digest": "md5:abc"}).encode()),
             ("bad port", b'{"url": "http://127.0.0.1:99999/x"}'),
-            ("over-long body", json.dumps({"url": source.url("/ok2"), "pad": "x" * 70_000}).encode()),
+            (
+                "over-long body",
+                json.dumps({"url": source.url("/ok2"), "pad": "x" * 70_000}).encode(),
+            ),
         ]
         for what, raw in cases:
             assert isinstance(raw, bytes)
@@ -152,7 +170,9 @@ def test_bad_input_is_400_and_changes_nothing(
     assert snapshot(cache_dir) == before
 
 
-def test_identical_content_is_stored_once(server: ServerProcess, source: Source, cache_dir: Path) -> None:
+def test_identical_content_is_stored_once(
+    server: ServerProcess, source: Source, cache_dir: Path
+) -> None:
     data = os.urandom(100_000)
     source.add_file("/a", data)
     source.add_file("/b", data)
@@ -162,7 +182,9 @@ def test_identical_content_is_stored_once(server: ServerProcess, source: Source,
         assert ra.status_code == rb.status_code == 201
         assert ra.json()["digest"] == rb.json()["digest"] == sha(data)
         assert ra.json()["path"] == rb.json()["path"]
-        files = [p for p in (cache_dir / "blobs" / "sha256").iterdir() if p.stat().st_size == len(data)]
+        files = [
+            p for p in (cache_dir / "blobs" / "sha256").iterdir() if p.stat().st_size == len(data)
+        ]
         assert len(files) == 1
         # Deleting one keeps the shared blob for the other.
         assert c.delete(f"/content/{b64(source.url('/a'))}").status_code == 204
@@ -206,7 +228,9 @@ def test_concurrent_posts_download_once(server: ServerProcess, source: Source) -
     assert "bytesDone" in seen_progress and seen_progress["blobs"][0]["title"] == "big"
 
 
-def test_expected_digest_is_enforced(server: ServerProcess, source: Source, cache_dir: Path) -> None:
+def test_expected_digest_is_enforced(
+    server: ServerProcess, source: Source, cache_dir: Path
+) -> None:
     data = os.urandom(50_000)
     source.add_file("/d", data)
     with server.client() as c:

@@ -96,7 +96,9 @@ def test_redirect_loop_is_an_error(server: ServerProcess, source: Source) -> Non
         assert "loop" in r.json()["error"]["message"]
 
 
-def test_link_local_targets_are_refused(server: ServerProcess, source: Source, cache_dir: Path) -> None:
+def test_link_local_targets_are_refused(
+    server: ServerProcess, source: Source, cache_dir: Path
+) -> None:
     source.redirect("/to-metadata", "http://169.254.169.254/latest/meta-data/")
     with server.client() as c:
         for url in (
@@ -141,7 +143,9 @@ def source_etag(source: Source, path: str) -> str:
         return str(resp.headers["ETag"])
 
 
-def test_cut_download_is_retried_and_resumed_in_one_post(server: ServerProcess, source: Source) -> None:
+def test_cut_download_is_retried_and_resumed_in_one_post(
+    server: ServerProcess, source: Source
+) -> None:
     data = os.urandom(2_000_000)
     source.add_file("/auto.bin", data)
     source.cut_after("/auto.bin", 700_000)
@@ -180,7 +184,10 @@ def test_no_validator_means_no_resume(cache_dir: Path, source: Source) -> None:
 def test_stalled_body_hits_the_idle_timeout(cache_dir: Path, source: Source) -> None:
     source.add_file("/stall", os.urandom(500_000))
     source.stall_after("/stall", 100_000, seconds=5)
-    with ServerProcess(cache_dir, "--retries", "0", "--idle-timeout", "1") as srv, srv.client() as c:
+    with (
+        ServerProcess(cache_dir, "--retries", "0", "--idle-timeout", "1") as srv,
+        srv.client() as c,
+    ):
         t0 = time.monotonic()
         r = c.post("/content/", json={"url": source.url("/stall")})
         assert r.status_code == 504, r.text
@@ -189,7 +196,9 @@ def test_stalled_body_hits_the_idle_timeout(cache_dir: Path, source: Source) -> 
         assert c.get(f"/content/{b64(source.url('/stall'))}").json()["state"] == "interrupted"
 
 
-def test_delete_cancels_a_running_download(server: ServerProcess, source: Source, cache_dir: Path) -> None:
+def test_delete_cancels_a_running_download(
+    server: ServerProcess, source: Source, cache_dir: Path
+) -> None:
     source.add_file("/slow", os.urandom(4_000_000))
     source.set_delay("/slow", 0.05, chunk=65536)  # about 3 s in all
     url = source.url("/slow")

@@ -31,10 +31,18 @@ def make_go_cache(cache: Path, shared_layer: bytes) -> dict[str, str]:
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": config_digest, "size": 37},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": layer_digest, "size": len(shared_layer)}],
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": 37,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest,
+                    "size": len(shared_layer),
+                }
+            ],
         }
     ).encode()
     manifest_digest = put_blob(cache, manifest)
@@ -51,7 +59,9 @@ def make_go_cache(cache: Path, shared_layer: bytes) -> dict[str, str]:
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": manifest_digest,
                 "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": "oci://registry.example/app:1"},
+                "annotations": {
+                    "org.opencontainers.image.ref.name": "oci://registry.example/app:1"
+                },
             },
         ],
     }
@@ -60,8 +70,12 @@ def make_go_cache(cache: Path, shared_layer: bytes) -> dict[str, str]:
     (cache / "ingest" / "oras_oci_storage_1234").write_bytes(b"partial")
     (cache / "content5678").mkdir()
     (cache / "content5678" / "content").write_bytes(b"temp")
-    return {"model": model_digest, "manifest": manifest_digest, "layer": layer_digest,
-            "config": config_digest}
+    return {
+        "model": model_digest,
+        "manifest": manifest_digest,
+        "layer": layer_digest,
+        "config": config_digest,
+    }
 
 
 def all_files(cache: Path) -> set[str]:

@@ -32,9 +32,17 @@ def test_defaults_match_the_seed() -> None:
 def test_flags_beat_environment_beat_defaults() -> None:
     env = {"CACHE_DIR": "/env/cache", "NEKKO_ADDRESS": "127.0.0.1:9000", "VERBOSE": "1"}
     cfg = build({}, env)
-    assert (str(cfg.cache_dir), str(cfg.address), cfg.verbose) == ("/env/cache", "127.0.0.1:9000", 1)
+    assert (str(cfg.cache_dir), str(cfg.address), cfg.verbose) == (
+        "/env/cache",
+        "127.0.0.1:9000",
+        1,
+    )
     cfg = build({"cache_dir": "/flag", "address": "unix:/run/sm.sock", "verbose": "2"}, env)
-    assert (str(cfg.cache_dir), cfg.address.unix_path, cfg.verbose) == ("/flag", Path("/run/sm.sock"), 2)
+    assert (str(cfg.cache_dir), cfg.address.unix_path, cfg.verbose) == (
+        "/flag",
+        Path("/run/sm.sock"),
+        2,
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,7 +76,9 @@ def test_bad_addresses(bad: str) -> None:
         (["--no-such-flag"], {}),
     ],
 )
-def test_bad_values_exit_2_with_one_line(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
+def test_bad_values_exit_2_with_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
     r = run_cli("--cache-dir", str(tmp_path / "c"), *args, env=env)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()

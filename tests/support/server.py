@@ -38,12 +38,24 @@ class ServerProcess:
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS", "VERBOSE")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("CACHE_DIR", "NEKKO_ADDRESS", "VERBOSE")
+        }
         env.update(self.env)
         self.lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "--cache-dir", str(self.cache_dir),
-             "--address", self.address, *self.args],
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "--cache-dir",
+                str(self.cache_dir),
+                "--address",
+                self.address,
+                *self.args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -59,7 +71,7 @@ class ServerProcess:
                 if m and not found.is_set():
                     where = m.group(1)
                     if where.startswith("unix:"):
-                        self.unix_path = where[len("unix:"):]
+                        self.unix_path = where[len("unix:") :]
                         self.base_url = "http://storage-manager"
                     else:
                         self.base_url = where
@@ -110,9 +122,13 @@ class ServerProcess:
         self.stop()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m proxy`` to completion (for flag and error tests)."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS", "VERBOSE")}
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS", "VERBOSE")
+    }
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
