@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -221,3 +222,31 @@ def test_delete_cancels_a_running_download(
         assert c.get(f"/content/{b64(url)}").status_code == 404
     assert list((cache_dir / "ingest").glob("*/data")) == []
     assert json.loads((cache_dir / "index.json").read_text())["manifests"] == []
+
+
+def test_https_source_with_a_trusted_ca(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    data = os.urandom(100_000)
+    with Source(tls=ctx) as tls_source:
+        tls_source.add_file("/secure", data)
+        tls_source.require_auth("/secure", "Bearer tls-token")
+        url = tls_source.url("/secure")
+        assert url.startswith("https://")
+        trusting = ServerProcess(tmp_path / "cache", env={"SSL_CERT_FILE": str(ca_file)})
+        with trusting as srv, srv.client() as c:
+            r = c.post("/content/", json={"url": url, "credentials": "tls-token"})
+            assert r.status_code == 201, r.text
+            assert r.json()["digest"] == sha(data)
+        # Without trusting the CA, the certificate is refused.
+        with ServerProcess(tmp_path / "cache2") as srv, srv.client() as c:
+            r = c.post("/content/", json={"url": url, "credentials": "tls-token"})
+            assert r.status_code == 502, r.text
+            assert "TLS" in r.json()["error"]["message"]
+        assert len([q for q in tls_source.requests if q.path == "/secure"]) == 1

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import attrs
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
@@ -152,6 +153,10 @@ class HttpFetcher:
                     cause = e.reasons[0].value
                 if isinstance(cause, StorageError):
                     raise cause from None
+                if isinstance(cause, SSL.Error):
+                    # Certificate or protocol problems do not go away on retry.
+                    tls = UpstreamUnreachable(f"TLS with {urlsplit(url).netloc} failed: {cause}")
+                    raise tls from None
                 raise _Retry(UpstreamUnreachable(f"{urlsplit(url).netloc}: {cause}")) from None
             finally:
                 job.on_abort(None)

@@ -30,6 +30,7 @@ import hashlib
 import ipaddress
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 from email.message import Message
@@ -409,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
 class Source:
     """An in-memory HTTP/1.1 file server on a loopback address and an ephemeral port."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -417,6 +418,7 @@ class Source:
         if not address.is_loopback:
             raise ValueError(f"host must be a loopback IP address, got {host!r}")
         self._host = host
+        self._tls = tls
         self._family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -440,6 +442,8 @@ class Source:
             raise RuntimeError("source already started")
         self._stopping.clear()
         server = _Server((self._host, 0), self._family, self)
+        if self._tls is not None:
+            server.socket = self._tls.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -483,7 +487,8 @@ class Source:
         if self._server is None:
             raise RuntimeError("source not started")
         host = f"[{self._host}]" if self._family == socket.AF_INET6 else self._host
-        return f"http://{host}:{self._server.server_port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self._server.server_port}"
 
     def url(self, path: str) -> str:
         _check_path(path)
