@@ -16,8 +16,9 @@ from proxy.cache.store import Store
 from proxy.config import Config
 from proxy.downloads import Downloads
 from proxy.fetch.base import Fetcher
-from proxy.fetch.http import HttpFetcher, HttpOptions
+from proxy.fetch.http import HttpFetcher
 from proxy.fetch.reach import ReachPolicy
+from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
 
 log = logging.getLogger("proxy")
@@ -57,12 +58,12 @@ def build(config: Config, reactor: Any) -> Server:
     except ValueError as e:
         raise StartupError(f"cannot read {layout.index_path}: {e}") from None
     policy = ReachPolicy(allow_hosts=config.allow_upstream)
-    http = HttpFetcher(
+    client = HttpClient(
         reactor,
-        layout,
         policy,
-        HttpOptions(idle_timeout=config.idle_timeout, attempts=config.retries + 1),
+        TransferOptions(idle_timeout=config.idle_timeout, attempts=config.retries + 1),
     )
+    http = HttpFetcher(client, layout)
     fetchers: dict[str, Fetcher] = {"http": http, "https": http}
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()

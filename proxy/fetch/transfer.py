@@ -1,0 +1,399 @@
+"""HTTP transfers into the cache, shared by every downloader that speaks HTTP.
+
+:class:`HttpClient` sends GETs through the reach guard (every hop checked at
+connect time), follows redirects by hand (at most :data:`MAX_REDIRECTS`,
+loops refused) and sends the Authorization header only to the origin it was
+meant for: a redirect to another scheme, host or port drops it.
+
+:func:`download` streams one body into an ingest file and makes it a
+verified blob. It resumes from the bytes already on disk: for content named
+by its digest (``immutable``) with a plain ``Range`` -- the digest check at
+the end catches any mix -- and otherwise with ``Range`` + ``If-Range`` on the
+strong ETag or Last-Modified recorded when the transfer began (a server that
+answers 200 starts the file over; without a validator nothing is resumed).
+Cuts, stalls, 429 and 5xx are retried a bounded number of times with
+exponential backoff, resuming each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import attrs
+import treq
+import treq.client
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+
+from proxy.cache.ingest import IngestFile, IngestState
+from proxy.cache.layout import is_disk_full
+from proxy.errors import (
+    BadContent,
+    DiskFull,
+    StorageError,
+    TargetDenied,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from proxy.fetch.base import BlobProgress, Job
+from proxy.fetch.reach import GuardedEndpointFactory, ReachPolicy
+from proxy.fetch.stream import BodyCut, stream_body
+from proxy.redact import redact_url
+from proxy.types import Digest
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 10
+USER_AGENT = b"storage-manager/0.1"
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@attrs.frozen
+class TransferOptions:
+    idle_timeout: float = 60.0
+    connect_timeout: float = 30.0
+    attempts: int = 4
+    backoff: float = 0.5  # first retry delay; doubles each time
+
+
+class Retryable(Exception):
+    """An attempt failed in a way worth another try (after a pause)."""
+
+    def __init__(self, cause: StorageError) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    p = urlsplit(url)
+    port = p.port or (443 if p.scheme == "https" else 80)
+    return (p.scheme.lower(), (p.hostname or "").lower(), port)
+
+
+def header(response: Any, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None
+
+
+def upstream_error(url: str, response: Any, body: bytes = b"") -> UpstreamError:
+    """An error for a non-success answer, with the server's own message if it
+    sent one in the OCI error format."""
+    phrase = response.phrase.decode("latin-1", "replace")
+    msg = f"{urlsplit(url).netloc} answered {response.code} {phrase}"
+    try:
+        errors = json.loads(body)["errors"]
+        detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors[:3])
+        if detail:
+            msg += f" ({detail})"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return UpstreamError(msg, response.code)
+
+
+class HttpClient:
+    """Outbound HTTP for the fetchers (treq over the guarded agent)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: ReachPolicy,
+        options: TransferOptions | None = None,
+        pool: HTTPConnectionPool | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.policy = policy
+        self.options = options or TransferOptions()
+        if pool is None:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = 8
+        agent = Agent.usingEndpointFactory(
+            reactor, GuardedEndpointFactory(reactor, policy, self.options.connect_timeout), pool
+        )
+        self._treq = treq.client.HTTPClient(agent)
+
+    def thread(self, f: Any, *a: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *a)
+
+    async def get(
+        self,
+        url: str,
+        job: Job,
+        headers: dict[bytes, bytes] | None = None,
+        authorization: bytes | None = None,
+        method: str = "GET",
+    ) -> Any:
+        """Send a request, following redirects; return the final response
+        (any status). ``authorization`` goes only to ``url``'s own origin."""
+        home = origin(url)
+        seen: set[str] = set()
+        for _hop in range(MAX_REDIRECTS + 1):
+            h = Headers({b"User-Agent": [USER_AGENT]})
+            for k, v in (headers or {}).items():
+                h.setRawHeaders(k, [v])
+            if authorization is not None and origin(url) == home:
+                h.setRawHeaders(b"Authorization", [authorization])
+            self.policy.check_host(urlsplit(url).hostname or "")
+            response = await self._send(method, url, h, job)
+            if response.code not in _REDIRECTS:
+                return response
+            location = header(response, b"Location")
+            self.discard(response)
+            if not location:
+                raise UpstreamError(f"redirect without Location from {url}", response.code)
+            seen.add(url)
+            url = urljoin(url, location)
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise TargetDenied(f"redirect to a non-http URL scheme: {urlsplit(url).scheme}")
+            if url in seen:
+                raise UpstreamError(f"redirect loop at {redact_url(url)}", response.code)
+            log.debug("redirected to %s", redact_url(url))
+        raise UpstreamError(f"more than {MAX_REDIRECTS} redirects", 310)
+
+    async def _send(self, method: str, url: str, h: Headers, job: Job) -> Any:
+        d = self._treq.request(method, url, headers=h, allow_redirects=False, unbuffered=True)
+        job.on_abort(d.cancel)
+        netloc = urlsplit(url).netloc
+        try:
+            return await d
+        except UpstreamUnreachable as e:
+            job.check_cancelled()
+            raise Retryable(e) from None
+        except StorageError:
+            raise
+        except Exception as e:
+            job.check_cancelled()
+            cause: BaseException = e
+            if isinstance(e, ResponseFailed) and e.reasons:
+                cause = e.reasons[0].value
+            if isinstance(cause, StorageError):
+                raise cause from None
+            if isinstance(cause, SSL.Error):
+                # Certificate or protocol problems do not go away on retry.
+                raise UpstreamUnreachable(f"TLS with {netloc} failed: {cause}") from None
+            raise Retryable(UpstreamUnreachable(f"{netloc}: {cause}")) from None
+        finally:
+            job.on_abort(None)
+
+    def discard(self, response: Any) -> None:
+        """Drop a body we do not want (frees the connection)."""
+        response.deliverBody(_Discard())
+
+    async def read_small(self, response: Any, limit: int) -> bytes:
+        """Read a small body (manifest, token, error) into memory, at most ``limit``."""
+        length = header(response, b"Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self.discard(response)
+            raise UpstreamError(f"answer of {length} bytes is larger than {limit}")
+        chunks: list[bytes] = []
+        size = 0
+
+        def collect(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > limit:
+                raise UpstreamError(f"answer larger than {limit} bytes")
+            chunks.append(data)
+
+        try:
+            await treq.collect(response, collect)
+        except ResponseFailed as e:
+            raise Retryable(UpstreamUnreachable(f"connection lost while reading: {e}")) from None
+        return b"".join(chunks)
+
+    def sleep(self, seconds: float, job: Job) -> Deferred[None]:
+        d: Deferred[None] = deferLater(self.reactor, seconds, lambda: None)
+        job.on_abort(d.cancel)
+
+        def cleared(r: Any) -> Any:
+            job.on_abort(None)
+            job.check_cancelled()
+            return r
+
+        return d.addBoth(cleared)
+
+
+@attrs.frozen
+class Wanted:
+    """What to download: the URL, its credentials, what it must turn out to be."""
+
+    url: str
+    authorization: bytes | None = None
+    expected: Digest | None = None
+    size: int | None = None
+    immutable: bool = False  # named by its digest: resume without validators
+
+
+async def _attempt(
+    client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+) -> IngestState:
+    state: IngestState | None = await client.thread(ingest.read_state)
+    offset = 0
+    headers: dict[bytes, bytes] = {b"Accept-Encoding": b"identity"}
+    if state is not None and (want.immutable or state.url == want.url):
+        on_disk: int = await client.thread(ingest.bytes_on_disk)
+        if want.immutable:
+            validator = None
+            resumable = on_disk > 0
+        else:
+            validator = state.etag if state.etag and not state.etag.startswith("W/") else None
+            validator = validator or state.last_modified
+            resumable = bool(validator) and on_disk > 0
+        if resumable:
+            offset = on_disk
+            headers[b"Range"] = f"bytes={offset}-".encode()
+            if validator:
+                headers[b"If-Range"] = validator.encode("latin-1")
+    response = await client.get(want.url, job, headers, want.authorization)
+    code = response.code
+    if code == 206 and offset > 0 and state is not None:
+        m = _CONTENT_RANGE_RE.fullmatch(header(response, b"Content-Range") or "")
+        if m is None or int(m.group(1)) != offset:
+            client.discard(response)
+            await client.thread(ingest.discard)
+            raise Retryable(UpstreamError("server answered another range; starting over"))
+        if m.group(3) != "*":
+            state.total = int(m.group(3))
+        await client.thread(ingest.open, True)
+        log.info("resuming %s at byte %d", redact_url(want.url), offset)
+    elif code == 416 and offset > 0 and state is not None:
+        client.discard(response)
+        m = re.fullmatch(r"bytes \*/(\d+)", header(response, b"Content-Range") or "")
+        if m is not None and int(m.group(1)) == offset:
+            await client.thread(ingest.open, True)
+            state.total = blob.total = blob.done = offset
+            return state
+        await client.thread(ingest.discard)
+        raise Retryable(UpstreamError("partial download no longer matches; starting over"))
+    elif code == 200:
+        length = header(response, b"Content-Length")
+        state = IngestState(
+            url=want.url,
+            etag=header(response, b"ETag"),
+            last_modified=header(response, b"Last-Modified"),
+            total=int(length) if length and length.isdigit() else None,
+            expected=str(want.expected) if want.expected else None,
+        )
+        await client.thread(ingest.write_state, state)
+        await client.thread(ingest.open, False)
+    else:
+        body = b""
+        with contextlib.suppress(StorageError, Retryable):
+            body = await client.read_small(response, 64 * 1024)
+        error = upstream_error(want.url, response, body)
+        if code >= 500 or code == 429:
+            raise Retryable(error)
+        raise error
+    if want.size is not None and state.total is not None and state.total != want.size:
+        client.discard(response)
+        await client.thread(ingest.discard)
+        raise BadContent(f"{redact_url(want.url)} is {state.total} bytes, expected {want.size}")
+    blob.total = state.total if state.total is not None else want.size
+    blob.done = ingest.offset
+
+    def on_bytes(n: int) -> None:
+        blob.done += n
+
+    try:
+        await stream_body(
+            response,
+            client.reactor,
+            client.reactor,
+            ingest,
+            client.options.idle_timeout,
+            on_bytes,
+            job.on_abort,
+        )
+    except BodyCut as e:
+        job.check_cancelled()
+        cut = UpstreamUnreachable(f"connection lost after {blob.done} bytes: {e}")
+        raise Retryable(cut) from None
+    except UpstreamTimeout as e:
+        job.check_cancelled()
+        raise Retryable(e) from None
+    finally:
+        job.on_abort(None)
+    job.check_cancelled()
+    return state
+
+
+async def download(
+    client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+) -> tuple[Digest, int]:
+    """Make ``want`` a verified blob in the cache; return its digest and size.
+
+    The blob is committed through ``job`` (kept alive until the entry is
+    stored); the partial file stays in ingest/ on failure, for a later resume.
+    """
+    delay = client.options.backoff
+    attempt = 0
+    while True:
+        attempt += 1
+        job.check_cancelled()
+        try:
+            state = await _attempt(client, ingest, want, job, blob)
+            break
+        except Retryable as r:
+            await client.thread(ingest.close)
+            if attempt >= client.options.attempts:
+                raise r.cause from None
+            log.warning(
+                "%s: %s; retry %d/%d in %.1f s",
+                redact_url(want.url),
+                r.cause.message,
+                attempt,
+                client.options.attempts - 1,
+                delay,
+            )
+            await client.sleep(delay, job)
+            delay *= 2
+        except OSError as e:
+            await client.thread(ingest.close)
+            if is_disk_full(e):
+                await client.thread(ingest.discard)
+                raise DiskFull("no space left in the cache") from None
+            raise
+        except BaseException:
+            await client.thread(ingest.close)
+            raise
+    digest, size = await client.thread(ingest.finish)
+    if state.total is not None and size != state.total:
+        await client.thread(ingest.close)
+        raise UpstreamUnreachable(f"body ended after {size} of {state.total} bytes")
+    if want.expected is not None and digest != want.expected:
+        await client.thread(ingest.discard)
+        raise BadContent(
+            f"{redact_url(want.url)}: content has digest {digest}, "
+            f"expected {want.expected}; discarded"
+        )
+    if want.size is not None and size != want.size:
+        await client.thread(ingest.discard)
+        raise BadContent(f"{redact_url(want.url)}: {size} bytes, expected {want.size}; discarded")
+    state.verified = str(digest)
+    await client.thread(ingest.write_state, state)
+    await job.commit(ingest, digest)
+    blob.digest, blob.done, blob.total, blob.state = digest, size, size, "complete"
+    return digest, size
+
+
+class _Discard:
+    """A body protocol that drops the body."""
+
+    def makeConnection(self, transport: Any) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
