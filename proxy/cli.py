@@ -54,6 +54,12 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         "(env NEKKO_ALLOW_UPSTREAM)",
     )
     p.add_argument(
+        "--insecure-registry",
+        metavar="HOSTS",
+        help="comma-separated registries (host or host:port) reached over plain HTTP; "
+        "loopback always is (env NEKKO_INSECURE_REGISTRIES)",
+    )
+    p.add_argument(
         "--idle-timeout",
         metavar="SECONDS",
         help="abort a download whose body sends nothing this long "

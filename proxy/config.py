@@ -82,6 +82,7 @@ class Config:
     verbose: int = 0
     max_downloads: int = 4
     allow_upstream: frozenset[str] = frozenset()
+    insecure_registries: frozenset[str] = frozenset()
     idle_timeout: float = 60.0
     retries: int = 3
 
@@ -93,6 +94,7 @@ ENV: dict[str, tuple[str, str]] = {
     "verbose": ("VERBOSE", "0"),
     "max_downloads": ("NEKKO_MAX_DOWNLOADS", "4"),
     "allow_upstream": ("NEKKO_ALLOW_UPSTREAM", ""),
+    "insecure_registry": ("NEKKO_INSECURE_REGISTRIES", ""),
     "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
     "retries": ("NEKKO_RETRIES", "3"),
 }
@@ -135,6 +137,7 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         verbose=min(_int(name, verbose), 2),
         max_downloads=_int(name_md, max_downloads, minimum=1),
         allow_upstream=_hosts(pick("allow_upstream")[1]),
+        insecure_registries=_hosts(pick("insecure_registry")[1]),
         idle_timeout=idle_timeout,
         retries=_int(name_r, retries),
     )

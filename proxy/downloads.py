@@ -101,7 +101,7 @@ class Download:
     progress: Progress = attrs.field(factory=Progress)
     state: str = "queued"
     cancelled: bool = False
-    _abort: Callable[[], None] | None = None
+    _aborts: list[Callable[[], None]] = attrs.field(factory=list)
     _held: list[Digest] = attrs.field(factory=list)
     _cleanups: list[Callable[[], None]] = attrs.field(factory=list)
     _waiters: list[Deferred[tuple[Entry, bool]]] = attrs.field(factory=list)
@@ -109,8 +109,17 @@ class Download:
 
     # -- Job -------------------------------------------------------------------
 
-    def on_abort(self, abort: Callable[[], None] | None) -> None:
-        self._abort = abort
+    def abortable(self, abort: Callable[[], None]) -> Callable[[], None]:
+        if self.cancelled:
+            abort()
+            return lambda: None
+        self._aborts.append(abort)
+
+        def remove() -> None:
+            if abort in self._aborts:
+                self._aborts.remove(abort)
+
+        return remove
 
     def check_cancelled(self) -> None:
         if self.cancelled:
@@ -187,8 +196,8 @@ class Download:
 
     def cancel(self) -> None:
         self.cancelled = True
-        if self._abort is not None:
-            abort, self._abort = self._abort, None
+        aborts, self._aborts = self._aborts, []
+        for abort in aborts:
             abort()
 
 
@@ -315,15 +324,23 @@ class Downloads:
         job.settle((entry, True))
 
     async def _store_entry(self, job: Download, result: FetchResult) -> Entry:
-        if result.kind == "file":
-            await job.put_blob(EMPTY_JSON)
+        blobs = {f.digest for f in result.files}
+        manifest = result.manifest
+        if manifest is None:
+            blobs.add(await job.put_blob(EMPTY_JSON))
             data = artifact.file_manifest(list(result.files))
             digest = await job.put_blob(data)
             manifest = Descriptor(MEDIA_TYPE_IMAGE_MANIFEST, digest, len(data))
-        else:
-            raise NotImplementedError(result.kind)
-        files = list(result.files)
-        entry = new_entry(job.request.url, result.kind, manifest, files, result.primary)
+        entry = new_entry(
+            job.request.url,
+            result.kind,
+            manifest,
+            list(result.files),
+            result.primary,
+            blobs=blobs,
+            reference=result.reference,
+            annotations=result.annotations,
+        )
         await self.store.put(entry)
         return entry
 

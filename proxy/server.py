@@ -17,6 +17,7 @@ from proxy.config import Config
 from proxy.downloads import Downloads
 from proxy.fetch.base import Fetcher
 from proxy.fetch.http import HttpFetcher
+from proxy.fetch.oci import OciFetcher
 from proxy.fetch.reach import ReachPolicy
 from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
@@ -64,7 +65,8 @@ def build(config: Config, reactor: Any) -> Server:
         TransferOptions(idle_timeout=config.idle_timeout, attempts=config.retries + 1),
     )
     http = HttpFetcher(client, layout)
-    fetchers: dict[str, Fetcher] = {"http": http, "https": http}
+    oci = OciFetcher(client, layout, insecure=config.insecure_registries)
+    fetchers: dict[str, Fetcher] = {"http": http, "https": http, "oci": oci}
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
     content = ContentAPI(downloads)

@@ -19,7 +19,8 @@ downloads in progress::
                                   stray ones are removed at startup
       blobs/sha256/<hex>          verified, immutable, read-only (0444) content:
                                   files as downloaded, manifests, configs
-      ingest/<key>/               one download in progress, key = sha256(URL)
+      ingest/<key>/               one download in progress, key = sha256(URL), or
+                                  sha256-<hex> for a blob known by its digest
         state.json                source URL (no secrets), validators (ETag,
                                   Last-Modified), expected/verified digest
         data                      the bytes received so far (resume point)
@@ -42,6 +43,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ import attrs
 from proxy.types import Digest
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
+_INGEST_KEY_RE = re.compile(r"(?:sha256-)?[a-f0-9]{64}")
 _tmp_counter = itertools.count()
 
 
@@ -104,7 +107,9 @@ class Layout:
         return self.blobs_dir / digest.hex
 
     def ingest_path(self, key: str) -> Path:
-        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        """``ingest/<sha256 of URL>`` for a URL, ``ingest/sha256-<hex>`` for a
+        blob known by its digest."""
+        if not _INGEST_KEY_RE.fullmatch(key):
             raise ValueError(f"invalid ingest key {key!r}")
         return self.ingest_dir / key
 

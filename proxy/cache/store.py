@@ -62,11 +62,19 @@ def now_rfc3339() -> str:
 
 
 def new_entry(
-    url: str, kind: str, manifest: Descriptor, files: list[Descriptor], primary: Descriptor
+    url: str,
+    kind: str,
+    manifest: Descriptor,
+    files: list[Descriptor],
+    primary: Descriptor,
+    *,
+    blobs: set[Digest],
+    reference: str | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> Entry:
-    """An entry for content this server stored (manifest already in blobs/)."""
+    """An entry for content this server stored (every blob already in blobs/)."""
     created = now_rfc3339()
-    reference = reference_for_url(url)
+    reference = reference or reference_for_url(url)
     descriptor = attrs.evolve(
         manifest,
         annotations={
@@ -74,16 +82,16 @@ def new_entry(
             ANNOTATION_URL: url,
             ANNOTATION_KIND: kind,
             ANNOTATION_CREATED: created,
+            **(annotations or {}),
         },
     )
-    blobs = {manifest.digest, artifact.EMPTY_CONFIG.digest, *(f.digest for f in files)}
     return Entry(
         url=url,
         reference=reference,
         descriptor=descriptor,
         files=tuple(files),
         primary=primary,
-        blobs=frozenset(blobs),
+        blobs=frozenset(blobs | {manifest.digest} | {f.digest for f in files}),
         kind=kind,
         created=created,
     )
@@ -126,19 +134,20 @@ class Store:
                 entry = None
             if entry is None or entry.url in self._entries:
                 self._foreign.append(raw)
-                self._foreign_blobs |= self._closure(desc)
+                self._foreign_blobs |= set(self._closure(desc))
             else:
                 self._entries[entry.url] = entry
 
-    def _closure(self, desc: Descriptor) -> set[Digest]:
-        """Digests reachable from a descriptor through manifests on disk."""
-        seen: set[Digest] = set()
+    def _closure(self, desc: Descriptor) -> dict[Digest, Descriptor]:
+        """Descriptors reachable from ``desc`` through manifests on disk, in
+        order (``desc`` first)."""
+        seen: dict[Digest, Descriptor] = {}
         todo = [desc]
         while todo:
-            d = todo.pop()
+            d = todo.pop(0)
             if d.digest in seen:
                 continue
-            seen.add(d.digest)
+            seen[d.digest] = d
             if d.media_type in artifact.MANIFEST_MEDIA_TYPES and self.layout.has_blob(d.digest):
                 try:
                     data = self.layout.blob_path(d.digest).read_bytes()
@@ -149,28 +158,29 @@ class Store:
 
     def _load_own(self, desc: Descriptor) -> Entry | None:
         ann = desc.annotations
-        try:
-            data = self.layout.blob_path(desc.digest).read_bytes()
-            children = artifact.children(desc.media_type, data)
-            files = [c for c in children if artifact.title_of(c) is not None]
-        except (OSError, ValueError) as e:
-            log.warning(
-                "entry %s: manifest %s unreadable (%s); kept as is",
-                ann[ANNOTATION_URL],
-                desc.digest,
-                e,
-            )
+        url = ann[ANNOTATION_URL]
+        kind = ann.get(ANNOTATION_KIND, "file")
+        if not self.layout.has_blob(desc.digest):
+            log.warning("entry %s: manifest %s is missing; kept as is", url, desc.digest)
             return None
-        if not files:
+        closure = self._closure(desc)
+        if kind == "file":
+            files = [c for c in closure.values() if artifact.title_of(c) is not None]
+            primary = files[0] if files else None
+        else:
+            files = [c for c in closure.values() if self.layout.has_blob(c.digest)]
+            primary = desc
+        if primary is None:
+            log.warning("entry %s: manifest %s names no files; kept as is", url, desc.digest)
             return None
         return Entry(
-            url=ann[ANNOTATION_URL],
-            reference=ann.get(ANNOTATION_REF_NAME) or reference_for_url(ann[ANNOTATION_URL]),
+            url=url,
+            reference=ann.get(ANNOTATION_REF_NAME) or reference_for_url(url),
             descriptor=desc,
             files=tuple(files),
-            primary=files[0],
-            blobs=frozenset(self._closure(desc)),
-            kind=ann.get(ANNOTATION_KIND, "file"),
+            primary=primary,
+            blobs=frozenset(closure),
+            kind=kind,
             created=ann.get(ANNOTATION_CREATED, ""),
         )
 

@@ -118,11 +118,20 @@ class Progress:
 
 @attrs.frozen
 class FetchResult:
-    """What a fetcher stored: the files (titled layers) and which one is primary."""
+    """What a fetcher stored.
+
+    ``files`` are the blobs of the entry and ``primary`` the one /content calls
+    ``digest``. When ``manifest`` is None the files are plain files (titled
+    layers) and the entry gets an artifact manifest; otherwise the fetcher
+    stored the manifest itself (an image, an index) and ``reference`` names it.
+    """
 
     files: tuple[Descriptor, ...]
     primary: Descriptor
     kind: str
+    manifest: Descriptor | None = None
+    reference: str | None = None
+    annotations: dict[str, str] = attrs.field(factory=dict)
 
 
 class Job(Protocol):
@@ -130,8 +139,10 @@ class Job(Protocol):
 
     progress: Progress
 
-    def on_abort(self, abort: Callable[[], None] | None) -> None:
-        """Register how to stop the current network activity (None clears)."""
+    def abortable(self, abort: Callable[[], None]) -> Callable[[], None]:
+        """Register how to stop one network activity if the download is
+        cancelled; return the function that unregisters it. Several may be
+        registered at once (parallel blob downloads)."""
 
     def check_cancelled(self) -> None:
         """Raise :class:`proxy.errors.Cancelled` if the download was cancelled."""

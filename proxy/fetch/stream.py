@@ -109,7 +109,7 @@ def stream_body(
     ingest: IngestFile,
     idle_timeout: float,
     on_bytes: Callable[[int], None],
-    on_abort: Callable[[Callable[[], None] | None], None],
+    abortable: Callable[[Callable[[], None]], Callable[[], None]],
 ) -> Deferred[bool]:
     """Deliver ``response``'s body into ``ingest``; fire with True when the
     body ended as framed (Content-Length or chunked), False when it ended by
@@ -117,6 +117,11 @@ def stream_body(
     :class:`UpstreamTimeout` or a disk error. Every byte delivered is on its
     way to disk when this fires."""
     receiver = _BodyReceiver(clock, threads, ingest, idle_timeout, on_bytes)
-    on_abort(receiver.abort)
+    remove = abortable(receiver.abort)
     response.deliverBody(receiver)
-    return receiver.done
+
+    def unregister(result: bool) -> bool:
+        remove()
+        return result
+
+    return receiver.done.addBoth(unregister)

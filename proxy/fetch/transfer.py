@@ -162,7 +162,7 @@ class HttpClient:
 
     async def _send(self, method: str, url: str, h: Headers, job: Job) -> Any:
         d = self._treq.request(method, url, headers=h, allow_redirects=False, unbuffered=True)
-        job.on_abort(d.cancel)
+        remove = job.abortable(d.cancel)
         netloc = urlsplit(url).netloc
         try:
             return await d
@@ -183,7 +183,7 @@ class HttpClient:
                 raise UpstreamUnreachable(f"TLS with {netloc} failed: {cause}") from None
             raise Retryable(UpstreamUnreachable(f"{netloc}: {cause}")) from None
         finally:
-            job.on_abort(None)
+            remove()
 
     def discard(self, response: Any) -> None:
         """Drop a body we do not want (frees the connection)."""
@@ -213,10 +213,10 @@ class HttpClient:
 
     def sleep(self, seconds: float, job: Job) -> Deferred[None]:
         d: Deferred[None] = deferLater(self.reactor, seconds, lambda: None)
-        job.on_abort(d.cancel)
+        remove = job.abortable(d.cancel)
 
         def cleared(r: Any) -> Any:
-            job.on_abort(None)
+            remove()
             job.check_cancelled()
             return r
 
@@ -312,7 +312,7 @@ async def _attempt(
             ingest,
             client.options.idle_timeout,
             on_bytes,
-            job.on_abort,
+            job.abortable,
         )
     except BodyCut as e:
         job.check_cancelled()
@@ -321,8 +321,6 @@ async def _attempt(
     except UpstreamTimeout as e:
         job.check_cancelled()
         raise Retryable(e) from None
-    finally:
-        job.on_abort(None)
     job.check_cancelled()
     return state
 

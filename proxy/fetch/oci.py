@@ -1,0 +1,284 @@
+"""The ``oci://`` downloader: an image or artifact from a distribution registry.
+
+It pulls the way containerd does: resolve the reference to a manifest
+(accepting OCI and Docker schema 2 manifests and indexes), pick the child for
+the wanted platform out of an index (the node's own unless the URL says
+``?platform=``), and fetch the config and layers that are not cached yet, a
+few at a time, each streamed to ``ingest/`` and verified against its digest.
+Manifests are stored byte for byte; a manifest named by tag is checked
+against the ``Docker-Content-Digest`` the registry reports.
+
+Loopback registries and those the operator lists as insecure are spoken to
+over plain HTTP; all others over HTTPS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+
+from proxy.cache import artifact
+from proxy.cache.ingest import IngestFile
+from proxy.cache.layout import Layout
+from proxy.errors import BadContent, StorageError, UpstreamError
+from proxy.fetch.auth import RegistryAuth
+from proxy.fetch.base import FetchRequest, FetchResult, Job
+from proxy.fetch.ociref import ImageReference, Platform, parse_oci_url
+from proxy.fetch.reach import is_loopback_host
+from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header, upstream_error
+from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest
+
+log = logging.getLogger(__name__)
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = frozenset({MEDIA_TYPE_IMAGE_INDEX, DOCKER_LIST})
+MANIFEST_TYPES = frozenset({MEDIA_TYPE_IMAGE_MANIFEST, DOCKER_MANIFEST})
+ACCEPT = ", ".join(
+    [MEDIA_TYPE_IMAGE_MANIFEST, MEDIA_TYPE_IMAGE_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
+).encode()
+MAX_MANIFEST = 4 * 1024 * 1024
+ANNOTATION_PLATFORM = "io.nekko.storage-manager.platform"
+
+
+@attrs.frozen
+class Manifest:
+    descriptor: Descriptor
+    data: bytes
+    doc: dict[str, Any] = attrs.field(eq=False)
+
+
+def _media_type(doc: dict[str, Any], content_type: str | None) -> str:
+    """The manifest's media type: its own ``mediaType`` field, else the header,
+    else inferred from its shape (OCI allows omitting the field)."""
+    mt = doc.get("mediaType")
+    if isinstance(mt, str) and mt:
+        return mt
+    ct = (content_type or "").split(";", 1)[0].strip()
+    if ct in INDEX_TYPES or ct in MANIFEST_TYPES:
+        return ct
+    return MEDIA_TYPE_IMAGE_INDEX if "manifests" in doc else MEDIA_TYPE_IMAGE_MANIFEST
+
+
+class OciFetcher:
+    """Pulls images and artifacts from registries into the cache."""
+
+    schemes: tuple[str, ...] = ("oci",)
+
+    def __init__(
+        self,
+        client: HttpClient,
+        layout: Layout,
+        insecure: frozenset[str] = frozenset(),
+        parallel: int = 4,
+        platform: Platform | None = None,
+    ) -> None:
+        self.client = client
+        self.layout = layout
+        self.insecure = insecure
+        self.parallel = parallel
+        self.platform = platform or Platform.running()
+
+    def validate(self, request: FetchRequest) -> None:
+        ref = parse_oci_url(request.url)
+        self.client.policy.check_host(ref.hostname)
+
+    def base_url(self, ref: ImageReference) -> str:
+        plain = is_loopback_host(ref.hostname) or ref.endpoint in self.insecure
+        plain = plain or ref.hostname in self.insecure
+        return f"{'http' if plain else 'https'}://{ref.endpoint}"
+
+    def fetch(self, request: FetchRequest, job: Job) -> Deferred[FetchResult]:
+        return Deferred.fromCoroutine(self._fetch(request, job))
+
+    # -- requests with registry auth ---------------------------------------------
+
+    async def _get(
+        self,
+        auth: RegistryAuth,
+        url: str,
+        job: Job,
+        headers: dict[bytes, bytes],
+        method: str = "GET",
+    ) -> Any:
+        """A request that answers the registry's 401 challenges (token flow)."""
+        for _ in range(3):
+            response = await self.client.get(url, job, headers, auth.authorization, method)
+            if response.code != 401:
+                return response
+            self.client.discard(response)
+            if not await auth.challenged(response, job):
+                raise UpstreamError(f"{url.split('/v2/', 1)[0]} refused the credentials", 401)
+        raise UpstreamError("registry kept asking for authentication", 401)
+
+    async def _manifest(
+        self, auth: RegistryAuth, base: str, ref: ImageReference, target: str, job: Job
+    ) -> Manifest:
+        url = f"{base}/v2/{ref.repository}/manifests/{target}"
+        for attempt in range(3):
+            try:
+                response = await self._get(auth, url, job, {b"Accept": ACCEPT})
+                data = await self.client.read_small(response, MAX_MANIFEST)
+                break
+            except Retryable as r:
+                if attempt == 2:
+                    raise r.cause from None
+                await self.client.sleep(self.client.options.backoff * 2**attempt, job)
+        if response.code != 200:
+            raise upstream_error(url, response, data)
+        digest = Digest(hashlib.sha256(data).hexdigest())
+        reported = header(response, b"Docker-Content-Digest")
+        if target.startswith("sha256:") and str(digest) != target:
+            raise BadContent(f"manifest {target} has digest {digest}; rejected")
+        if reported is not None and reported != str(digest):
+            raise BadContent(f"manifest digest {digest} differs from the reported {reported}")
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            raise BadContent(f"manifest {target} is not JSON: {e}") from None
+        if doc.get("schemaVersion") == 1:
+            raise UpstreamError(f"{ref.name}: Docker schema 1 manifests are not supported", 415)
+        media_type = _media_type(doc, header(response, b"Content-Type"))
+        if media_type not in INDEX_TYPES and media_type not in MANIFEST_TYPES:
+            raise UpstreamError(f"{ref.name}: unsupported manifest type {media_type!r}", 415)
+        return Manifest(Descriptor(media_type, digest, len(data)), data, doc)
+
+    # -- the pull --------------------------------------------------------------------
+
+    async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
+        ref = parse_oci_url(request.url)
+        base = self.base_url(ref)
+        auth = RegistryAuth(self.client, ref.hostname, ref.repository, request.credentials)
+        platform = ref.platform or self.platform
+        top = await self._manifest(auth, base, ref, ref.manifest_ref, job)
+        if request.expected is not None and top.descriptor.digest != request.expected:
+            raise BadContent(f"{ref.name} is {top.descriptor.digest}, not {request.expected}")
+        manifests = [top]
+        current = top
+        for _depth in range(2):
+            if current.descriptor.media_type not in INDEX_TYPES:
+                break
+            child = self._select(current, platform, ref)
+            current = await self._manifest(auth, base, ref, str(child.digest), job)
+            if current.descriptor.digest != child.digest:
+                raise BadContent(f"child manifest {child.digest} has another digest")
+            manifests.append(current)
+        if current.descriptor.media_type not in MANIFEST_TYPES:
+            raise UpstreamError(f"{ref.name}: nested indexes deeper than 2 are not supported")
+        blobs = artifact.children(current.descriptor.media_type, current.data)
+        blobs = [b for b in blobs if b.media_type not in artifact.MANIFEST_MEDIA_TYPES]
+        for m in manifests:
+            await job.put_blob(m.data)
+        await self._fetch_blobs(auth, base, ref, blobs, job)
+        files = tuple([m.descriptor for m in manifests] + _unique(blobs))
+        annotations = {ANNOTATION_PLATFORM: str(platform)} if len(manifests) > 1 else {}
+        return FetchResult(
+            files=files,
+            primary=top.descriptor,
+            kind="oci",
+            manifest=top.descriptor,
+            reference=ref.name,
+            annotations=annotations,
+        )
+
+    def _select(self, index: Manifest, platform: Platform, ref: ImageReference) -> Descriptor:
+        available = []
+        for item in index.doc.get("manifests") or []:
+            try:
+                desc = Descriptor.from_json(item)
+            except ValueError as e:
+                raise BadContent(f"{ref.name}: bad index entry: {e}") from None
+            plat = item.get("platform") if isinstance(item, dict) else None
+            if isinstance(plat, dict):
+                available.append(
+                    "/".join(
+                        str(plat.get(k)) for k in ("os", "architecture", "variant") if plat.get(k)
+                    )
+                )
+            if platform.matches(plat):
+                return desc
+        raise UpstreamError(
+            f"{ref.name} has no manifest for {platform} (it has: {', '.join(available) or 'none'})",
+            404,
+        )
+
+    async def _fetch_blobs(
+        self, auth: RegistryAuth, base: str, ref: ImageReference, blobs: list[Descriptor], job: Job
+    ) -> None:
+        todo: list[Descriptor] = []
+        for b in _unique(blobs):
+            size = await job.hold_existing(b.digest)
+            if size is None:
+                todo.append(b)
+            elif size != b.size:
+                raise BadContent(f"cached blob {b.digest} has {size} bytes, manifest says {b.size}")
+            else:
+                p = job.progress.add(_title(b), b.size)
+                p.done, p.digest, p.state = size, b.digest, "complete"
+        slots = DeferredSemaphore(self.parallel)
+        failures: list[BaseException] = []
+
+        async def one(desc: Descriptor) -> None:
+            if failures:
+                return
+            try:
+                await self._blob(auth, base, ref, desc, job)
+            except BaseException as e:
+                failures.append(e)
+                raise
+
+        ds = [slots.run(one, desc) for desc in todo]
+        await DeferredList(ds, consumeErrors=True)
+        if failures:
+            # The first failure explains; cancelled siblings follow from it.
+            first = next((f for f in failures if isinstance(f, StorageError)), failures[0])
+            raise first
+
+    async def _blob(
+        self, auth: RegistryAuth, base: str, ref: ImageReference, desc: Descriptor, job: Job
+    ) -> None:
+        url = f"{base}/v2/{ref.repository}/blobs/{desc.digest}"
+        ingest = IngestFile(self.layout, f"sha256-{desc.digest.hex}")
+        progress = job.progress.add(_title(desc), desc.size)
+        for attempt in range(2):
+            if attempt > 0:
+                # The token expired mid-pull: a HEAD answers the new challenge.
+                auth.reset()
+                response = await self._get(auth, url, job, {}, method="HEAD")
+                self.client.discard(response)
+            want = Wanted(
+                url=url,
+                authorization=auth.authorization,
+                expected=desc.digest,
+                size=desc.size,
+                immutable=True,
+            )
+            try:
+                await download(self.client, ingest, want, job, progress)
+                return
+            except UpstreamError as e:
+                if e.upstream_status != 401:
+                    raise
+        raise UpstreamError(f"registry refused blob {desc.digest}", 401)
+
+
+def _unique(descs: list[Descriptor]) -> list[Descriptor]:
+    seen: set[Digest] = set()
+    out = []
+    for d in descs:
+        if d.digest not in seen:
+            seen.add(d.digest)
+            out.append(d)
+    return out
+
+
+def _title(desc: Descriptor) -> str:
+    title = desc.annotations.get("org.opencontainers.image.title")
+    return title or f"{desc.media_type.rsplit('.', 1)[-1]} {desc.digest.hex[:12]}"
