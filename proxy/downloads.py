@@ -89,6 +89,7 @@ class Interrupted:
     bytes_done: int
     total: int | None
     verified: bool = False
+    pull: bool = False  # a multi-blob pull; its finished blobs are already in blobs/
 
 
 @attrs.define(eq=False)
@@ -103,7 +104,8 @@ class Download:
     cancelled: bool = False
     _aborts: list[Callable[[], None]] = attrs.field(factory=list)
     _held: list[Digest] = attrs.field(factory=list)
-    _cleanups: list[Callable[[], None]] = attrs.field(factory=list)
+    _cleanups: list[Callable[[], None]] = attrs.field(factory=list)  # once stored
+    _committed: list[Callable[[], None]] = attrs.field(factory=list)  # in any case
     _waiters: list[Deferred[tuple[Entry, bool]]] = attrs.field(factory=list)
     _finished: list[Deferred[None]] = attrs.field(factory=list)
 
@@ -133,7 +135,8 @@ class Download:
             self._hold(digest)
             return self._thread(ingest.commit, digest).addCallback(lambda _: None)
 
-        self._cleanups.append(ingest.discard)
+        # Once its data is in blobs/, the ingest directory has nothing left to resume.
+        self._committed.append(ingest.discard)
         return self.store.blob_lock.run(locked)
 
     def hold_existing(self, digest: Digest) -> Deferred[int | None]:
@@ -168,8 +171,9 @@ class Download:
             self.store.release(d)
         self._held.clear()
 
-    def cleanups(self) -> list[Callable[[], None]]:
-        return list(self._cleanups)
+    def cleanups(self, stored: bool) -> list[Callable[[], None]]:
+        """What to remove from ingest/ now that the download ended."""
+        return list(self._committed) + (list(self._cleanups) if stored else [])
 
     def wait(self) -> Deferred[tuple[Entry, bool]]:
         d: Deferred[tuple[Entry, bool]] = Deferred()
@@ -305,6 +309,8 @@ class Downloads:
             )
             job.release()
             self._running.pop(url, None)
+            for cleanup in job.cleanups(stored=False):
+                await self._thread(cleanup)
             await self._note_interrupted(url)
             if isinstance(failure.value, OSError) and is_disk_full(failure.value):
                 failure = Failure(DiskFull("no space left in the cache"))
@@ -317,7 +323,7 @@ class Downloads:
         job.release()
         self._running.pop(url, None)
         self._interrupted.pop(url, None)
-        for cleanup in job.cleanups():
+        for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
         primary = entry.primary
         log.info("stored %s as %s (%d bytes)", redact_url(url), primary.digest, primary.size)
@@ -352,7 +358,7 @@ class Downloads:
             return _interrupted(state, ingest) if state is not None else None
 
         found = await self._thread(look)
-        if found is not None and (found.bytes_done > 0 or found.verified):
+        if found is not None and (found.bytes_done > 0 or found.verified or found.pull):
             self._interrupted[url] = found
         else:
             self._interrupted.pop(url, None)
@@ -392,6 +398,7 @@ def _interrupted(state: IngestState, ingest: IngestFile) -> Interrupted:
         bytes_done=ingest.bytes_on_disk(),
         total=state.total,
         verified=state.verified is not None,
+        pull=state.kind != "file",
     )
 
 

@@ -53,6 +53,7 @@ class IngestState:
     """What must survive a crash to resume a download (never secrets)."""
 
     url: str
+    kind: str = "file"  # "file": data is the download; otherwise a marker of a pull
     etag: str | None = None
     last_modified: str | None = None
     total: int | None = None

@@ -23,8 +23,8 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from proxy.cache import artifact
-from proxy.cache.ingest import IngestFile
-from proxy.cache.layout import Layout
+from proxy.cache.ingest import IngestFile, IngestState
+from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadContent, StorageError, UpstreamError
 from proxy.fetch.auth import RegistryAuth
 from proxy.fetch.base import FetchRequest, FetchResult, Job
@@ -157,6 +157,10 @@ class OciFetcher:
         base = self.base_url(ref)
         auth = RegistryAuth(self.client, ref.hostname, ref.repository, request.credentials)
         platform = ref.platform or self.platform
+        # Marks the pull as interrupted if it stops; removed once the entry is stored.
+        marker = IngestFile(self.layout, ingest_key(request.url))
+        await self.client.thread(marker.write_state, IngestState(url=request.url, kind="oci"))
+        job.after_commit(marker.discard)
         top = await self._manifest(auth, base, ref, ref.manifest_ref, job)
         if request.expected is not None and top.descriptor.digest != request.expected:
             raise BadContent(f"{ref.name} is {top.descriptor.digest}, not {request.expected}")
