@@ -157,13 +157,13 @@ class OciFetcher:
         base = self.base_url(ref)
         auth = RegistryAuth(self.client, ref.hostname, ref.repository, request.credentials)
         platform = ref.platform or self.platform
+        top = await self._manifest(auth, base, ref, ref.manifest_ref, job)
+        if request.expected is not None and top.descriptor.digest != request.expected:
+            raise BadContent(f"{ref.name} is {top.descriptor.digest}, not {request.expected}")
         # Marks the pull as interrupted if it stops; removed once the entry is stored.
         marker = IngestFile(self.layout, ingest_key(request.url))
         await self.client.thread(marker.write_state, IngestState(url=request.url, kind="oci"))
         job.after_commit(marker.discard)
-        top = await self._manifest(auth, base, ref, ref.manifest_ref, job)
-        if request.expected is not None and top.descriptor.digest != request.expected:
-            raise BadContent(f"{ref.name} is {top.descriptor.digest}, not {request.expected}")
         manifests = [top]
         current = top
         for _depth in range(2):

@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -53,6 +54,7 @@ __all__ = [
     "TokenRequest",
     "TokenServer",
     "parse_scope",
+    "parse_www_authenticate",
     "write_htpasswd",
 ]
 
@@ -322,6 +324,19 @@ def parse_scope(scope: str) -> tuple[str, str, list[str]]:
     if not sep or not sep2 or not kind or not name:
         raise ValueError(f"malformed scope {scope!r}")
     return kind, name, [a for a in actions.split(",") if a]
+
+
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
+    """``'Bearer realm="r",service="s",scope="a:b:pull"'`` -> ``("bearer", {...})``.
+
+    Enough for the single challenge registry 2.8 sends; the scheme is lower-cased.
+    """
+    scheme, _, rest = header.strip().partition(" ")
+    params = {k.lower(): re.sub(r"\\(.)", r"\1", v) for k, v in _CHALLENGE_PARAM.findall(rest)}
+    return scheme.lower(), params
 
 
 @dataclasses.dataclass(frozen=True)
