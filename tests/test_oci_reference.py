@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from proxy.errors import BadRequest
@@ -143,3 +145,24 @@ def test_challenge_parsing() -> None:
     basic = parse_challenge('Basic realm="basic-realm"')
     assert basic is not None and basic.scheme == "basic" and basic.params["realm"] == "basic-realm"
     assert parse_challenge("") is None
+
+
+def test_plain_http_only_for_loopback_and_insecure_registries() -> None:
+    from twisted.internet import reactor
+
+    from proxy.cache.layout import Layout
+    from proxy.fetch.oci import OciFetcher
+    from proxy.fetch.reach import ReachPolicy
+    from proxy.fetch.transfer import HttpClient
+
+    client = HttpClient(reactor, ReachPolicy())
+    fetcher = OciFetcher(client, Layout(Path("/nonexistent")), insecure=frozenset({"reg.lan:5000"}))
+    assert fetcher.base_url(parse_oci_url("oci://127.0.0.1:5000/a")) == "http://127.0.0.1:5000"
+    assert fetcher.base_url(parse_oci_url("oci://localhost:5000/a")) == "http://localhost:5000"
+    assert fetcher.base_url(parse_oci_url("oci://[::1]:5000/a")) == "http://[::1]:5000"
+    assert fetcher.base_url(parse_oci_url("oci://reg.lan:5000/a")) == "http://reg.lan:5000"
+    assert fetcher.base_url(parse_oci_url("oci://reg.lan/a")) == "https://reg.lan"
+    assert fetcher.base_url(parse_oci_url("oci://ghcr.io/a/b")) == "https://ghcr.io"
+    assert fetcher.base_url(parse_oci_url("oci://docker.io/alpine")) == (
+        "https://registry-1.docker.io"
+    )
