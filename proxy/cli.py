@@ -54,6 +54,12 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         "(env NEKKO_ALLOW_UPSTREAM)",
     )
     p.add_argument(
+        "--upstream",
+        metavar="REGISTRY",
+        help="registry whose tags /v2 serves when a request names none with ?ns= "
+        "(env NEKKO_UPSTREAM)",
+    )
+    p.add_argument(
         "--insecure-registry",
         metavar="HOSTS",
         help="comma-separated registries (host or host:port) reached over plain HTTP; "

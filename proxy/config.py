@@ -83,6 +83,7 @@ class Config:
     max_downloads: int = 4
     allow_upstream: frozenset[str] = frozenset()
     insecure_registries: frozenset[str] = frozenset()
+    upstream: str | None = None
     idle_timeout: float = 60.0
     retries: int = 3
 
@@ -95,6 +96,7 @@ ENV: dict[str, tuple[str, str]] = {
     "max_downloads": ("NEKKO_MAX_DOWNLOADS", "4"),
     "allow_upstream": ("NEKKO_ALLOW_UPSTREAM", ""),
     "insecure_registry": ("NEKKO_INSECURE_REGISTRIES", ""),
+    "upstream": ("NEKKO_UPSTREAM", ""),
     "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
     "retries": ("NEKKO_RETRIES", "3"),
 }
@@ -138,6 +140,7 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         max_downloads=_int(name_md, max_downloads, minimum=1),
         allow_upstream=_hosts(pick("allow_upstream")[1]),
         insecure_registries=_hosts(pick("insecure_registry")[1]),
+        upstream=pick("upstream")[1].strip().lower() or None,
         idle_timeout=idle_timeout,
         retries=_int(name_r, retries),
     )

@@ -10,7 +10,9 @@ from typing import Any
 import attrs
 
 from proxy.api.content import ContentAPI
+from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
+from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.config import Config
@@ -70,7 +72,8 @@ def build(config: Config, reactor: Any) -> Server:
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
     content = ContentAPI(downloads)
-    site = LoggingSite(Root(content))  # type: ignore[no-untyped-call]
+    registry = RegistryAPI(layout, Catalog(store, upstream=config.upstream))
+    site = LoggingSite(Root(content, registry))  # type: ignore[no-untyped-call]
     log.info(
         "cache %s: %d entries, %d interrupted downloads",
         layout.root,

@@ -1,32 +1,44 @@
 """The root resource: sends each request to the API that owns its path.
 
+``/v2`` → :class:`proxy.api.registry.RegistryAPI` (first: it is the hot path);
 ``/content`` → :class:`proxy.api.content.ContentAPI`; ``/healthz`` and
-``/readyz`` → health checks. Everything else is 404 with a JSON error.
+``/readyz`` → health checks. An absolute-form target
+(``GET http://<registry>/v2/...``, a forward-proxy request) goes to the
+registry API with ``<registry>`` as its namespace; any other proxy request is
+502, so a client with fallback goes to the origin itself. Everything else is
+404 with a JSON error.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
+from proxy.api.registry import RegistryAPI, query_args
 
 
 class Root(Resource):
     isLeaf = True
 
-    def __init__(self, content: ContentAPI) -> None:
+    def __init__(self, content: ContentAPI, registry: RegistryAPI) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._content = content.app.resource()
+        self._registry = registry
         self._layout = content.layout
 
     def render(self, request: IRequest) -> Any:
         path: bytes = request.path
+        if path.startswith(b"/v2"):
+            if path == b"/v2" or path.startswith(b"/v2/"):
+                return self._registry.render(request, path)
+        elif path.startswith((b"http://", b"https://")):
+            return self._forward_proxy(request, path)
         if path == b"/content" or path.startswith(b"/content/"):
             try:
                 unquote_to_bytes(path).decode("utf-8")
@@ -40,6 +52,18 @@ class Root(Resource):
             ok = self._layout.index_path.exists()
             return self._json(request, 200 if ok else 503, {"ready": ok})
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
+
+    def _forward_proxy(self, request: Any, target: bytes) -> Any:
+        try:
+            parts = urlsplit(target.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return json_error(request, 400, "BAD_REQUEST", "malformed request target")
+        path = parts.path.encode("ascii")
+        if parts.netloc and (path == b"/v2" or path.startswith(b"/v2/")):
+            request.args = query_args(request.uri)
+            return self._registry.render(request, path, proxied_host=parts.netloc.lower())
+        # Not something this cache holds: let the client go to the origin itself.
+        return json_error(request, 502, "NOT_CACHED", "only /v2 content is served as a proxy")
 
     @staticmethod
     def _json(request: IRequest, status: int, body: Any) -> bytes:

@@ -1,0 +1,57 @@
+"""HTTP ``Range`` for blob answers (RFC 9110 section 14).
+
+One range of bytes is served as 206. Everything else this server does not
+serve partially -- several ranges, another unit, a malformed header -- is
+ignored and the whole blob goes out with 200, which RFC 9110 allows
+("a server MAY ignore the Range header field"). A syntactically valid
+single range that misses the blob is unsatisfiable: 416.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+_SINGLE_RE = re.compile(r"bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+@attrs.frozen
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class Unsatisfiable(Exception):
+    """The range is valid but selects no byte of the blob."""
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one range to serve, or None for the whole blob.
+
+    Raise :class:`Unsatisfiable` for a valid single range outside the blob.
+    """
+    if header is None:
+        return None
+    m = _SINGLE_RE.fullmatch(header)
+    if m is None:
+        return None  # another unit, several ranges, or malformed: ignore
+    first, last = m.group(1), m.group(2)
+    if first == "" and last == "":
+        return None
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable()
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    end = int(last) if last != "" else size - 1
+    if last != "" and end < start:
+        return None  # invalid range-spec: ignore the header
+    if start >= size:
+        raise Unsatisfiable()
+    return ByteRange(start, min(end, size - 1))

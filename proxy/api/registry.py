@@ -1,0 +1,344 @@
+"""The OCI distribution API over the cache (read-only): ``/v2/...``.
+
+Routes (``GET`` and ``HEAD``)::
+
+    /v2/                              200 {}
+    /v2/_catalog?n=&last=             repository names, paginated
+    /v2/<name>/tags/list?n=&last=     tags of a name, paginated
+    /v2/<name>/manifests/<tag|digest> the stored manifest bytes
+    /v2/<name>/blobs/<digest>         the blob, with single byte ranges
+
+Names, tags and digests are checked against the distribution grammar before
+anything touches the filesystem (a ``%`` anywhere in the path is refused, so
+encoded slashes and dots never reach a path). Blobs are found by digest alone:
+``<name>`` is not checked against them (nydusd's ``repo`` is arbitrary). Only
+``blobs/`` is read, so nothing still in ``ingest/`` is ever served. Writes
+answer 405 ``UNSUPPORTED``.
+
+Requests with an absolute-form target (``GET http://<registry>/v2/...``, as
+nydusd sends to its forward proxy) are served the same way from the cache,
+with ``<registry>`` as the namespace; a miss answers 502 so nydusd, with
+``fallback: true``, reads from the registry itself.
+
+This path is kept lean on purpose (no Klein routing): per-request overhead is
+what limits small range reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+from urllib.parse import parse_qs
+
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+
+from proxy.api.blobs import FileRangeProducer
+from proxy.api.ranges import Unsatisfiable, parse_range
+from proxy.cache import artifact
+from proxy.cache.catalog import Catalog
+from proxy.cache.layout import Layout
+from proxy.naming import NAME_RE, TAG_RE
+from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
+
+# OCI distribution-spec error codes and the statuses this server answers them with.
+OCI_STATUS = {
+    "BLOB_UNKNOWN": 404,
+    "MANIFEST_UNKNOWN": 404,
+    "NAME_UNKNOWN": 404,
+    "NAME_INVALID": 400,
+    "DIGEST_INVALID": 400,
+    "TAG_INVALID": 400,
+    "UNSUPPORTED": 405,
+    "UNAUTHORIZED": 401,
+    "DENIED": 403,
+    "TOOMANYREQUESTS": 429,
+}
+_DIGEST_GRAMMAR_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
+MAX_MANIFEST = 4 * 1024 * 1024
+API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
+
+
+class OciError(Exception):
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or OCI_STATUS[code]
+
+
+def error_body(request: Any, err: OciError) -> bytes:
+    request.setResponseCode(err.status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(*API_VERSION)
+    body = json.dumps({"errors": [{"code": err.code, "message": err.message, "detail": {}}]})
+    data = body.encode() + b"\n"
+    request.setHeader(b"Content-Length", str(len(data)).encode())
+    return data
+
+
+def _check_name(name: str) -> None:
+    if len(name) > 255 or not NAME_RE.fullmatch(name):
+        raise OciError("NAME_INVALID", f"invalid repository name {name[:100]!r}")
+
+
+def _digest(text: str, unknown: str) -> Digest:
+    if not _DIGEST_GRAMMAR_RE.fullmatch(text):
+        raise OciError("DIGEST_INVALID", f"invalid digest {text[:100]!r}")
+    m = _SHA256_RE.fullmatch(text)
+    if m is None:
+        # A valid digest of an algorithm (or form) this cache never stores.
+        raise OciError(unknown, f"{text[:100]} is not in this cache")
+    return Digest(m.group(1))
+
+
+def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[str], str | None]:
+    last = args.get(b"last", [b""])[0].decode("utf-8", "replace")
+    if last:
+        items = [i for i in items if i > last]
+    n_raw = args.get(b"n", [b""])[0]
+    if n_raw:
+        if not n_raw.isdigit():
+            raise OciError("UNSUPPORTED", "n must be a non-negative number", 400)
+        n = int(n_raw)
+        if len(items) > n:
+            return items[:n], items[n - 1] if n > 0 else None
+    return items, None
+
+
+class RegistryAPI:
+    """Serves /v2 from a cache layout and its catalog."""
+
+    def __init__(self, layout: Layout, catalog: Catalog) -> None:
+        self.layout = layout
+        self.catalog = catalog
+
+    def render(self, request: Any, path: bytes, proxied_host: str | None = None) -> Any:
+        """Answer a /v2 request; ``path`` is the raw path (no query)."""
+        try:
+            result = self._route(request, path, proxied_host)
+        except OciError as e:
+            if proxied_host is not None and e.status == 404:
+                # Forward-proxy miss: 502 makes nydusd fall back to the registry.
+                e = OciError(e.code, e.message, 502)
+            result = error_body(request, e)
+        if result is NOT_DONE_YET:
+            return result
+        # Finish here rather than returning bytes: twisted.web would rewrite
+        # Content-Length of a HEAD answer to the length of the (empty) body.
+        if request.responseHeaders.getRawHeaders(b"content-length") is None:
+            request.setHeader(b"Content-Length", str(len(result)).encode())
+        request.write(result)
+        request.finish()
+        return NOT_DONE_YET
+
+    def _route(self, request: Any, path: bytes, proxied_host: str | None) -> Any:
+        method = request.method
+        if method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            raise OciError("UNSUPPORTED", "this registry is read-only (push is not enabled)")
+        if path in (b"/v2", b"/v2/"):
+            return self._json(request, {})
+        if b"%" in path:
+            raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
+        try:
+            rest = path[len(b"/v2/") :].decode("ascii")
+        except UnicodeDecodeError:
+            raise OciError("NAME_INVALID", "path is not ASCII") from None
+        args: dict[bytes, list[bytes]] = request.args or {}
+        ns_raw = args.get(b"ns", [b""])[0].decode("ascii", "replace")
+        ns = proxied_host or ns_raw or None
+        if rest == "_catalog":
+            return self._catalog(request, args, ns_raw or None)
+        if rest.endswith("/tags/list"):
+            name = rest[: -len("/tags/list")]
+            _check_name(name)
+            return self._tags(request, name, args, ns)
+        for marker, handler in (("/manifests/", self._manifest), ("/blobs/", self._blob)):
+            i = rest.rfind(marker)
+            if i > 0:
+                name, ref = rest[:i], rest[i + len(marker) :]
+                _check_name(name)
+                return handler(request, name, ref, ns)
+        if "/blobs/uploads" in rest:
+            raise OciError("UNSUPPORTED", "this registry is read-only (push is not enabled)")
+        raise OciError("NAME_UNKNOWN", "no such endpoint", 404)
+
+    # -- listings ------------------------------------------------------------
+
+    def _json(self, request: Any, body: Any) -> bytes:
+        data = json.dumps(body).encode()
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", str(len(data)).encode())
+        request.setHeader(*API_VERSION)
+        return data
+
+    def _catalog(self, request: Any, args: dict[bytes, list[bytes]], ns: str | None) -> bytes:
+        names, next_last = _paginate(self.catalog.names(ns), args)
+        if next_last is not None:
+            n = args[b"n"][0].decode()
+            request.setHeader(
+                b"Link", f'</v2/_catalog?last={next_last}&n={n}>; rel="next"'.encode()
+            )
+        return self._json(request, {"repositories": names})
+
+    def _tags(
+        self, request: Any, name: str, args: dict[bytes, list[bytes]], ns: str | None
+    ) -> bytes:
+        tags = self.catalog.tags(name, ns)
+        if tags is None:
+            raise OciError("NAME_UNKNOWN", f"repository {name} is not in this cache")
+        tags, next_last = _paginate(tags, args)
+        if next_last is not None:
+            n = args[b"n"][0].decode()
+            link = f'</v2/{name}/tags/list?last={next_last}&n={n}>; rel="next"'
+            request.setHeader(b"Link", link.encode())
+        return self._json(request, {"name": name, "tags": tags})
+
+    # -- manifests -------------------------------------------------------------
+
+    def _manifest(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
+        if ":" in ref:
+            digest = _digest(ref, "MANIFEST_UNKNOWN")
+        else:
+            if not TAG_RE.fullmatch(ref):
+                raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")
+            entry = self.catalog.resolve(name, ref, ns)
+            if entry is None:
+                where = f" in {ns}" if ns else ""
+                raise OciError("MANIFEST_UNKNOWN", f"{name}:{ref}{where} is not in this cache")
+            digest = entry.descriptor.digest
+        known = self.catalog.known_media_type(digest)
+        d = deferToThread(self._read_manifest, digest, known)
+
+        def send(result: tuple[bytes, str]) -> None:
+            data, media_type = result
+            request.setHeader(b"Content-Type", media_type.encode())
+            request.setHeader(b"Docker-Content-Digest", str(digest).encode())
+            request.setHeader(b"ETag", f'"{digest}"'.encode())
+            request.setHeader(b"Content-Length", str(len(data)).encode())
+            request.setHeader(*API_VERSION)
+            if _not_modified(request, digest):
+                request.setResponseCode(304)
+            elif request.method == b"GET":
+                request.write(data)
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            err = f.value if isinstance(f.value, OciError) else None
+            if err is None:
+                err = OciError("MANIFEST_UNKNOWN", "manifest unreadable", 500)
+            if not request.finished and not request._disconnected:
+                request.write(error_body(request, err))
+                request.finish()
+
+        d.addCallback(send).addErrback(failed)
+        return NOT_DONE_YET
+
+    def _read_manifest(self, digest: Digest, known: str | None) -> tuple[bytes, str]:
+        """(bytes, media type) of a manifest blob; blocking (runs in a thread)."""
+        path = self.layout.blob_path(digest)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_MANIFEST + 1)
+        except FileNotFoundError:
+            raise OciError("MANIFEST_UNKNOWN", f"{digest} is not in this cache") from None
+        not_manifest = OciError("MANIFEST_UNKNOWN", f"{digest} is not a manifest")
+        if len(data) > MAX_MANIFEST:
+            raise not_manifest
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise not_manifest from None
+        if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+            raise not_manifest
+        media_type = doc.get("mediaType")
+        if not isinstance(media_type, str) or not media_type:
+            media_type = known if known in artifact.MANIFEST_MEDIA_TYPES else None
+        if media_type is None:
+            media_type = MEDIA_TYPE_IMAGE_INDEX if "manifests" in doc else MEDIA_TYPE_IMAGE_MANIFEST
+        if media_type not in artifact.MANIFEST_MEDIA_TYPES:
+            raise not_manifest
+        return data, media_type
+
+    # -- blobs -----------------------------------------------------------------
+
+    def _blob(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
+        digest = _digest(ref, "BLOB_UNKNOWN")
+        try:
+            fd = os.open(self.layout.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise OciError("BLOB_UNKNOWN", f"{digest} is not in this cache") from None
+        try:
+            size = os.fstat(fd).st_size
+            request.setHeader(b"Content-Type", b"application/octet-stream")
+            request.setHeader(b"Docker-Content-Digest", str(digest).encode())
+            request.setHeader(b"Accept-Ranges", b"bytes")
+            request.setHeader(b"ETag", f'"{digest}"'.encode())
+            request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
+            request.setHeader(*API_VERSION)
+            host = _header(request, b"host") or "localhost"
+            location = f"http://{host}/v2/{name}/blobs/{digest}"
+            request.setHeader(b"Location", location.encode("latin-1", "replace"))
+            if _not_modified(request, digest):
+                os.close(fd)
+                request.setResponseCode(304)
+                return b""
+            try:
+                wanted = _range_header(request, digest)
+                byte_range = parse_range(wanted, size)
+            except Unsatisfiable:
+                os.close(fd)
+                request.setResponseCode(416)
+                request.setHeader(b"Content-Range", f"bytes */{size}".encode())
+                request.setHeader(b"Content-Length", b"0")
+                return b""
+            offset, length = 0, size
+            if byte_range is not None:
+                offset, length = byte_range.start, byte_range.length
+                request.setResponseCode(206)
+                cr = f"bytes {byte_range.start}-{byte_range.end}/{size}"
+                request.setHeader(b"Content-Range", cr.encode())
+            request.setHeader(b"Content-Length", str(length).encode())
+            if request.method == b"HEAD":
+                os.close(fd)
+                return b""
+        except BaseException:
+            os.close(fd)
+            raise
+        FileRangeProducer(request, fd, offset, length).start()
+        return NOT_DONE_YET
+
+
+def _not_modified(request: Any, digest: Digest) -> bool:
+    value = _header(request, b"if-none-match")
+    if not value:
+        return False
+    tags = [t.strip().removeprefix("W/").strip('"') for t in value.split(",")]
+    return "*" in tags or str(digest) in tags
+
+
+def _range_header(request: Any, digest: Digest) -> str | None:
+    """The Range header to honour: none if If-Range names another representation."""
+    wanted = _header(request, b"range")
+    if wanted is None:
+        return None
+    if_range = _header(request, b"if-range")
+    if if_range is not None and if_range.strip().strip('"') != str(digest):
+        return None
+    return wanted
+
+
+def _header(request: Any, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def query_args(uri: bytes) -> dict[bytes, list[bytes]]:
+    """Query arguments of a request target (used for absolute-form targets)."""
+    _, _, query = uri.partition(b"?")
+    return parse_qs(query) if query else {}

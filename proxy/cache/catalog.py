@@ -1,0 +1,110 @@
+"""Which cached entry the OCI distribution API serves under which name and tag.
+
+An entry's ``reference`` decides it:
+
+* content pulled with ``oci://<registry>/<repo>:<tag>`` is served as
+  ``<repo>:<tag>`` of registry ``<registry>`` (``docker.io``,
+  ``index.docker.io`` and ``registry-1.docker.io`` are one registry);
+* every other entry (http, hf, ...) is served under its whole reference,
+  ``<host>[-<port>]/<path>:<tag>``, and belongs to no registry.
+
+A tag is looked up with the registry the client names (containerd's
+``?ns=<registry>``); without one, in ``--upstream``'s registry if that is
+set, else wherever the name and tag are unique.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from proxy.cache import artifact
+from proxy.cache.store import Entry, Store
+from proxy.naming import NAME_RE, TAG_RE
+
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+def normalize_registry(host: str) -> str:
+    host = host.lower()
+    return "docker.io" if host in DOCKER_HUB_ALIASES else host
+
+
+@attrs.frozen
+class Served:
+    registry: str | None
+    name: str
+    tag: str | None
+    entry: Entry
+
+
+def served(entry: Entry) -> Served | None:
+    """How ``entry`` appears under /v2, or None when it has no manifest to serve."""
+    if entry.descriptor.media_type not in artifact.MANIFEST_MEDIA_TYPES or not entry.complete:
+        return None
+    rest = entry.reference
+    registry = None
+    if entry.url.startswith("oci://") and "/" in rest:
+        registry, rest = rest.split("/", 1)
+        registry = normalize_registry(registry)
+    tag: str | None = None
+    if "@" in rest:
+        rest = rest.split("@", 1)[0]
+    elif ":" in rest.rsplit("/", 1)[-1]:
+        rest, tag = rest.rsplit(":", 1)
+        if not TAG_RE.fullmatch(tag):
+            return None
+    if not NAME_RE.fullmatch(rest):
+        return None
+    return Served(registry, rest, tag, entry)
+
+
+class Catalog:
+    """Names and tags of a store, as the distribution API sees them."""
+
+    def __init__(self, store: Store, upstream: str | None = None) -> None:
+        self._store = store
+        self._upstream = normalize_registry(upstream) if upstream else None
+
+    def _all(self) -> list[Served]:
+        out = []
+        for entry in self._store.entries():
+            s = served(entry)
+            if s is not None:
+                out.append(s)
+        return out
+
+    def _in_scope(self, items: list[Served], ns: str | None) -> list[Served]:
+        if ns:
+            registry = normalize_registry(ns)
+            return [s for s in items if s.registry == registry]
+        if self._upstream is not None:
+            return [s for s in items if s.registry in (self._upstream, None)]
+        return items
+
+    def resolve(self, name: str, tag: str, ns: str | None) -> Entry | None:
+        """The entry serving ``name:tag``, or None (unknown or ambiguous)."""
+        hits = [s for s in self._in_scope(self._all(), ns) if s.name == name and s.tag == tag]
+        digests = {s.entry.descriptor.digest for s in hits}
+        if len(digests) != 1:
+            return None
+        return hits[0].entry
+
+    def tags(self, name: str, ns: str | None) -> list[str] | None:
+        """Tags of ``name`` (None when the name is unknown)."""
+        items = [s for s in self._in_scope(self._all(), ns) if s.name == name]
+        if not items:
+            return None
+        return sorted({s.tag for s in items if s.tag is not None})
+
+    def names(self, ns: str | None = None) -> list[str]:
+        return sorted({s.name for s in self._in_scope(self._all(), ns)})
+
+    def known_media_type(self, digest: object) -> str | None:
+        """The media type some entry records for a blob, if any does."""
+        for entry in self._store.entries():
+            if entry.descriptor.digest == digest:
+                return entry.descriptor.media_type
+            for f in entry.files:
+                if f.digest == digest:
+                    return f.media_type
+        return None
