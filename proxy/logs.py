@@ -16,6 +16,7 @@ from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.web import http
 from twisted.web.server import Request, Site
 
+from proxy.api.channel import PlainHTTPChannel
 from proxy.redact import redact_url
 
 TRACE = 5
@@ -67,6 +68,7 @@ class LoggingSite(Site):
     """A Site whose access log is one redacted line per request."""
 
     requestFactory = TimedRequest
+    protocol = PlainHTTPChannel  # type: ignore[assignment]  # HTTP/1.1 only, by choice
     noisy = False
 
     def log(self, request: http.Request) -> None:

@@ -90,6 +90,8 @@ def _digest(text: str, unknown: str) -> Digest:
     if not _DIGEST_GRAMMAR_RE.fullmatch(text):
         raise OciError("DIGEST_INVALID", f"invalid digest {text[:100]!r}")
     m = _SHA256_RE.fullmatch(text)
+    if m is None and text.startswith("sha256:"):
+        raise OciError("DIGEST_INVALID", "a sha256 digest has 64 lowercase hex digits")
     if m is None:
         # A valid digest of an algorithm (or form) this cache never stores.
         raise OciError(unknown, f"{text[:100]} is not in this cache")
