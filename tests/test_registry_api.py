@@ -323,3 +323,33 @@ def test_oras_pulls_a_cached_file(setup: Setup, tmp_path: Path) -> None:
     files = client.pull(target=f"{host}/{setup.file_ref}", outdir=str(out))
     assert [Path(f).name for f in files] == ["tiny.gguf"]
     assert (out / "tiny.gguf").read_bytes() == setup.file_data
+
+
+def test_namespace_selection_and_upstream(tmp_path: Path) -> None:
+    """The same name:tag from two registries: ns picks one, --upstream is the
+    default, and without either the ambiguous tag is unknown."""
+    with Registry(tmp_path / "r1") as r1, Registry(tmp_path / "r2") as r2:
+        b1, b2 = Blobs(), Blobs()
+        one = b1.image(NODE.architecture, layers=[b"one"])
+        two = b2.image(NODE.architecture, layers=[b"two"])
+        push_image_tree(r1.url, "lib/app", b1, one, "1")
+        push_image_tree(r2.url, "lib/app", b2, two, "1")
+        cache = tmp_path / "cache"
+        with ServerProcess(cache) as srv, srv.client() as c:
+            for reg in (r1, r2):
+                r = c.post("/content/", json={"url": f"oci://{reg.host}/lib/app:1"})
+                assert r.status_code == 201, r.text
+                assert r.json()["reference"] == f"{reg.host}/lib/app:1"
+            assert c.get("/v2/lib/app/manifests/1").status_code == 404
+            assert (
+                c.get(f"/v2/lib/app/manifests/1?ns={r1.host}").headers["docker-content-digest"]
+                == one["digest"]
+            )
+            assert (
+                c.get(f"/v2/lib/app/manifests/1?ns={r2.host}").headers["docker-content-digest"]
+                == two["digest"]
+            )
+        with ServerProcess(cache, "--upstream", r2.host) as srv, srv.client() as c:
+            r = c.get("/v2/lib/app/manifests/1")
+            assert r.status_code == 200 and r.headers["docker-content-digest"] == two["digest"]
+            assert c.get("/v2/lib/app/tags/list").json()["tags"] == ["1"]
