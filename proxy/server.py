@@ -8,6 +8,7 @@ import stat
 from typing import Any
 
 import attrs
+from twisted.python.threadpool import ThreadPool
 
 from proxy.api.content import ContentAPI
 from proxy.api.registry import RegistryAPI
@@ -72,7 +73,10 @@ def build(config: Config, reactor: Any) -> Server:
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
     content = ContentAPI(downloads)
-    registry = RegistryAPI(layout, Catalog(store, upstream=config.upstream))
+    pool = ThreadPool(minthreads=0, maxthreads=32, name="sendfile")
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    registry = RegistryAPI(layout, Catalog(store, upstream=config.upstream), pool)
     site = LoggingSite(Root(content, registry))  # type: ignore[no-untyped-call]
     log.info(
         "cache %s: %d entries, %d interrupted downloads",

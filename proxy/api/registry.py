@@ -34,9 +34,10 @@ from urllib.parse import parse_qs
 
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.server import NOT_DONE_YET
 
-from proxy.api.blobs import FileRangeProducer
+from proxy.api.blobs import send_blob
 from proxy.api.ranges import Unsatisfiable, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
@@ -115,9 +116,10 @@ def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[st
 class RegistryAPI:
     """Serves /v2 from a cache layout and its catalog."""
 
-    def __init__(self, layout: Layout, catalog: Catalog) -> None:
+    def __init__(self, layout: Layout, catalog: Catalog, pool: ThreadPool) -> None:
         self.layout = layout
         self.catalog = catalog
+        self.pool = pool  # sendfile(2) workers
 
     def render(self, request: Any, path: bytes, proxied_host: str | None = None) -> Any:
         """Answer a /v2 request; ``path`` is the raw path (no query)."""
@@ -312,7 +314,7 @@ class RegistryAPI:
         except BaseException:
             os.close(fd)
             raise
-        FileRangeProducer(request, fd, offset, length).start()
+        send_blob(request, fd, offset, length, self.pool)
         return NOT_DONE_YET
 
 
