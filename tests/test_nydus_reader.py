@@ -45,6 +45,8 @@ class Seen:
     method: str
     target: str
     headers: dict[str, str]
+    peer_port: int
+    """The client's source port: one per TCP connection."""
 
     @property
     def path(self) -> str:
@@ -63,6 +65,10 @@ class Reply:
     """Announced Content-Length (default ``len(body)``); if larger, the connection is cut."""
     delay: float = 0.0
     """Seconds to wait before the status line."""
+    chunked: bool = False
+    """Send the body with ``Transfer-Encoding: chunked`` (in 1000-byte chunks)."""
+    stall: float = 0.0
+    """Seconds to pause after the first half of the body."""
 
 
 class FakeServer:
@@ -85,7 +91,7 @@ class FakeServer:
                 length = int(headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(min(length, 1 << 20))
-                seen = Seen(self.command, self.path, headers)
+                seen = Seen(self.command, self.path, headers, self.client_address[1])
                 with server._lock:
                     server.seen.append(seen)
                 reply = server.handler(seen)
@@ -361,6 +367,38 @@ def test_timeout_before_the_response_head() -> None:
         with pytest.raises(NydusTimeout):
             reader.try_read(DIGEST, 0, 10)
         assert time.monotonic() - t0 < 0.9
+
+
+def test_chunked_bodies_are_judged_like_sized_ones() -> None:
+    def handler(seen: Seen) -> Reply:
+        mode = "whole200" if seen.headers["range"].startswith("bytes=4096-") else "exact"
+        return dataclasses.replace(blob_reply(seen, mode=mode), chunked=True)
+
+    with FakeServer(handler) as srv, NydusReader("http", srv.host, REPO) as reader:
+        assert reader.read_range(DIGEST, 10, 20_000, retries=0) == BLOB[10:20_010]
+        assert reader.read_range(DIGEST, 0, 1, retries=0) == BLOB[:1]
+        with pytest.raises(NydusReadError) as err:
+            reader.read_range(DIGEST, 4096, 4096, retries=0)
+        assert err.value.kind == "overflow"
+
+
+def test_timeout_applies_to_each_body_read() -> None:
+    def stalling(seen: Seen) -> Reply:
+        return dataclasses.replace(blob_reply(seen), stall=1.0)
+
+    with FakeServer(stalling) as srv, NydusReader("http", srv.host, REPO, timeout=0.3) as reader:
+        t0 = time.monotonic()
+        with pytest.raises(NydusTimeout):
+            reader.try_read(DIGEST, 0, 100_000)
+        assert time.monotonic() - t0 < 0.9
+
+
+def test_connections_are_kept_alive_and_reused() -> None:
+    with FakeServer(blob_reply) as srv, NydusReader("http", srv.host, REPO) as reader:
+        for i in range(5):
+            assert reader.read_range(DIGEST, i, 100, retries=0) == BLOB[i : i + 100]
+        assert len(srv.seen) == 5
+    assert len({s.peer_port for s in srv.seen}) == 1  # one TCP connection served all five
 
 
 def test_307_redirect_is_followed_once_without_authorization_and_cached() -> None:
