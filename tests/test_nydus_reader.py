@@ -103,12 +103,25 @@ class FakeServer:
                 self.send_response(reply.status)
                 for key, value in reply.headers.items():
                     self.send_header(key, value)
-                if "Content-Length" not in reply.headers:
+                if reply.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif "Content-Length" not in reply.headers:
                     self.send_header("Content-Length", str(announced))
                 self.end_headers()
                 if self.command == "HEAD":
                     return
-                self.wfile.write(reply.body)
+                if reply.chunked:
+                    for i in range(0, len(reply.body), 1000):
+                        piece = reply.body[i : i + 1000]
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+                half = len(reply.body) // 2
+                self.wfile.write(reply.body[:half])
+                if reply.stall:
+                    self.wfile.flush()
+                    time.sleep(reply.stall)
+                self.wfile.write(reply.body[half:])
                 if announced > len(reply.body):
                     self.wfile.flush()
                     self.close_connection = True

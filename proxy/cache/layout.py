@@ -76,6 +76,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write a whole file and fsync it (the caller renames it into place)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def ingest_key(url: str) -> str:
     """The ingest directory name of a source URL (its secrets already removed)."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
@@ -169,10 +177,7 @@ class Layout:
     def _write_atomic(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{next(_tmp_counter)}")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -213,10 +218,7 @@ class Layout:
         scratch.mkdir(parents=True, exist_ok=True)
         tmp = scratch / f"blob-{os.getpid()}-{next(_tmp_counter)}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data)
             self.commit_file(tmp, digest)
         finally:
             tmp.unlink(missing_ok=True)
