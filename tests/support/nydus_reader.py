@@ -106,9 +106,10 @@ Forward-proxy mode (``proxy.url``; ``Connection::call_with_proxy_control``, conn
       (refused, reset, 5 s timeout before the response head...) or answers ``>= 500``, the same
       request (same headers) is sent directly to the registry. A 4xx from the proxy is returned
       as is (a 404 is *not* retried at the origin) -- except for requests made with
-      ``catch_status = true`` (redirect hops, the retry after an auth challenge), where any
-      ``>= 400`` is already an error and so also falls back. A body that breaks after the head
-      arrived does not fall back (it is retried by ``retry_op``, through the proxy again).
+      ``catch_status = true`` (redirect hops; ``blob_size``'s HEAD re-sent after an auth
+      challenge), where any ``>= 400`` is already an error and so also falls back. A body
+      that breaks after the head arrived does not fall back (it is retried by ``retry_op``,
+      through the proxy again).
       With ``fallback = false`` proxy errors and statuses are returned as they are.
     * Health (``start_proxy_health_thread``): only if ``ping_url`` is set, a thread does
       ``GET ping_url`` (plain reqwest client: no nydus headers, redirects followed, timeout =
