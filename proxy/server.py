@@ -21,6 +21,7 @@ from proxy.downloads import Downloads
 from proxy.fetch.base import Fetcher
 from proxy.fetch.http import HttpFetcher
 from proxy.fetch.oci import OciFetcher
+from proxy.fetch.ollama import OllamaFetcher
 from proxy.fetch.reach import ReachPolicy
 from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
@@ -69,7 +70,8 @@ def build(config: Config, reactor: Any) -> Server:
     )
     http = HttpFetcher(client, layout)
     oci = OciFetcher(client, layout, insecure=config.insecure_registries)
-    fetchers: dict[str, Fetcher] = {"http": http, "https": http, "oci": oci}
+    ollama = OllamaFetcher(client, layout, insecure=config.insecure_registries)
+    fetchers: dict[str, Fetcher] = {"http": http, "https": http, "oci": oci, "ollama": ollama}
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
     content = ContentAPI(downloads)

@@ -27,6 +27,7 @@ ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_URL = "io.nekko.storage-manager.url"
 ANNOTATION_KIND = "io.nekko.storage-manager.kind"
 ANNOTATION_ETAG = "io.nekko.storage-manager.etag"
+ANNOTATION_PRIMARY = "io.nekko.storage-manager.primary"  # digest of the file /content names
 
 ARTIFACT_TYPE_FILE = "application/vnd.nekko.storage-manager.file.v1"
 

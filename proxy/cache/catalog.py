@@ -43,7 +43,7 @@ def served(entry: Entry) -> Served | None:
         return None
     rest = entry.reference
     registry = None
-    if entry.url.startswith("oci://") and "/" in rest:
+    if entry.url.startswith(("oci://", "ollama://")) and "/" in rest:
         registry, rest = rest.split("/", 1)
         registry = normalize_registry(registry)
     tag: str | None = None

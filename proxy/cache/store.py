@@ -26,6 +26,7 @@ from proxy.naming import reference_for_url
 from proxy.types import (
     ANNOTATION_CREATED,
     ANNOTATION_KIND,
+    ANNOTATION_PRIMARY,
     ANNOTATION_REF_NAME,
     ANNOTATION_URL,
     Descriptor,
@@ -82,6 +83,7 @@ def new_entry(
             ANNOTATION_URL: url,
             ANNOTATION_KIND: kind,
             ANNOTATION_CREATED: created,
+            ANNOTATION_PRIMARY: str(primary.digest),
             **(annotations or {}),
         },
     )
@@ -166,10 +168,12 @@ class Store:
         closure = self._closure(desc)
         if kind == "file":
             files = [c for c in closure.values() if artifact.title_of(c) is not None]
-            primary = files[0] if files else None
         else:
             files = [c for c in closure.values() if self.layout.has_blob(c.digest)]
-            primary = desc
+        primary: Descriptor | None = files[0] if kind == "file" and files else desc
+        recorded = ann.get(ANNOTATION_PRIMARY)
+        if recorded is not None:
+            primary = next((f for f in files if str(f.digest) == recorded), None)
         if primary is None:
             log.warning("entry %s: manifest %s names no files; kept as is", url, desc.digest)
             return None

@@ -69,6 +69,7 @@ class OciFetcher:
     """Pulls images and artifacts from registries into the cache."""
 
     schemes: tuple[str, ...] = ("oci",)
+    kind = "oci"
 
     def __init__(
         self,
@@ -84,8 +85,16 @@ class OciFetcher:
         self.parallel = parallel
         self.platform = platform or Platform.running()
 
+    def parse(self, url: str) -> ImageReference:
+        """The reference a URL names (BadRequest when invalid)."""
+        return parse_oci_url(url)
+
+    def primary(self, top: Descriptor, blobs: list[Descriptor]) -> Descriptor:
+        """What /content calls the entry's ``digest``: the manifest the registry named."""
+        return top
+
     def validate(self, request: FetchRequest) -> None:
-        ref = parse_oci_url(request.url)
+        ref = self.parse(request.url)
         self.client.policy.check_host(ref.hostname)
 
     def base_url(self, ref: ImageReference) -> str:
@@ -153,7 +162,7 @@ class OciFetcher:
     # -- the pull --------------------------------------------------------------------
 
     async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
-        ref = parse_oci_url(request.url)
+        ref = self.parse(request.url)
         base = self.base_url(ref)
         auth = RegistryAuth(self.client, ref.hostname, ref.repository, request.credentials)
         platform = ref.platform or self.platform
@@ -162,7 +171,7 @@ class OciFetcher:
             raise BadContent(f"{ref.name} is {top.descriptor.digest}, not {request.expected}")
         # Marks the pull as interrupted if it stops; removed once the entry is stored.
         marker = IngestFile(self.layout, ingest_key(request.url))
-        await self.client.thread(marker.write_state, IngestState(url=request.url, kind="oci"))
+        await self.client.thread(marker.write_state, IngestState(url=request.url, kind=self.kind))
         job.after_commit(marker.discard)
         manifests = [top]
         current = top
@@ -185,8 +194,8 @@ class OciFetcher:
         annotations = {ANNOTATION_PLATFORM: str(platform)} if len(manifests) > 1 else {}
         return FetchResult(
             files=files,
-            primary=top.descriptor,
-            kind="oci",
+            primary=self.primary(top.descriptor, blobs),
+            kind=self.kind,
             manifest=top.descriptor,
             reference=ref.name,
             annotations=annotations,

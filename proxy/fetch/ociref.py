@@ -27,7 +27,7 @@ DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.dock
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 
 _LABEL = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
-_DOMAIN_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?")
+DOMAIN_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?")
 _DIGEST_GRAMMAR_RE = re.compile(
     r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 )
@@ -131,7 +131,7 @@ def parse_oci_url(url: str) -> ImageReference:
     if parts.scheme.lower() != "oci":
         raise BadRequest(f"not an oci:// URL: {url[:100]}")
     registry = parts.netloc.lower()
-    if not registry or not _DOMAIN_RE.fullmatch(registry):
+    if not registry or not DOMAIN_RE.fullmatch(registry):
         raise BadRequest(f"invalid registry {parts.netloc[:100]!r} in {url[:200]}")
     if registry in DOCKER_HUB_ALIASES:
         registry = "docker.io"
