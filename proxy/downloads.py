@@ -16,12 +16,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from proxy.cache import artifact
+from proxy.cache import artifact, views
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import ingest_key, is_disk_full
 from proxy.cache.store import Entry, Store, new_entry
@@ -43,7 +43,14 @@ from proxy.fetch.base import (
     split_userinfo,
 )
 from proxy.redact import redact_url
-from proxy.types import EMPTY_JSON, MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest, InvalidDigest
+from proxy.types import (
+    ARTIFACT_TYPE_FILE,
+    EMPTY_JSON,
+    MEDIA_TYPE_IMAGE_MANIFEST,
+    Descriptor,
+    Digest,
+    InvalidDigest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +228,7 @@ class Downloads:
         self._running: dict[str, Download] = {}
         self._interrupted: dict[str, Interrupted] = {}
         self._slots = DeferredSemaphore(max_downloads)
+        self._views_lock = DeferredLock()
 
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
@@ -334,7 +342,9 @@ class Downloads:
         manifest = result.manifest
         if manifest is None:
             blobs.add(await job.put_blob(EMPTY_JSON))
-            data = artifact.file_manifest(list(result.files))
+            data = artifact.file_manifest(
+                list(result.files), result.artifact_type or ARTIFACT_TYPE_FILE
+            )
             digest = await job.put_blob(data)
             manifest = Descriptor(MEDIA_TYPE_IMAGE_MANIFEST, digest, len(data))
         entry = new_entry(
@@ -348,7 +358,13 @@ class Downloads:
             annotations=result.annotations,
         )
         await self.store.put(entry)
+        await self.sync_views()
         return entry
+
+    def sync_views(self) -> Deferred[None]:
+        """Bring the directories of links (hub cache view) in line with the entries."""
+        snapshot = self.store.entries()
+        return self._views_lock.run(self._thread, views.sync, self.store.layout, snapshot)
 
     async def _note_interrupted(self, url: str) -> None:
         ingest = IngestFile(self.store.layout, ingest_key(url))
@@ -379,6 +395,7 @@ class Downloads:
         if self.store.get(url) is not None:
             found = True
             freed += await self.store.remove(url)
+            await self.sync_views()
         ingest = IngestFile(self.store.layout, ingest_key(url))
         if self._interrupted.pop(url, None) is not None:
             found = True

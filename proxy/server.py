@@ -13,12 +13,14 @@ from twisted.python.threadpool import ThreadPool
 from proxy.api.content import ContentAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
+from proxy.cache import views
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.config import Config
 from proxy.downloads import Downloads
 from proxy.fetch.base import Fetcher
+from proxy.fetch.hf import HfFetcher
 from proxy.fetch.http import HttpFetcher
 from proxy.fetch.oci import OciFetcher
 from proxy.fetch.ollama import OllamaFetcher
@@ -71,9 +73,18 @@ def build(config: Config, reactor: Any) -> Server:
     http = HttpFetcher(client, layout)
     oci = OciFetcher(client, layout, insecure=config.insecure_registries)
     ollama = OllamaFetcher(client, layout, insecure=config.insecure_registries)
-    fetchers: dict[str, Fetcher] = {"http": http, "https": http, "oci": oci, "ollama": ollama}
+    hf = HfFetcher(client, layout)
+    fetchers: dict[str, Fetcher] = {
+        "http": http,
+        "https": http,
+        "oci": oci,
+        "ollama": ollama,
+        "hf": hf,
+        "huggingface": hf,
+    }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
+    views.sync(layout, store.entries())
     content = ContentAPI(downloads)
     pool = ThreadPool(minthreads=0, maxthreads=32, name="sendfile")
     pool.start()

@@ -28,6 +28,14 @@ ANNOTATION_URL = "io.nekko.storage-manager.url"
 ANNOTATION_KIND = "io.nekko.storage-manager.kind"
 ANNOTATION_ETAG = "io.nekko.storage-manager.etag"
 ANNOTATION_PRIMARY = "io.nekko.storage-manager.primary"  # digest of the file /content names
+# Hugging Face metadata of hf:// entries (entry) and their files (layers).
+ANNOTATION_HF_REPO = "io.nekko.storage-manager.hf.repo"
+ANNOTATION_HF_REPO_TYPE = "io.nekko.storage-manager.hf.repo-type"
+ANNOTATION_HF_REVISION = "io.nekko.storage-manager.hf.revision"
+ANNOTATION_HF_COMMIT = "io.nekko.storage-manager.hf.commit"
+ANNOTATION_HF_OID = "io.nekko.storage-manager.hf.oid"
+ANNOTATION_HF_LFS = "io.nekko.storage-manager.hf.lfs-sha256"
+ANNOTATION_HF_ENDPOINT = "io.nekko.storage-manager.hf.endpoint"
 
 ARTIFACT_TYPE_FILE = "application/vnd.nekko.storage-manager.file.v1"
 

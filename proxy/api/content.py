@@ -19,6 +19,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from proxy.api.errors import json_error, render_error
+from proxy.cache import views
 from proxy.cache.store import Entry
 from proxy.downloads import Download, Downloads, Interrupted, parse_post
 from proxy.errors import BadRequest, EntryUnknown, StorageError
@@ -90,7 +91,16 @@ class ContentAPI:
             "kind": entry.kind,
             "created": entry.created or None,
             "blobs": [self._blob_json(f, state) for f in entry.files],
+            **self._view_json(entry),
         }
+
+    def _view_json(self, entry: Entry) -> dict[str, Any]:
+        """Where a multi-file entry's directory of links is (hf: a hub cache)."""
+        view = views.entry_view(self.layout, entry)
+        if view is None:
+            return {}
+        hub_cache, snapshot = view
+        return {"directory": str(snapshot), "hfHubCache": str(hub_cache)}
 
     def describe_download(self, job: Download) -> dict[str, Any]:
         progress = job.progress

@@ -35,6 +35,9 @@ from proxy.types import (
 
 log = logging.getLogger(__name__)
 
+# Kinds stored as an artifact manifest of titled files (the rest: manifests as fetched).
+FILE_KINDS = frozenset({"file", "hf", "s3"})
+
 
 @attrs.frozen
 class Entry:
@@ -166,11 +169,11 @@ class Store:
             log.warning("entry %s: manifest %s is missing; kept as is", url, desc.digest)
             return None
         closure = self._closure(desc)
-        if kind == "file":
+        if kind in FILE_KINDS:
             files = [c for c in closure.values() if artifact.title_of(c) is not None]
         else:
             files = [c for c in closure.values() if self.layout.has_blob(c.digest)]
-        primary: Descriptor | None = files[0] if kind == "file" and files else desc
+        primary: Descriptor | None = files[0] if kind in FILE_KINDS and files else desc
         recorded = ann.get(ANNOTATION_PRIMARY)
         if recorded is not None:
             primary = next((f for f in files if str(f.digest) == recorded), None)

@@ -132,6 +132,7 @@ class FetchResult:
     manifest: Descriptor | None = None
     reference: str | None = None
     annotations: dict[str, str] = attrs.field(factory=dict)
+    artifact_type: str | None = None  # of the artifact manifest made for plain files
 
 
 class Job(Protocol):

@@ -132,9 +132,12 @@ class HttpClient:
         headers: dict[bytes, bytes] | None = None,
         authorization: bytes | None = None,
         method: str = "GET",
+        cross_origin_redirects: bool = True,
     ) -> Any:
         """Send a request, following redirects; return the final response
-        (any status). ``authorization`` goes only to ``url``'s own origin."""
+        (any status). ``authorization`` goes only to ``url``'s own origin.
+        With ``cross_origin_redirects=False`` a redirect to another origin is
+        returned as it is (its headers may be what the caller wants)."""
         home = origin(url)
         seen: set[str] = set()
         for _hop in range(MAX_REDIRECTS + 1):
@@ -148,6 +151,9 @@ class HttpClient:
             if response.code not in _REDIRECTS:
                 return response
             location = header(response, b"Location")
+            other_origin = location and origin(urljoin(url, location)) != origin(url)
+            if other_origin and not cross_origin_redirects:
+                return response
             self.discard(response)
             if not location:
                 raise UpstreamError(f"redirect without Location from {url}", response.code)
