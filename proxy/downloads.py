@@ -193,6 +193,7 @@ class Download:
         return d
 
     def settle(self, result: tuple[Entry, bool] | Failure) -> None:
+        self.state = "failed" if isinstance(result, Failure) else "complete"
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             if w.called:  # its caller went away (the request was cancelled)
@@ -232,6 +233,10 @@ class Downloads:
 
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
+
+    @property
+    def reactor(self) -> IReactorThreads:
+        return self._reactor
 
     # -- startup (blocking) ----------------------------------------------------
 
@@ -280,7 +285,8 @@ class Downloads:
         fetcher = self.fetcher_for(request)
         fetcher.validate(request)
         entry = self.store.get(request.url)
-        if entry is not None and entry.complete:
+        # A mirror fill of a tag holds only its manifest: a POST pulls the rest.
+        if entry is not None and entry.complete and entry.kind != "mirror":
             if request.expected is not None and entry.primary.digest != request.expected:
                 raise Conflict(
                     f"{request.url} is cached with digest {entry.primary.digest}, "
@@ -291,11 +297,18 @@ class Downloads:
         if job is not None:
             log.info("joining the running download of %s", redact_url(request.url))
             return job.wait()
+        return self.start(request, fetcher).wait()
+
+    def start(self, request: FetchRequest, fetcher: Fetcher | None = None) -> Download:
+        """The running download of a URL, started if there is none (single flight)."""
+        job = self._running.get(request.url)
+        if job is not None:
+            return job
+        fetcher = fetcher or self.fetcher_for(request)
         job = Download(request, self.store, self._reactor)
         self._running[request.url] = job
-        waiter = job.wait()
         self._slots.run(self._run, job, fetcher)
-        return waiter
+        return job
 
     def _run(self, job: Download, fetcher: Fetcher) -> Deferred[None]:
         return Deferred.fromCoroutine(self._run_async(job, fetcher))

@@ -380,12 +380,15 @@ def test_offline_mode_accepts_a_hand_made_cache(hub: FakeHub, tmp_path: Path) ->
 
 @needs_client
 def test_downloads_resume_with_range_after_a_cut(hub: FakeHub, tmp_path: Path) -> None:
+    # huggingface_hub reads bodies in DOWNLOAD_CHUNK_SIZE (10 MiB) chunks and resumes from the
+    # last whole chunk it wrote: a cut before 10 MiB restarts from 0, so cut past it.
+    chunk = 10 * 1024 * 1024
     repo = hub.add_repo("org/model")
-    big = hub.add_file(repo, "model.bin", os.urandom(1_000_000))
-    small = hub.add_file(repo, "vocab.txt", b"token\n" * 20_000)
+    big = hub.add_file(repo, "model.bin", os.urandom(chunk + 300_000))
+    plain = hub.add_file(repo, "vocab.txt", b"token\n" * (chunk // 6 + 50_000), lfs=False)
     hub.commit(repo)
-    hub.cdn.interrupt_next(300_000)
-    hub.interrupt_next(50_000, route_contains="vocab.txt")
+    hub.cdn.interrupt_next(chunk + 1000)
+    hub.interrupt_next(chunk + 1000, route_contains="vocab.txt")
 
     code = """
     result = [hf_hub_download("org/model", "model.bin"), hf_hub_download("org/model", "vocab.txt")]
@@ -393,17 +396,18 @@ def test_downloads_resume_with_range_after_a_cut(hub: FakeHub, tmp_path: Path) -
     paths = run_client(tmp_path, hub.endpoint, code)
 
     assert hashlib.sha256(Path(paths[0]).read_bytes()).hexdigest() == big.sha256
-    assert Path(paths[1]).read_bytes() == small.data
+    assert Path(paths[1]).read_bytes() == plain.data
     cdn = hub.cdn.requests
     assert [(r.status, r.headers.get("range")) for r in cdn] == [
         (200, None),
-        (206, "bytes=300000-"),
+        (206, f"bytes={chunk}-"),
     ]
     gets = [r for r in hub.requests if r.method == "GET"]
     assert [(r.status, r.headers.get("range")) for r in gets] == [
         (200, None),
-        (206, "bytes=50000-"),
+        (206, f"bytes={chunk}-"),
     ]
+    assert "authorization" not in cdn[1].headers
 
 
 @needs_client

@@ -27,23 +27,29 @@ what limits small range reads.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any
 from urllib.parse import parse_qs
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.blobs import send_blob
+from proxy.api.fill import FillReader
 from proxy.api.ranges import Unsatisfiable, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
+from proxy.mirror import Denied, Mirror
 from proxy.naming import NAME_RE, TAG_RE
 from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
+
+log = logging.getLogger(__name__)
 
 # OCI distribution-spec error codes and the statuses this server answers them with.
 OCI_STATUS = {
@@ -116,17 +122,20 @@ def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[st
 class RegistryAPI:
     """Serves /v2 from a cache layout and its catalog."""
 
-    def __init__(self, layout: Layout, catalog: Catalog, pool: ThreadPool) -> None:
+    def __init__(
+        self, layout: Layout, catalog: Catalog, pool: ThreadPool, mirror: Mirror | None = None
+    ) -> None:
         self.layout = layout
         self.catalog = catalog
         self.pool = pool  # sendfile(2) workers
+        self.mirror = mirror  # pull-through fills; None = offline
 
     def render(self, request: Any, path: bytes, proxied_host: str | None = None) -> Any:
         """Answer a /v2 request; ``path`` is the raw path (no query)."""
         try:
             result = self._route(request, path, proxied_host)
         except OciError as e:
-            if proxied_host is not None and e.status == 404:
+            if proxied_host is not None and e.status in (403, 404):
                 # Forward-proxy miss: 502 makes nydusd fall back to the registry.
                 e = OciError(e.code, e.message, 502)
             result = error_body(request, e)
@@ -205,17 +214,54 @@ class RegistryAPI:
 
     # -- manifests -------------------------------------------------------------
 
+    def _upstream(self, ns: str | None) -> str | None:
+        """The registry a miss is filled from (None: offline, or no upstream)."""
+        if self.mirror is None:
+            return None
+        try:
+            return self.mirror.registry_for(ns)
+        except Denied as e:
+            raise OciError("DENIED", str(e)) from None
+
     def _manifest(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
         if ":" in ref:
             digest = _digest(ref, "MANIFEST_UNKNOWN")
+            registry = None if self.layout.has_blob(digest) else self._upstream(ns)
         else:
             if not TAG_RE.fullmatch(ref):
                 raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")
-            entry = self.catalog.resolve(name, ref, ns)
-            if entry is None:
-                where = f" in {ns}" if ns else ""
-                raise OciError("MANIFEST_UNKNOWN", f"{name}:{ref}{where} is not in this cache")
-            digest = entry.descriptor.digest
+            registry = self._upstream(ns)
+            if registry is None:
+                entry = self.catalog.resolve(name, ref, ns)
+                if entry is None:
+                    where = f" in {ns}" if ns else ""
+                    raise OciError("MANIFEST_UNKNOWN", f"{name}:{ref}{where} is not in this cache")
+                digest = entry.descriptor.digest
+        if registry is not None and self.mirror is not None:
+            d = self.mirror.manifest(registry, name, ref)
+
+            def filled(found: Digest | None) -> None:
+                if found is None:
+                    self._fail(request, OciError("MANIFEST_UNKNOWN", f"{name}:{ref} is unknown"))
+                else:
+                    self._serve_manifest(request, found)
+
+            def fill_failed(f: Failure) -> None:
+                log.warning("mirror fill of %s:%s failed: %s", name, ref, f.getErrorMessage())
+                self._fail(request, OciError("MANIFEST_UNKNOWN", f"{name}:{ref} is unavailable"))
+
+            d.addCallbacks(filled, fill_failed)
+            return NOT_DONE_YET
+        return self._serve_manifest(request, digest)
+
+    @staticmethod
+    def _fail(request: Any, err: OciError) -> None:
+        if not request.finished and not request._disconnected:
+            data = error_body(request, err)
+            request.write(data)
+            request.finish()
+
+    def _serve_manifest(self, request: Any, digest: Digest) -> Any:
         known = self.catalog.known_media_type(digest)
         d = deferToThread(self._read_manifest, digest, known)
 
@@ -234,11 +280,7 @@ class RegistryAPI:
 
         def failed(f: Failure) -> None:
             err = f.value if isinstance(f.value, OciError) else None
-            if err is None:
-                err = OciError("MANIFEST_UNKNOWN", "manifest unreadable", 500)
-            if not request.finished and not request._disconnected:
-                request.write(error_body(request, err))
-                request.finish()
+            self._fail(request, err or OciError("MANIFEST_UNKNOWN", "manifest unreadable", 500))
 
         d.addCallback(send).addErrback(failed)
         return NOT_DONE_YET
@@ -271,23 +313,53 @@ class RegistryAPI:
 
     # -- blobs -----------------------------------------------------------------
 
+    @staticmethod
+    def _blob_headers(request: Any, name: str, digest: Digest) -> None:
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Docker-Content-Digest", str(digest).encode())
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        request.setHeader(b"ETag", f'"{digest}"'.encode())
+        request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
+        request.setHeader(*API_VERSION)
+        host = _header(request, b"host") or "localhost"
+        location = f"http://{host}/v2/{name}/blobs/{digest}"
+        request.setHeader(b"Location", location.encode("latin-1", "replace"))
+
+    def _fill(self, request: Any, registry: str, name: str, digest: Digest) -> Any:
+        """Answer from the mirror's fill of a missing blob (started if needed)."""
+        assert self.mirror is not None
+        mirror = self.mirror
+        job = mirror.fill_blob(registry, name, digest)
+
+        def not_found() -> None:
+            self._fail(request, OciError("BLOB_UNKNOWN", f"{digest} is unknown upstream"))
+
+        FillReader(
+            request,
+            job,
+            self.layout,
+            digest,
+            _range_header(request, digest),
+            lambda _size: self._blob_headers(request, name, digest),
+            not_found,
+            lambda first, last: Deferred.fromCoroutine(
+                mirror.pass_through(registry, name, digest, first, last)
+            ),
+        ).start()
+        return NOT_DONE_YET
+
     def _blob(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
         digest = _digest(ref, "BLOB_UNKNOWN")
         try:
             fd = os.open(self.layout.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise OciError("BLOB_UNKNOWN", f"{digest} is not in this cache") from None
+            registry = self._upstream(ns)
+            if registry is None or self.mirror is None:
+                raise OciError("BLOB_UNKNOWN", f"{digest} is not in this cache") from None
+            return self._fill(request, registry, name, digest)
         try:
             size = os.fstat(fd).st_size
-            request.setHeader(b"Content-Type", b"application/octet-stream")
-            request.setHeader(b"Docker-Content-Digest", str(digest).encode())
-            request.setHeader(b"Accept-Ranges", b"bytes")
-            request.setHeader(b"ETag", f'"{digest}"'.encode())
-            request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
-            request.setHeader(*API_VERSION)
-            host = _header(request, b"host") or "localhost"
-            location = f"http://{host}/v2/{name}/blobs/{digest}"
-            request.setHeader(b"Location", location.encode("latin-1", "replace"))
+            self._blob_headers(request, name, digest)
             if _not_modified(request, digest):
                 os.close(fd)
                 request.setResponseCode(304)

@@ -169,8 +169,10 @@ class IngestSink:
         ingest: IngestFile,
         pause: Callable[[], None],
         resume: Callable[[], None],
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         self._reactor = reactor
+        self._on_written = on_written
         self._ingest = ingest
         self._pause = pause
         self._resume = resume
@@ -212,6 +214,8 @@ class IngestSink:
 
     def _written(self, _: object) -> None:
         self._in_flight = False
+        if self._on_written is not None:
+            self._on_written(self._ingest.offset)
         if self._paused and self._buffered <= self.LOW_WATER:
             self._paused = False
             self._resume()

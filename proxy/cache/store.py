@@ -36,7 +36,7 @@ from proxy.types import (
 log = logging.getLogger(__name__)
 
 # Kinds stored as an artifact manifest of titled files (the rest: manifests as fetched).
-FILE_KINDS = frozenset({"file", "hf", "s3"})
+FILE_KINDS = frozenset({"file", "hf", "s3", "blob"})
 
 
 @attrs.frozen

@@ -91,6 +91,17 @@ class BlobProgress:
     done: int = 0
     digest: Digest | None = None
     state: str = "downloading"  # downloading | complete
+    written: int = 0  # bytes of the ingest file on disk, readable by a tail reader
+    _listeners: list[Callable[[], None]] = attrs.field(factory=list, repr=False, eq=False)
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever ``written`` or ``state`` changes; return the remover."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def changed(self) -> None:
+        for callback in list(self._listeners):
+            callback()
 
 
 @attrs.define

@@ -25,13 +25,20 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from proxy.cache import artifact
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
-from proxy.errors import BadContent, StorageError, UpstreamError
+from proxy.errors import BadContent, BadRequest, StorageError, UpstreamError
 from proxy.fetch.auth import RegistryAuth
 from proxy.fetch.base import FetchRequest, FetchResult, Job
 from proxy.fetch.ociref import ImageReference, Platform, parse_oci_url
 from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header, upstream_error
-from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest
+from proxy.types import (
+    ANNOTATION_TITLE,
+    MEDIA_TYPE_IMAGE_INDEX,
+    MEDIA_TYPE_IMAGE_MANIFEST,
+    MEDIA_TYPE_OCTET,
+    Descriptor,
+    Digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +264,22 @@ class OciFetcher:
     async def _blob(
         self, auth: RegistryAuth, base: str, ref: ImageReference, desc: Descriptor, job: Job
     ) -> None:
-        url = f"{base}/v2/{ref.repository}/blobs/{desc.digest}"
-        ingest = IngestFile(self.layout, f"sha256-{desc.digest.hex}")
-        progress = job.progress.add(_title(desc), desc.size)
+        await self.blob(auth, base, ref, desc.digest, desc.size, _title(desc), job)
+
+    async def blob(
+        self,
+        auth: RegistryAuth,
+        base: str,
+        ref: ImageReference,
+        digest: Digest,
+        size: int | None,
+        title: str,
+        job: Job,
+    ) -> int:
+        """Fetch one blob into blobs/ (verified); return its size."""
+        url = f"{base}/v2/{ref.repository}/blobs/{digest}"
+        ingest = IngestFile(self.layout, f"sha256-{digest.hex}")
+        progress = job.progress.add(title, size)
         for attempt in range(2):
             if attempt > 0:
                 # The token expired mid-pull: a HEAD answers the new challenge.
@@ -269,17 +289,17 @@ class OciFetcher:
             want = Wanted(
                 url=url,
                 authorization=auth.authorization,
-                expected=desc.digest,
-                size=desc.size,
+                expected=digest,
+                size=size,
                 immutable=True,
             )
             try:
-                await download(self.client, ingest, want, job, progress)
-                return
+                _, got = await download(self.client, ingest, want, job, progress)
+                return got
             except UpstreamError as e:
                 if e.upstream_status != 401:
                     raise
-        raise UpstreamError(f"registry refused blob {desc.digest}", 401)
+        raise UpstreamError(f"registry refused blob {digest}", 401)
 
 
 def _unique(descs: list[Descriptor]) -> list[Descriptor]:
@@ -295,3 +315,36 @@ def _unique(descs: list[Descriptor]) -> list[Descriptor]:
 def _title(desc: Descriptor) -> str:
     title = desc.annotations.get("org.opencontainers.image.title")
     return title or f"{desc.media_type.rsplit('.', 1)[-1]} {desc.digest.hex[:12]}"
+
+
+class OciBlobFetcher(OciFetcher):
+    """One blob by digest: ``oci-blob://<registry>/<repository>@sha256:<hex>``.
+
+    What the mirror fills when a client asks for a blob the cache lacks
+    (nydusd reads blobs without ever fetching a manifest); as an entry it is a
+    one-file artifact, so it is listed, deleted and collected like the rest.
+    """
+
+    schemes: tuple[str, ...] = ("oci-blob",)
+    kind = "blob"
+
+    def parse(self, url: str) -> ImageReference:
+        if not url.startswith("oci-blob://"):
+            raise BadRequest("not an oci-blob:// URL")
+        ref = parse_oci_url("oci://" + url[len("oci-blob://") :])
+        if ref.digest is None or ref.tag is not None or ref.platform is not None:
+            raise BadRequest(
+                "oci-blob:// names one blob: oci-blob://<registry>/<repo>@sha256:<hex>"
+            )
+        return ref
+
+    async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
+        ref = self.parse(request.url)
+        assert ref.digest is not None
+        auth = RegistryAuth(self.client, ref.hostname, ref.repository, request.credentials)
+        title = str(ref.digest)
+        size = await job.hold_existing(ref.digest)
+        if size is None:
+            size = await self.blob(auth, self.base_url(ref), ref, ref.digest, None, title, job)
+        desc = Descriptor(MEDIA_TYPE_OCTET, ref.digest, size, {ANNOTATION_TITLE: title})
+        return FetchResult(files=(desc,), primary=desc, kind=self.kind)

@@ -34,7 +34,9 @@ class _BodyReceiver(Protocol):
         ingest: IngestFile,
         idle_timeout: float,
         on_bytes: Callable[[int], None],
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
+        self._on_written = on_written
         self.done: Deferred[bool] = Deferred(self._cancel)
         self._clock = clock
         self._threads = threads
@@ -48,7 +50,11 @@ class _BodyReceiver(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         self.sink = IngestSink(
-            self._threads, self._ingest, transport.pauseProducing, transport.resumeProducing
+            self._threads,
+            self._ingest,
+            transport.pauseProducing,
+            transport.resumeProducing,
+            self._on_written,
         )
         self._arm()
 
@@ -110,13 +116,14 @@ def stream_body(
     idle_timeout: float,
     on_bytes: Callable[[int], None],
     abortable: Callable[[Callable[[], None]], Callable[[], None]],
+    on_written: Callable[[int], None] | None = None,
 ) -> Deferred[bool]:
     """Deliver ``response``'s body into ``ingest``; fire with True when the
     body ended as framed (Content-Length or chunked), False when it ended by
     connection close without framing; errback with :class:`BodyCut`,
     :class:`UpstreamTimeout` or a disk error. Every byte delivered is on its
     way to disk when this fires."""
-    receiver = _BodyReceiver(clock, threads, ingest, idle_timeout, on_bytes)
+    receiver = _BodyReceiver(clock, threads, ingest, idle_timeout, on_bytes, on_written)
     remove = abortable(receiver.abort)
     response.deliverBody(receiver)
 

@@ -305,10 +305,15 @@ async def _attempt(
         await client.thread(ingest.discard)
         raise BadContent(f"{redact_url(want.url)} is {state.total} bytes, expected {want.size}")
     blob.total = state.total if state.total is not None else want.size
-    blob.done = ingest.offset
+    blob.done = blob.written = ingest.offset
+    blob.changed()
 
     def on_bytes(n: int) -> None:
         blob.done += n
+
+    def on_written(offset: int) -> None:
+        blob.written = offset
+        blob.changed()
 
     try:
         await stream_body(
@@ -319,6 +324,7 @@ async def _attempt(
             client.options.idle_timeout,
             on_bytes,
             job.abortable,
+            on_written,
         )
     except BodyCut as e:
         job.check_cancelled()
@@ -387,6 +393,8 @@ async def download(
     await client.thread(ingest.write_state, state)
     await job.commit(ingest, digest)
     blob.digest, blob.done, blob.total, blob.state = digest, size, size, "complete"
+    blob.written = size
+    blob.changed()
     return digest, size
 
 

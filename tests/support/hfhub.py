@@ -422,12 +422,10 @@ def _parse_range(value: str | None, size: int) -> tuple[int, int] | Literal["bad
             return "bad"
         return max(size - suffix, 0), size - 1
     first = int(first_s)
-    last = int(last_s) if last_s.isdigit() else size - 1
-    if last < first:
-        return None
     if first >= size:
         return "bad"
-    return first, min(last, size - 1)
+    last = min(int(last_s), size - 1) if last_s.isdigit() else size - 1
+    return None if last < first else (first, last)
 
 
 def _ranged(
@@ -448,6 +446,7 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], service: _Service) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.service = service
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
@@ -584,7 +583,12 @@ class _Service:
         """``ip:port`` of this server."""
         if self._server is None:
             raise RuntimeError(f"{self.name} not started")
-        return f"{self._server.server_name}:{self._server.server_port}"
+        name = self._server.server_name
+        return (
+            f"[{name}]:{self._server.server_port}"
+            if ":" in name
+            else f"{name}:{self._server.server_port}"
+        )
 
     @property
     def url(self) -> str:
