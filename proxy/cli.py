@@ -60,6 +60,25 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         "(env NEKKO_UPSTREAM)",
     )
     p.add_argument(
+        "--mirror",
+        action="store_const",
+        const="1",
+        help="pull-through mirror: fill /v2 misses from the upstream registry "
+        "(env NEKKO_MIRROR=1; default off: serve the cache only)",
+    )
+    p.add_argument(
+        "--manifest-ttl",
+        metavar="SECONDS",
+        help="mirror: how long a manifest by tag is served before it is revalidated "
+        "(env NEKKO_MANIFEST_TTL, default 60)",
+    )
+    p.add_argument(
+        "--registry-credentials",
+        metavar="HOST=SECRET,...",
+        help="mirror: credentials per upstream registry, a token or user:password "
+        "(env NEKKO_REGISTRY_CREDENTIALS; prefer the environment: flags show in ps)",
+    )
+    p.add_argument(
         "--insecure-registry",
         metavar="HOSTS",
         help="comma-separated registries (host or host:port) reached over plain HTTP; "

@@ -84,6 +84,9 @@ class Config:
     allow_upstream: frozenset[str] = frozenset()
     insecure_registries: frozenset[str] = frozenset()
     upstream: str | None = None
+    mirror: bool = False
+    manifest_ttl: float = 60.0
+    registry_credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
     idle_timeout: float = 60.0
     retries: int = 3
 
@@ -97,6 +100,9 @@ ENV: dict[str, tuple[str, str]] = {
     "allow_upstream": ("NEKKO_ALLOW_UPSTREAM", ""),
     "insecure_registry": ("NEKKO_INSECURE_REGISTRIES", ""),
     "upstream": ("NEKKO_UPSTREAM", ""),
+    "mirror": ("NEKKO_MIRROR", "0"),
+    "manifest_ttl": ("NEKKO_MANIFEST_TTL", "60"),
+    "registry_credentials": ("NEKKO_REGISTRY_CREDENTIALS", ""),
     "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
     "retries": ("NEKKO_RETRIES", "3"),
 }
@@ -133,6 +139,22 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     if idle_timeout <= 0:
         raise ConfigError(f"{name_it} must be positive")
     name_r, retries = pick("retries")
+    name_m, mirror = pick("mirror")
+    if mirror.strip().lower() not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise ConfigError(f"{name_m} must be 1 or 0, not {mirror!r}")
+    name_t, ttl_text = pick("manifest_ttl")
+    try:
+        ttl = float(ttl_text)
+    except ValueError:
+        raise ConfigError(f"{name_t} must be a number of seconds, not {ttl_text!r}") from None
+    creds: dict[str, str] = {}
+    for item in pick("registry_credentials")[1].split(","):
+        if not item.strip():
+            continue
+        host, sep, secret = item.strip().partition("=")
+        if not sep or not host or not secret:
+            raise ConfigError("registry credentials are host=token or host=user:password, ...")
+        creds[host.lower()] = secret
     return Config(
         cache_dir=Path(cache_dir).expanduser(),
         address=addr,
@@ -141,6 +163,9 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         allow_upstream=_hosts(pick("allow_upstream")[1]),
         insecure_registries=_hosts(pick("insecure_registry")[1]),
         upstream=pick("upstream")[1].strip().lower() or None,
+        mirror=mirror.strip().lower() in ("1", "true", "yes"),
+        manifest_ttl=ttl,
+        registry_credentials=creds,
         idle_timeout=idle_timeout,
         retries=_int(name_r, retries),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import stat
@@ -19,14 +20,15 @@ from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.config import Config
 from proxy.downloads import Downloads
-from proxy.fetch.base import Fetcher
+from proxy.fetch.base import Credentials, Fetcher
 from proxy.fetch.hf import HfFetcher
 from proxy.fetch.http import HttpFetcher
-from proxy.fetch.oci import OciFetcher
+from proxy.fetch.oci import OciBlobFetcher, OciFetcher
 from proxy.fetch.ollama import OllamaFetcher
 from proxy.fetch.reach import ReachPolicy
 from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
+from proxy.mirror import Mirror
 
 log = logging.getLogger("proxy")
 
@@ -72,6 +74,7 @@ def build(config: Config, reactor: Any) -> Server:
     )
     http = HttpFetcher(client, layout)
     oci = OciFetcher(client, layout, insecure=config.insecure_registries)
+    oci_blob = OciBlobFetcher(client, layout, insecure=config.insecure_registries)
     ollama = OllamaFetcher(client, layout, insecure=config.insecure_registries)
     hf = HfFetcher(client, layout)
     fetchers: dict[str, Fetcher] = {
@@ -81,6 +84,7 @@ def build(config: Config, reactor: Any) -> Server:
         "ollama": ollama,
         "hf": hf,
         "huggingface": hf,
+        "oci-blob": oci_blob,
     }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
@@ -89,7 +93,29 @@ def build(config: Config, reactor: Any) -> Server:
     pool = ThreadPool(minthreads=0, maxthreads=32, name="sendfile")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    registry = RegistryAPI(layout, Catalog(store, upstream=config.upstream), pool)
+    catalog = Catalog(store, upstream=config.upstream)
+    mirror = None
+    if config.mirror:
+        creds = {
+            host: Credentials(base64.b64encode(secret.encode()).decode(), "Basic")
+            if ":" in secret
+            else Credentials(secret, "Bearer")
+            for host, secret in config.registry_credentials.items()
+        }
+        mirror = Mirror(
+            downloads,
+            oci,
+            catalog,
+            config.upstream,
+            config.allow_upstream,
+            ttl=config.manifest_ttl,
+            credentials=creds,
+        )
+        log.info(
+            "mirror mode: filling from %s",
+            ", ".join(sorted(mirror.allowed)) or "no registry (set --upstream)",
+        )
+    registry = RegistryAPI(layout, catalog, pool, mirror)
     site = LoggingSite(Root(content, registry))  # type: ignore[no-untyped-call]
     log.info(
         "cache %s: %d entries, %d interrupted downloads",

@@ -86,6 +86,20 @@ def header(response: Any, name: bytes) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
+def content_length(response: Any) -> int | None:
+    """The body length a response announced.
+
+    Twisted keeps Content-Length out of ``response.headers`` (it is a
+    connection-control header) and gives it as ``response.length`` instead.
+    """
+    value = header(response, b"Content-Length")
+    if value is not None and value.isdigit():
+        return int(value)
+    method = getattr(getattr(response, "request", None), "method", None)
+    length = getattr(response, "length", None)
+    return length if isinstance(length, int) and method != b"HEAD" else None
+
+
 def upstream_error(url: str, response: Any, body: bytes = b"") -> UpstreamError:
     """An error for a non-success answer, with the server's own message if it
     sent one in the OCI error format."""
@@ -197,8 +211,8 @@ class HttpClient:
 
     async def read_small(self, response: Any, limit: int) -> bytes:
         """Read a small body (manifest, token, error) into memory, at most ``limit``."""
-        length = header(response, b"Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        length = content_length(response)
+        if length is not None and length > limit:
             self.discard(response)
             raise UpstreamError(f"answer of {length} bytes is larger than {limit}")
         chunks: list[bytes] = []
@@ -282,12 +296,11 @@ async def _attempt(
         await client.thread(ingest.discard)
         raise Retryable(UpstreamError("partial download no longer matches; starting over"))
     elif code == 200:
-        length = header(response, b"Content-Length")
         state = IngestState(
             url=want.url,
             etag=header(response, b"ETag"),
             last_modified=header(response, b"Last-Modified"),
-            total=int(length) if length and length.isdigit() else None,
+            total=content_length(response),
             expected=str(want.expected) if want.expected else None,
         )
         await client.thread(ingest.write_state, state)
