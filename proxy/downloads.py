@@ -110,6 +110,7 @@ class Download:
     state: str = "queued"
     cancelled: bool = False
     _aborts: list[Callable[[], None]] = attrs.field(factory=list)
+    ingests: set[str] = attrs.field(factory=set)  # ingest directories it wrote to
     _held: list[Digest] = attrs.field(factory=list)
     _cleanups: list[Callable[[], None]] = attrs.field(factory=list)  # once stored
     _committed: list[Callable[[], None]] = attrs.field(factory=list)  # in any case
@@ -165,6 +166,10 @@ class Download:
 
     def after_commit(self, cleanup: Callable[[], None]) -> None:
         self._cleanups.append(cleanup)
+
+    def ingest_lock(self, key: str) -> DeferredLock:
+        self.ingests.add(key)
+        return self.store.ingest_lock(key)
 
     def _hold(self, digest: Digest) -> Digest:
         self.store.hold(digest)

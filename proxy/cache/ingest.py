@@ -82,6 +82,7 @@ class IngestFile:
         self._f: Any = None
         self._hash = hashlib.sha256()
         self.offset = 0
+        self.resumed_from = 0  # where the latest open() continued a partial file
 
     # -- state ---------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class IngestFile:
             while chunk := self._f.read(HASH_CHUNK):
                 self._hash.update(chunk)
             self.offset = self._f.tell()
+            self.resumed_from = max(self.resumed_from, self.offset)
         else:
             self._f = open(self.data_path, "wb")  # noqa: SIM115
             self.offset = 0

@@ -116,6 +116,7 @@ class Store:
         # Held while blobs are committed or deleted; see hold().
         self.blob_lock = DeferredLock()
         self._held: Counter[Digest] = Counter()
+        self._ingest_locks: dict[str, DeferredLock] = {}
 
     # -- loading (blocking; at startup, before the reactor serves) ----------------
 
@@ -219,6 +220,13 @@ class Store:
 
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
+
+    def ingest_lock(self, key: str) -> DeferredLock:
+        """One writer at a time per ingest directory (a digest or a URL)."""
+        lock = self._ingest_locks.get(key)
+        if lock is None:
+            lock = self._ingest_locks[key] = DeferredLock()
+        return lock
 
     def hold(self, digest: Digest) -> None:
         """Keep a blob alive for a download that has not stored its entry yet."""

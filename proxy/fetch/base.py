@@ -14,7 +14,7 @@ from typing import Protocol
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 
 from proxy.cache.ingest import IngestFile
 from proxy.errors import BadRequest
@@ -172,6 +172,9 @@ class Job(Protocol):
 
     def after_commit(self, cleanup: Callable[[], None]) -> None:
         """Run ``cleanup`` (blocking, in a thread) once the entry is stored."""
+
+    def ingest_lock(self, key: str) -> DeferredLock:
+        """The lock making this download the only writer of ``ingest/<key>``."""
 
 
 class Fetcher(Protocol):

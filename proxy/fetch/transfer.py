@@ -357,7 +357,32 @@ async def download(
 
     The blob is committed through ``job`` (kept alive until the entry is
     stored); the partial file stays in ingest/ on failure, for a later resume.
+    One writer at a time per ingest directory: a second download of the same
+    digest waits, then finds the blob already cached.
     """
+    lock = job.ingest_lock(ingest.dir.name)
+    await lock.acquire()
+    try:
+        if want.expected is not None:
+            size = await job.hold_existing(want.expected)
+            if size is not None:
+                blob.digest, blob.done, blob.total, blob.state = (
+                    want.expected,
+                    size,
+                    size,
+                    "complete",
+                )
+                blob.written = size
+                blob.changed()
+                return want.expected, size
+        return await _download(client, ingest, want, job, blob)
+    finally:
+        lock.release()
+
+
+async def _download(
+    client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+) -> tuple[Digest, int]:
     delay = client.options.backoff
     attempt = 0
     while True:
@@ -395,6 +420,11 @@ async def download(
         raise UpstreamUnreachable(f"body ended after {size} of {state.total} bytes")
     if want.expected is not None and digest != want.expected:
         await client.thread(ingest.discard)
+        if ingest.resumed_from > 0:
+            # The bytes kept from before may be what is wrong: once more, from zero.
+            ingest.resumed_from = 0
+            log.warning("%s: resumed content did not verify; starting over", redact_url(want.url))
+            return await _download(client, ingest, want, job, blob)
         raise BadContent(
             f"{redact_url(want.url)}: content has digest {digest}, "
             f"expected {want.expected}; discarded"
