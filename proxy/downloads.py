@@ -42,7 +42,7 @@ from proxy.fetch.base import (
     parse_credentials,
     split_userinfo,
 )
-from proxy.redact import redact_url
+from proxy.redact import redact_url, strip_signing
 from proxy.types import (
     ARTIFACT_TYPE_FILE,
     EMPTY_JSON,
@@ -85,7 +85,10 @@ def parse_post(body: Any) -> FetchRequest:
             digest = Digest.parse(expected)
         except InvalidDigest as e:
             raise BadRequest(str(e)) from None
-    return FetchRequest(url=clean, credentials=credentials, expected=digest)
+    key = strip_signing(clean)
+    return FetchRequest(
+        url=key, credentials=credentials, expected=digest, source=clean if key != clean else None
+    )
 
 
 @attrs.frozen
@@ -299,10 +302,23 @@ class Downloads:
                 )
             return _succeed((entry, False))
         job = self._running.get(request.url)
-        if job is not None:
-            log.info("joining the running download of %s", redact_url(request.url))
-            return job.wait()
-        return self.start(request, fetcher).wait()
+        if job is None:
+            return self.start(request, fetcher).wait()
+        log.info("joining the running download of %s", redact_url(request.url))
+        waiter = job.wait()
+        expected = request.expected
+        if expected is not None and expected != job.request.expected:
+
+            def check(result: tuple[Entry, bool]) -> tuple[Entry, bool]:
+                if result[0].primary.digest != expected:
+                    raise Conflict(
+                        f"{request.url} was downloaded as {result[0].primary.digest}, "
+                        f"not {expected}"
+                    )
+                return result
+
+            waiter.addCallback(check)
+        return waiter
 
     def start(self, request: FetchRequest, fetcher: Fetcher | None = None) -> Download:
         """The running download of a URL, started if there is none (single flight)."""
@@ -318,8 +334,15 @@ class Downloads:
     def _run(self, job: Download, fetcher: Fetcher) -> Deferred[None]:
         return Deferred.fromCoroutine(self._run_async(job, fetcher))
 
+    def _forget(self, url: str, job: Download) -> None:
+        if self._running.get(url) is job:
+            del self._running[url]
+
     async def _run_async(self, job: Download, fetcher: Fetcher) -> None:
         url = job.request.url
+        if job.cancelled:  # deleted while it waited for a slot: already answered
+            self._forget(url, job)
+            return
         log.info("downloading %s", redact_url(url))
         job.state = "downloading"
         try:
@@ -334,7 +357,7 @@ class Downloads:
                 else Failure(Cancelled("download cancelled"))
             )
             job.release()
-            self._running.pop(url, None)
+            self._forget(url, job)
             for cleanup in job.cleanups(stored=False):
                 await self._thread(cleanup)
             await self._note_interrupted(url)
@@ -347,7 +370,7 @@ class Downloads:
             job.settle(failure)
             return
         job.release()
-        self._running.pop(url, None)
+        self._forget(url, job)
         self._interrupted.pop(url, None)
         for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
@@ -406,9 +429,20 @@ class Downloads:
         job = self._running.get(url)
         if job is not None:
             found = True
-            finished = job.finished()
-            job.cancel()
-            await finished
+            if job.state == "queued":
+                # Not started: answer its waiters now rather than after a free slot.
+                job.cancel()
+                self._forget(url, job)
+                job.settle(Failure(Cancelled("download cancelled by DELETE")))
+            else:
+                finished = job.finished()
+                job.cancel()
+                await finished
+            for key in job.ingests:
+                lock = self.store.ingest_lock(key)
+                if not lock.locked and len(key) != 64:
+                    # Partial blobs of a cancelled pull: nothing will resume them now.
+                    await self._thread(IngestFile(self.store.layout, key).discard)
         freed = 0
         if self.store.get(url) is not None:
             found = True

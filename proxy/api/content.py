@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -24,8 +25,10 @@ from proxy.cache.store import Entry
 from proxy.downloads import Download, Downloads, Interrupted, parse_post
 from proxy.errors import BadRequest, EntryUnknown, StorageError
 from proxy.fetch.base import split_userinfo
+from proxy.redact import strip_signing
 from proxy.types import Descriptor
 
+log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 _B64_RE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
@@ -48,7 +51,7 @@ def decode_url(encoded: bytes) -> str:
     if "://" not in url or any(ord(c) < 0x20 for c in url):
         raise BadRequest("the path does not decode to a URL")
     clean, _ = split_userinfo(url)
-    return clean
+    return strip_signing(clean)
 
 
 class ContentAPI:
@@ -165,6 +168,11 @@ class ContentAPI:
     @app.handle_errors(StorageError)
     def _storage_error(self, request: IRequest, failure: Any) -> bytes:
         return render_error(request, failure.value)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Any) -> bytes:
+        log.error("%s %s failed", request.method, request.path, exc_info=failure.value)
+        return json_error(request, 500, "INTERNAL_ERROR", "internal error (see the server log)")
 
     @app.route("/content/", methods=["GET"])
     def list_all(self, request: IRequest) -> bytes:

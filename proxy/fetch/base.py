@@ -73,9 +73,17 @@ def split_userinfo(url: str) -> tuple[str, Credentials | None]:
 
 @attrs.frozen
 class FetchRequest:
+    """``url`` names the entry (no secrets: it is stored and shown); the
+    download itself goes to ``source`` when that differs (a pre-signed URL)."""
+
     url: str
     credentials: Credentials | None = None
     expected: Digest | None = None
+    source: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def fetch_url(self) -> str:
+        return self.source or self.url
 
     @property
     def scheme(self) -> str:

@@ -70,7 +70,8 @@ class HttpFetcher:
                 return done(verified, size)
         creds = request.credentials
         want = Wanted(
-            url=request.url,
+            name=request.url,
+            url=request.fetch_url,
             authorization=creds.authorization() if creds else None,
             expected=request.expected,
         )

@@ -192,7 +192,10 @@ class OciFetcher:
             manifests.append(current)
         if current.descriptor.media_type not in MANIFEST_TYPES:
             raise UpstreamError(f"{ref.name}: nested indexes deeper than 2 are not supported")
-        blobs = artifact.children(current.descriptor.media_type, current.data)
+        try:
+            blobs = artifact.children(current.descriptor.media_type, current.data)
+        except ValueError as e:
+            raise BadContent(f"{ref.name}: unusable manifest: {e}") from None
         blobs = [b for b in blobs if b.media_type not in artifact.MANIFEST_MEDIA_TYPES]
         for m in manifests:
             await job.put_blob(m.data)

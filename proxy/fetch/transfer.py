@@ -252,6 +252,11 @@ class Wanted:
     expected: Digest | None = None
     size: int | None = None
     immutable: bool = False  # named by its digest: resume without validators
+    name: str | None = None  # what ingest state records instead of a secret-bearing url
+
+    @property
+    def recorded(self) -> str:
+        return self.name or self.url
 
 
 async def _attempt(
@@ -260,7 +265,7 @@ async def _attempt(
     state: IngestState | None = await client.thread(ingest.read_state)
     offset = 0
     headers: dict[bytes, bytes] = {b"Accept-Encoding": b"identity"}
-    if state is not None and (want.immutable or state.url == want.url):
+    if state is not None and (want.immutable or state.url == want.recorded):
         on_disk: int = await client.thread(ingest.bytes_on_disk)
         if want.immutable:
             validator = None
@@ -297,7 +302,7 @@ async def _attempt(
         raise Retryable(UpstreamError("partial download no longer matches; starting over"))
     elif code == 200:
         state = IngestState(
-            url=want.url,
+            url=want.recorded,
             etag=header(response, b"ETag"),
             last_modified=header(response, b"Last-Modified"),
             total=content_length(response),
