@@ -145,6 +145,10 @@ class FillReader:
     def _pump(self) -> None:
         if self._done or self._paused or self._end == 0:
             return
+        if self._job.state == "failed":
+            # Whatever was sent, the rest will never be right: cut the connection.
+            self._abort("the fill failed")
+            return
         blob = self._blob
         verified = blob is None or blob.state == "complete"
         while not self._paused and self._offset < self._end:
@@ -154,8 +158,6 @@ class FillReader:
                 limit -= 1  # the last byte waits for the digest check
             n = min(available, limit) - self._offset
             if n <= 0:
-                if self._job.state == "failed":
-                    self._abort("the fill failed")
                 return  # more comes with the next write (listener) or the verdict
             fd = self._open()
             if fd is None:
