@@ -116,7 +116,10 @@ def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool)
     """
     transport: Any = request.channel.transport if request.channel is not None else None
     handle = getattr(transport, "socket", None)
-    if length < SENDFILE_MIN or handle is None or _transport_drained(transport) is None:
+    # Slow clients may hold sendfile workers; when none is free, stream from
+    # the reactor instead of queueing behind them.
+    busy = len(pool.working) >= pool.max
+    if busy or length < SENDFILE_MIN or handle is None or _transport_drained(transport) is None:
         if length < SENDFILE_MIN and length > 0:
             try:
                 data = os.pread(fd, length, offset)

@@ -363,6 +363,7 @@ class RegistryAPI:
             if _not_modified(request, digest):
                 os.close(fd)
                 request.setResponseCode(304)
+                request.setHeader(b"Content-Length", str(size).encode())
                 return b""
             try:
                 wanted = _range_header(request, digest)

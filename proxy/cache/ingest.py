@@ -228,6 +228,11 @@ class IngestSink:
         self._error = f
         self._buf.clear()
         self._buffered = 0
+        if self._paused:
+            # Let data flow again so the reader sees the failure and aborts now,
+            # not after the idle timeout.
+            self._paused = False
+            self._resume()
         self._fire_drained()
 
     def _fire_drained(self) -> None:

@@ -283,7 +283,10 @@ async def _attempt(
     code = response.code
     if code == 206 and offset > 0 and state is not None:
         m = _CONTENT_RANGE_RE.fullmatch(header(response, b"Content-Range") or "")
-        if m is None or int(m.group(1)) != offset:
+        etag = header(response, b"ETag")
+        changed = state.etag is not None and etag is not None and etag != state.etag
+        if m is None or int(m.group(1)) != offset or changed:
+            # Another range, or (If-Range ignored) another version of the file.
             client.discard(response)
             await client.thread(ingest.discard)
             raise Retryable(UpstreamError("server answered another range; starting over"))
