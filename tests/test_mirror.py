@@ -211,3 +211,38 @@ def test_containerd_through_the_mirror(tmp_path: Path) -> None:
                     assert ctrd.read_content(digest) == blobs.bytes_of(digest)
     finally:
         registry.stop()
+
+
+def test_configured_upstream_credentials(tmp_path: Path) -> None:
+    from tests.support.registry import TokenServer
+
+    node = Platform.running().architecture
+    with (
+        TokenServer(tmp_path / "token", users={"alice": "wonderland"}) as ts,
+        Registry.for_token_server(tmp_path / "registry", ts) as reg,
+    ):
+        b = Blobs()
+        image = b.image(node, layers=[b"private layer"])
+        push_image_tree(
+            reg.url, "priv/app", b, image, "1", ts.bearer("repository:priv/app:pull,push")
+        )
+        layer = json.loads(b.bytes_of(image["digest"]))["layers"][0]["digest"]
+        # Without credentials for that upstream: nothing to serve.
+        with (
+            ServerProcess(tmp_path / "c1", "--mirror", "--upstream", reg.host) as srv,
+            srv.client() as c,
+        ):
+            assert c.get("/v2/priv/app/manifests/1").status_code == 404
+        env = {"NEKKO_REGISTRY_CREDENTIALS": f"{reg.host}=alice:wonderland"}
+        with (
+            ServerProcess(tmp_path / "c2", "--mirror", "--upstream", reg.host, env=env) as srv,
+            srv.client() as c,
+        ):
+            # A client's own Authorization is not what reaches upstream.
+            r = c.get("/v2/priv/app/manifests/1", headers={"Authorization": "Bearer client-tok"})
+            assert r.status_code == 200, r.text
+            assert c.get(f"/v2/priv/app/blobs/{layer}").content == b"private layer"
+            log = srv.log()
+        assert "wonderland" not in log
+        assert all("client-tok" not in (q.authorization or "") for q in ts.requests)
+        assert any((q.authorization or "").startswith("Basic ") for q in ts.requests)
