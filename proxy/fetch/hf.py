@@ -39,7 +39,7 @@ from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadContent, BadRequest, StorageError, UpstreamError
 from proxy.fetch.base import FetchRequest, FetchResult, Job
-from proxy.fetch.ociref import DOMAIN_RE
+from proxy.fetch.ociref import split_hub_url
 from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header, upstream_error
 from proxy.types import ANNOTATION_HF_COMMIT as A_COMMIT
@@ -88,15 +88,8 @@ class HfUrl:
 
 
 def parse_hf_url(url: str) -> HfUrl:
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("hf", "huggingface"):
-        raise BadRequest(f"not an hf:// URL: {url[:100]}")
-    if parts.query or parts.fragment:
-        raise BadRequest("hf:// URLs take no query or fragment")
-    host = parts.netloc.lower() or DEFAULT_HOST
-    if not DOMAIN_RE.fullmatch(host):
-        raise BadRequest(f"invalid host {parts.netloc[:100]!r}")
-    segments = parts.path.lstrip("/").split("/")
+    host, path = split_hub_url(url, ("hf", "huggingface"), DEFAULT_HOST)
+    segments = path.lstrip("/").split("/")
     repo_type = "model"
     if segments and segments[0] in ("datasets", "models"):
         repo_type = "dataset" if segments.pop(0) == "datasets" else "model"

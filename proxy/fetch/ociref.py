@@ -169,3 +169,17 @@ def parse_oci_url(url: str) -> ImageReference:
             raise BadRequest(f"unknown oci:// URL parameter {key[:40]!r} (known: platform)")
         chosen = Platform.parse(value)
     return ImageReference(registry, rest, tag, digest, chosen)
+
+
+def split_hub_url(url: str, schemes: tuple[str, ...], default_host: str) -> tuple[str, str]:
+    """(host, path) of a model-hub URL (``hf://``, ``ollama://``): no query or
+    fragment, an empty host meaning ``default_host``, the host in the grammar."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in schemes:
+        raise BadRequest(f"not a {schemes[0]}:// URL: {url[:100]}")
+    if parts.query or parts.fragment:
+        raise BadRequest(f"{schemes[0]}:// URLs take no query or fragment")
+    host = parts.netloc.lower() or default_host
+    if not DOMAIN_RE.fullmatch(host):
+        raise BadRequest(f"invalid host {parts.netloc[:100]!r}")
+    return host, parts.path

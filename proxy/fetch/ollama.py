@@ -18,11 +18,9 @@ inference engine opens.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from proxy.errors import BadRequest
 from proxy.fetch.oci import OciFetcher
-from proxy.fetch.ociref import DOMAIN_RE, ImageReference
+from proxy.fetch.ociref import ImageReference, split_hub_url
 from proxy.naming import NAME_COMPONENT_RE, TAG_RE
 from proxy.types import Descriptor
 
@@ -33,17 +31,10 @@ MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 
 def parse_ollama_url(url: str) -> ImageReference:
     """Parse an ``ollama://`` URL into the registry reference it names."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "ollama":
-        raise BadRequest(f"not an ollama:// URL: {url[:100]}")
-    if parts.query or parts.fragment:
-        raise BadRequest("ollama:// URLs take no query or fragment")
-    host = parts.netloc.lower() or DEFAULT_HOST
-    if not DOMAIN_RE.fullmatch(host):
-        raise BadRequest(f"invalid host {parts.netloc[:100]!r}")
+    host, raw_path = split_hub_url(url, ("ollama",), DEFAULT_HOST)
     if host in (DEFAULT_HOST, REGISTRY):
         host = REGISTRY
-    path = parts.path.strip("/")
+    path = raw_path.strip("/")
     tag = "latest"
     if ":" in path.rsplit("/", 1)[-1]:
         path, tag = path.rsplit(":", 1)
@@ -52,7 +43,7 @@ def parse_ollama_url(url: str) -> ImageReference:
         components.insert(0, "library")
     if len(components) != 2 or not all(NAME_COMPONENT_RE.fullmatch(c) for c in components):
         raise BadRequest(
-            f"invalid Ollama model {parts.path[:100]!r}: expected [<namespace>/]<model>[:<tag>] "
+            f"invalid Ollama model {raw_path[:100]!r}: expected [<namespace>/]<model>[:<tag>] "
             "in lowercase letters, digits and . _ -"
         )
     if not TAG_RE.fullmatch(tag):
