@@ -6,6 +6,7 @@ with what the official huggingface_hub client downloads from the same server."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,13 +101,32 @@ def test_whole_repository_and_the_hub_cache_view(
     hub: FakeHub, server: ServerProcess, cache_dir: Path, tmp_path: Path
 ) -> None:
     files = publish(hub)
+    hub.tree_page_size = 2  # the listing comes in pages linked with Link: rel="next"
     url = f"hf://{host_of(hub)}/org/model@v1.0"
     with server.client() as c:
         r = c.post("/content/", json={"url": url})
         assert r.status_code == 201, r.text
         body = r.json()
+    assert len([q for q in hub.requests if "/tree/" in q.path]) >= 3
     titles = {b["title"]: b for b in body["blobs"] if b["title"]}
     assert set(titles) == set(files)
+    # What is needed to serve each file again is kept with the entry.
+    index = json.loads((cache_dir / "index.json").read_text())
+    (desc,) = index["manifests"]
+    ann = desc["annotations"]
+    commit = ann["io.nekko.storage-manager.hf.commit"]
+    assert ann["io.nekko.storage-manager.hf.repo"] == "org/model"
+    assert ann["io.nekko.storage-manager.hf.revision"] == "v1.0"
+    assert len(commit) == 40
+    manifest = json.loads((cache_dir / "blobs/sha256" / desc["digest"][7:]).read_text())
+    for layer in manifest["layers"]:
+        la = layer["annotations"]
+        assert la["io.nekko.storage-manager.hf.commit"] == commit
+        assert len(la["io.nekko.storage-manager.hf.oid"]) == 40  # git blob id
+        data = files[la["org.opencontainers.image.title"]]
+        assert layer["size"] == len(data)
+        if la["org.opencontainers.image.title"].endswith((".safetensors", ".gguf")):
+            assert la["io.nekko.storage-manager.hf.lfs-sha256"] == sha(data)[7:]
     for path, data in files.items():
         assert Path(titles[path]["path"]).read_bytes() == data
         assert titles[path]["digest"] == sha(data)
