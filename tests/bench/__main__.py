@@ -1,0 +1,87 @@
+"""``python -m tests.bench [--quick] [--out bench.json]``: run the benchmark, print the table.
+
+Exit status: 0 when every server was measured (whether or not the targets were met), 1 when
+one could not be (it did not start, its answers were wrong, a tool is missing) or the run
+went past its time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.bench.harness import BenchTimeout, Terminated, clear_limits, install_limits, machine_info
+from tests.bench.report import comparisons, document, table
+from tests.bench.run import Bench, Plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench",
+        description="storage-manager vs nginx, docker-registry, curl, oras-py and skopeo",
+    )
+    parser.add_argument("--quick", action="store_true", help="sizes / 4, 3 s load runs")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument(
+        "--workdir", type=Path, help="where the temporary files go (default: the system's)"
+    )
+    parser.add_argument("--duration", type=float, help="seconds of each load run")
+    parser.add_argument(
+        "--time-limit",
+        type=int,
+        help="stop (and exit 1) after this many seconds (default: 600, --quick 240)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.make(args.quick, args.duration, args.time_limit)
+    started = time.monotonic()
+    status = 0
+    install_limits(plan.time_limit)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sm-bench-", dir=args.workdir) as tmp:
+            bench = Bench(plan, Path(tmp))
+            try:
+                bench.run()
+            except (BenchTimeout, Terminated, KeyboardInterrupt) as e:
+                bench.fail("run", "all", f"stopped: {e or type(e).__name__}")
+                status = 1
+            bench.log("stopping servers, removing temporary files")
+    finally:
+        clear_limits()
+    rows = comparisons(bench)
+    doc = document(bench, rows, machine_info(REPO))
+    doc["elapsed_s"] = round(time.monotonic() - started, 1)
+    print()
+    print(table(rows))
+    print()
+    if bench.notes:
+        print("notes:")
+        for note in bench.notes:
+            print(f"  - {note}")
+    if bench.errors:
+        print("NOT MEASURED:")
+        for error in bench.errors:
+            first = error["error"].splitlines()[0] if error["error"] else ""
+            print(f"  - {error['scenario']} / {error['server']}: {first}")
+        status = 1
+    print(
+        f"{doc['targets_met']} targets met, {doc['targets_missed']} missed; "
+        f"{doc['elapsed_s']} s on {doc['machine']['nproc']} CPUs"
+    )
+    if args.out is not None:
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"figures written to {args.out}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,741 @@
+"""The benchmark run: fixtures, servers, scenarios; figures collected for ``report``."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.bench.harness import (
+    WRK_SCRIPT,
+    GiB,
+    MeasurementError,
+    MiB,
+    Nginx,
+    RssSampler,
+    WrkResult,
+    analyse_log,
+    cpu_busy,
+    curl_args,
+    curl_get,
+    http_client,
+    parse_curl,
+    run_wrk,
+    settle_disk,
+    vm_rss_kib,
+)
+from tests.bench.loads import clean_env, oras_pull, run_hey_head, skopeo_pull
+from tests.support.images import OCI_INDEX, OCI_LAYER_TAR, Blobs, push_raw, random_file
+from tests.support.registry import Registry
+from tests.support.server import ServerProcess
+
+SM = "storage-manager"
+NGINX = "nginx"
+REGISTRY = "docker-registry"
+TITLE = "org.opencontainers.image.title"
+MEMORY_LIMIT_MIB = 64.0
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes, durations and repetitions of one run."""
+
+    quick: bool
+    big_size: int
+    range_size: int
+    layer_size: int
+    layers: int
+    duration: float
+    connections: int
+    runs: int
+    get_runs: int
+    time_limit: int
+
+    @classmethod
+    def make(
+        cls, quick: bool, duration: float | None = None, time_limit: int | None = None
+    ) -> Plan:
+        shrink = 4 if quick else 1
+        return cls(
+            quick=quick,
+            big_size=GiB // shrink,
+            range_size=256 * MiB // shrink,
+            layer_size=256 * MiB // shrink,
+            layers=4,
+            duration=duration if duration is not None else (3.0 if quick else 8.0),
+            connections=8,
+            runs=3,
+            get_runs=5,
+            time_limit=time_limit or (240 if quick else 600),
+        )
+
+    @property
+    def threads(self) -> int:
+        return max(1, min(self.connections, len(os.sched_getaffinity(0))))
+
+    def transfer_timeout(self, size: int) -> float:
+        """Generous bound for one transfer of ``size`` bytes (at least 20 MiB/s)."""
+        return 30 + size / (20 * MiB)
+
+
+@dataclasses.dataclass
+class BlobFile:
+    path: Path
+    digest: str
+    size: int
+
+    @property
+    def hex(self) -> str:
+        return self.digest.removeprefix("sha256:")
+
+
+def size_label(size: int) -> str:
+    return f"{size // GiB} GiB" if size >= GiB and size % GiB == 0 else f"{size // MiB} MiB"
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+class Bench:
+    """One run. ``figures[scenario][server]`` holds what was measured; ``errors`` what could
+    not be; ``notes`` anything odd seen along the way."""
+
+    def __init__(self, plan: Plan, workdir: Path) -> None:
+        self.plan = plan
+        self.tmp = workdir
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.errors: list[dict[str, str]] = []
+        self.notes: list[str] = []
+        self.setup: dict[str, Any] = {}
+        self.proxy: ServerProcess | None = None
+        self.nginx: Nginx | None = None
+        self.registry: Registry | None = None
+        self.available: set[str] = set()
+        self.cache = workdir / "cache"
+        self.www = workdir / "www"
+        self.wrk_script = workdir / "ranges.lua"
+        self.big: BlobFile | None = None
+        self.ranged: BlobFile | None = None
+        self.layer_files: list[BlobFile] = []
+        self.image_ref = ""
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    def fail(self, scenario: str, server: str, error: BaseException | str) -> None:
+        text = str(error).strip()
+        self.errors.append({"scenario": scenario, "server": server, "error": text[:3000]})
+        self.log(f"{scenario} / {server}: NOT MEASURED: {text.splitlines()[0] if text else ''}")
+
+    def attempt(self, scenario: str, server: str, fn: Callable[[], T]) -> T | None:
+        """``fn()``, or None (recorded as not measured) if it raised. Only ``Exception``s:
+        ``BenchTimeout``, ``Terminated`` and ``KeyboardInterrupt`` end the run."""
+        try:
+            return fn()
+        except MeasurementError as e:
+            self.fail(scenario, server, e)
+        except Exception as e:  # a client library, a process that died, ...
+            self.fail(scenario, server, f"{type(e).__name__}: {e}")
+        return None
+
+    def record(self, scenario: str, server: str, figure: dict[str, Any]) -> None:
+        self.figures.setdefault(scenario, {})[server] = figure
+
+    def ready(self, *servers: str) -> bool:
+        return all(s in self.available for s in servers)
+
+    # -- fixtures -------------------------------------------------------------------------------
+
+    def _blob_into_cache(self, size: int, seed: int) -> BlobFile:
+        blob_dir = self.cache / "blobs" / "sha256"
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"blob-{seed}.partial"
+        digest, _ = random_file(tmp, size, seed=seed)
+        path = blob_dir / digest.removeprefix("sha256:")
+        tmp.rename(path)
+        path.chmod(0o444)
+        return BlobFile(path, digest, size)
+
+    def prepare_files(self) -> None:
+        t0 = time.monotonic()
+        self.log(
+            f"writing random blobs: {size_label(self.plan.big_size)}, "
+            f"{size_label(self.plan.range_size)}, {self.plan.layers} x "
+            f"{size_label(self.plan.layer_size)} layers"
+        )
+        self.big = self._blob_into_cache(self.plan.big_size, seed=1)
+        self.ranged = self._blob_into_cache(self.plan.range_size, seed=2)
+        (self.cache / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        (self.cache / "index.json").write_text(json.dumps(index))
+        blobs_www = self.www / "v2" / "x" / "blobs"
+        blobs_www.mkdir(parents=True)
+        for blob in (self.big, self.ranged):
+            (blobs_www / f"sha256:{blob.hex}").symlink_to(blob.path)
+        (self.www / "files").mkdir()
+        (self.www / "files" / "big.bin").symlink_to(self.big.path)
+        layer_dir = self.tmp / "layers"
+        layer_dir.mkdir()
+        for i in range(self.plan.layers):
+            path = layer_dir / f"layer-{i}.bin"
+            digest, size = random_file(path, self.plan.layer_size, seed=100 + i)
+            self.layer_files.append(BlobFile(path, digest, size))
+        self.wrk_script.write_text(WRK_SCRIPT)
+        self.setup["write_random_files_s"] = round(time.monotonic() - t0, 1)
+
+    def start_servers(self, stack: contextlib.ExitStack) -> None:
+        def proxy() -> None:
+            server = ServerProcess(self.cache)
+            stack.callback(server.stop)
+            self.proxy = server.start()
+            self.available.add(SM)
+
+        def nginx() -> None:
+            server = Nginx(self.tmp / "nginx", self.www)
+            stack.callback(server.stop)
+            self.nginx = server.start()
+            self.available.add(NGINX)
+            self.setup["nginx_config"] = (server.workdir / "nginx.conf").read_text()
+
+        def registry() -> None:
+            server = Registry(self.tmp / "registry")
+            stack.callback(server.stop)
+            self.registry = server.start()
+            self.available.add(REGISTRY)
+
+        self.attempt("start", SM, proxy)
+        self.attempt("start", NGINX, nginx)
+        self.attempt("start", REGISTRY, registry)
+
+    def push(self) -> None:
+        assert self.big is not None and self.ranged is not None
+        registry = self.registry
+        if registry is None:
+            return
+        t0 = time.monotonic()
+
+        def push_blobs() -> bool:
+            assert self.big is not None and self.ranged is not None
+            blobs = Blobs()
+            layers = [
+                blobs.add_blob(b.path, OCI_LAYER_TAR, annotations={TITLE: name})
+                for b, name in ((self.big, "big.bin"), (self.ranged, "ranges.bin"))
+            ]
+            config = blobs.config(diff_ids=[d["digest"] for d in layers])
+            manifest = blobs.image_manifest(config, layers)
+            push_raw(
+                registry.url,
+                "bench/blob",
+                blobs,
+                blobs.bytes_of(manifest["digest"]),
+                manifest["mediaType"],
+                "v1",
+            )
+            return True
+
+        def push_image() -> None:
+            blobs = Blobs()
+            layers = [
+                blobs.add_blob(b.path, OCI_LAYER_TAR, annotations={TITLE: b.path.name})
+                for b in self.layer_files
+            ]
+            config = blobs.config(diff_ids=[d["digest"] for d in layers])
+            manifest = blobs.image_manifest(config, layers)
+            push_raw(
+                registry.url,
+                "bench/img",
+                blobs,
+                blobs.bytes_of(manifest["digest"]),
+                manifest["mediaType"],
+                "v1",
+            )
+            self.image_ref = f"{registry.host}/bench/img:v1"
+
+        self.log(f"pushing bench/blob and bench/img:v1 to docker-registry at {registry.url}")
+        if self.attempt("push", REGISTRY, push_blobs) is None:
+            self.available.discard(REGISTRY)
+        self.attempt("push", REGISTRY, push_image)
+        for layer in self.layer_files:  # the registry has its own copy now
+            layer.path.unlink(missing_ok=True)
+        self.setup["push_s"] = round(time.monotonic() - t0, 1)
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def blob_url(self, server: str, blob: BlobFile) -> str:
+        if server == SM:
+            assert self.proxy is not None
+            return f"{self.proxy.base_url}/v2/bench/blob/blobs/{blob.digest}"
+        if server == NGINX:
+            assert self.nginx is not None
+            return f"{self.nginx.url}/v2/x/blobs/{blob.digest}"
+        assert self.registry is not None
+        return f"{self.registry.url}/v2/bench/blob/blobs/{blob.digest}"
+
+    def check_servers(self) -> None:
+        """Every server answers a Range with exactly the right bytes and a HEAD with the size
+        (a server that does not is not measured)."""
+        assert self.big is not None and self.ranged is not None
+        with self.ranged.path.open("rb") as f:
+            f.seek(12345)
+            expected = f.read(4096)
+        for server in (SM, NGINX, REGISTRY):
+            if server not in self.available:
+                continue
+
+            def check(server: str = server) -> bool:
+                assert self.big is not None and self.ranged is not None
+                with http_client(30) as client:
+                    url = self.blob_url(server, self.ranged)
+                    r = client.get(url, headers={"Range": "bytes=12345-16440"})
+                    if r.status_code != 206 or r.content != expected:
+                        raise MeasurementError(
+                            f"Range GET {url}: {r.status_code}, {len(r.content)} bytes"
+                            f"{'' if r.content == expected else ' (wrong bytes)'}"
+                        )
+                    for blob in (self.ranged, self.big):
+                        url = self.blob_url(server, blob)
+                        r = client.head(url)
+                        length = r.headers.get("content-length")
+                        if r.status_code != 200 or length != str(blob.size):
+                            raise MeasurementError(
+                                f"HEAD {url}: {r.status_code}, Content-Length {length}"
+                            )
+                return True
+
+            if self.attempt("check", server, check) is None:
+                self.available.discard(server)
+
+    # -- scenarios ------------------------------------------------------------------------------
+
+    def full_get(self) -> None:
+        assert self.big is not None
+        big = self.big
+        servers = [s for s in (SM, NGINX, REGISTRY) if s in self.available]
+        runs: dict[str, list[float]] = {s: [] for s in servers}
+        timeout = self.plan.transfer_timeout(big.size)
+        settle_disk()
+        self.log(f"full GET of {size_label(big.size)}, 1 client (curl), {self.plan.get_runs} runs")
+        first = len(self.proxy.lines) if self.proxy is not None else 0
+        for _ in range(self.plan.get_runs):
+            for server in servers:  # interleaved, so drifts hit every server alike
+
+                def once(server: str = server) -> float:
+                    r = curl_get(self.blob_url(server, big), max_time=timeout)
+                    if r.status != 200 or r.size != big.size:
+                        raise MeasurementError(f"curl got {r.status}, {r.size} bytes")
+                    return r.seconds
+
+                if server in runs and (t := self.attempt("full_get", server, once)) is not None:
+                    runs[server].append(t)
+                else:
+                    runs.pop(server, None)
+        for server, times in runs.items():
+            self.record(
+                "full_get",
+                server,
+                {
+                    "MiB_per_s": round(big.size / median(times) / MiB, 1),
+                    "seconds_median": round(median(times), 3),
+                    "seconds_runs": [round(t, 3) for t in times],
+                },
+            )
+        if SM in runs and self.proxy is not None:
+            time.sleep(0.5)  # the access-log lines of the last answers
+            self.figures["full_get"][SM]["log"] = analyse_log(self.proxy.lines[first:])
+
+    def _wrk_checked(self, server: str, url: str, mode: str, length: int, size: int) -> WrkResult:
+        result = run_wrk(
+            url,
+            self.wrk_script,
+            mode=mode,
+            size=size,
+            length=length,
+            connections=self.plan.connections,
+            threads=self.plan.threads,
+            duration=self.plan.duration,
+        )
+        bad = result.errors["status"]
+        socket_errors = {k: v for k, v in result.errors.items() if k != "status" and v}
+        if bad > result.requests * 0.01:
+            raise MeasurementError(f"{bad} of {result.requests} answers were 4xx/5xx")
+        if bad:
+            self.notes.append(f"{server}: {bad} answers >= 400 in the {mode} {length} B run")
+        if socket_errors:
+            self.notes.append(
+                f"{server}: wrk socket errors in the {mode} {length} B run: {socket_errors}"
+            )
+        if mode == "range" and not length <= result.bytes_per_request < length + 4096:
+            raise MeasurementError(
+                f"{result.bytes_per_request:.0f} bytes per answer to {length}-byte ranges"
+            )
+        return result
+
+    def ranges(self, scenario: str, length: int) -> None:
+        assert self.ranged is not None
+        ranged = self.ranged
+        self.log(
+            f"{length // 1024} KiB random ranges of {size_label(ranged.size)}, "
+            f"{self.plan.connections} connections, {self.plan.duration:.0f} s each (wrk)"
+        )
+        for server in (SM, NGINX, REGISTRY):
+            if server not in self.available:
+                continue
+
+            def measure(server: str = server) -> dict[str, Any]:
+                url = self.blob_url(server, ranged)
+                with self._watch(server) as watch:
+                    result = self._wrk_checked(server, url, "range", length, ranged.size)
+                figure = result.to_json()
+                figure.update(watch)
+                return figure
+
+            if (figure := self.attempt(scenario, server, measure)) is not None:
+                self.record(scenario, server, figure)
+
+    def head(self) -> None:
+        assert self.ranged is not None
+        ranged = self.ranged
+        self.log(
+            f"HEAD blob, {self.plan.connections} connections, {self.plan.duration:.0f} s each "
+            "(hey: wrk cannot do HEAD)"
+        )
+        for server in (SM, REGISTRY, NGINX):
+            if server not in self.available:
+                continue
+
+            def measure(server: str = server) -> dict[str, Any]:
+                url = self.blob_url(server, ranged)
+                with self._watch(server) as watch:
+                    figure = run_hey_head(url, self.plan.connections, self.plan.duration)
+                total = figure["requests"]
+                ok = figure["statuses"].get("200", 0)
+                if total - ok > total * 0.01:
+                    raise MeasurementError(f"HEAD answers: {figure['statuses']}")
+                if total != ok or figure["errors"]:
+                    self.notes.append(
+                        f"{server}: HEAD answers {figure['statuses']}, errors {figure['errors']}"
+                    )
+                figure.update(watch)
+                return figure
+
+            if (figure := self.attempt("head", server, measure)) is not None:
+                self.record("head", server, figure)
+
+    @contextlib.contextmanager
+    def _watch(self, server: str) -> Iterator[dict[str, Any]]:
+        """For storage-manager: its memory and its log during the block (added to ``out``)."""
+        out: dict[str, Any] = {}
+        if server != SM or self.proxy is None or self.proxy.proc is None:
+            yield out
+            return
+        first = len(self.proxy.lines)
+        with RssSampler(self.proxy.proc.pid) as rss:
+            rss.mark(settle=0.2)
+            yield out
+        time.sleep(0.2)  # the last access-log lines
+        out["rss"] = rss.summary()
+        out["log"] = analyse_log(self.proxy.lines[first:])
+
+    def memory_get(self) -> None:
+        """storage-manager's RSS while 8 clients GET the big blob at once."""
+        assert self.big is not None
+        big = self.big
+        if not self.ready(SM) or self.proxy is None or self.proxy.proc is None:
+            return
+        pid = self.proxy.proc.pid
+        clients = self.plan.connections
+        self.log(f"memory: {clients} concurrent GETs of {size_label(big.size)} (curl)")
+        timeout = self.plan.transfer_timeout(big.size * clients)
+
+        def measure() -> dict[str, Any]:
+            url = self.blob_url(SM, big)
+            procs: list[subprocess.Popen[str]] = []
+            first = len(self.proxy.lines) if self.proxy else 0
+            try:
+                with RssSampler(pid) as rss:
+                    rss.mark()
+                    t0 = time.monotonic()
+                    for _ in range(clients):
+                        procs.append(
+                            subprocess.Popen(
+                                curl_args(url, "/dev/null", timeout),
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                text=True,
+                                env=clean_env(),
+                            )
+                        )
+                    outputs = [p.communicate(timeout=timeout + 10) for p in procs]
+                    wall = time.monotonic() - t0
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait(5)
+            results = [parse_curl(out) for out, _ in outputs]
+            bad = [r for r in results if r.status != 200 or r.size != big.size]
+            if bad or any(p.returncode != 0 for p in procs):
+                raise MeasurementError(f"concurrent GETs failed: {bad} {[e for _, e in outputs]}")
+            time.sleep(0.5)  # the access-log lines of the last answers
+            figure = rss.summary()
+            figure["clients"] = clients
+            figure["aggregate_MiB_per_s"] = round(big.size * clients / wall / MiB, 1)
+            figure["wall_s"] = round(wall, 3)
+            assert self.proxy is not None
+            figure["log"] = analyse_log(self.proxy.lines[first:])
+            return figure
+
+        if (figure := self.attempt("memory_get", SM, measure)) is not None:
+            self.record("memory_get", SM, figure)
+
+    def _post_content(
+        self, url: str, size: int | None, digest: str | None, timeout: float
+    ) -> dict[str, Any]:
+        """A fresh storage-manager on an empty cache; time ``POST /content/ {url}`` to its 201."""
+        cache = self.tmp / "fresh-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        server = ServerProcess(cache)
+        try:
+            server.start()
+            assert server.proc is not None
+            body: dict[str, str] = {"url": url}
+            if digest:
+                body["digest"] = digest
+            with http_client(timeout, base_url=server.base_url) as client:
+                client.get("/readyz")  # the connection is open before the clock starts
+                settle_disk()
+                with RssSampler(server.proc.pid) as rss:
+                    rss.mark()
+                    t0 = time.monotonic()
+                    r = client.post("/content/", json=body)
+                    seconds = time.monotonic() - t0
+                if r.status_code != 201:
+                    raise MeasurementError(f"POST /content/ {url}: {r.status_code} {r.text[:500]}")
+                entry = r.json()
+                if entry.get("state") != "complete":
+                    raise MeasurementError(f"POST /content/ {url}: not complete: {entry}")
+                if size is not None and entry.get("size") != size:
+                    raise MeasurementError(f"POST /content/ {url}: size {entry.get('size')}")
+                if digest and entry.get("digest") != digest:
+                    raise MeasurementError(f"POST /content/ {url}: digest {entry.get('digest')}")
+            time.sleep(0.1)
+            return {"seconds": seconds, "rss": rss.summary(), "log": analyse_log(server.lines)}
+        finally:
+            server.stop()
+            shutil.rmtree(cache, ignore_errors=True)
+
+    def _interleaved(
+        self, scenario: str, contenders: list[tuple[str, Callable[[], dict[str, Any]]]]
+    ) -> None:
+        """``runs`` rounds, each contender once per round (so drifts hit them alike); a
+        contender that fails once is dropped. Records the median ``seconds`` of each."""
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in contenders}
+        for _ in range(self.plan.runs):
+            for name, fn in contenders:
+                if name not in results:
+                    continue
+                settle_disk()  # the previous run's dirty pages are not this one's to write
+                run = self.attempt(scenario, name, fn)
+                if run is None:
+                    del results[name]
+                else:
+                    results[name].append(run)
+        for name, runs in results.items():
+            self._record_timed(scenario, name, runs)
+
+    def ingest(self) -> None:
+        assert self.big is not None
+        big = self.big
+        if not self.ready(NGINX) or self.nginx is None:
+            self.fail("ingest", NGINX, "nginx (the ingest source) is not running")
+            return
+        url = f"{self.nginx.url}/files/big.bin"
+        self.log(
+            f"ingest of {size_label(big.size)} over http:// (POST /content/ vs curl -o), "
+            f"{self.plan.runs} runs"
+        )
+        timeout = self.plan.transfer_timeout(big.size)
+        out = self.tmp / "curl-ingest.bin"
+
+        def with_curl() -> dict[str, Any]:
+            try:
+                r = curl_get(url, str(out), max_time=timeout)
+                if r.status != 200 or r.size != big.size:
+                    raise MeasurementError(f"curl got {r.status}, {r.size} bytes")
+                t0 = time.monotonic()
+                fd = os.open(out, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                return {"seconds": r.seconds, "fsync_seconds": time.monotonic() - t0}
+            finally:
+                out.unlink(missing_ok=True)
+
+        contenders: list[tuple[str, Callable[[], dict[str, Any]]]] = [("curl", with_curl)]
+        if SM in self.available:
+            contenders.insert(
+                0, (SM, lambda: self._post_content(url, big.size, big.digest, timeout))
+            )
+        self._interleaved("ingest", contenders)
+        curl = self.figures.get("ingest", {}).get("curl")
+        if curl is not None:
+            both = [r["seconds"] + r["fsync_seconds"] for r in curl["raw"]]
+            self.record("ingest", "curl+fsync", self._times(both))
+        ours = self.figures.get("ingest", {}).get(SM)
+        if ours is not None:
+            self.record("memory_ingest", SM, max(ours["rss_runs"], key=_growth))
+
+    def oci_pull(self) -> None:
+        if not self.ready(REGISTRY) or not self.image_ref:
+            self.fail("oci_pull", REGISTRY, "no image to pull (docker-registry or the push failed)")
+            return
+        total = self.plan.layers * self.plan.layer_size
+        self.log(
+            f"oci:// pull of {self.plan.layers} x {size_label(self.plan.layer_size)} layers "
+            f"(storage-manager vs oras-py vs skopeo), {self.plan.runs} runs"
+        )
+        timeout = self.plan.transfer_timeout(total)
+        out = self.tmp / "pulled"
+
+        def client(fn: Callable[[str, Path, float], dict[str, Any]]) -> dict[str, Any]:
+            shutil.rmtree(out, ignore_errors=True)
+            try:
+                result = fn(self.image_ref, out, timeout)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            if result["bytes"] < total:
+                raise MeasurementError(f"only {result['bytes']} bytes pulled: {result}")
+            return result
+
+        contenders: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("oras-py", lambda: client(oras_pull)),
+            ("skopeo", lambda: client(skopeo_pull)),
+        ]
+        if SM in self.available:
+            oci_url = f"oci://{self.image_ref}"
+            contenders.insert(0, (SM, lambda: self._post_content(oci_url, None, None, timeout)))
+        self._interleaved("oci_pull", contenders)
+
+    @staticmethod
+    def _times(times: list[float]) -> dict[str, Any]:
+        return {
+            "seconds_median": round(median(times), 3),
+            "seconds_runs": [round(t, 3) for t in times],
+        }
+
+    def _record_timed(self, scenario: str, server: str, runs: list[dict[str, Any]]) -> None:
+        if not runs:
+            return
+        figure = self._times([r["seconds"] for r in runs])
+        figure["raw"] = [{k: v for k, v in r.items() if k not in ("rss", "log")} for r in runs]
+        if "rss" in runs[0]:
+            figure["rss_runs"] = [r["rss"] for r in runs]
+        logs = [r["log"] for r in runs if "log" in r]
+        if logs:
+            figure["log_problem_lines"] = sum(log["problem_lines"] for log in logs)
+            figure["log_problems"] = [p for log in logs for p in log["problems"]][:10]
+        self.record(scenario, server, figure)
+
+    # -- the whole run --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        busy = cpu_busy(1.0)
+        self.setup["cpu_busy_before_start"] = round(busy, 3)
+        if busy > 0.1:
+            self.notes.append(
+                f"the machine was {busy:.0%} busy before the run started: other processes "
+                "compete with the servers and the load generators, figures are noisier"
+            )
+        self.prepare_files()
+        with contextlib.ExitStack() as stack:
+            self.start_servers(stack)
+            self.push()
+            t0 = time.monotonic()
+            settle_disk()
+            self.setup["sync_after_setup_s"] = round(time.monotonic() - t0, 1)
+            self.check_servers()
+            if self.proxy is not None and self.proxy.proc is not None:
+                self.setup["proxy_rss_at_start_MiB"] = _rss_mib(self.proxy.proc.pid)
+            self.full_get()
+            self.ranges("range_1MiB", 1 << 20)
+            self.ranges("range_4KiB", 4 << 10)
+            self.head()
+            self.memory_get()
+            if self.proxy is not None and self.proxy.proc is not None:
+                self.setup["proxy_rss_after_load_MiB"] = _rss_mib(self.proxy.proc.pid)
+                if self.proxy.proc.poll() is not None:
+                    self.fail("run", SM, f"storage-manager exited: {self.proxy.proc.returncode}")
+                whole = analyse_log(self.proxy.lines)
+                self.setup["proxy_log"] = whole
+            self.ingest()
+            self.oci_pull()
+        self.observe()
+
+    def observe(self) -> None:
+        """Notes on storage-manager's behaviour that the figures alone do not show."""
+        for scenario, expected in (
+            ("full_get", len(self.figures.get("full_get", {}).get(SM, {}).get("seconds_runs", []))),
+            ("memory_get", self.plan.connections),
+        ):
+            log = self.figures.get(scenario, {}).get(SM, {}).get("log")
+            if log is None:
+                continue
+            logged = log["requests"].get("GET 200", 0)
+            if logged < expected:
+                self.notes.append(
+                    f"storage-manager: {scenario}: {expected} complete GETs of the whole blob "
+                    f"(curl, which closes the connection after the last byte) but only {logged} "
+                    "access-log lines for them"
+                )
+        for scenario in ("ingest", "oci_pull"):
+            figure = self.figures.get(scenario, {}).get(SM)
+            if figure is None:
+                continue
+            rss = figure["rss_runs"]
+            worst = max(_growth(r) for r in rss)
+            kept = max(r["final_MiB"] - r["baseline_MiB"] for r in rss)
+            if worst >= MEMORY_LIMIT_MIB or kept >= MEMORY_LIMIT_MIB / 4:
+                self.notes.append(
+                    f"storage-manager: {scenario}: RSS grew by up to {worst:.1f} MiB "
+                    f"(runs: {', '.join(f'{_growth(r):.1f}' for r in rss)}); "
+                    f"up to {kept:.1f} MiB still held once the POST had answered"
+                )
+        for scenario, servers in self.figures.items():
+            for server, figure in servers.items():
+                problems = figure.get("log", {}).get("problem_lines", 0) + figure.get(
+                    "log_problem_lines", 0
+                )
+                if problems:
+                    self.notes.append(
+                        f"{server}: {scenario}: {problems} WARNING/ERROR lines in its log"
+                    )
+        whole = self.setup.get("proxy_log", {})
+        if whole.get("problem_lines"):
+            self.notes.append(
+                f"storage-manager: {whole['problem_lines']} WARNING/ERROR lines in its log: "
+                f"{whole['problems'][:3]}"
+            )
+
+
+def _growth(rss: dict[str, Any]) -> float:
+    return float(rss["growth_MiB"])
+
+
+def _rss_mib(pid: int) -> float | None:
+    kib = vm_rss_kib(pid)
+    return round(kib / 1024, 1) if kib is not None else None
