@@ -149,7 +149,15 @@ def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool)
     def done(result: int | Failure) -> None:
         os.close(sock_fd)
         os.close(fd)
-        if request._disconnected or request.finished:
+        if request.finished:
+            return
+        if request._disconnected:
+            # The client hung up after (or while) taking the body: there is no
+            # finish() to log the request, so log it here, with what was sent.
+            site = getattr(request, "site", None)
+            if site is not None and not isinstance(result, Failure):
+                request.sentLength += result
+                site.log(request)
             return
         if isinstance(result, Failure):
             transport.abortConnection()
@@ -168,6 +176,25 @@ def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool)
                 return
             clock.callLater(0.001, go)
             return
-        deferToThreadPool(clock, pool, _sendfile_all, sock_fd, fd, offset, length).addBoth(done)
+        # First try without blocking, from here: a range that fits the socket
+        # buffer leaves at once, with no thread hop (most nydusd reads).
+        try:
+            sent = os.sendfile(sock_fd, fd, offset, length)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            done(Failure(e))
+            return
+        if sent == length:
+            done(sent)
+            return
+
+        def rest(n: int | Failure) -> None:
+            done(n if isinstance(n, Failure) else sent + n)
+
+        d = deferToThreadPool(
+            clock, pool, _sendfile_all, sock_fd, fd, offset + sent, length - sent
+        )
+        d.addBoth(rest)
 
     go()
