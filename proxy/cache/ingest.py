@@ -162,8 +162,8 @@ class IngestSink:
     high/low water marks so the network stops reading while the disk catches up.
     """
 
-    HIGH_WATER = 16 * 1024 * 1024
-    LOW_WATER = 4 * 1024 * 1024
+    HIGH_WATER = 8 * 1024 * 1024
+    LOW_WATER = 2 * 1024 * 1024
 
     def __init__(
         self,
