@@ -192,9 +192,7 @@ def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool)
         def rest(n: int | Failure) -> None:
             done(n if isinstance(n, Failure) else sent + n)
 
-        d = deferToThreadPool(
-            clock, pool, _sendfile_all, sock_fd, fd, offset + sent, length - sent
-        )
+        d = deferToThreadPool(clock, pool, _sendfile_all, sock_fd, fd, offset + sent, length - sent)
         d.addBoth(rest)
 
     go()
