@@ -54,9 +54,15 @@ def test_delete_of_a_queued_download_answers_at_once(cache_dir: Path, source: So
             for u in ("/slow", "/queued")
         ]
         threads[0].start()
-        time.sleep(0.2)
+        for _ in range(200):
+            if c.get(f"/content/{b64(source.url('/slow'))}").status_code == 206:
+                break
+            time.sleep(0.01)
         threads[1].start()
-        time.sleep(0.2)
+        for _ in range(200):
+            if c.get(f"/content/{b64(source.url('/queued'))}").status_code == 206:
+                break
+            time.sleep(0.01)
         assert c.get(f"/content/{b64(source.url('/queued'))}").json()["state"] == "queued"
         r = c.delete(f"/content/{b64(source.url('/queued'))}")
         assert r.status_code == 204
@@ -78,7 +84,10 @@ def test_joining_with_another_digest_is_a_conflict(server: ServerProcess, source
             )
         )
         t.start()
-        time.sleep(0.1)
+        for _ in range(200):  # wait until the first POST's download is running
+            if c.get(f"/content/{b64(source.url('/j'))}").status_code == 206:
+                break
+            time.sleep(0.01)
         r = c.post("/content/", json={"url": source.url("/j"), "digest": "sha256:" + "0" * 64})
         assert r.status_code == 409, r.text
         t.join(10)
