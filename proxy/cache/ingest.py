@@ -30,24 +30,6 @@ from proxy.types import Digest
 HASH_CHUNK = 4 * 1024 * 1024
 
 
-class DigestMismatch(Exception):
-    """Content did not hash to the digest it was expected to have."""
-
-    def __init__(self, expected: Digest, actual: Digest) -> None:
-        super().__init__(f"content digest {actual} does not match expected {expected}")
-        self.expected = expected
-        self.actual = actual
-
-
-class SizeMismatch(Exception):
-    """Content was not as long as announced."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"received {actual} bytes, expected {expected}")
-        self.expected = expected
-        self.actual = actual
-
-
 @attrs.define
 class IngestState:
     """What must survive a crash to resume a download (never secrets)."""
@@ -184,7 +166,6 @@ class IngestSink:
         self._paused = False
         self._error: Failure | None = None
         self._drained: list[Deferred[None]] = []
-        self.received = ingest.offset
 
     @property
     def failed(self) -> Failure | None:
@@ -195,7 +176,6 @@ class IngestSink:
             return
         self._buf.append(data)
         self._buffered += len(data)
-        self.received += len(data)
         if self._buffered >= self.HIGH_WATER and not self._paused:
             self._paused = True
             self._pause()

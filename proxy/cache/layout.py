@@ -60,10 +60,6 @@ class CacheLocked(Exception):
     """Another process holds the cache's write lock."""
 
 
-class DiskFull(Exception):
-    """The filesystem holding the cache has no room left (ENOSPC/EDQUOT)."""
-
-
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
