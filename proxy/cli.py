@@ -60,6 +60,12 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         "(env NEKKO_UPSTREAM)",
     )
     p.add_argument(
+        "--api-token",
+        metavar="TOKEN",
+        help="require this token for POST and DELETE on /content, as a Bearer token or "
+        "the Basic password (env NEKKO_API_TOKEN; prefer the environment)",
+    )
+    p.add_argument(
         "--mirror",
         action="store_const",
         const="1",

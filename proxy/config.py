@@ -85,6 +85,7 @@ class Config:
     insecure_registries: frozenset[str] = frozenset()
     upstream: str | None = None
     mirror: bool = False
+    api_token: str | None = attrs.field(default=None, repr=False)
     manifest_ttl: float = 60.0
     registry_credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
     idle_timeout: float = 60.0
@@ -101,6 +102,7 @@ ENV: dict[str, tuple[str, str]] = {
     "insecure_registry": ("NEKKO_INSECURE_REGISTRIES", ""),
     "upstream": ("NEKKO_UPSTREAM", ""),
     "mirror": ("NEKKO_MIRROR", "0"),
+    "api_token": ("NEKKO_API_TOKEN", ""),
     "manifest_ttl": ("NEKKO_MANIFEST_TTL", "60"),
     "registry_credentials": ("NEKKO_REGISTRY_CREDENTIALS", ""),
     "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
@@ -164,6 +166,7 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         insecure_registries=_hosts(pick("insecure_registry")[1]),
         upstream=pick("upstream")[1].strip().lower() or None,
         mirror=mirror.strip().lower() in ("1", "true", "yes"),
+        api_token=pick("api_token")[1] or None,
         manifest_ttl=ttl,
         registry_credentials=creds,
         idle_timeout=idle_timeout,

@@ -25,7 +25,7 @@ from proxy.fetch.hf import HfFetcher
 from proxy.fetch.http import HttpFetcher
 from proxy.fetch.oci import OciBlobFetcher, OciFetcher
 from proxy.fetch.ollama import OllamaFetcher
-from proxy.fetch.reach import ReachPolicy
+from proxy.fetch.reach import ReachPolicy, is_loopback_host
 from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
 from proxy.mirror import Mirror
@@ -116,7 +116,7 @@ def build(config: Config, reactor: Any) -> Server:
             ", ".join(sorted(mirror.allowed)) or "no registry (set --upstream)",
         )
     registry = RegistryAPI(layout, catalog, pool, mirror)
-    site = LoggingSite(Root(content, registry))  # type: ignore[no-untyped-call]
+    site = LoggingSite(Root(content, registry, config.api_token))  # type: ignore[no-untyped-call]
     log.info(
         "cache %s: %d entries, %d interrupted downloads",
         layout.root,
@@ -155,6 +155,12 @@ def listen(server: Server, reactor: Any) -> Any:
             raise StartupError(f"cannot listen on {addr}: {e}") from None
         port = reactor.listenTCP(addr.port, server.site, interface="0.0.0.0")
     bound = port.getHost()
+    if server.config.api_token is None and not is_loopback_host(bound.host):
+        log.warning(
+            "listening on %s without --api-token: anyone who can reach it can make this "
+            "node download and delete content",
+            bound.host,
+        )
     shown = f"[{bound.host}]" if ":" in bound.host else bound.host
     log.info("listening on http://%s:%d", shown, bound.port)
     return port

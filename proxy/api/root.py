@@ -18,6 +18,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from proxy.api.access import REALM, authorized
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
 from proxy.api.registry import RegistryAPI, query_args
@@ -26,8 +27,11 @@ from proxy.api.registry import RegistryAPI, query_args
 class Root(Resource):
     isLeaf = True
 
-    def __init__(self, content: ContentAPI, registry: RegistryAPI) -> None:
+    def __init__(
+        self, content: ContentAPI, registry: RegistryAPI, api_token: str | None = None
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self._api_token = api_token
         self._content = content.app.resource()
         self._registry = registry
         self._layout = content.layout
@@ -40,6 +44,9 @@ class Root(Resource):
         elif path.startswith((b"http://", b"https://")):
             return self._forward_proxy(request, path)
         if path == b"/content" or path.startswith(b"/content/"):
+            if request.method in (b"POST", b"DELETE") and not authorized(request, self._api_token):
+                request.setHeader(b"WWW-Authenticate", REALM)
+                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
             try:
                 unquote_to_bytes(path).decode("utf-8")
             except UnicodeDecodeError:
