@@ -18,6 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
 
 from proxy.api.errors import json_error, render_error
 from proxy.cache import views
@@ -168,6 +169,16 @@ class ContentAPI:
     @app.handle_errors(StorageError)
     def _storage_error(self, request: IRequest, failure: Any) -> bytes:
         return render_error(request, failure.value)
+
+    @app.handle_errors(HTTPException)
+    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
+        """Klein's own answers (no such route, method not allowed), as JSON."""
+        e = failure.value
+        status = e.code or 400
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "BAD_REQUEST")
+        if status == 405:
+            request.setHeader(b"Allow", ", ".join(e.valid_methods or []).encode())
+        return json_error(request, status, code, e.description or e.name)
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Any) -> bytes:
