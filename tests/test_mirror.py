@@ -114,6 +114,8 @@ def test_wrong_bytes_abort_the_clients(tmp_path: Path, source: Source) -> None:
     bad = bytearray(good)
     bad[-10] ^= 0xFF
     source.add_file(f"/v2/r/blobs/{d}", bytes(bad))
+    # Slow enough that the client is attached to the fill before it fails.
+    source.set_delay(f"/v2/r/blobs/{d}", 0.02, chunk=65536)
     mirror = ServerProcess(tmp_path / "c", "--mirror", "--upstream", host_of(source))
     with mirror as srv, srv.client() as c:
         # The body stops short of its Content-Length: the client gets an error,
