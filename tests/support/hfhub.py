@@ -93,15 +93,14 @@ import json
 import mimetypes
 import secrets
 import socket
-import socketserver
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import parse_qs, quote, unquote, urlencode
+
+from tests.support.loopback_http import LoopbackHTTPServer, TrackedHandler
 
 __all__ = [
     "LFS_EXTENSIONS",
@@ -441,32 +440,13 @@ def _ranged(
     return 206, partial, data[first : last + 1]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, address: tuple[str, int], service: _Service) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.service = service
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would do a reverse DNS lookup (getfqdn); not needed here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # the client went away, or stop() closed the connection
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    sys_version = ""
+class _Handler(TrackedHandler):
     timeout = IDLE_TIMEOUT
 
     @property
@@ -475,21 +455,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self._service.server_header
-
-    def setup(self) -> None:
-        super().setup()
-        server = cast(_Server, self.server)
-        with server.connections_lock:
-            server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        server = cast(_Server, self.server)
-        with server.connections_lock:
-            server.connections.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -623,14 +588,7 @@ class _Service:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
-        server.shutdown()
-        with server.connections_lock:
-            connections = list(server.connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        thread.join(timeout=5)
+        server.close(thread)
         self._server = self._thread = None
 
     def _record(self, request: _Request, status: int) -> None:

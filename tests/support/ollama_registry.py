@@ -115,19 +115,19 @@ import json
 import re
 import secrets
 import socket
-import socketserver
 import struct
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import parse_qs, quote, urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from tests.support.loopback_http import LoopbackHTTPServer, TrackedHandler
 
 __all__ = [
     "CONFIG_MEDIA_TYPE",
@@ -308,34 +308,16 @@ class _Token:
     repositories: frozenset[str]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
+class _Server(LoopbackHTTPServer):
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: object
     ) -> None:
         self.owner = owner
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
         super().__init__(address, handler)
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn); not wanted here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # the client went away, or stop() closed the connection
-        super().handle_error(request, client_address)
-
-
-class _BaseHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _BaseHandler(TrackedHandler):
     server_version = "cloudflare"
-    sys_version = ""
     timeout = IDLE_TIMEOUT
     role: Literal["registry", "cdn"] = "registry"
 
@@ -343,14 +325,7 @@ class _BaseHandler(BaseHTTPRequestHandler):
     def _srv(self) -> _Server:
         return cast(_Server, self.server)
 
-    def setup(self) -> None:
-        super().setup()
-        with self._srv.connections_lock:
-            self._srv.connections.add(self.connection)
-
     def finish(self) -> None:
-        with self._srv.connections_lock:
-            self._srv.connections.discard(self.connection)
         with contextlib.suppress(OSError):
             super().finish()
 
@@ -791,14 +766,7 @@ class _ServerThread:
         return f"{self.server.server_name}:{self.server.server_port}"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        with self.server.connections_lock:
-            connections = list(self.server.connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.server.close(self.thread)
 
 
 class OllamaCDN:

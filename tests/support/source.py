@@ -29,17 +29,16 @@ import dataclasses
 import hashlib
 import ipaddress
 import socket
-import socketserver
 import ssl
-import sys
 import threading
 from email.message import Message
 from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
+
+from tests.support.loopback_http import LoopbackHTTPServer, TrackedHandler
 
 __all__ = ["CHUNK_SIZE", "MAX_CHUNK_DELAY", "MAX_STALL", "RecordedRequest", "Source"]
 
@@ -202,51 +201,19 @@ def _check_times(times: int | None) -> None:
         raise ValueError(f"times must be at least 1, got {times}")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, source: Source):
-        self.address_family = family
+class _Server(LoopbackHTTPServer):
+    def __init__(self, address: tuple[str, int], source: Source):
         self.source = source
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would do a reverse DNS lookup (getfqdn); not needed here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # the client went away, or stop() closed the connection
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackedHandler):
     server_version = "test-source/1.0"
-    sys_version = ""
     timeout = IDLE_TIMEOUT
 
     @property
     def _server(self) -> _Server:
         return cast(_Server, self.server)
-
-    def setup(self) -> None:
-        super().setup()
-        with self._server.connections_lock:
-            self._server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self._server.connections_lock:
-            self._server.connections.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def parse_request(self) -> bool:
         ok = super().parse_request()
@@ -441,7 +408,7 @@ class Source:
         if self._server is not None:
             raise RuntimeError("source already started")
         self._stopping.clear()
-        server = _Server((self._host, 0), self._family, self)
+        server = _Server((self._host, 0), self)
         if self._tls is not None:
             server.socket = self._tls.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(
@@ -460,14 +427,7 @@ class Source:
         if server is None or thread is None:
             return
         self._stopping.set()
-        server.shutdown()
-        with server.connections_lock:
-            connections = list(server.connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        thread.join(timeout=5)
+        server.close(thread)
         self._server = self._thread = None
 
     def __enter__(self) -> Source:
