@@ -52,6 +52,8 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from tests.support.processes import stop_process
+
 __all__ = [
     "CONTAINERD_BINARY",
     "CTR_BINARY",
@@ -374,14 +376,7 @@ class Containerd:
         """Terminate the daemon (SIGTERM, then SIGKILL); return its exit status."""
         status: int | None = None
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout)
-            status = self.proc.returncode
+            status = stop_process(self.proc, timeout)
             self.proc = None
         if self._log_file is not None:
             self._log_file.close()

@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.support.processes import stop_process
+
 __all__ = [
     "REGISTRY_BINARY",
     "TOKEN_ISSUER",
@@ -280,14 +282,7 @@ class Registry:
         """Terminate the process (SIGTERM, then SIGKILL) and return its exit status."""
         status: int | None = None
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout)
-            status = self.proc.returncode
+            status = stop_process(self.proc, timeout)
             self.proc = None
         if self._log_file is not None:
             self._log_file.close()
