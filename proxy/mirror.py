@@ -82,8 +82,8 @@ class Mirror:
     ) -> ImageReference:
         return ImageReference(registry, name, tag, digest)
 
-    def _job(self, url: str) -> Download:
-        creds = self.credentials.get(normalize_registry(url.split("/", 3)[2]))
+    def _job(self, url: str, registry: str) -> Download:
+        creds = self.credentials.get(registry)
         return Download(FetchRequest(url, creds), self.downloads.store, self.downloads.reactor)
 
     # -- blobs -----------------------------------------------------------------
@@ -98,7 +98,7 @@ class Mirror:
     ) -> Any:
         """An upstream response for one byte range of a blob (not cached)."""
         ref = self._ref(registry, name, None, digest)
-        job = self._job(f"oci://{registry}/{name}@{digest}")
+        job = self._job(f"oci://{registry}/{name}@{digest}", registry)
         auth = RegistryAuth(self.oci.client, ref.hostname, name, job.request.credentials)
         url = f"{self.oci.base_url(ref)}/v2/{name}/blobs/{digest}"
         rng = {b"Range": f"bytes={first}-{last}".encode(), b"Accept-Encoding": b"identity"}
@@ -141,7 +141,7 @@ class Mirror:
             return cached.descriptor.digest
         image = self._ref(registry, name, None if by_digest else ref, digest)
         url = f"oci://{registry}/{name}{'@' if by_digest else ':'}{ref}"
-        job = self._job(url)
+        job = self._job(url, registry)
         auth = RegistryAuth(self.oci.client, image.hostname, name, job.request.credentials)
         base = self.oci.base_url(image)
         try:
