@@ -101,6 +101,12 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="retries of a failed transfer, resuming each time (env NEKKO_RETRIES, default 3)",
     )
+    p.add_argument(
+        "--retry-backoff",
+        metavar="SECONDS",
+        help="pause before the first retry, doubled for each next one "
+        "(env NEKKO_RETRY_BACKOFF, default 0.5)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:

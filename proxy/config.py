@@ -90,6 +90,7 @@ class Config:
     registry_credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
     idle_timeout: float = 60.0
     retries: int = 3
+    retry_backoff: float = 0.5
 
 
 # flag dest -> (environment variable, default as text)
@@ -107,6 +108,7 @@ ENV: dict[str, tuple[str, str]] = {
     "registry_credentials": ("NEKKO_REGISTRY_CREDENTIALS", ""),
     "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
     "retries": ("NEKKO_RETRIES", "3"),
+    "retry_backoff": ("NEKKO_RETRY_BACKOFF", "0.5"),
 }
 
 
@@ -141,6 +143,13 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     if idle_timeout <= 0:
         raise ConfigError(f"{name_it} must be positive")
     name_r, retries = pick("retries")
+    name_b, backoff_text = pick("retry_backoff")
+    try:
+        backoff = float(backoff_text)
+    except ValueError:
+        raise ConfigError(f"{name_b} must be a number of seconds, not {backoff_text!r}") from None
+    if not 0 <= backoff <= 3600:
+        raise ConfigError(f"{name_b} must be from 0 to 3600 seconds")
     name_m, mirror = pick("mirror")
     if mirror.strip().lower() not in ("0", "1", "true", "false", "yes", "no", ""):
         raise ConfigError(f"{name_m} must be 1 or 0, not {mirror!r}")
@@ -171,4 +180,5 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         registry_credentials=creds,
         idle_timeout=idle_timeout,
         retries=_int(name_r, retries),
+        retry_backoff=backoff,
     )

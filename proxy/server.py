@@ -70,7 +70,11 @@ def build(config: Config, reactor: Any) -> Server:
     client = HttpClient(
         reactor,
         policy,
-        TransferOptions(idle_timeout=config.idle_timeout, attempts=config.retries + 1),
+        TransferOptions(
+            idle_timeout=config.idle_timeout,
+            attempts=config.retries + 1,
+            backoff=config.retry_backoff,
+        ),
     )
     http = HttpFetcher(client, layout)
     oci = OciFetcher(client, layout, insecure=config.insecure_registries)

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from proxy import faults
 from proxy.cache.layout import Layout
 from proxy.types import Digest
 
@@ -107,6 +108,7 @@ class IngestFile:
         self._f.write(data)
         self._hash.update(data)
         self.offset += len(data)
+        faults.point("ingest-write")
 
     def finish(self) -> tuple[Digest, int]:
         """Flush and fsync; return the digest and size of everything written."""

@@ -49,6 +49,7 @@ from typing import Any
 
 import attrs
 
+from proxy import faults
 from proxy.types import Digest
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
@@ -72,10 +73,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: Path, data: bytes, fault: str | None = None) -> None:
     """Write a whole file and fsync it (the caller renames it into place)."""
     with open(path, "wb") as f:
-        f.write(data)
+        if fault is not None:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            faults.point(fault)
+            f.write(data[len(data) // 2 :])
+        else:
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -168,12 +175,14 @@ class Layout:
 
     def write_index(self, index: dict[str, Any]) -> None:
         data = json.dumps(index, indent=2, sort_keys=False).encode() + b"\n"
-        self._write_atomic(self.index_path, data)
+        self._write_atomic(self.index_path, data, fault="index")
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, data: bytes, fault: str | None = None) -> None:
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{next(_tmp_counter)}")
         try:
-            _write_synced(tmp, data)
+            _write_synced(tmp, data, f"{fault}-writing" if fault else None)
+            if fault:
+                faults.point(f"{fault}-fsynced")
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -202,6 +211,7 @@ class Layout:
             src.unlink(missing_ok=True)
             return False
         os.chmod(src, 0o444)
+        faults.point("blob-fsynced")
         os.replace(src, dst)
         fsync_dir(self.blobs_dir)
         return True
