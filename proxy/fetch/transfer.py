@@ -371,6 +371,9 @@ async def download(
     lock = job.ingest_lock(ingest.dir.name)
     await lock.acquire()
     try:
+        adopted = await _adopt_verified(client, ingest, want, job, blob)
+        if adopted is not None:
+            return adopted
         if want.expected is not None:
             size = await job.hold_existing(want.expected)
             if size is not None:
@@ -386,6 +389,44 @@ async def download(
         return await _download(client, ingest, want, job, blob)
     finally:
         lock.release()
+
+
+async def _adopt_verified(
+    client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+) -> tuple[Digest, int] | None:
+    """Finish a download that a crash stopped after its content was verified.
+
+    The ingest state names the verified digest; the process died before the
+    rename into ``blobs/`` (the data is still here: re-hash it, then commit)
+    or before the entry reached ``index.json`` (the blob is already there).
+    Either way nothing is fetched again. None when there is nothing to adopt.
+    """
+    state: IngestState | None = await client.thread(ingest.read_state)
+    if state is None or state.verified is None:
+        return None
+    if not (want.immutable or state.url == want.recorded):
+        return None
+    digest = Digest.parse(state.verified)
+    if want.expected is not None and digest != want.expected:
+        return None
+    size: int | None = await job.hold_existing(digest)
+    if size is None and await client.thread(ingest.bytes_on_disk) > 0:
+        await client.thread(ingest.open, True)
+        got, length = await client.thread(ingest.finish)
+        if got == digest:
+            await job.commit(ingest, digest)
+            size = length
+        else:
+            await client.thread(ingest.discard)
+    if size is None:
+        return None
+    if want.size is not None and size != want.size:
+        return None
+    log.info("%s: adopted %s verified before a restart", redact_url(want.url), digest)
+    blob.digest, blob.done, blob.total, blob.state = digest, size, size, "complete"
+    blob.written = size
+    blob.changed()
+    return digest, size
 
 
 async def _download(
