@@ -50,8 +50,8 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-upstream",
         metavar="HOSTS",
-        help="comma-separated hosts downloads may reach; default any public host "
-        "(env NEKKO_ALLOW_UPSTREAM)",
+        help="comma-separated hosts (host or host:port) downloads, redirects and mirror fills "
+        "may reach, loopback included; default any public host (env NEKKO_ALLOW_UPSTREAM)",
     )
     p.add_argument(
         "--upstream",
@@ -64,6 +64,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         metavar="TOKEN",
         help="require this token for POST and DELETE on /content, as a Bearer token or "
         "the Basic password (env NEKKO_API_TOKEN; prefer the environment)",
+    )
+    p.add_argument(
+        "--protect-reads",
+        action="store_const",
+        const="1",
+        help="with --api-token, every /content and /v2 request needs the token too "
+        "(env NEKKO_PROTECT_READS=1; default off: reads are open)",
     )
     p.add_argument(
         "--mirror",

@@ -71,6 +71,9 @@ def _int(name: str, text: str, minimum: int = 0) -> int:
     return value
 
 
+_BOOLS = ("0", "1", "true", "false", "yes", "no", "")
+
+
 def _hosts(text: str) -> frozenset[str]:
     return frozenset(h.strip().lower() for h in text.split(",") if h.strip())
 
@@ -86,6 +89,7 @@ class Config:
     upstream: str | None = None
     mirror: bool = False
     api_token: str | None = attrs.field(default=None, repr=False)
+    protect_reads: bool = False
     manifest_ttl: float = 60.0
     registry_credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
     idle_timeout: float = 60.0
@@ -104,6 +108,7 @@ ENV: dict[str, tuple[str, str]] = {
     "upstream": ("NEKKO_UPSTREAM", ""),
     "mirror": ("NEKKO_MIRROR", "0"),
     "api_token": ("NEKKO_API_TOKEN", ""),
+    "protect_reads": ("NEKKO_PROTECT_READS", "0"),
     "manifest_ttl": ("NEKKO_MANIFEST_TTL", "60"),
     "registry_credentials": ("NEKKO_REGISTRY_CREDENTIALS", ""),
     "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
@@ -151,8 +156,15 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     if not 0 <= backoff <= 3600:
         raise ConfigError(f"{name_b} must be from 0 to 3600 seconds")
     name_m, mirror = pick("mirror")
-    if mirror.strip().lower() not in ("0", "1", "true", "false", "yes", "no", ""):
+    if mirror.strip().lower() not in _BOOLS:
         raise ConfigError(f"{name_m} must be 1 or 0, not {mirror!r}")
+    name_p, protect = pick("protect_reads")
+    if protect.strip().lower() not in _BOOLS:
+        raise ConfigError(f"{name_p} must be 1 or 0, not {protect!r}")
+    api_token = pick("api_token")[1] or None
+    protect_reads = protect.strip().lower() in ("1", "true", "yes")
+    if protect_reads and api_token is None:
+        raise ConfigError(f"{name_p} needs an API token (--api-token or NEKKO_API_TOKEN)")
     name_t, ttl_text = pick("manifest_ttl")
     try:
         ttl = float(ttl_text)
@@ -175,7 +187,8 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         insecure_registries=_hosts(pick("insecure_registry")[1]),
         upstream=pick("upstream")[1].strip().lower() or None,
         mirror=mirror.strip().lower() in ("1", "true", "yes"),
-        api_token=pick("api_token")[1] or None,
+        api_token=api_token,
+        protect_reads=protect_reads,
         manifest_ttl=ttl,
         registry_credentials=creds,
         idle_timeout=idle_timeout,

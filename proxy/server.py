@@ -120,7 +120,9 @@ def build(config: Config, reactor: Any) -> Server:
             ", ".join(sorted(mirror.allowed)) or "no registry (set --upstream)",
         )
     registry = RegistryAPI(layout, catalog, pool, mirror)
-    site = LoggingSite(Root(content, registry, config.api_token))  # type: ignore[no-untyped-call]
+    site = LoggingSite(  # type: ignore[no-untyped-call]
+        Root(content, registry, config.api_token, config.protect_reads)
+    )
     log.info(
         "cache %s: %d entries, %d interrupted downloads",
         layout.root,

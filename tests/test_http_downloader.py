@@ -106,6 +106,8 @@ def test_link_local_targets_are_refused(
             "http://169.254.169.254/latest/meta-data/",
             "http://[fe80::1]/x",
             "http://[::ffff:169.254.169.254]/x",
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "http://100.100.100.200/latest/meta-data/",
             source.url("/to-metadata"),
         ):
             r = c.post("/content/", json={"url": url})

@@ -4,7 +4,9 @@ With ``--api-token`` set, requests that change the cache (``POST`` and
 ``DELETE`` on ``/content``) must carry the token, as ``Authorization: Bearer
 <token>`` or as the password of ``Authorization: Basic`` (any user name), the
 way registry clients send credentials after a ``WWW-Authenticate: Basic``
-challenge. Reads stay open, as the original server's were. Comparisons take
+challenge. Reads stay open, as the original server's were, unless
+``--protect-reads`` is set: then every ``/content`` and ``/v2`` request
+needs the token too (``/healthz`` and ``/readyz`` stay open for probes). Comparisons take
 constant time; the token is never logged.
 """
 

@@ -2,7 +2,9 @@
 
 ``/v2`` → :class:`proxy.api.registry.RegistryAPI` (first: it is the hot path);
 ``/content`` → :class:`proxy.api.content.ContentAPI`; ``/healthz`` and
-``/readyz`` → health checks. An absolute-form target
+``/readyz`` → health checks (always open: they are what probes call).
+With an API token, changes always need it, and with ``protect_reads`` every
+``/content`` and ``/v2`` request does (see :mod:`proxy.api.access`). An absolute-form target
 (``GET http://<registry>/v2/...``, a forward-proxy request) goes to the
 registry API with ``<registry>`` as its namespace; any other proxy request is
 502, so a client with fallback goes to the origin itself. Everything else is
@@ -21,17 +23,22 @@ from twisted.web.resource import Resource
 from proxy.api.access import REALM, authorized
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
-from proxy.api.registry import RegistryAPI, query_args
+from proxy.api.registry import OciError, RegistryAPI, error_body, query_args
 
 
 class Root(Resource):
     isLeaf = True
 
     def __init__(
-        self, content: ContentAPI, registry: RegistryAPI, api_token: str | None = None
+        self,
+        content: ContentAPI,
+        registry: RegistryAPI,
+        api_token: str | None = None,
+        protect_reads: bool = False,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._api_token = api_token
+        self._protect_reads = protect_reads and api_token is not None
         self._content = content.app.resource()
         self._registry = registry
         self._layout = content.layout
@@ -40,11 +47,16 @@ class Root(Resource):
         path: bytes = request.path
         if path.startswith(b"/v2"):
             if path == b"/v2" or path.startswith(b"/v2/"):
+                if self._protect_reads and not authorized(request, self._api_token):
+                    return self._challenge_oci(request)
                 return self._registry.render(request, path)
         elif path.startswith((b"http://", b"https://")):
+            if self._protect_reads and not authorized(request, self._api_token):
+                return self._challenge_oci(request)
             return self._forward_proxy(request, path)
         if path == b"/content" or path.startswith(b"/content/"):
-            if request.method in (b"POST", b"DELETE") and not authorized(request, self._api_token):
+            needs_token = self._protect_reads or request.method not in (b"GET", b"HEAD")
+            if needs_token and not authorized(request, self._api_token):
                 request.setHeader(b"WWW-Authenticate", REALM)
                 return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
             try:
@@ -59,6 +71,14 @@ class Root(Resource):
             ok = self._layout.index_path.exists()
             return self._json(request, 200 if ok else 503, {"ready": ok})
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
+
+    @staticmethod
+    def _challenge_oci(request: IRequest) -> bytes:
+        """401 the way registry clients expect it: they answer a Basic
+        challenge with the credentials they were given (the token as password)."""
+        request.setHeader(b"WWW-Authenticate", REALM)
+        body = error_body(request, OciError("UNAUTHORIZED", "this registry needs the API token"))
+        return b"" if request.method == b"HEAD" else body
 
     def _forward_proxy(self, request: Any, target: bytes) -> Any:
         try:

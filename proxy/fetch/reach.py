@@ -7,8 +7,10 @@ DNS answer cannot change between the check and the connect. Because the
 check sits at connect time, every redirect hop is checked the same way.
 
 Refused always: link-local and cloud metadata addresses (169.254.0.0/16,
-fe80::/10, also IPv4-mapped), the unspecified address and multicast.
-When ``allow_hosts`` is set, only those hosts (and loopback) are reached.
+fe80::/10, also IPv4-mapped; AWS's IPv6 metadata address fd00:ec2::254 and
+Alibaba Cloud's 100.100.100.200), the unspecified address and multicast.
+When ``allow_hosts`` is set, only those hosts are reached -- loopback too
+only when listed. An entry is a host (any port) or ``host:port`` (``[v6]:port``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from proxy.errors import TargetDenied, UpstreamUnreachable
 _DENIED_NETS = [
     ipaddress.ip_network("169.254.0.0/16"),
     ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+    ipaddress.ip_network("100.100.100.200/32"),
     ipaddress.ip_network("0.0.0.0/32"),
     ipaddress.ip_network("::/128"),
     ipaddress.ip_network("224.0.0.0/4"),
@@ -64,14 +68,22 @@ class ReachPolicy:
 
     allow_hosts: frozenset[str] = frozenset()
 
-    def check_host(self, host: str) -> None:
-        """Check a host name or literal before resolving it."""
+    def check_host(self, host: str, port: int | None = None) -> None:
+        """Check a host name or literal before resolving it. Without ``port``
+        (an early check of a URL) an allowed ``host:port`` entry is enough;
+        the check at connect time has the port."""
         ip = _as_ip(host)
         if ip is not None:
             self.check_address(ip, host)
-        allowed = not self.allow_hosts or is_loopback_host(host)
-        if not allowed and host.lower().strip("[]") not in self.allow_hosts:
+        if self.allow_hosts and not self._listed(host.lower().strip("[]"), port):
             raise TargetDenied(f"host {host!r} is not in --allow-upstream")
+
+    def _listed(self, host: str, port: int | None) -> bool:
+        for entry in self.allow_hosts:
+            e_host, e_port = _split_entry(entry)
+            if e_host == host and (e_port is None or port is None or e_port == port):
+                return True
+        return False
 
     def check_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> None:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -80,6 +92,18 @@ class ReachPolicy:
             raise TargetDenied(
                 f"refusing to connect to {host!r} ({ip}): link-local/metadata address"
             )
+
+
+def _split_entry(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 literal."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    else:
+        host, port = entry, ""
+    return host, int(port) if port.isdigit() else None
 
 
 def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, str]]:
@@ -109,7 +133,7 @@ class GuardedEndpoint:
         return Deferred.fromCoroutine(self._connect(protocolFactory))
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
-        self.policy.check_host(self.host)
+        self.policy.check_host(self.host, self.port)
         ip = _as_ip(self.host)
         if ip is not None:
             addrs = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))]

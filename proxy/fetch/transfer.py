@@ -160,7 +160,7 @@ class HttpClient:
                 h.setRawHeaders(k, [v])
             if authorization is not None and origin(url) == home:
                 h.setRawHeaders(b"Authorization", [authorization])
-            self.policy.check_host(urlsplit(url).hostname or "")
+            self.policy.check_host(urlsplit(url).hostname or "", origin(url)[2])
             response = await self._send(method, url, h, job)
             if response.code not in _REDIRECTS:
                 return response
