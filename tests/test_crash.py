@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import b64
 from tests.support.server import ServerProcess
 from tests.support.source import Source
 
@@ -67,3 +68,82 @@ def test_kill_9_at_random_points_then_resume(tmp_path: Path, source: Source) -> 
             assert r.status_code in (200, 201), r.text
             assert r.json()["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
     check_cache(cache)
+
+
+def wait_for_line(srv: ServerProcess, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in srv.lines):
+        assert srv.proc is not None and srv.proc.poll() is None, srv.log()
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{srv.log()}"
+        time.sleep(0.02)
+
+
+def file_gets(source: Source, path: str) -> list[dict[str, str]]:
+    return [dict(q.headers) for q in source.requests if q.path == path and q.method == "GET"]
+
+
+@pytest.mark.parametrize(
+    ("point", "refetch"),
+    [
+        # Killed while the data streams in: the next POST continues with Range.
+        ("ingest-write", "range"),
+        # Killed with the data verified and fsync'd, before its rename into blobs/:
+        # the next POST re-hashes the bytes in ingest/ and commits them.
+        ("blob-fsynced", "none"),
+        # Killed while the temporary index.json is half written, and after it is
+        # fsync'd but before its rename: the blob is in blobs/, the entry is not
+        # in index.json; the next POST adopts the blob.
+        ("index-writing", "none"),
+        ("index-fsynced", "none"),
+    ],
+)
+def test_kill_9_at_named_points(tmp_path: Path, source: Source, point: str, refetch: str) -> None:
+    data = os.urandom(6 * 1024 * 1024 + 7)
+    source.add_file("/model.bin", data)
+    source.set_delay("/model.bin", 0.01, chunk=256 * 1024)
+    url = source.url("/model.bin")
+    cache = tmp_path / "cache"
+    with ServerProcess(cache):  # the layout exists before the fault is armed
+        pass
+    before = json.loads((cache / "index.json").read_text())
+    srv = ServerProcess(cache, "--retries", "0", env={"NEKKO_FAULT_PAUSE": point}).start()
+
+    def post() -> None:
+        try:
+            with srv.client() as c:
+                c.post("/content/", json={"url": url})
+        except Exception:  # noqa: S110 - killed under it on purpose
+            pass
+
+    threading.Thread(target=post, daemon=True).start()
+    wait_for_line(srv, f"fault point {point} reached")
+    srv.kill()
+    check_cache(cache)
+    if point.startswith("index"):
+        # The rename never happened: index.json is the old one, whole.
+        assert json.loads((cache / "index.json").read_text()) == before
+        assert list(cache.glob("index.json.tmp-*")), "the temporary index should be left"
+    gets = len(file_gets(source, "/model.bin"))
+
+    with ServerProcess(cache) as again, again.client() as c:
+        # The startup check removed the temporaries a crash leaves.
+        assert not list(cache.glob("index.json.tmp-*"))
+        assert not list((cache / "ingest").glob("**/*.tmp"))
+        check_cache(cache)
+        state = c.get(f"/content/{b64(url)}")
+        assert state.status_code == 206, state.text
+        assert state.json()["state"] == "interrupted"
+        r = c.post("/content/", json={"url": url})
+        assert r.status_code == 201, r.text
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        assert r.json()["digest"] == digest
+        assert c.get(f"/v2/x/blobs/{digest}").content == data
+        assert c.get(f"/content/{b64(url)}").status_code == 200
+    new = file_gets(source, "/model.bin")[gets:]
+    if refetch == "range":
+        assert len(new) == 1 and new[0].get("range", "").startswith("bytes="), new
+        assert int(new[0]["range"][6:].rstrip("-")) > 0
+    else:
+        assert new == [], "a verified download was fetched again"
+    check_cache(cache)
+    assert not [p for p in (cache / "ingest").iterdir() if p.name != "small"]

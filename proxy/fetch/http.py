@@ -60,14 +60,7 @@ class HttpFetcher:
             if size is not None:
                 job.after_commit(ingest.discard)
                 return done(request.expected, size)
-        # A previous run verified the data and stopped before the entry was stored.
-        state = await self.client.thread(ingest.read_state)
-        if state is not None and state.verified and state.url == request.url:
-            verified = Digest.parse(state.verified)
-            size = await job.hold_existing(verified)
-            if size is not None:
-                job.after_commit(ingest.discard)
-                return done(verified, size)
+        # A download verified before a crash is adopted by download() itself.
         creds = request.credentials
         want = Wanted(
             name=request.url,

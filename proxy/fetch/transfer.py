@@ -410,7 +410,9 @@ async def _adopt_verified(
     if want.expected is not None and digest != want.expected:
         return None
     size: int | None = await job.hold_existing(digest)
-    if size is None and await client.thread(ingest.bytes_on_disk) > 0:
+    if size is not None:
+        job.after_commit(ingest.discard)  # its data is in blobs/ already
+    elif await client.thread(ingest.bytes_on_disk) > 0:
         await client.thread(ingest.open, True)
         got, length = await client.thread(ingest.finish)
         if got == digest:
