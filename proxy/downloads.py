@@ -252,7 +252,11 @@ class Downloads:
         """Find interrupted downloads in ingest/ (called once before serving)."""
         layout = self.store.layout
         for d in sorted(layout.ingest_dir.iterdir()):
-            if not d.is_dir() or len(d.name) != 64:
+            if not d.is_dir():
+                continue
+            # A state file being replaced when the process died; state.json is whole.
+            (d / "state.json.tmp").unlink(missing_ok=True)
+            if len(d.name) != 64:  # sha256-<hex>: a blob of a pull, resumed by its pull
                 continue
             ingest = IngestFile(layout, d.name)
             state = ingest.read_state()

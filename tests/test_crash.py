@@ -124,6 +124,10 @@ def test_kill_9_at_named_points(tmp_path: Path, source: Source, point: str, refe
         assert json.loads((cache / "index.json").read_text()) == before
         assert list(cache.glob("index.json.tmp-*")), "the temporary index should be left"
     gets = len(file_gets(source, "/model.bin"))
+    # What a kill inside IngestFile.write_state would leave beside state.json.
+    (cache / "ingest" / hashlib.sha256(url.encode()).hexdigest() / "state.json.tmp").write_text(
+        '{"url": "half'
+    )
 
     with ServerProcess(cache) as again, again.client() as c:
         # The startup check removed the temporaries a crash leaves.
