@@ -2,7 +2,8 @@
 
 Standard library only. Files are held in memory and served with GET/HEAD over HTTP/1.1
 (keep-alive), with single-range requests, ``If-Range``, and per-path misbehaviours (auth,
-redirects, failures, cut or stalled bodies, ignored ranges, slow trickles) that tests switch on.
+redirects, failures, cut, reset or stalled bodies, corrupted bytes, a wrong ``Content-Length``,
+ignored ranges, slow trickles) that tests switch on.
 
 Typical use::
 
@@ -28,9 +29,12 @@ import contextlib
 import dataclasses
 import hashlib
 import ipaddress
+import os
 import socket
 import ssl
+import struct
 import threading
+import time
 from email.message import Message
 from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
@@ -70,6 +74,8 @@ class RecordedRequest:
     """The request target, query string included."""
     headers: dict[str, str]
     """Header names in lower case; repeated headers are joined with ``", "``."""
+    at: float = 0.0
+    """When it arrived (``time.monotonic()``)."""
 
 
 @dataclasses.dataclass
@@ -105,6 +111,21 @@ class _Cut(_Countdown):
 class _Stall(_Countdown):
     nbytes: int
     seconds: float
+
+
+@dataclasses.dataclass
+class _Reset(_Countdown):
+    nbytes: int
+
+
+@dataclasses.dataclass
+class _Corrupt(_Countdown):
+    offset: int
+
+
+@dataclasses.dataclass
+class _Misannounce(_Countdown):
+    delta: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,25 +341,44 @@ class _Handler(TrackedHandler):
             status, length = HTTPStatus.PARTIAL_CONTENT, last - first + 1
             common.append(("Content-Range", f"bytes {selected[0]}-{selected[1]}/{size}"))
 
-        cut = stall = delay = None
+        cut = stall = delay = reset = corrupt = misannounce = None
         if not head:
             cut = source._take_countdown(source._cuts, keys)
             stall = source._take_countdown(source._stalls, keys)
             delay = source._lookup(source._delays, keys)
+            reset = source._take_countdown(source._resets, keys)
+            corrupt = source._take_countdown(source._corrupts, keys)
+            misannounce = source._take_countdown(source._misannounces, keys)
 
+        announced = length if misannounce is None else max(length + misannounce.delta, 0)
         self.send_response(status)
         self.send_header("Content-Type", file.content_type)
-        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Length", str(announced))
         for name, value in common:
             self.send_header(name, value)
         self.end_headers()
         if head:
             return
         body = memoryview(file.data)[first : first + length]
-        self._write_body(body, cut=cut, stall=stall, delay=delay)
+        if corrupt is not None and first <= corrupt.offset < first + length:
+            changed = bytearray(body)
+            changed[corrupt.offset - first] ^= 0xFF
+            body = memoryview(bytes(changed))
+        if reset is not None and cut is None:
+            cut = _Cut(remaining=0, nbytes=reset.nbytes)
+        if misannounce is not None and misannounce.delta > 0 and cut is None:
+            # More was announced than there is: the body ends by closing the connection.
+            cut = _Cut(remaining=0, nbytes=len(body))
+        self._write_body(body, cut=cut, stall=stall, delay=delay, reset=reset is not None)
 
     def _write_body(
-        self, body: memoryview, *, cut: _Cut | None, stall: _Stall | None, delay: _Delay | None
+        self,
+        body: memoryview,
+        *,
+        cut: _Cut | None,
+        stall: _Stall | None,
+        delay: _Delay | None,
+        reset: bool = False,
     ) -> None:
         source = self._server.source
         limit = len(body) if cut is None else min(cut.nbytes, len(body))
@@ -358,8 +398,22 @@ class _Handler(TrackedHandler):
             pos = end
             if delay is not None and pos < limit:
                 source._sleep(delay.seconds)
-        if cut is not None:
+        if reset:
+            self._reset()
+        elif cut is not None:
             self._abort()
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP RST (SO_LINGER 0, then close)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+        with contextlib.suppress(OSError):
+            linger = struct.pack("ii", 1, 0)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            # close() would wait for rfile's reference to go; closing the descriptor
+            # itself sends the RST now (the socket object is left without one).
+            os.close(self.connection.detach())
 
     def _abort(self) -> None:
         """Close the connection now, whatever the announced length."""
@@ -400,6 +454,9 @@ class Source:
         self._stalls: dict[str, _Stall] = {}
         self._no_range: set[str] = set()
         self._delays: dict[str, _Delay] = {}
+        self._resets: dict[str, _Reset] = {}
+        self._corrupts: dict[str, _Corrupt] = {}
+        self._misannounces: dict[str, _Misannounce] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -453,6 +510,15 @@ class Source:
     def url(self, path: str) -> str:
         _check_path(path)
         return self.base_url + path
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections the server holds open right now."""
+        server = self._server
+        if server is None:
+            return 0
+        with server.connections_lock:
+            return len(server.connections)
 
     # -- content -----------------------------------------------------------------------------
 
@@ -516,7 +582,7 @@ class Source:
             key = name.lower()
             recorded[key] = f"{recorded[key]}, {value}" if key in recorded else value
         with self._lock:
-            self.requests.append(RecordedRequest(method, path, recorded))
+            self.requests.append(RecordedRequest(method, path, recorded, time.monotonic()))
 
     # -- behaviours --------------------------------------------------------------------------
 
@@ -566,6 +632,40 @@ class Source:
             raise ValueError(f"seconds must be within [0, {MAX_STALL}], got {seconds}")
         with self._lock:
             self._stalls[path] = _Stall(remaining=times, nbytes=nbytes, seconds=seconds)
+
+    def reset_after(self, path: str, nbytes: int, times: int = 1) -> None:
+        """For the next ``times`` GETs, send full headers and ``nbytes`` of body, then abort
+        the connection with a TCP RST (``SO_LINGER`` 0) instead of a clean close."""
+        _check_path(path)
+        _check_times(times)
+        if nbytes < 0:
+            raise ValueError(f"nbytes must not be negative, got {nbytes}")
+        with self._lock:
+            self._resets[path] = _Reset(remaining=times, nbytes=nbytes)
+
+    def corrupt(self, path: str, offset: int, times: int = 1) -> None:
+        """For the next ``times`` GETs, flip every bit of the byte at ``offset`` of the file
+        (when the answer's range includes it); headers and lengths stay as they were."""
+        _check_path(path)
+        _check_times(times)
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
+        with self._lock:
+            self._corrupts[path] = _Corrupt(remaining=times, offset=offset)
+
+    def misannounce(self, path: str, delta: int, times: int = 1) -> None:
+        """For the next ``times`` GETs, announce ``Content-Length`` = real length + ``delta``.
+
+        ``delta > 0``: the whole body is sent, then the connection is closed (a short body).
+        ``delta < 0``: the whole body is sent on a kept-alive connection, so the bytes past
+        the announced length are left over on it.
+        """
+        _check_path(path)
+        _check_times(times)
+        if delta == 0:
+            raise ValueError("delta must not be 0")
+        with self._lock:
+            self._misannounces[path] = _Misannounce(remaining=times, delta=delta)
 
     def no_range(self, path: str) -> None:
         """Ignore Range for ``path``: always 200 with the whole body (``Accept-Ranges: none``)."""
