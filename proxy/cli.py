@@ -1,7 +1,9 @@
-"""The ``storage-manager`` command: ``serve`` (the default) and its flags.
+"""The ``storage-manager`` command: ``serve`` (the default) and its flags,
+and ``verify``.
 
-Exit codes: 0 clean stop, 1 runtime failure (cache locked, cannot listen),
-2 bad flags or environment values.
+Exit codes: 0 clean stop (``verify``: no problem found), 1 runtime failure
+(cache locked, cannot listen; ``verify``: a problem found), 2 bad flags or
+environment values.
 """
 
 from __future__ import annotations
@@ -126,19 +128,69 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the server (the default)")
     _server_flags(serve)
+    verify = sub.add_parser(
+        "verify",
+        help="re-hash every blob and check index.json (exit 1 on any problem)",
+        description="Re-hash every blob in the cache and check that index.json names only "
+        "present blobs. Safe beside a running server (it only reads); --quarantine "
+        "changes the cache and needs the server stopped.",
+    )
+    verify.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"cache directory (env CACHE_DIR, default {config_mod.DEFAULT_CACHE_DIR})",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument(
+        "--quarantine",
+        action="store_true",
+        help="move corrupt blobs to <cache>/quarantine/ and drop the entries that need them "
+        "from index.json, so the next POST fetches them again",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "json", "quarantine")}
     try:
         cfg = config_mod.build(flags)
     except config_mod.ConfigError as e:
         print(f"storage-manager: error: {e}", file=sys.stderr)
         return 2
+    if args.command == "verify":
+        return verify(cfg, as_json=args.json, quarantine=args.quarantine)
     return serve(cfg)
+
+
+def verify(cfg: config_mod.Config, as_json: bool, quarantine: bool) -> int:
+    import os
+
+    from proxy.cache import verify as verify_mod
+    from proxy.cache.layout import Layout
+
+    layout = Layout(cfg.cache_dir)
+    if not layout.blobs_dir.is_dir():
+        print(f"storage-manager: error: {cfg.cache_dir} is not a cache directory", file=sys.stderr)
+        return 1
+    lock_fd = None
+    if quarantine:
+        try:
+            lock_fd = layout.lock()
+        except CacheLocked as e:
+            print(f"storage-manager: error: {e}; stop it to quarantine", file=sys.stderr)
+            return 1
+    try:
+        report = verify_mod.verify(layout)
+        if quarantine:
+            report = verify_mod.quarantine(layout, report)
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+    print(verify_mod.dumps(report) if as_json else verify_mod.render(report))
+    return 0 if not report.problems else 1
 
 
 def serve(cfg: config_mod.Config) -> int:

@@ -32,6 +32,11 @@ MANIFEST_MEDIA_TYPES = frozenset(
     }
 )
 
+# Indexes name alternatives (platforms): their absent children are legitimate.
+INDEX_MEDIA_TYPES = frozenset(
+    {MEDIA_TYPE_IMAGE_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"}
+)
+
 
 def file_manifest(files: list[Descriptor], artifact_type: str = ARTIFACT_TYPE_FILE) -> bytes:
     """Serialise the manifest of a set of files (each with a title annotation)."""
