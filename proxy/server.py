@@ -123,6 +123,10 @@ def build(config: Config, reactor: Any) -> Server:
     site = LoggingSite(  # type: ignore[no-untyped-call]
         Root(content, registry, config.api_token, config.protect_reads)
     )
+    if not (config.protect_reads and config.api_token is not None):
+        # HEAD and small GETs of cached blobs skip twisted.web (proxy.api.channel);
+        # with protected reads every request goes through Root's token check.
+        site.fast_blobs = registry.fast_blob
     log.info(
         "cache %s: %d entries, %d interrupted downloads",
         layout.root,

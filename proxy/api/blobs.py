@@ -74,7 +74,7 @@ SENDFILE_MIN = 256 * 1024  # smaller answers: one pread and write is cheaper tha
 STALL_TIMEOUT = 60.0  # a client that takes nothing for this long is dropped
 
 
-def _transport_drained(transport: Any) -> bool | None:
+def transport_drained(transport: Any) -> bool | None:
     """Whether Twisted's write buffer is empty (None: cannot tell)."""
     try:
         pending = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
@@ -119,7 +119,7 @@ def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool)
     # Slow clients may hold sendfile workers; when none is free, stream from
     # the reactor instead of queueing behind them.
     busy = len(pool.working) >= pool.max
-    if busy or length < SENDFILE_MIN or handle is None or _transport_drained(transport) is None:
+    if busy or length < SENDFILE_MIN or handle is None or transport_drained(transport) is None:
         if length < SENDFILE_MIN and length > 0:
             try:
                 data = os.pread(fd, length, offset)
@@ -169,7 +169,7 @@ def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool)
         if request._disconnected:
             done(0)
             return
-        if not _transport_drained(transport):
+        if not transport_drained(transport):
             deadline[0] += 0.001
             if deadline[0] > STALL_TIMEOUT:
                 done(Failure(TimeoutError("headers not taken")))

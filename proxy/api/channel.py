@@ -1,25 +1,56 @@
-"""The HTTP/1.1 connection of the server, quick to refuse a TLS handshake.
+"""The HTTP/1.1 connection of the server: quick to refuse a TLS handshake, and
+a short way through for the hottest requests.
 
 Registry clients (skopeo, containerd, Go's net/http) try HTTPS first. A plain
 HTTP server that waits for a request line while the client waits for a
 ServerHello costs each of them a 10 s handshake timeout before falling back
 to HTTP. Like Go's own server, answer a TLS ClientHello with a plain-text 400
 at once, so the client falls back immediately.
+
+Fast path: twisted.web's request machinery (line parsing, ``Headers``,
+``Request``, resource traversal) costs several times what answering a
+``HEAD`` or a small ranged ``GET`` of a cached blob does. When the site has
+a ``fast_blobs`` answerer and the connection is idle (no request in
+progress, nothing buffered), a complete request head that arrived in one
+piece is offered to it first; it answers synchronously or declines, and a
+declined request (anything unusual: another route, a miss, a body,
+``Connection`` or conditional headers, ...) goes through twisted.web exactly
+as before, as does everything after it until the connection is idle again.
 """
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from twisted.web.http import HTTPChannel
+
+from proxy.api.blobs import transport_drained
 
 _TLS_HANDSHAKE = 0x16
 _ANSWER = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
     b"Client sent an HTTPS request to an HTTP server.\n"
 )
+MAX_FAST_HEAD = 8192  # a longer request head goes the ordinary way
+
+
+class FastAnswer(Protocol):
+    def __call__(self, channel: PlainHTTPChannel, head: bytes) -> bool:
+        """Answer the request whose head (without the final blank line) is
+        ``head`` by writing to ``channel.transport``; False to decline
+        (nothing written)."""
 
 
 class PlainHTTPChannel(HTTPChannel):
     _first = True
+    fast: FastAnswer | None = None
+    peer_host = "unix"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        self.fast = getattr(getattr(self, "site", None), "fast_blobs", None)
+        assert self.transport is not None
+        self.peer_host = getattr(self.transport.getPeer(), "host", None) or "unix"
 
     def dataReceived(self, data: bytes) -> None:
         if self._first and data:
@@ -29,4 +60,55 @@ class PlainHTTPChannel(HTTPChannel):
                 self.transport.write(_ANSWER)
                 self.transport.loseConnection()
                 return
+        if self.fast is not None and self._idle():
+            data = self._answer_fast(self.fast, data)
+            if not data:
+                self.resetTimeout()  # type: ignore[no-untyped-call]
+                return
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def send(self, data: bytes) -> None:
+        """Write an answer: straight to the socket when Twisted has nothing
+        buffered (no write registration, no extra reactor turn), else, and
+        for whatever the socket does not take, through the transport."""
+        transport: Any = self.transport
+        sock = getattr(transport, "socket", None)
+        if sock is not None and transport_drained(transport):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # would block, or broken: the transport finds out and closes
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    def _idle(self) -> bool:
+        """No request in progress and nothing half-parsed: the next bytes
+        start a request."""
+        transport: Any = self.transport
+        return bool(
+            self.line_mode
+            and not self._busyReceiving
+            and not self._buffer
+            and not self.paused
+            and not self._handlingRequest
+            and not self.requests
+            and self.persistent
+            and self._HTTPChannel__first_line == 1  # type: ignore[attr-defined]
+            and self._receivedHeaderSize == 0
+            and transport is not None
+            and not transport.disconnecting
+        )
+
+    def _answer_fast(self, fast: FastAnswer, data: bytes) -> bytes:
+        """Answer the complete requests at the start of ``data`` that ``fast``
+        takes; return the rest (from the first one it declines)."""
+        while data:
+            end = data.find(b"\r\n\r\n", 0, MAX_FAST_HEAD)
+            if end < 0 or not fast(self, data[:end]):
+                return data
+            data = data[end + 4 :]
+            if not self._idle():
+                return data
+        return data

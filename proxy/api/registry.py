@@ -30,24 +30,31 @@ import json
 import logging
 import os
 import re
-from typing import Any
+import stat
+import time
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.http import datetimeToString
+from twisted.web.server import NOT_DONE_YET, version
 
-from proxy.api.blobs import send_blob
+from proxy.api.blobs import SENDFILE_MIN, send_blob
 from proxy.api.fill import FillReader
 from proxy.api.ranges import Unsatisfiable, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
+from proxy.logs import log_access
 from proxy.mirror import Denied, Mirror
 from proxy.naming import NAME_RE, TAG_RE
 from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
+
+if TYPE_CHECKING:
+    from proxy.api.channel import PlainHTTPChannel
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,31 @@ _DIGEST_GRAMMAR_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+"
 _SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
 MAX_MANIFEST = 4 * 1024 * 1024
 API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
+
+
+# The fast path (see proxy.api.channel): what it answers, and the request
+# headers that make it decline (twisted.web's own handling, or a conditional).
+_FAST_TARGET_RE = re.compile(rb"/v2/([a-z0-9._/-]{1,255})/blobs/sha256:([a-f0-9]{64})")
+_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CTL = b"\x00\r\n"
+_FAST_DECLINE = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"connection",
+        b"upgrade",
+        b"if-none-match",
+        b"if-range",
+    }
+)
+_FAST_HEADERS = (
+    b"Server: " + version + b"\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Accept-Ranges: bytes\r\n"
+    b"Cache-Control: max-age=31536000, immutable\r\n"
+    b"Docker-Distribution-Api-Version: registry/2.0\r\n"
+)
 
 
 class OciError(Exception):
@@ -129,6 +161,125 @@ class RegistryAPI:
         self.catalog = catalog
         self.pool = pool  # sendfile(2) workers
         self.mirror = mirror  # pull-through fills; None = offline
+
+        self._blobs_dir = str(layout.blobs_dir) + os.sep
+        self._date = (0, b"")
+
+    def _http_date(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, datetimeToString(now))
+        return self._date[1]
+
+    def fast_blob(self, channel: PlainHTTPChannel, head: bytes) -> bool:
+        """Answer a plain ``HEAD``, or a ``GET`` of fewer than
+        :data:`SENDFILE_MIN` bytes, of a cached blob, with the very headers
+        :meth:`_blob` sends; False (nothing written) for anything else, which
+        then takes the ordinary way. Blocking reads as :func:`send_blob`'s
+        small answers do (one ``stat`` or ``pread``)."""
+        lines = head.split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        if len(request_line) != 3:
+            return False
+        method, target, proto = request_line
+        if proto != b"HTTP/1.1" or (method != b"HEAD" and method != b"GET"):
+            return False
+        m = _FAST_TARGET_RE.fullmatch(target)
+        if m is None:
+            return False
+        name, hex_ = m.group(1), m.group(2)
+        host = b"localhost"
+        wanted: bytes | None = None
+        seen: set[bytes] = set()
+        for line in lines[1:]:
+            key, sep, value = line.partition(b":")
+            if (
+                not sep
+                or not _TOKEN_RE.fullmatch(key)
+                or len(line.translate(None, _CTL)) != len(line)
+            ):
+                return False  # malformed, or folded: twisted.web answers those
+            key = key.lower()
+            keep_alive = key == b"connection" and value.strip().lower() == b"keep-alive"
+            if (key in _FAST_DECLINE or key in seen) and not keep_alive:
+                return False
+            seen.add(key)
+            if key == b"host":
+                host = value.strip(b" \t") or b"localhost"
+            elif key == b"range":
+                wanted = value.strip(b" \t")
+        if len(name) > 255 or not NAME_RE.fullmatch(name.decode("ascii")):
+            return False
+        path = self._blobs_dir + hex_.decode("ascii")
+        fd = -1
+        try:
+            if method == b"HEAD" and wanted is None:
+                st = os.stat(path)
+            else:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            size = st.st_size
+            try:
+                byte_range = parse_range(wanted.decode("latin-1"), size) if wanted else None
+            except Unsatisfiable:
+                return False
+            if byte_range is None:
+                offset, length = 0, size
+                status = b"HTTP/1.1 200 OK\r\n"
+            else:
+                offset, length = byte_range.start, byte_range.length
+                status = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n" % (
+                    byte_range.start,
+                    byte_range.end,
+                    size,
+                )
+            body = b""
+            if method == b"GET":
+                if length >= SENDFILE_MIN:
+                    return False
+                body = os.pread(fd, length, offset)
+                if len(body) != length:
+                    return False  # shorter than it was: the ordinary way deals with it
+        except OSError:
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        digest = b"sha256:" + hex_
+        channel.send(
+            b"".join(
+                (
+                    status,
+                    _FAST_HEADERS,
+                    b"Date: ",
+                    self._http_date(),
+                    b"\r\nDocker-Content-Digest: ",
+                    digest,
+                    b'\r\nETag: "',
+                    digest,
+                    b'"\r\nLocation: http://',
+                    host,
+                    b"/v2/",
+                    name,
+                    b"/blobs/",
+                    digest,
+                    b"\r\nContent-Length: %d\r\n\r\n" % length,
+                    body,
+                )
+            )
+        )
+        log_access(
+            channel.peer_host,
+            method.decode("ascii"),
+            target.decode("ascii"),
+            "HTTP/1.1",
+            200 if byte_range is None else 206,
+            len(body),
+            0.0,
+        )
+        return True
 
     def render(self, request: Any, path: bytes, proxied_host: str | None = None) -> Any:
         """Answer a /v2 request; ``path`` is the raw path (no query)."""
