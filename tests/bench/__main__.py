@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.bench.harness import BenchTimeout, Terminated, clear_limits, install_limits, machine_info
 from tests.bench.report import comparisons, document, table
-from tests.bench.run import Bench, Plan
+from tests.bench.run import SCENARIOS, Bench, Plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +33,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, help="seconds of each load run")
     parser.add_argument(
+        "--only",
+        help=f"comma-separated scenarios to run (of: {', '.join(SCENARIOS)}); default: all",
+    )
+    parser.add_argument(
         "--time-limit",
         type=int,
         help="stop (and exit 1) after this many seconds (default: 600, --quick 240)",
@@ -42,7 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = Plan.make(args.quick, args.duration, args.time_limit)
+    only = frozenset(args.only.split(",")) if args.only else frozenset(SCENARIOS)
+    if not only <= frozenset(SCENARIOS):
+        print(f"unknown scenarios: {', '.join(sorted(only - frozenset(SCENARIOS)))}")
+        return 2
+    plan = Plan.make(args.quick, args.duration, args.time_limit, only)
     started = time.monotonic()
     status = 0
     install_limits(plan.time_limit)

@@ -64,6 +64,8 @@ def comparisons(bench: Bench) -> list[dict[str, Any]]:
     names = titles(bench)
     rows: list[dict[str, Any]] = []
     for t in TARGETS:
+        if t.scenario not in bench.plan.only:
+            continue
         ours = _value(bench, t.scenario, SM, t.key)
         other = _value(bench, t.scenario, t.other, t.key)
         ratio = None
@@ -86,7 +88,9 @@ def comparisons(bench: Bench) -> list[dict[str, Any]]:
                 "measured": ratio is not None,
             }
         )
-    for scenario in ("memory_get", "memory_ingest"):
+    for scenario, run_by in (("memory_get", "memory_get"), ("memory_ingest", "ingest")):
+        if run_by not in bench.plan.only:
+            continue
         growth = _value(bench, scenario, SM, "growth_MiB")
         rows.append(
             {
@@ -156,6 +160,7 @@ def document(bench: Bench, rows: list[dict[str, Any]], machine: dict[str, Any]) 
         "machine": machine,
         "plan": {
             "quick": p.quick,
+            "scenarios": sorted(p.only),
             "big_blob_bytes": p.big_size,
             "range_blob_bytes": p.range_size,
             "layers": p.layers,

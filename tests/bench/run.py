@@ -45,6 +45,15 @@ TITLE = "org.opencontainers.image.title"
 MEMORY_LIMIT_MIB = 64.0
 
 T = TypeVar("T")
+SCENARIOS = (
+    "full_get",
+    "range_1MiB",
+    "range_4KiB",
+    "head",
+    "memory_get",
+    "ingest",
+    "oci_pull",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +70,15 @@ class Plan:
     runs: int
     get_runs: int
     time_limit: int
+    only: frozenset[str] = frozenset(SCENARIOS)
 
     @classmethod
     def make(
-        cls, quick: bool, duration: float | None = None, time_limit: int | None = None
+        cls,
+        quick: bool,
+        duration: float | None = None,
+        time_limit: int | None = None,
+        only: frozenset[str] = frozenset(SCENARIOS),
     ) -> Plan:
         shrink = 4 if quick else 1
         return cls(
@@ -78,6 +92,7 @@ class Plan:
             runs=3,
             get_runs=5,
             time_limit=time_limit or (240 if quick else 600),
+            only=only,
         )
 
     @property
@@ -190,7 +205,7 @@ class Bench:
         (self.www / "files" / "big.bin").symlink_to(self.big.path)
         layer_dir = self.tmp / "layers"
         layer_dir.mkdir()
-        for i in range(self.plan.layers):
+        for i in range(self.plan.layers if "oci_pull" in self.plan.only else 0):
             path = layer_dir / f"layer-{i}.bin"
             digest, size = random_file(path, self.plan.layer_size, seed=100 + i)
             self.layer_files.append(BlobFile(path, digest, size))
@@ -268,7 +283,8 @@ class Bench:
         self.log(f"pushing bench/blob and bench/img:v1 to docker-registry at {registry.url}")
         if self.attempt("push", REGISTRY, push_blobs) is None:
             self.available.discard(REGISTRY)
-        self.attempt("push", REGISTRY, push_image)
+        if self.layer_files:
+            self.attempt("push", REGISTRY, push_image)
         for layer in self.layer_files:  # the registry has its own copy now
             layer.path.unlink(missing_ok=True)
         self.setup["push_s"] = round(time.monotonic() - t0, 1)
@@ -671,19 +687,27 @@ class Bench:
             self.check_servers()
             if self.proxy is not None and self.proxy.proc is not None:
                 self.setup["proxy_rss_at_start_MiB"] = _rss_mib(self.proxy.proc.pid)
-            self.full_get()
-            self.ranges("range_1MiB", 1 << 20)
-            self.ranges("range_4KiB", 4 << 10)
-            self.head()
-            self.memory_get()
+            only = self.plan.only
+            if "full_get" in only:
+                self.full_get()
+            if "range_1MiB" in only:
+                self.ranges("range_1MiB", 1 << 20)
+            if "range_4KiB" in only:
+                self.ranges("range_4KiB", 4 << 10)
+            if "head" in only:
+                self.head()
+            if "memory_get" in only:
+                self.memory_get()
             if self.proxy is not None and self.proxy.proc is not None:
                 self.setup["proxy_rss_after_load_MiB"] = _rss_mib(self.proxy.proc.pid)
                 if self.proxy.proc.poll() is not None:
                     self.fail("run", SM, f"storage-manager exited: {self.proxy.proc.returncode}")
                 whole = analyse_log(self.proxy.lines)
                 self.setup["proxy_log"] = whole
-            self.ingest()
-            self.oci_pull()
+            if "ingest" in only:
+                self.ingest()
+            if "oci_pull" in only:
+                self.oci_pull()
         self.observe()
 
     def observe(self) -> None:
