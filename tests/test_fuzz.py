@@ -4,16 +4,21 @@ traceback -- and nothing outside the cache is created."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.server import ServerProcess
+from tests.support.source import Source
 
 SAFE = st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters="#?")
 SEGMENT = st.one_of(
@@ -151,3 +156,248 @@ def test_post_bodies(server: tuple[ServerProcess, Path], body: bytes) -> None:
     check(status, answer, "POST")
     assert status != 201
     assert sorted(p.name for p in root.iterdir()) == ["cache"]
+
+
+# -- against a cache with content: exact Range semantics, headers, base64 -------
+
+SENTINEL = b"SENTINEL-outside-the-cache-7f3a"
+BLOB = bytes(range(256)) * 40 + b"tail"  # 10 244 bytes, every offset distinguishable
+
+
+@attrs.define
+class Stocked:
+    srv: ServerProcess
+    root: Path
+    digest: str
+    url: str
+    tree: list[str]
+
+
+def snapshot(root: Path) -> list[str]:
+    """Everything under ``root`` except the cache's own ingest area."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if "ingest" not in p.relative_to(root).parts
+    )
+
+
+@pytest.fixture(scope="module")
+def stocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stocked]:
+    root = tmp_path_factory.mktemp("fuzz-stocked")
+    (root / "outside").mkdir()
+    (root / "outside" / "secret.txt").write_bytes(SENTINEL)
+    with Source() as src:
+        src.add_file("/blob.bin", BLOB)
+        srv = ServerProcess(root / "cache", "--retries", "0")
+        with srv, srv.client() as c:
+            r = c.post("/content/", json={"url": src.url("/blob.bin")})
+            assert r.status_code == 201, r.text
+            yield Stocked(srv, root, r.json()["digest"], src.url("/blob.bin"), snapshot(root))
+
+
+def raw(
+    srv: ServerProcess, method: str, target: str, headers: dict[str, str] | None = None
+) -> http.client.HTTPResponse:
+    host, port = srv.base_url.split("://", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    conn.request(method, target, headers=headers or {})
+    r = conn.getresponse()
+    r.body = r.read()  # type: ignore[attr-defined]
+    conn.close()
+    return r
+
+
+def rfc_single_range(value: str, size: int) -> tuple[int, int] | str:
+    """What RFC 9110 says of a header that is one plain ``bytes=`` range:
+    (first, last), "416", or "ignore"; "other" for anything else."""
+    m = re.fullmatch(r"bytes=(\d*)-(\d*)", value)
+    if m is None:
+        return "other"
+    first, last = m.group(1), m.group(2)
+    if first == "" and last == "":
+        return "ignore"
+    if first == "":
+        n = int(last)
+        return "416" if n == 0 else (max(0, size - n), size - 1)
+    a = int(first)
+    if last != "" and int(last) < a:
+        return "ignore"  # an invalid range-spec: the header is ignored
+    if a >= size:
+        return "416"
+    return (a, min(int(last), size - 1) if last != "" else size - 1)
+
+
+def check_blob_answer(r: http.client.HTTPResponse, range_value: str | None, method: str) -> None:
+    size = len(BLOB)
+    body: bytes = r.body  # type: ignore[attr-defined]
+    assert r.status in (200, 206, 304, 416), (r.status, body[:200])
+    if r.status == 304:
+        return
+    expect = rfc_single_range(range_value, size) if range_value is not None else "ignore"
+    if r.status == 200:
+        assert expect in ("ignore", "other"), (range_value, expect)
+        assert r.getheader("Content-Length") == str(size)
+        assert body == (BLOB if method == "GET" else b"")
+    elif r.status == 416:
+        assert expect in ("416", "other"), (range_value, expect)
+        assert r.getheader("Content-Range") == f"bytes */{size}"
+    else:
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", r.getheader("Content-Range") or "")
+        assert m is not None, r.getheader("Content-Range")
+        a, b = int(m.group(1)), int(m.group(2))
+        assert int(m.group(3)) == size and 0 <= a <= b < size
+        if expect != "other":
+            assert (a, b) == expect, (range_value, expect)
+        assert r.getheader("Content-Length") == str(b - a + 1)
+        assert body == (BLOB[a : b + 1] if method == "GET" else b"")
+    assert r.getheader("Content-Encoding") is None
+
+
+RANGE_VALUES = st.one_of(
+    st.from_regex(r"bytes=[0-9]{0,6}-[0-9]{0,6}", fullmatch=True),
+    st.from_regex(
+        r"bytes=-?[0-9]{0,30}-?[0-9]{0,30}(,[0-9]{0,5}-[0-9]{0,5}){0,40}", fullmatch=True
+    ),
+    st.builds(lambda a, b: f"bytes={a}-{b}", st.integers(-5, 20_000), st.integers(-5, 20_000)),
+    st.sampled_from(
+        [
+            "bytes=0-0",
+            "bytes=-1",
+            "bytes=-0",
+            "bytes=10244-",
+            "bytes=10243-",
+            "bytes=-99999999999999999999999",
+            "bytes=99999999999999999999999-",
+            "bytes=5-3",
+            "bytes=--1",
+            "bytes = 1 - 2",
+            "BYTES=0-1",
+            "items=0-1",
+            "bytes=0-1,2-3",
+            "bytes=" + ",".join(["0-0"] * 500),
+            "bytes=",
+            "=",
+            "",
+        ]
+    ),
+    st.text(SAFE, max_size=40),
+)
+
+
+@FUZZ
+@given(value=RANGE_VALUES, method=st.sampled_from(["GET", "HEAD"]))
+def test_ranges_of_a_cached_blob_follow_rfc_9110(stocked: Stocked, value: str, method: str) -> None:
+    r = raw(stocked.srv, method, f"/v2/any/name/blobs/{stocked.digest}", {"Range": value})
+    check_blob_answer(r, value, method)
+
+
+HEADER_NAME = st.one_of(
+    st.sampled_from(
+        [
+            "Range",
+            "If-None-Match",
+            "If-Range",
+            "If-Modified-Since",
+            "Authorization",
+            "Accept",
+            "Accept-Encoding",
+            "Host",
+            "Connection",
+            "Expect",
+            "Cookie",
+            "X-Forwarded-For",
+        ]
+    ),
+    st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,30}", fullmatch=True).filter(
+        lambda n: n.lower() not in ("content-length", "transfer-encoding")
+    ),
+)
+HEADER_VALUE = st.one_of(
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80),
+    st.sampled_from(["*", '"' + "a" * 64 + '"', "Basic ###", "Bearer ", "bytes=0-1", "a" * 8000]),
+)
+
+
+@FUZZ
+@given(
+    headers=st.dictionaries(HEADER_NAME, HEADER_VALUE, max_size=6),
+    route=st.sampled_from(["blob", "content", "manifest", "ping"]),
+    method=st.sampled_from(["GET", "HEAD"]),
+)
+def test_any_headers(stocked: Stocked, headers: dict[str, str], route: str, method: str) -> None:
+    """Framing headers (Content-Length, Transfer-Encoding) are left out: a
+    GET announcing a body makes the server wait for it, as it should."""
+    target = {
+        "blob": f"/v2/x/blobs/{stocked.digest}",
+        "content": f"/content/{base64.b64encode(stocked.url.encode()).decode()}",
+        "manifest": "/v2/x/manifests/latest",
+        "ping": "/v2/",
+    }[route]
+    headers = {k: v.strip() for k, v in headers.items()}
+    r = raw(stocked.srv, method, target, headers)
+    body: bytes = r.body  # type: ignore[attr-defined]
+    check(r.status, body, method)
+    assert SENTINEL not in body
+    if route == "blob" and r.status != 400:
+        rng = next((v for k, v in headers.items() if k.lower() == "range"), None)
+        check_blob_answer(r, rng, method)
+    assert snapshot(stocked.root) == stocked.tree
+
+
+@FUZZ
+@given(
+    payload=st.one_of(
+        st.binary(max_size=120),
+        st.text(max_size=80).map(str.encode),
+        st.sampled_from(
+            [
+                b"file:///etc/passwd",
+                b"../../../../etc/passwd",
+                b"file://" + b"/outside/secret.txt",
+                b"http://127.0.0.1:1/x\x00.txt",
+                b"oci://localhost/../../etc:passwd",
+            ]
+        ),
+    ),
+    alphabet=st.sampled_from(["std", "url", "nopad", "percent", "garbage"]),
+    method=st.sampled_from(["GET", "HEAD", "DELETE"]),
+)
+def test_base64_paths(stocked: Stocked, payload: bytes, alphabet: str, method: str) -> None:
+    if alphabet == "url":
+        enc = base64.urlsafe_b64encode(payload).decode()
+    elif alphabet == "nopad":
+        enc = base64.b64encode(payload).decode().rstrip("=")
+    elif alphabet == "percent":
+        enc = quote(base64.b64encode(payload).decode(), safe="")
+    elif alphabet == "garbage":
+        enc = quote(payload.decode("latin-1"), safe="/=+")
+    else:
+        enc = base64.b64encode(payload).decode()
+    index = (stocked.root / "cache" / "index.json").read_bytes()
+    r = raw(stocked.srv, method, "/content/" + enc)
+    body: bytes = r.body  # type: ignore[attr-defined]
+    check(r.status, body, method)
+    if enc.strip("/") == "":
+        assert r.status in (200, 405), (r.status, body[:200])  # the listing
+    else:
+        assert r.status in (400, 404), (r.status, body[:200])
+    assert SENTINEL not in body
+    assert (stocked.root / "cache" / "index.json").read_bytes() == index
+    assert snapshot(stocked.root) == stocked.tree
+
+
+def test_over_long_and_nul_targets(stocked: Stocked) -> None:
+    for target in (
+        "/v2/" + "a/" * 4_000 + "blobs/" + stocked.digest,
+        "/content/" + "QUFB" * 3_000,
+        "/v2/x/blobs/sha256:%00" + "0" * 60,
+        "/content/%00",
+        "/v2/x%00/manifests/latest",
+        "/" + "%2e%2e/" * 50 + "outside/secret.txt",
+    ):
+        r = raw(stocked.srv, "GET", target)
+        body: bytes = r.body  # type: ignore[attr-defined]
+        assert 400 <= r.status < 500, (target[:80], r.status)
+        assert b"Traceback" not in body and SENTINEL not in body
+    assert snapshot(stocked.root) == stocked.tree

@@ -19,6 +19,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from werkzeug.exceptions import BadHost
 
 from proxy.api.access import REALM, authorized
 from proxy.api.content import ContentAPI
@@ -64,7 +65,11 @@ class Root(Resource):
             except UnicodeDecodeError:
                 # Klein would answer this in plain text; keep errors JSON.
                 return json_error(request, 400, "BAD_REQUEST", "the path is not UTF-8")
-            return self._content.render(request)
+            try:
+                return self._content.render(request)
+            except BadHost:
+                # Klein hands the Host header to werkzeug, which refuses some.
+                return json_error(request, 400, "BAD_REQUEST", "invalid Host header")
         if path == b"/healthz":
             return self._json(request, 200, {"status": "ok"})
         if path == b"/readyz":
