@@ -75,6 +75,9 @@ def test_no_credential_reaches_logs_or_disk_even_at_trace_level(
     source.require_auth("/a", f"Bearer {bearer}")
     source.add_file("/b", b"b")
     source.require_auth("/b", f"Basic {basic}")
+    for path in ("/d", "/e"):  # refuse the credentials sent
+        source.add_file(path, b"x")
+        source.require_auth(path, "Bearer another")
     port = source.base_url.rsplit(":", 1)[1]
     with ServerProcess(cache_dir, "--verbose", "2") as srv, srv.client() as c:
         assert (
@@ -87,11 +90,25 @@ def test_no_credential_reaches_logs_or_disk_even_at_trace_level(
             ).status_code
             == 201
         )
-        r = c.post("/content/", json={"url": source.url("/c"), "credentials": bearer})
-        assert bearer not in r.text
+        # Error answers never echo a secret: a missing file, refused credentials,
+        # a URL with user:password that fails.
+        failures = [
+            {"url": source.url("/c"), "credentials": bearer},
+            {"url": source.url("/d"), "credentials": bearer},
+            {"url": f"http://user:{password}@127.0.0.1:{port}/c"},
+            {"url": f"http://user:{password}@127.0.0.1:1/unreachable"},
+            {"url": source.url("/e"), "credentials": basic, "credentialsType": "Basic"},
+        ]
+        for body in failures:
+            r = c.post("/content/", json=body)
+            assert r.status_code >= 400, (body, r.text)
+            for secret in (bearer, password, basic):
+                assert secret not in r.text, (body, r.text)
+        listing = c.get("/content/").text
         log = srv.log()
     for secret in (bearer, password, basic):
         assert secret not in log
+        assert secret not in listing
         for p in cache_dir.rglob("*"):
             if p.is_file():
                 assert secret.encode() not in p.read_bytes(), p
