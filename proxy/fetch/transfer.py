@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -29,9 +30,12 @@ import treq
 import treq.client
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from proxy.cache.ingest import IngestFile, IngestState
@@ -184,6 +188,30 @@ class HttpClient:
         d = self._treq.request(method, url, headers=h, allow_redirects=False, unbuffered=True)
         remove = job.abortable(d.cancel)
         netloc = urlsplit(url).netloc
+        # An upstream that accepts the request and never answers is as stalled as a body
+        # that stops: the idle timeout covers the wait for the status line and headers too.
+        idle = self.options.idle_timeout
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        timer = self.reactor.callLater(idle, expire)
+        try:
+            return await self._answer(d, netloc, job)
+        except Exception:
+            if expired:
+                job.check_cancelled()
+                raise Retryable(UpstreamTimeout(f"{netloc}: no answer for {idle:g} s")) from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+            remove()
+
+    async def _answer(self, d: Deferred[Any], netloc: str, job: Job) -> Any:
+        """The response ``d`` gives, its failures mapped to errors (Retryable or not)."""
         try:
             return await d
         except UpstreamUnreachable as e:
@@ -202,8 +230,6 @@ class HttpClient:
                 # Certificate or protocol problems do not go away on retry.
                 raise UpstreamUnreachable(f"TLS with {netloc} failed: {cause}") from None
             raise Retryable(UpstreamUnreachable(f"{netloc}: {cause}")) from None
-        finally:
-            remove()
 
     def discard(self, response: Any) -> None:
         """Drop a body we do not want (frees the connection)."""
@@ -225,10 +251,19 @@ class HttpClient:
                 raise UpstreamError(f"answer larger than {limit} bytes")
             chunks.append(data)
 
+        if response.length == 0:
+            return b""
+        idle = self.options.idle_timeout
+        receiver = _SmallBody(self.reactor, idle, collect)
+        response.deliverBody(receiver)
         try:
-            await treq.collect(response, collect)
+            await receiver.done
         except ResponseFailed as e:
             raise Retryable(UpstreamUnreachable(f"connection lost while reading: {e}")) from None
+        if receiver.timed_out:
+            uri = getattr(getattr(response, "request", None), "absoluteURI", None) or b""
+            where = urlsplit(bytes(uri).decode("latin-1")).netloc or "upstream"
+            raise Retryable(UpstreamTimeout(f"{where}: no data for {idle:g} s")) from None
         return b"".join(chunks)
 
     def sleep(self, seconds: float, job: Job) -> Deferred[None]:
@@ -490,6 +525,56 @@ async def _download(
     blob.written = size
     blob.changed()
     return digest, size
+
+
+class _SmallBody(Protocol):
+    """Collects a body like ``treq.collect``, and aborts it when no byte came for
+    ``idle`` seconds (``timed_out`` is then set and ``done`` fires with None)."""
+
+    def __init__(self, clock: Any, idle: float, collect: Callable[[bytes], None]) -> None:
+        self.done: Deferred[None] = Deferred()
+        self.timed_out = False
+        self._clock = clock
+        self._idle = idle
+        self._collect = collect
+        self._timer: Any = None
+        self._failed: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self._timer = self._clock.callLater(self._idle, self._expire)
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self._stop()
+
+    def _stop(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failed is not None or self.timed_out:
+            return
+        try:
+            self._collect(data)
+        except Exception:
+            self._failed = Failure()
+            self._stop()
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._idle)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.done.called:
+            return
+        if self._failed is not None:
+            self.done.errback(self._failed)
+        elif self.timed_out or reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
 
 
 class _Discard:
