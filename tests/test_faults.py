@@ -531,3 +531,54 @@ def test_delete_during_a_download_cancels_it_and_leaves_no_garbage(
         assert r.status_code == 201, r.text
         assert r.json()["digest"] == sha(data)
     assert ranges(source, "/del") == [None, None]
+
+
+def test_no_answer_at_all_hits_the_idle_timeout_and_is_retried(
+    start: Start, source: Source, cache_dir: Path
+) -> None:
+    data = os.urandom(100_000)
+    url = source.url("/mute")
+    source.add_file("/mute", data)
+    source.stall_headers("/mute", 10)  # accepts the request, then says nothing
+    srv = start(1)
+    with srv.client() as c:
+        t0 = time.monotonic()
+        r = post(c, url)
+        assert r.status_code == 201, r.text
+        assert time.monotonic() - t0 < 5
+        assert r.json()["digest"] == sha(data)
+    assert len(gets(source, "/mute")) == 2
+    assert blob(cache_dir, sha(data)).read_bytes() == data
+
+
+def test_an_upstream_that_never_answers_is_504_after_retries_plus_one(
+    start: Start, source: Source, cache_dir: Path
+) -> None:
+    url = source.url("/mute")
+    source.add_file("/mute", b"never sent")
+    source.stall_headers("/mute", 10, times=50)
+    srv = start(1)
+    with srv.client() as c:
+        t0 = time.monotonic()
+        r = post(c, url)
+        assert r.status_code == 504, r.text
+        assert r.json()["error"]["code"] == "UPSTREAM_TIMEOUT"
+        assert time.monotonic() - t0 < 5
+    assert len(gets(source, "/mute")) == 2
+    assert blob_files(cache_dir) == []
+
+
+def test_an_error_answer_whose_body_stalls_is_still_retried(
+    start: Start, source: Source, cache_dir: Path
+) -> None:
+    data = os.urandom(100_000)
+    source.add_file("/e", data)
+    source.fail_status("/e", 503, times=1, stall_body=10)
+    srv = start(1)
+    with srv.client() as c:
+        t0 = time.monotonic()
+        r = post(c, source.url("/e"))
+        assert r.status_code == 201, r.text
+        assert time.monotonic() - t0 < 5
+        assert r.json()["digest"] == sha(data)
+    assert len(gets(source, "/e")) == 2

@@ -94,6 +94,7 @@ class _Failure:
     status: int
     remaining: int | None
     body: bytes
+    stall: float = 0.0
 
 
 @dataclasses.dataclass
@@ -110,6 +111,11 @@ class _Cut(_Countdown):
 @dataclasses.dataclass
 class _Stall(_Countdown):
     nbytes: int
+    seconds: float
+
+
+@dataclasses.dataclass
+class _HeaderStall(_Countdown):
     seconds: float
 
 
@@ -274,6 +280,13 @@ class _Handler(TrackedHandler):
         source = self._server.source
         keys = _path_keys(self.path)
 
+        header_stall = source._take_countdown(source._header_stalls, keys)
+        if header_stall is not None:
+            source._sleep(header_stall.seconds)
+            if source._stopping.is_set():
+                self.close_connection = True
+                return
+
         expected = source._lookup(source._auth, keys)
         if expected is not None:
             given = self.headers.get("Authorization")
@@ -288,7 +301,21 @@ class _Handler(TrackedHandler):
 
         failure = source._take_failure(keys)
         if failure is not None:
-            self._send(failure[0], failure[1], head=head)
+            status, body, stall_s = failure
+            if stall_s and not head:
+                # The status line and headers now, the body after a pause.
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.flush()
+                source._sleep(stall_s)
+                if source._stopping.is_set():
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+                return
+            self._send(status, body, head=head)
             return
 
         redirect = source._lookup(source._redirects, keys)
@@ -455,6 +482,7 @@ class Source:
         self._no_range: set[str] = set()
         self._delays: dict[str, _Delay] = {}
         self._resets: dict[str, _Reset] = {}
+        self._header_stalls: dict[str, _HeaderStall] = {}
         self._corrupts: dict[str, _Corrupt] = {}
         self._misannounces: dict[str, _Misannounce] = {}
 
@@ -602,15 +630,25 @@ class Source:
             self._redirects[path] = (status, location)
 
     def fail_status(
-        self, path: str, status: int, times: int | None = None, body: bytes = b"error"
+        self,
+        path: str,
+        status: int,
+        times: int | None = None,
+        body: bytes = b"error",
+        stall_body: float = 0.0,
     ) -> None:
-        """Answer ``status`` for the next ``times`` requests (None: always), then normally."""
+        """Answer ``status`` for the next ``times`` requests (None: always), then normally.
+
+        ``stall_body``: seconds (at most MAX_STALL) between the headers and the body of a GET.
+        """
         _check_path(path)
         _check_times(times)
         if not 300 <= status <= 599:
             raise ValueError(f"not a failure status: {status}")
+        if not 0 <= stall_body <= MAX_STALL:
+            raise ValueError(f"stall_body must be within [0, {MAX_STALL}], got {stall_body}")
         with self._lock:
-            self._failures[path] = _Failure(status, times, bytes(body))
+            self._failures[path] = _Failure(status, times, bytes(body), stall_body)
 
     def cut_after(self, path: str, nbytes: int, times: int = 1) -> None:
         """For the next ``times`` GETs, send full headers but close after ``nbytes`` of body."""
@@ -632,6 +670,16 @@ class Source:
             raise ValueError(f"seconds must be within [0, {MAX_STALL}], got {seconds}")
         with self._lock:
             self._stalls[path] = _Stall(remaining=times, nbytes=nbytes, seconds=seconds)
+
+    def stall_headers(self, path: str, seconds: float, times: int = 1) -> None:
+        """For the next ``times`` requests, wait ``seconds`` (at most MAX_STALL; stop() ends
+        the wait and closes the connection) before any answer is sent, status line included."""
+        _check_path(path)
+        _check_times(times)
+        if not 0 <= seconds <= MAX_STALL:
+            raise ValueError(f"seconds must be within [0, {MAX_STALL}], got {seconds}")
+        with self._lock:
+            self._header_stalls[path] = _HeaderStall(remaining=times, seconds=seconds)
 
     def reset_after(self, path: str, nbytes: int, times: int = 1) -> None:
         """For the next ``times`` GETs, send full headers and ``nbytes`` of body, then abort
@@ -706,7 +754,7 @@ class Source:
                     return dataclasses.replace(file)
         return None
 
-    def _take_failure(self, keys: tuple[str, ...]) -> tuple[int, bytes] | None:
+    def _take_failure(self, keys: tuple[str, ...]) -> tuple[int, bytes, float] | None:
         with self._lock:
             for key in keys:
                 failure = self._failures.get(key)
@@ -716,7 +764,7 @@ class Source:
                     failure.remaining -= 1
                     if failure.remaining <= 0:
                         del self._failures[key]
-                return failure.status, failure.body
+                return failure.status, failure.body, failure.stall
         return None
 
     def _take_countdown(self, table: dict[str, _C], keys: tuple[str, ...]) -> _C | None:
