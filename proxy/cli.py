@@ -111,6 +111,18 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         help="retries of a failed transfer, resuming each time (env NEKKO_RETRIES, default 3)",
     )
     p.add_argument(
+        "--allow-file-import",
+        metavar="DIRS",
+        help="comma-separated directories that file:// URLs may import from; default none: "
+        "file:// is refused (env NEKKO_ALLOW_FILE_IMPORT)",
+    )
+    p.add_argument(
+        "--s3-addressing-style",
+        metavar="STYLE",
+        help="s3://: auto, path (MinIO and most S3-compatible stores) or virtual "
+        "(env NEKKO_S3_ADDRESSING_STYLE, default auto)",
+    )
+    p.add_argument(
         "--retry-backoff",
         metavar="SECONDS",
         help="pause before the first retry, doubled for each next one "

@@ -95,6 +95,8 @@ class Config:
     idle_timeout: float = 60.0
     retries: int = 3
     retry_backoff: float = 0.5
+    file_roots: tuple[Path, ...] = ()
+    s3_addressing_style: str = "auto"
 
 
 # flag dest -> (environment variable, default as text)
@@ -114,6 +116,8 @@ ENV: dict[str, tuple[str, str]] = {
     "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
     "retries": ("NEKKO_RETRIES", "3"),
     "retry_backoff": ("NEKKO_RETRY_BACKOFF", "0.5"),
+    "allow_file_import": ("NEKKO_ALLOW_FILE_IMPORT", ""),
+    "s3_addressing_style": ("NEKKO_S3_ADDRESSING_STYLE", "auto"),
 }
 
 
@@ -178,6 +182,18 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         if not sep or not host or not secret:
             raise ConfigError("registry credentials are host=token or host=user:password, ...")
         creds[host.lower()] = secret
+    name_f, roots_text = pick("allow_file_import")
+    roots = []
+    for item in roots_text.split(","):
+        if not item.strip():
+            continue
+        root = Path(item.strip()).expanduser()
+        if not root.is_absolute():
+            raise ConfigError(f"{name_f}: {item.strip()!r} is not an absolute path")
+        roots.append(root)
+    name_s, style = pick("s3_addressing_style")
+    if style.strip().lower() not in ("auto", "path", "virtual"):
+        raise ConfigError(f"{name_s} must be auto, path or virtual, not {style!r}")
     return Config(
         cache_dir=Path(cache_dir).expanduser(),
         address=addr,
@@ -194,4 +210,6 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         idle_timeout=idle_timeout,
         retries=_int(name_r, retries),
         retry_backoff=backoff,
+        file_roots=tuple(roots),
+        s3_addressing_style=style.strip().lower(),
     )
