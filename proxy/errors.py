@@ -59,6 +59,13 @@ class UpstreamError(StorageError):
             self.code = "UPSTREAM_NOT_FOUND"
 
 
+class SourceChanged(UpstreamError):
+    """The source (an object in a store) changed while it was being fetched."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 412)
+
+
 class UpstreamUnreachable(StorageError):
     code = "UPSTREAM_UNREACHABLE"
 

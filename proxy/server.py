@@ -26,6 +26,7 @@ from proxy.fetch.http import HttpFetcher
 from proxy.fetch.oci import OciBlobFetcher, OciFetcher
 from proxy.fetch.ollama import OllamaFetcher
 from proxy.fetch.reach import ReachPolicy, is_loopback_host
+from proxy.fetch.s3 import S3Fetcher, Signer
 from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
 from proxy.mirror import Mirror
@@ -89,6 +90,7 @@ def build(config: Config, reactor: Any) -> Server:
         "hf": hf,
         "huggingface": hf,
         "oci-blob": oci_blob,
+        "s3": S3Fetcher(client, layout, Signer(config.s3_addressing_style)),
     }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()

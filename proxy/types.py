@@ -36,6 +36,13 @@ ANNOTATION_HF_OID = "io.nekko.storage-manager.hf.oid"
 ANNOTATION_HF_LFS = "io.nekko.storage-manager.hf.lfs-sha256"
 ANNOTATION_HF_ENDPOINT = "io.nekko.storage-manager.hf.endpoint"
 
+# s3:// entries (entry) and their objects (layers).
+ANNOTATION_S3_BUCKET = "io.nekko.storage-manager.s3.bucket"
+ANNOTATION_S3_ENDPOINT = "io.nekko.storage-manager.s3.endpoint"
+ANNOTATION_S3_KEY = "io.nekko.storage-manager.s3.key"
+ANNOTATION_S3_ETAG = "io.nekko.storage-manager.s3.etag"
+ANNOTATION_S3_VERSION = "io.nekko.storage-manager.s3.version-id"
+
 ARTIFACT_TYPE_FILE = "application/vnd.nekko.storage-manager.file.v1"
 
 EMPTY_JSON = b"{}"

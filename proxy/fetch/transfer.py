@@ -43,6 +43,7 @@ from proxy.cache.layout import is_disk_full
 from proxy.errors import (
     BadContent,
     DiskFull,
+    SourceChanged,
     StorageError,
     TargetDenied,
     UpstreamError,
@@ -288,6 +289,11 @@ class Wanted:
     size: int | None = None
     immutable: bool = False  # named by its digest: resume without validators
     name: str | None = None  # what ingest state records instead of a secret-bearing url
+    # Object stores: every request carries If-Match on the ETag the object had when
+    # the download began, resumes need that ETag, and 412 (changed) is SourceChanged.
+    if_match: str | None = None
+    # Builds the error of a non-success answer (e.g. from an S3 error document).
+    error: Callable[[Any, bytes], StorageError] | None = attrs.field(default=None, eq=False)
 
     @property
     def recorded(self) -> str:
@@ -305,6 +311,9 @@ async def _attempt(
         if want.immutable:
             validator = None
             resumable = on_disk > 0
+        elif want.if_match is not None:
+            validator = None  # If-Match goes on every request, below
+            resumable = on_disk > 0 and state.etag == want.if_match
         else:
             validator = state.etag if state.etag and not state.etag.startswith("W/") else None
             validator = validator or state.last_modified
@@ -314,8 +323,14 @@ async def _attempt(
             headers[b"Range"] = f"bytes={offset}-".encode()
             if validator:
                 headers[b"If-Range"] = validator.encode("latin-1")
+    if want.if_match is not None:
+        headers[b"If-Match"] = want.if_match.encode("latin-1")
     response = await client.get(want.url, job, headers, want.authorization)
     code = response.code
+    if code == 412 and want.if_match is not None:
+        client.discard(response)
+        await client.thread(ingest.discard)
+        raise SourceChanged(f"{want.recorded} changed while it was being fetched")
     if code == 206 and offset > 0 and state is not None:
         m = _CONTENT_RANGE_RE.fullmatch(header(response, b"Content-Range") or "")
         etag = header(response, b"ETag")
@@ -352,7 +367,10 @@ async def _attempt(
         body = b""
         with contextlib.suppress(StorageError, Retryable):
             body = await client.read_small(response, 64 * 1024)
-        error = upstream_error(want.url, response, body)
+        if want.error is not None:
+            error = want.error(response, body)
+        else:
+            error = upstream_error(want.url, response, body)
         if code >= 500 or code == 429:
             raise Retryable(error)
         raise error

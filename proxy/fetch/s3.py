@@ -1,0 +1,455 @@
+"""The ``s3://`` downloader: objects of S3 and S3-compatible stores (MinIO, Ceph...).
+
+``s3://<bucket>/<key>`` is one object; ``s3://<bucket>/<prefix>/`` (a
+trailing slash, or just ``s3://<bucket>/``) is every object under the prefix,
+stored as one artifact manifest with one layer per object, titled with its
+key relative to the prefix.
+
+Requests are SigV4-signed by botocore (as pre-signed URLs: botocore resolves
+the endpoint, region and addressing style exactly as the AWS SDKs do) and
+sent with the shared :class:`HttpClient`, so bodies stream to disk through the
+ingest writer and every hop passes the reach policy. botocore only signs and
+parses (``ListObjectsV2`` and error documents); it never does I/O on the
+reactor -- making a client and resolving credentials run in a thread.
+
+Where things come from, as with the AWS CLI: endpoint ``AWS_ENDPOINT_URL_S3``,
+``AWS_ENDPOINT_URL`` or modelkit's ``S3_ENDPOINT``; region ``AWS_REGION``,
+``AWS_DEFAULT_REGION`` or the profile's; credentials ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and the
+shared config files (botocore's chain). A POST's ``credentials`` of
+``<access key>:<secret key>[:<session token>]`` are used instead, for that
+download only. Addressing: ``--s3-addressing-style`` (``path`` for MinIO).
+
+Each object is fetched after a ``HEAD`` with ``If-Match`` on the ETag it had
+then, so a resumed download (``Range``) can only continue the same object;
+an object that changes meanwhile is started over (a few times at most).
+``x-amz-checksum-sha256`` of a whole object, when the store has one, is the
+expected digest. ETag, size and version id are kept in the annotations.
+Errors are mapped by the S3 error ``Code``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import re
+import threading
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+
+from proxy.cache.ingest import IngestFile, IngestState
+from proxy.cache.layout import Layout, ingest_key
+from proxy.errors import BadRequest, SourceChanged, StorageError, UpstreamError
+from proxy.fetch.base import Credentials, FetchRequest, FetchResult, Job
+from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header
+from proxy.types import (
+    ANNOTATION_S3_BUCKET,
+    ANNOTATION_S3_ENDPOINT,
+    ANNOTATION_S3_ETAG,
+    ANNOTATION_S3_KEY,
+    ANNOTATION_S3_VERSION,
+    ANNOTATION_TITLE,
+    MEDIA_TYPE_OCTET,
+    Descriptor,
+    Digest,
+)
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_TYPE = "application/vnd.nekko.storage-manager.s3.v1"
+EXPIRES = 12 * 3600  # pre-signed URLs outlive any retry of one download
+MAX_LIST_PAGES = 10_000
+MAX_RESTARTS = 3
+# Bucket names as S3 and MinIO accept them (legacy upper case and _ included).
+_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
+
+# S3 error Code -> the status our client gets (the rest: S3's own status).
+CODE_STATUS = {
+    "NoSuchBucket": 404,
+    "NoSuchKey": 404,
+    "NoSuchVersion": 404,
+    "AccessDenied": 403,
+    "AllAccessDisabled": 403,
+    "AccountProblem": 403,
+    "InvalidAccessKeyId": 401,
+    "SignatureDoesNotMatch": 401,
+    "ExpiredToken": 401,
+    "InvalidToken": 401,
+    "TokenRefreshRequired": 401,
+}
+
+
+@attrs.frozen
+class S3Url:
+    bucket: str
+    key: str  # the object, or the prefix ending in "/" ("" = the whole bucket)
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.key == "" or self.key.endswith("/")
+
+
+def parse_s3_url(url: str) -> S3Url:
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "s3":
+        raise BadRequest(f"not an s3:// URL: {url[:100]}")
+    bucket = parts.netloc
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        raise BadRequest(f"invalid S3 bucket name {bucket[:80]!r}")
+    if parts.query or parts.fragment:
+        raise BadRequest("s3:// URLs take no query or fragment")
+    key = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+    if len(key.encode()) > 1024:
+        raise BadRequest("S3 keys are at most 1024 bytes")
+    return S3Url(bucket, key)
+
+
+def parse_s3_credentials(creds: Credentials | None) -> tuple[str, str, str | None] | None:
+    """``access:secret[:token]`` from a POST's credentials."""
+    if creds is None:
+        return None
+    secret = creds.secret
+    if creds.kind == "Basic":  # base64 of access:secret, as a user:password URL gives it
+        try:
+            secret = base64.b64decode(secret, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise BadRequest("s3 credentials are access-key:secret-key[:session-token]") from None
+    access, sep, rest = secret.partition(":")
+    secret_key, _, token = rest.partition(":")
+    if not sep or not access or not secret_key:
+        raise BadRequest("s3 credentials are access-key:secret-key[:session-token]")
+    return access, secret_key, token or None
+
+
+@attrs.frozen
+class S3Object:
+    key: str
+    size: int | None
+    etag: str | None
+    version: str | None = None
+    sha256: Digest | None = None
+
+
+class Signer:
+    """botocore clients, one per endpoint/region/credentials (blocking: threads only)."""
+
+    def __init__(self, addressing_style: str = "auto") -> None:
+        self.addressing_style = addressing_style
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[Any, ...], Any] = {}
+        self._session: Any = None
+
+    def _get_session(self) -> Any:
+        import botocore.session
+
+        if self._session is None:
+            self._session = botocore.session.get_session()
+        return self._session
+
+    def client(self, creds: tuple[str, str, str | None] | None) -> Any:
+        from botocore.config import Config
+
+        with self._lock:
+            session = self._get_session()
+            endpoint = (
+                os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL")
+                or os.environ.get("S3_ENDPOINT")
+                or None
+            )
+            region = (
+                os.environ.get("AWS_REGION")
+                or os.environ.get("AWS_DEFAULT_REGION")
+                or session.get_config_variable("region")
+                or "us-east-1"
+            )
+            cache_key = (endpoint, region, creds)
+            found = self._clients.get(cache_key)
+            if found is not None:
+                return found
+            kwargs: dict[str, Any] = {}
+            if creds is not None:
+                kwargs = {
+                    "aws_access_key_id": creds[0],
+                    "aws_secret_access_key": creds[1],
+                    "aws_session_token": creds[2],
+                }
+            elif session.get_credentials() is None:
+                raise UpstreamError("no AWS credentials (environment, profile or POST)", 401)
+            config = Config(
+                signature_version="s3v4",
+                s3={"addressing_style": self.addressing_style},
+                retries={"max_attempts": 0},
+            )
+            client = session.create_client(
+                "s3", region_name=region, endpoint_url=endpoint, config=config, **kwargs
+            )
+            self._clients[cache_key] = client
+            return client
+
+    def presign(self, client: Any, operation: str, params: dict[str, Any]) -> str:
+        url: str = client.generate_presigned_url(operation, Params=params, ExpiresIn=EXPIRES)
+        return url
+
+    @staticmethod
+    def parse(client: Any, operation: str, status: int, headers: Any, body: bytes) -> Any:
+        """botocore's own parse of an answer (the output shape, or ``Error``)."""
+        from botocore import parsers
+
+        model = client.meta.service_model.operation_model(operation)
+        parser = parsers.create_parser(client.meta.service_model.protocol)
+        response = {"status_code": status, "headers": headers, "body": body}
+        return parser.parse(response, model.output_shape)
+
+
+def _raw_headers(response: Any) -> dict[str, str]:
+    return {
+        k.decode("latin-1").lower(): v[0].decode("latin-1")
+        for k, v in response.headers.getAllRawHeaders()
+    }
+
+
+class S3Fetcher:
+    schemes: tuple[str, ...] = ("s3",)
+    kind = "s3"
+
+    def __init__(
+        self, client: HttpClient, layout: Layout, signer: Signer | None = None, parallel: int = 4
+    ) -> None:
+        self.client = client
+        self.layout = layout
+        self.signer = signer or Signer()
+        self.parallel = parallel
+
+    def validate(self, request: FetchRequest) -> None:
+        parse_s3_url(request.url)
+        parse_s3_credentials(request.credentials)
+
+    def fetch(self, request: FetchRequest, job: Job) -> Deferred[FetchResult]:
+        return Deferred.fromCoroutine(self._fetch(request, job))
+
+    async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
+        ref = parse_s3_url(request.url)
+        creds = parse_s3_credentials(request.credentials)
+        s3 = await self.client.thread(self.signer.client, creds)
+        endpoint = str(s3.meta.endpoint_url)
+        common = {ANNOTATION_S3_BUCKET: ref.bucket, ANNOTATION_S3_ENDPOINT: endpoint}
+        if not ref.is_prefix:
+            if request.expected is not None:
+                size = await job.hold_existing(request.expected)
+                if size is not None:
+                    desc = Descriptor(
+                        MEDIA_TYPE_OCTET,
+                        request.expected,
+                        size,
+                        {ANNOTATION_TITLE: ref.key.rsplit("/", 1)[-1]},
+                    )
+                    return FetchResult(files=(desc,), primary=desc, kind=self.kind)
+            desc = await self._object(s3, ref, ref.key, ref.key.rsplit("/", 1)[-1], request, job)
+            ann = {k: v for k, v in desc.annotations.items() if k != ANNOTATION_TITLE}
+            return FetchResult(
+                files=(desc,), primary=desc, kind=self.kind, annotations={**common, **ann}
+            )
+        if request.expected is not None:
+            raise BadRequest("an expected digest can only be given for one object")
+        objects = await self._list(s3, ref, job)
+        # Marks the download as interrupted if it stops; removed once stored.
+        marker = IngestFile(self.layout, ingest_key(request.url))
+        await self.client.thread(marker.write_state, IngestState(url=request.url, kind="s3"))
+        job.after_commit(marker.discard)
+        files = await self._download_all(s3, ref, objects, request, job)
+        return FetchResult(
+            files=tuple(files),
+            primary=files[0],
+            kind=self.kind,
+            annotations={**common, ANNOTATION_S3_KEY: ref.key},
+            artifact_type=ARTIFACT_TYPE,
+        )
+
+    # -- errors --------------------------------------------------------------------
+
+    def _error(self, s3: Any, what: str, operation: str) -> Any:
+        def build(response: Any, body: bytes) -> StorageError:
+            code, message = "", ""
+            try:
+                parsed = self.signer.parse(
+                    s3, operation, response.code, _raw_headers(response), body
+                )
+                err = parsed.get("Error") or {}
+                code, message = str(err.get("Code") or ""), str(err.get("Message") or "")
+            except Exception:  # noqa: S110 - an unreadable error document: use the status
+                pass
+            if not code and response.code == 404:
+                code = "NoSuchKey" if operation != "ListObjectsV2" else "NoSuchBucket"
+            status = CODE_STATUS.get(code, response.code)
+            detail = f"{code}: {message}" if message else code or f"status {response.code}"
+            return UpstreamError(f"{what}: {detail}", status)
+
+        return build
+
+    # -- listing -----------------------------------------------------------------
+
+    async def _list(self, s3: Any, ref: S3Url, job: Job) -> list[S3Object]:
+        what = f"s3://{ref.bucket}/{ref.key}"
+        objects: list[S3Object] = []
+        token: str | None = None
+        for _page in range(MAX_LIST_PAGES):
+            params: dict[str, Any] = {"Bucket": ref.bucket, "Prefix": ref.key}
+            if token:
+                params["ContinuationToken"] = token
+            url = await self.client.thread(self.signer.presign, s3, "list_objects_v2", params)
+            response = await self._retrying(url, job)
+            body = await self.client.read_small(response, 64 * 1024 * 1024)
+            if response.code != 200:
+                raise self._error(s3, what, "ListObjectsV2")(response, body)
+            parsed = await self.client.thread(
+                self.signer.parse, s3, "ListObjectsV2", 200, _raw_headers(response), body
+            )
+            encoded = parsed.get("EncodingType") == "url"
+            for item in parsed.get("Contents") or []:
+                key = str(item.get("Key", ""))
+                key = unquote(key) if encoded else key
+                if key.endswith("/") and not item.get("Size"):
+                    continue  # a "folder" marker
+                objects.append(S3Object(key, item.get("Size"), item.get("ETag")))
+            if not parsed.get("IsTruncated"):
+                break
+            token = parsed.get("NextContinuationToken")
+            if not token:
+                break
+        if not objects:
+            raise UpstreamError(f"{what}: no objects under this prefix", 404)
+        for o in objects:
+            rel = o.key[len(ref.key) :]
+            parts = rel.split("/")
+            if any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
+                raise UpstreamError(f"{what}: the key {o.key[:200]!r} is not a safe file path")
+        return sorted(objects, key=lambda o: o.key)
+
+    async def _retrying(self, url: str, job: Job, method: str = "GET") -> Any:
+        """A small request (listing, HEAD, error probe), retried on 5xx and cuts."""
+        attempts = self.client.options.attempts
+        for attempt in range(attempts):
+            try:
+                response = await self.client.get(
+                    url, job, {b"Accept-Encoding": b"identity"}, method=method
+                )
+            except Retryable as r:
+                if attempt == attempts - 1:
+                    raise r.cause from None
+            else:
+                if response.code < 500 or attempt == attempts - 1:
+                    return response
+                self.client.discard(response)
+            await self.client.sleep(self.client.options.backoff * 2**attempt, job)
+        raise AssertionError("unreachable")
+
+    # -- objects -----------------------------------------------------------------
+
+    async def _download_all(
+        self, s3: Any, ref: S3Url, objects: list[S3Object], request: FetchRequest, job: Job
+    ) -> list[Descriptor]:
+        results: dict[str, Descriptor] = {}
+        failures: list[BaseException] = []
+        slots = DeferredSemaphore(self.parallel)
+
+        async def one(o: S3Object) -> None:
+            if failures:
+                return
+            try:
+                title = o.key[len(ref.key) :]
+                results[o.key] = await self._object(s3, ref, o.key, title, request, job)
+            except BaseException as e:
+                failures.append(e)
+                raise
+
+        await DeferredList([slots.run(one, o) for o in objects], consumeErrors=True)
+        if failures:
+            raise next((f for f in failures if isinstance(f, StorageError)), failures[0])
+        return [results[o.key] for o in objects]
+
+    async def _head(self, s3: Any, ref: S3Url, key: str, job: Job) -> S3Object:
+        what = f"s3://{ref.bucket}/{key}"
+        params = {"Bucket": ref.bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        url = await self.client.thread(self.signer.presign, s3, "head_object", params)
+        response = await self._retrying(url, job, method="HEAD")
+        self.client.discard(response)
+        if response.code != 200:
+            # A HEAD answer has no error document: ask GET for the Code.
+            get = await self.client.thread(
+                self.signer.presign, s3, "get_object", {"Bucket": ref.bucket, "Key": key}
+            )
+            answer = await self._retrying(get, job)
+            body = await self.client.read_small(answer, 64 * 1024)
+            if answer.code in (200, 206):
+                raise UpstreamError(f"{what}: HEAD answered {response.code}", response.code)
+            raise self._error(s3, what, "GetObject")(answer, body)
+        length = header(response, b"Content-Length")
+        sha = header(response, b"x-amz-checksum-sha256")
+        kind = header(response, b"x-amz-checksum-type")
+        digest = None
+        if sha and "-" not in sha and kind in (None, "FULL_OBJECT"):
+            try:
+                raw = base64.b64decode(sha, validate=True)
+                digest = Digest(raw.hex()) if len(raw) == 32 else None
+            except (binascii.Error, ValueError):
+                digest = None
+        return S3Object(
+            key,
+            int(length) if length and length.isdigit() else None,
+            header(response, b"ETag"),
+            header(response, b"x-amz-version-id"),
+            digest,
+        )
+
+    async def _object(
+        self, s3: Any, ref: S3Url, key: str, title: str, request: FetchRequest, job: Job
+    ) -> Descriptor:
+        what = f"s3://{ref.bucket}/{key}"
+        blob = job.progress.add(title)
+        for restart in range(MAX_RESTARTS + 1):
+            head = await self._head(s3, ref, key, job)
+            blob.total = head.size
+            expected = request.expected if not ref.is_prefix else None
+            if head.sha256 is not None:
+                if expected is not None and expected != head.sha256:
+                    raise UpstreamError(
+                        f"{what}: the store says its sha256 is {head.sha256}, not {expected}"
+                    )
+                expected = head.sha256
+            params: dict[str, Any] = {"Bucket": ref.bucket, "Key": key}
+            if head.version:
+                params["VersionId"] = head.version
+            url = await self.client.thread(self.signer.presign, s3, "get_object", params)
+            want = Wanted(
+                url=url,
+                name=request.url if not ref.is_prefix else object_url(ref.bucket, key),
+                expected=expected,
+                size=head.size,
+                if_match=head.etag,
+                error=self._error(s3, what, "GetObject"),
+            )
+            ingest = IngestFile(self.layout, ingest_key(want.recorded))
+            try:
+                digest, size = await download(self.client, ingest, want, job, blob)
+                break
+            except SourceChanged:
+                if restart == MAX_RESTARTS:
+                    raise
+                log.info("%s changed while it was fetched; starting over", what)
+        annotations = {ANNOTATION_TITLE: title, ANNOTATION_S3_KEY: key}
+        if head.etag:
+            annotations[ANNOTATION_S3_ETAG] = head.etag
+        if head.version:
+            annotations[ANNOTATION_S3_VERSION] = head.version
+        return Descriptor(MEDIA_TYPE_OCTET, digest, size, annotations)
+
+
+def object_url(bucket: str, key: str) -> str:
+    """The s3:// URL of one object (for messages and tests)."""
+    return f"s3://{bucket}/{quote(key)}"
