@@ -21,6 +21,7 @@ from proxy.cache.store import Store
 from proxy.config import Config
 from proxy.downloads import Downloads
 from proxy.fetch.base import Credentials, Fetcher
+from proxy.fetch.file import FileFetcher
 from proxy.fetch.hf import HfFetcher
 from proxy.fetch.http import HttpFetcher
 from proxy.fetch.oci import OciBlobFetcher, OciFetcher
@@ -90,6 +91,7 @@ def build(config: Config, reactor: Any) -> Server:
         "hf": hf,
         "huggingface": hf,
         "oci-blob": oci_blob,
+        "file": FileFetcher(reactor, layout, config.file_roots),
         "s3": S3Fetcher(client, layout, Signer(config.s3_addressing_style)),
     }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
