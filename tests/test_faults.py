@@ -582,3 +582,40 @@ def test_an_error_answer_whose_body_stalls_is_still_retried(
         assert time.monotonic() - t0 < 5
         assert r.json()["digest"] == sha(data)
     assert len(gets(source, "/e")) == 2
+
+
+@pytest.mark.parametrize("where", ["waiting for headers", "in a retry pause"])
+def test_delete_cancels_a_download_at_once_wherever_it_waits(
+    cache_dir: Path, source: Source, where: str
+) -> None:
+    url = source.url("/wait")
+    source.add_file("/wait", b"not yet")
+    if where == "waiting for headers":
+        source.stall_headers("/wait", 20)
+    else:
+        source.fail_status("/wait", 503)
+    # Long timeouts and pauses: only the cancel can end this quickly.
+    args = ("--retries", "3", "--idle-timeout", "30", "--retry-backoff", "20")
+    with ServerProcess(cache_dir, *args) as srv, srv.client() as c:
+        results: list[httpx.Response] = []
+
+        def poster_body() -> None:
+            with srv.client() as pc:
+                results.append(post(pc, url))
+
+        poster = threading.Thread(target=poster_body)
+        poster.start()
+        for _ in range(200):
+            if gets(source, "/wait") and c.get(f"/content/{b64(url)}").status_code == 206:
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        assert c.delete(f"/content/{b64(url)}").status_code == 204
+        poster.join(10)
+        assert time.monotonic() - t0 < 3
+        assert [r.status_code for r in results] == [409]
+        assert results[0].json()["error"]["code"] == "CANCELLED"
+        assert c.get(f"/content/{b64(url)}").status_code == 404
+    assert len(gets(source, "/wait")) == 1
+    assert blob_files(cache_dir) == [] and ingest_left(cache_dir) == []
