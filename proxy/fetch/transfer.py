@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -152,9 +152,11 @@ class HttpClient:
         authorization: bytes | None = None,
         method: str = "GET",
         cross_origin_redirects: bool = True,
+        private: dict[bytes, bytes] | None = None,
     ) -> Any:
         """Send a request, following redirects; return the final response
-        (any status). ``authorization`` goes only to ``url``'s own origin.
+        (any status). ``authorization`` and the ``private`` headers (a
+        request signature, a session token) go only to ``url``'s own origin.
         With ``cross_origin_redirects=False`` a redirect to another origin is
         returned as it is (its headers may be what the caller wants)."""
         home = origin(url)
@@ -163,8 +165,11 @@ class HttpClient:
             h = Headers({b"User-Agent": [USER_AGENT]})
             for k, v in (headers or {}).items():
                 h.setRawHeaders(k, [v])
-            if authorization is not None and origin(url) == home:
-                h.setRawHeaders(b"Authorization", [authorization])
+            if origin(url) == home:
+                if authorization is not None:
+                    h.setRawHeaders(b"Authorization", [authorization])
+                for k, v in (private or {}).items():
+                    h.setRawHeaders(k, [v])
             self.policy.check_host(urlsplit(url).hostname or "", origin(url)[2])
             response = await self._send(method, url, h, job)
             if response.code not in _REDIRECTS:
@@ -294,6 +299,11 @@ class Wanted:
     if_match: str | None = None
     # Builds the error of a non-success answer (e.g. from an S3 error document).
     error: Callable[[Any, bytes], StorageError] | None = attrs.field(default=None, eq=False)
+    # Signs each attempt once its headers (Range, If-Match) are known: returns the
+    # URL to send it to and the headers only that origin may see.
+    prepare: Callable[[dict[bytes, bytes]], Awaitable[tuple[str, dict[bytes, bytes]]]] | None = (
+        attrs.field(default=None, eq=False)
+    )
 
     @property
     def recorded(self) -> str:
@@ -325,7 +335,10 @@ async def _attempt(
                 headers[b"If-Range"] = validator.encode("latin-1")
     if want.if_match is not None:
         headers[b"If-Match"] = want.if_match.encode("latin-1")
-    response = await client.get(want.url, job, headers, want.authorization)
+    url, private = want.url, None
+    if want.prepare is not None:
+        url, private = await want.prepare(headers)
+    response = await client.get(url, job, headers, want.authorization, private=private)
     code = response.code
     if code == 412 and want.if_match is not None:
         client.discard(response)
@@ -343,7 +356,7 @@ async def _attempt(
         if m.group(3) != "*":
             state.total = int(m.group(3))
         await client.thread(ingest.open, True)
-        log.info("resuming %s at byte %d", redact_url(want.url), offset)
+        log.info("resuming %s at byte %d", redact_url(want.recorded), offset)
     elif code == 416 and offset > 0 and state is not None:
         client.discard(response)
         m = re.fullmatch(r"bytes \*/(\d+)", header(response, b"Content-Range") or "")
@@ -408,6 +421,11 @@ async def _attempt(
         job.check_cancelled()
         raise Retryable(e) from None
     job.check_cancelled()
+    if state.total is not None and ingest.offset < state.total:
+        # Framed as complete, yet short of the total the answer named (a 206's
+        # Content-Range, say, with a smaller Content-Length): a cut like any other.
+        short = f"body ended after {ingest.offset} of {state.total} bytes"
+        raise Retryable(UpstreamUnreachable(short))
     return state
 
 
