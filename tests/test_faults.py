@@ -619,3 +619,25 @@ def test_delete_cancels_a_download_at_once_wherever_it_waits(
         assert c.get(f"/content/{b64(url)}").status_code == 404
     assert len(gets(source, "/wait")) == 1
     assert blob_files(cache_dir) == [] and ingest_left(cache_dir) == []
+
+
+def test_a_resumed_answer_shorter_than_its_content_range_is_retried(
+    start: Start, source: Source, cache_dir: Path
+) -> None:
+    data = os.urandom(1_000_000)
+    url = source.url("/rs")
+    source.add_file("/rs", data)
+    source.cut_after("/rs", 400_000)
+    srv = start(0)
+    with srv.client() as c:
+        assert post(c, url).status_code == 502
+    srv.stop()
+    # The resume says "bytes 400000-999999/1000000" but announces and sends 1000 bytes less.
+    source.misannounce("/rs", -1_000)
+    srv = start(2)
+    with srv.client() as c:
+        r = post(c, url)
+        assert r.status_code == 201, r.text
+        assert r.json()["digest"] == sha(data) and r.json()["size"] == len(data)
+    assert ranges(source, "/rs") == [None, "bytes=400000-", "bytes=999000-"]
+    assert blob(cache_dir, sha(data)).read_bytes() == data
