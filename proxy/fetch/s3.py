@@ -5,12 +5,16 @@ trailing slash, or just ``s3://<bucket>/``) is every object under the prefix,
 stored as one artifact manifest with one layer per object, titled with its
 key relative to the prefix.
 
-Requests are SigV4-signed by botocore (as pre-signed URLs: botocore resolves
-the endpoint, region and addressing style exactly as the AWS SDKs do) and
-sent with the shared :class:`HttpClient`, so bodies stream to disk through the
-ingest writer and every hop passes the reach policy. botocore only signs and
-parses (``ListObjectsV2`` and error documents); it never does I/O on the
-reactor -- making a client and resolving credentials run in a thread.
+Requests are built and SigV4-signed by botocore itself -- an operation is
+called on a botocore client whose ``before-send`` hook takes the prepared,
+signed request instead of sending it, so the endpoint, region, addressing
+style, key encoding and signed headers are exactly what the AWS SDKs send --
+and then sent with the shared :class:`HttpClient`, so bodies stream to disk
+through the ingest writer, every hop passes the reach policy, and the
+signature and session token go only to the store's own origin. Each attempt
+is signed anew (its ``Range`` and ``If-Match`` are signed). botocore also
+parses ``ListObjectsV2`` and error documents. It never runs on the reactor:
+making clients, resolving credentials and signing happen in a thread.
 
 Where things come from, as with the AWS CLI: endpoint ``AWS_ENDPOINT_URL_S3``,
 ``AWS_ENDPOINT_URL`` or modelkit's ``S3_ENDPOINT``; region ``AWS_REGION``,
@@ -36,6 +40,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -189,12 +194,25 @@ class Signer:
             client = session.create_client(
                 "s3", region_name=region, endpoint_url=endpoint, config=config, **kwargs
             )
+            client.meta.events.register("before-send.s3", _capture)
             self._clients[cache_key] = client
             return client
 
-    def presign(self, client: Any, operation: str, params: dict[str, Any]) -> str:
-        url: str = client.generate_presigned_url(operation, Params=params, ExpiresIn=EXPIRES)
-        return url
+    def prepare(
+        self, client: Any, operation: str, params: dict[str, Any]
+    ) -> tuple[str, str, dict[bytes, bytes]]:
+        """(method, URL, signed headers) of the request botocore would send."""
+        try:
+            getattr(client, operation)(**params)
+        except _Captured as c:
+            r = c.request
+            headers = {
+                k.encode("latin-1"): v if isinstance(v, bytes) else str(v).encode("latin-1")
+                for k, v in r.headers.items()
+                if k.lower() not in ("user-agent", "amz-sdk-invocation-id", "amz-sdk-request")
+            }
+            return str(r.method), str(r.url), headers
+        raise AssertionError("botocore sent a request by itself")
 
     @staticmethod
     def parse(client: Any, operation: str, status: int, headers: Any, body: bytes) -> Any:
@@ -205,6 +223,18 @@ class Signer:
         parser = parsers.create_parser(client.meta.service_model.protocol)
         response = {"status_code": status, "headers": headers, "body": body}
         return parser.parse(response, model.output_shape)
+
+
+class _Captured(Exception):
+    """Carries botocore's prepared request out of its send path."""
+
+    def __init__(self, request: Any) -> None:
+        super().__init__("captured")
+        self.request = request
+
+
+def _capture(request: Any, **_: Any) -> None:
+    raise _Captured(request)
 
 
 def _raw_headers(response: Any) -> dict[str, str]:
@@ -302,8 +332,7 @@ class S3Fetcher:
             params: dict[str, Any] = {"Bucket": ref.bucket, "Prefix": ref.key}
             if token:
                 params["ContinuationToken"] = token
-            url = await self.client.thread(self.signer.presign, s3, "list_objects_v2", params)
-            response = await self._retrying(url, job)
+            response = await self._retrying(s3, "list_objects_v2", params, job)
             body = await self.client.read_small(response, 64 * 1024 * 1024)
             if response.code != 200:
                 raise self._error(s3, what, "ListObjectsV2")(response, body)
@@ -331,13 +360,17 @@ class S3Fetcher:
                 raise UpstreamError(f"{what}: the key {o.key[:200]!r} is not a safe file path")
         return sorted(objects, key=lambda o: o.key)
 
-    async def _retrying(self, url: str, job: Job, method: str = "GET") -> Any:
-        """A small request (listing, HEAD, error probe), retried on 5xx and cuts."""
+    async def _retrying(self, s3: Any, operation: str, params: dict[str, Any], job: Job) -> Any:
+        """A small request (listing, HEAD, error probe), signed for each
+        attempt and retried on 5xx and cuts."""
         attempts = self.client.options.attempts
         for attempt in range(attempts):
+            method, url, signed = await self.client.thread(
+                self.signer.prepare, s3, operation, params
+            )
             try:
                 response = await self.client.get(
-                    url, job, {b"Accept-Encoding": b"identity"}, method=method
+                    url, job, {b"Accept-Encoding": b"identity"}, method=method, private=signed
                 )
             except Retryable as r:
                 if attempt == attempts - 1:
@@ -376,15 +409,12 @@ class S3Fetcher:
     async def _head(self, s3: Any, ref: S3Url, key: str, job: Job) -> S3Object:
         what = f"s3://{ref.bucket}/{key}"
         params = {"Bucket": ref.bucket, "Key": key, "ChecksumMode": "ENABLED"}
-        url = await self.client.thread(self.signer.presign, s3, "head_object", params)
-        response = await self._retrying(url, job, method="HEAD")
+        response = await self._retrying(s3, "head_object", params, job)
         self.client.discard(response)
         if response.code != 200:
             # A HEAD answer has no error document: ask GET for the Code.
-            get = await self.client.thread(
-                self.signer.presign, s3, "get_object", {"Bucket": ref.bucket, "Key": key}
-            )
-            answer = await self._retrying(get, job)
+            get = {"Bucket": ref.bucket, "Key": key}
+            answer = await self._retrying(s3, "get_object", get, job)
             body = await self.client.read_small(answer, 64 * 1024)
             if answer.code in (200, 206):
                 raise UpstreamError(f"{what}: HEAD answered {response.code}", response.code)
@@ -407,6 +437,18 @@ class S3Fetcher:
             digest,
         )
 
+    def _signer_for(
+        self, s3: Any, params: dict[str, Any]
+    ) -> Callable[[dict[bytes, bytes]], Awaitable[tuple[str, dict[bytes, bytes]]]]:
+        """Sign each GetObject attempt with the Range and If-Match it carries."""
+
+        async def prepare(headers: dict[bytes, bytes]) -> tuple[str, dict[bytes, bytes]]:
+            call = {**params, **_range_params(headers)}
+            _, url, signed = await self.client.thread(self.signer.prepare, s3, "get_object", call)
+            return url, signed
+
+        return prepare
+
     async def _object(
         self, s3: Any, ref: S3Url, key: str, title: str, request: FetchRequest, job: Job
     ) -> Descriptor:
@@ -425,9 +467,9 @@ class S3Fetcher:
             params: dict[str, Any] = {"Bucket": ref.bucket, "Key": key}
             if head.version:
                 params["VersionId"] = head.version
-            url = await self.client.thread(self.signer.presign, s3, "get_object", params)
             want = Wanted(
-                url=url,
+                url=object_url(ref.bucket, key),
+                prepare=self._signer_for(s3, params),
                 name=request.url if not ref.is_prefix else object_url(ref.bucket, key),
                 expected=expected,
                 size=head.size,
@@ -448,6 +490,16 @@ class S3Fetcher:
         if head.version:
             annotations[ANNOTATION_S3_VERSION] = head.version
         return Descriptor(MEDIA_TYPE_OCTET, digest, size, annotations)
+
+
+def _range_params(headers: dict[bytes, bytes]) -> dict[str, str]:
+    """GetObject parameters for the conditional headers a transfer attempt wants."""
+    params = {}
+    if b"Range" in headers:
+        params["Range"] = headers.pop(b"Range").decode("latin-1")
+    if b"If-Match" in headers:
+        params["IfMatch"] = headers.pop(b"If-Match").decode("latin-1")
+    return params
 
 
 def object_url(bucket: str, key: str) -> str:
