@@ -641,3 +641,40 @@ def test_a_resumed_answer_shorter_than_its_content_range_is_retried(
         assert r.json()["digest"] == sha(data) and r.json()["size"] == len(data)
     assert ranges(source, "/rs") == [None, "bytes=400000-", "bytes=999000-"]
     assert blob(cache_dir, sha(data)).read_bytes() == data
+
+
+def test_a_5xx_between_a_cut_and_its_resume_keeps_the_bytes(
+    start: Start, source: Source, cache_dir: Path
+) -> None:
+    data = os.urandom(1_000_000)
+    url = source.url("/c5")
+    source.add_file("/c5", data)
+    source.cut_after("/c5", 600_000)
+    srv = start(0)
+    with srv.client() as c:
+        assert post(c, url).status_code == 502
+    srv.stop()
+    source.fail_status("/c5", 503, times=2)
+    srv = start(2)
+    with srv.client() as c:
+        r = post(c, url)
+        assert r.status_code == 201, r.text
+        assert r.json()["digest"] == sha(data)
+    # The failed attempts asked for the rest too; none of them threw the 600000 bytes away.
+    assert ranges(source, "/c5") == [None, "bytes=600000-", "bytes=600000-", "bytes=600000-"]
+    assert blob(cache_dir, sha(data)).read_bytes() == data
+
+
+def test_reset_right_after_the_headers_is_retried(
+    start: Start, source: Source, cache_dir: Path
+) -> None:
+    data = os.urandom(200_000)
+    source.add_file("/r0", data)
+    source.reset_after("/r0", 0, times=2)
+    srv = start(2)
+    with srv.client() as c:
+        r = post(c, source.url("/r0"))
+        assert r.status_code == 201, r.text
+        assert r.json()["digest"] == sha(data)
+    assert ranges(source, "/r0") == [None, None, None]  # nothing was kept to resume from
+    assert blob(cache_dir, sha(data)).read_bytes() == data
