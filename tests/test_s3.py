@@ -242,3 +242,30 @@ def test_signature_and_access_errors(tmp_path: Path, moto_auth: MotoS3) -> None:
         for p in (tmp_path / "c").rglob("*"):
             if p.is_file():
                 assert secret.encode() not in p.read_bytes(), p
+
+
+def test_profile_and_modelkit_variables(tmp_path: Path, moto_auth: MotoS3) -> None:
+    """Credentials from AWS_PROFILE in a shared credentials file, the endpoint
+    from modelkit's S3_ENDPOINT, the region from AWS_REGION."""
+    m = moto_auth
+    creds_file = tmp_path / "credentials"
+    creds_file.write_text(
+        f"[nodeprof]\naws_access_key_id = {m.access_key}\naws_secret_access_key = {m.secret_key}\n"
+    )
+    env = {
+        "S3_ENDPOINT": m.endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_PROFILE": "nodeprof",
+        "AWS_SHARED_CREDENTIALS_FILE": str(creds_file),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    with ServerProcess(tmp_path / "c", env=env) as srv, srv.client() as c:
+        r = c.post("/content/", json={"url": "s3://private/m.bin"})
+        assert r.status_code == 201, r.text
+        assert r.json()["digest"] == sha(b"secret weights")
+    env["AWS_PROFILE"] = "missing"
+    with ServerProcess(tmp_path / "d", "--retries", "0", env=env) as srv, srv.client() as c:
+        r = c.post("/content/", json={"url": "s3://private/m.bin"})
+        assert r.status_code in (400, 401), r.text
+    assert m.secret_key not in srv.log()

@@ -157,6 +157,14 @@ class Signer:
         return self._session
 
     def client(self, creds: tuple[str, str, str | None] | None) -> Any:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._client(creds)
+        except BotoCoreError as e:  # a missing profile, unreadable config, no credentials
+            raise UpstreamError(f"AWS configuration: {e}", 401) from None
+
+    def _client(self, creds: tuple[str, str, str | None] | None) -> Any:
         from botocore.config import Config
 
         with self._lock:
@@ -202,8 +210,14 @@ class Signer:
         self, client: Any, operation: str, params: dict[str, Any]
     ) -> tuple[str, str, dict[bytes, bytes]]:
         """(method, URL, signed headers) of the request botocore would send."""
+        from botocore.exceptions import BotoCoreError, ParamValidationError
+
         try:
             getattr(client, operation)(**params)
+        except ParamValidationError as e:
+            raise BadRequest(f"S3 request: {e}") from None
+        except BotoCoreError as e:  # credentials that cannot be resolved or refreshed
+            raise UpstreamError(f"AWS credentials: {e}", 401) from None
         except _Captured as c:
             r = c.request
             headers = {
