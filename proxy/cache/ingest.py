@@ -11,15 +11,17 @@ the disk falls behind, so memory stays bounded whatever the blob size.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -29,6 +31,45 @@ from proxy.cache.layout import Layout
 from proxy.types import Digest
 
 HASH_CHUNK = 4 * 1024 * 1024
+WRITEBACK_STEP = 32 * 1024 * 1024  # start writing back to disk every this many bytes
+_IOV_MAX = 512  # buffers per pwritev(2) (Linux allows 1024)
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Any:
+    """libc's ``sync_file_range(2)`` (Linux), or None."""
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    f.restype = ctypes.c_int
+    return f
+
+
+_start_writeback = _sync_file_range()
+
+
+def _pwrite_all(fd: int, chunks: Sequence[bytes], offset: int) -> int:
+    """Write every byte of ``chunks`` at ``offset`` (no joining copy); return the count."""
+    total = 0
+    pending: list[bytes | memoryview] = list(chunks)
+    while pending:
+        group = pending[:_IOV_MAX]
+        n = os.pwritev(fd, group, offset + total)
+        if n == 0 and any(group):
+            raise OSError(errno.EIO, "pwritev wrote nothing")
+        total += n
+        # Drop what was written; a partial write leaves the rest of one buffer.
+        done = 0
+        while done < len(group) and n >= len(group[done]):
+            n -= len(group[done])
+            done += 1
+        rest = pending[done:]
+        if n:
+            rest[0] = memoryview(rest[0])[n:]
+        pending = rest
+    return total
 
 
 @attrs.define
@@ -66,6 +107,7 @@ class IngestFile:
         self._hash = hashlib.sha256()
         self.offset = 0
         self.resumed_from = 0  # where the latest open() continued a partial file
+        self._written_back = 0  # data before this offset is on its way to disk
 
     # -- state ---------------------------------------------------------------
 
@@ -94,21 +136,39 @@ class IngestFile:
         self.close()
         self._hash = hashlib.sha256()
         if resume and self.data_path.exists():
-            self._f = open(self.data_path, "r+b")  # noqa: SIM115 - kept open across calls
+            # Unbuffered: data goes to the file descriptor at explicit offsets.
+            self._f = open(self.data_path, "r+b", buffering=0)  # noqa: SIM115 - kept open
             while chunk := self._f.read(HASH_CHUNK):
                 self._hash.update(chunk)
             self.offset = self._f.tell()
             self.resumed_from = max(self.resumed_from, self.offset)
         else:
-            self._f = open(self.data_path, "wb")  # noqa: SIM115
+            self._f = open(self.data_path, "wb", buffering=0)  # noqa: SIM115
             self.offset = 0
+        self._written_back = self.offset
         return self.offset
 
-    def write(self, data: bytes) -> None:
-        self._f.write(data)
-        self._hash.update(data)
-        self.offset += len(data)
+    def write(self, data: bytes | Sequence[bytes], hashed: bool = True) -> None:
+        """Append ``data`` (one buffer, or several written with one ``pwritev``)
+        and, unless ``hashed`` is False (the caller runs :meth:`hash` on the
+        same data itself, possibly in another thread at the same time), hash it.
+        Every ``WRITEBACK_STEP`` bytes, the kernel is asked to start writing the
+        file back (``sync_file_range``, not waiting), so the fsync of
+        :meth:`finish` finds little left to write."""
+        chunks = [data] if isinstance(data, bytes) else data
+        fd = self._f.fileno()
+        self.offset += _pwrite_all(fd, chunks, self.offset)
+        if hashed:
+            self.hash(chunks)
+        if _start_writeback is not None and self.offset - self._written_back >= WRITEBACK_STEP:
+            start, self._written_back = self._written_back, self.offset
+            _start_writeback(fd, start, self.offset - start, _SYNC_FILE_RANGE_WRITE)
         faults.point("ingest-write")
+
+    def hash(self, chunks: Sequence[bytes]) -> None:
+        """Add data written with ``write(..., hashed=False)`` to the digest, in order."""
+        for chunk in chunks:
+            self._hash.update(chunk)
 
     def finish(self) -> tuple[Digest, int]:
         """Flush and fsync; return the digest and size of everything written."""
@@ -188,13 +248,23 @@ class IngestSink:
             if not self._in_flight:
                 self._fire_drained()
             return
-        batch = b"".join(self._buf)
-        self._buf.clear()
+        batch, self._buf = self._buf, []  # written as they are: no joining copy
         self._buffered = 0
         self._in_flight = True
         pool = self._reactor.getThreadPool()
-        d = deferToThreadPool(self._reactor, pool, self._ingest.write, batch)
-        d.addCallbacks(self._written, self._write_failed)
+        # Writing and hashing release the GIL: run them side by side, and the
+        # next batch once both are done (both: the file is never closed under a
+        # write still running).
+        written = deferToThreadPool(self._reactor, pool, self._ingest.write, batch, False)
+        hashed = deferToThreadPool(self._reactor, pool, self._ingest.hash, batch)
+        DeferredList([written, hashed], consumeErrors=True).addCallback(self._settled)
+
+    def _settled(self, results: list[tuple[bool, Any]]) -> None:
+        for ok, result in results:
+            if not ok:
+                self._write_failed(result)
+                return
+        self._written(None)
 
     def _written(self, _: object) -> None:
         self._in_flight = False

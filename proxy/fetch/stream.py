@@ -21,6 +21,10 @@ from twisted.web.http import PotentialDataLoss
 from proxy.cache.ingest import IngestFile, IngestSink
 from proxy.errors import UpstreamTimeout
 
+# Bytes asked of the socket per read while a body streams (Twisted reads 64 KiB):
+# fewer, larger reads cost the reactor thread less per byte.
+RECV_SIZE = 1024 * 1024
+
 
 class BodyCut(Exception):
     """The body ended before it was complete (connection lost, reset)."""
@@ -46,9 +50,17 @@ class _BodyReceiver(Protocol):
         self._timer: IDelayedCall | None = None
         self._timed_out = False
         self.sink: IngestSink | None = None
+        self._connection: Any = None
+        self._buffer_size = 0
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        # The TCP connection behind the response's transport proxy, if it is one.
+        connection: Any = getattr(transport, "_producer", None)
+        size = getattr(connection, "bufferSize", None)
+        if isinstance(size, int) and size < RECV_SIZE:
+            self._connection, self._buffer_size = connection, size
+            connection.bufferSize = RECV_SIZE
         self.sink = IngestSink(
             self._threads,
             self._ingest,
@@ -86,6 +98,10 @@ class _BodyReceiver(Protocol):
         self._arm()
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if self._connection is not None:
+            # The connection may serve other requests now: their reads as before.
+            self._connection.bufferSize = self._buffer_size
+            self._connection = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         assert self.sink is not None
