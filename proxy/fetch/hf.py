@@ -210,7 +210,7 @@ class HfFetcher:
             except Retryable as r:
                 if attempt == 2:
                     raise r.cause from None
-                await self.client.sleep(self.client.options.backoff * 2**attempt, job)
+                await self.client.sleep(self.client.options.pause(attempt), job)
         self.client.discard(response)
         if response.code >= 400:
             raise self._hub_error(url, response, b"", what)

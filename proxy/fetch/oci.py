@@ -144,7 +144,7 @@ class OciFetcher:
             except Retryable as r:
                 if attempt == 2:
                     raise r.cause from None
-                await self.client.sleep(self.client.options.backoff * 2**attempt, job)
+                await self.client.sleep(self.client.options.pause(attempt), job)
         if response.code != 200:
             raise upstream_error(url, response, data)
         digest = Digest(hashlib.sha256(data).hexdigest())

@@ -59,6 +59,7 @@ from proxy.types import Digest
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
+MAX_BACKOFF = 30.0  # seconds: the longest pause between two attempts
 USER_AGENT = b"storage-manager/0.1"
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -69,7 +70,11 @@ class TransferOptions:
     idle_timeout: float = 60.0
     connect_timeout: float = 30.0
     attempts: int = 4
-    backoff: float = 0.5  # first retry delay; doubles each time
+    backoff: float = 0.5  # first retry delay; doubles each time, up to MAX_BACKOFF
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt + 1``."""
+        return float(min(self.backoff * 2**attempt, MAX_BACKOFF))
 
 
 class Retryable(Exception):
@@ -505,7 +510,6 @@ async def _adopt_verified(
 async def _download(
     client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
 ) -> tuple[Digest, int]:
-    delay = client.options.backoff
     attempt = 0
     while True:
         attempt += 1
@@ -517,6 +521,7 @@ async def _download(
             await client.thread(ingest.close)
             if attempt >= client.options.attempts:
                 raise r.cause from None
+            delay = client.options.pause(attempt - 1)
             log.warning(
                 "%s: %s; retry %d/%d in %.1f s",
                 redact_url(want.url),
@@ -526,7 +531,6 @@ async def _download(
                 delay,
             )
             await client.sleep(delay, job)
-            delay *= 2
         except OSError as e:
             await client.thread(ingest.close)
             if is_disk_full(e):
