@@ -22,6 +22,7 @@ from proxy.config import Config
 from proxy.downloads import Downloads
 from proxy.fetch.base import Credentials, Fetcher
 from proxy.fetch.file import FileFetcher
+from proxy.fetch.gcs import GcsFetcher
 from proxy.fetch.hf import HfFetcher
 from proxy.fetch.http import HttpFetcher
 from proxy.fetch.oci import OciBlobFetcher, OciFetcher
@@ -93,6 +94,7 @@ def build(config: Config, reactor: Any) -> Server:
         "oci-blob": oci_blob,
         "file": FileFetcher(reactor, layout, config.file_roots),
         "s3": S3Fetcher(client, layout, Signer(config.s3_addressing_style)),
+        "gs": GcsFetcher(client, layout),
     }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()

@@ -45,13 +45,14 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import Deferred
 
-from proxy.cache.ingest import IngestFile, IngestState
+from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout, ingest_key
-from proxy.errors import BadRequest, SourceChanged, StorageError, UpstreamError
+from proxy.errors import BadRequest, StorageError, UpstreamError
+from proxy.fetch import objects as store
 from proxy.fetch.base import Credentials, FetchRequest, FetchResult, Job
-from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header
+from proxy.fetch.transfer import HttpClient, Wanted, download, header
 from proxy.types import (
     ANNOTATION_S3_BUCKET,
     ANNOTATION_S3_ENDPOINT,
@@ -68,8 +69,6 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_TYPE = "application/vnd.nekko.storage-manager.s3.v1"
 EXPIRES = 12 * 3600  # pre-signed URLs outlive any retry of one download
-MAX_LIST_PAGES = 10_000
-MAX_RESTARTS = 3
 # Bucket names as S3 and MinIO accept them (legacy upper case and _ included).
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 
@@ -96,7 +95,7 @@ class S3Url:
 
     @property
     def is_prefix(self) -> bool:
-        return self.key == "" or self.key.endswith("/")
+        return store.is_prefix(self.key)
 
 
 def parse_s3_url(url: str) -> S3Url:
@@ -291,10 +290,10 @@ class S3Fetcher:
                         MEDIA_TYPE_OCTET,
                         request.expected,
                         size,
-                        {ANNOTATION_TITLE: ref.key.rsplit("/", 1)[-1]},
+                        {ANNOTATION_TITLE: store.base_name(ref.key)},
                     )
                     return FetchResult(files=(desc,), primary=desc, kind=self.kind)
-            desc = await self._object(s3, ref, ref.key, ref.key.rsplit("/", 1)[-1], request, job)
+            desc = await self._object(s3, ref, ref.key, store.base_name(ref.key), request, job)
             ann = {k: v for k, v in desc.annotations.items() if k != ANNOTATION_TITLE}
             return FetchResult(
                 files=(desc,), primary=desc, kind=self.kind, annotations={**common, **ann}
@@ -302,11 +301,12 @@ class S3Fetcher:
         if request.expected is not None:
             raise BadRequest("an expected digest can only be given for one object")
         objects = await self._list(s3, ref, job)
-        # Marks the download as interrupted if it stops; removed once stored.
-        marker = IngestFile(self.layout, ingest_key(request.url))
-        await self.client.thread(marker.write_state, IngestState(url=request.url, kind="s3"))
-        job.after_commit(marker.discard)
-        files = await self._download_all(s3, ref, objects, request, job)
+        await store.mark_interrupted(self.client, self.layout, request.url, "s3", job)
+
+        def one(o: S3Object) -> Awaitable[Descriptor]:
+            return self._object(s3, ref, o.key, o.key[len(ref.key) :], request, job)
+
+        files = await store.download_all(objects, one, self.parallel)
         return FetchResult(
             files=tuple(files),
             primary=files[0],
@@ -340,9 +340,8 @@ class S3Fetcher:
 
     async def _list(self, s3: Any, ref: S3Url, job: Job) -> list[S3Object]:
         what = f"s3://{ref.bucket}/{ref.key}"
-        objects: list[S3Object] = []
-        token: str | None = None
-        for _page in range(MAX_LIST_PAGES):
+
+        async def page(token: str | None) -> tuple[list[S3Object], str | None]:
             params: dict[str, Any] = {"Bucket": ref.bucket, "Prefix": ref.key}
             if token:
                 params["ContinuationToken"] = token
@@ -354,71 +353,32 @@ class S3Fetcher:
                 self.signer.parse, s3, "ListObjectsV2", 200, _raw_headers(response), body
             )
             encoded = parsed.get("EncodingType") == "url"
+            found = []
             for item in parsed.get("Contents") or []:
                 key = str(item.get("Key", ""))
                 key = unquote(key) if encoded else key
                 if key.endswith("/") and not item.get("Size"):
                     continue  # a "folder" marker
-                objects.append(S3Object(key, item.get("Size"), item.get("ETag")))
-            if not parsed.get("IsTruncated"):
-                break
-            token = parsed.get("NextContinuationToken")
-            if not token:
-                break
-        if not objects:
-            raise UpstreamError(f"{what}: no objects under this prefix", 404)
-        for o in objects:
-            rel = o.key[len(ref.key) :]
-            parts = rel.split("/")
-            if any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
-                raise UpstreamError(f"{what}: the key {o.key[:200]!r} is not a safe file path")
+                found.append(S3Object(key, item.get("Size"), item.get("ETag")))
+            more = parsed.get("IsTruncated") and parsed.get("NextContinuationToken")
+            return found, str(more) if more else None
+
+        objects = await store.list_pages(what, page)
+        store.check_names(what, ref.key, [o.key for o in objects])
         return sorted(objects, key=lambda o: o.key)
 
-    async def _retrying(self, s3: Any, operation: str, params: dict[str, Any], job: Job) -> Any:
+    def _retrying(self, s3: Any, operation: str, params: dict[str, Any], job: Job) -> Any:
         """A small request (listing, HEAD, error probe), signed for each
         attempt and retried on 5xx and cuts."""
-        attempts = self.client.options.attempts
-        for attempt in range(attempts):
-            method, url, signed = await self.client.thread(
-                self.signer.prepare, s3, operation, params
-            )
-            try:
-                response = await self.client.get(
-                    url, job, {b"Accept-Encoding": b"identity"}, method=method, private=signed
-                )
-            except Retryable as r:
-                if attempt == attempts - 1:
-                    raise r.cause from None
-            else:
-                if response.code < 500 or attempt == attempts - 1:
-                    return response
-                self.client.discard(response)
-            await self.client.sleep(self.client.options.backoff * 2**attempt, job)
-        raise AssertionError("unreachable")
+
+        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
+            signed: tuple[str, str, dict[bytes, bytes]]
+            signed = await self.client.thread(self.signer.prepare, s3, operation, params)
+            return signed
+
+        return store.small_request(self.client, job, prepare)
 
     # -- objects -----------------------------------------------------------------
-
-    async def _download_all(
-        self, s3: Any, ref: S3Url, objects: list[S3Object], request: FetchRequest, job: Job
-    ) -> list[Descriptor]:
-        results: dict[str, Descriptor] = {}
-        failures: list[BaseException] = []
-        slots = DeferredSemaphore(self.parallel)
-
-        async def one(o: S3Object) -> None:
-            if failures:
-                return
-            try:
-                title = o.key[len(ref.key) :]
-                results[o.key] = await self._object(s3, ref, o.key, title, request, job)
-            except BaseException as e:
-                failures.append(e)
-                raise
-
-        await DeferredList([slots.run(one, o) for o in objects], consumeErrors=True)
-        if failures:
-            raise next((f for f in failures if isinstance(f, StorageError)), failures[0])
-        return [results[o.key] for o in objects]
 
     async def _head(self, s3: Any, ref: S3Url, key: str, job: Job) -> S3Object:
         what = f"s3://{ref.bucket}/{key}"
@@ -468,7 +428,8 @@ class S3Fetcher:
     ) -> Descriptor:
         what = f"s3://{ref.bucket}/{key}"
         blob = job.progress.add(title)
-        for restart in range(MAX_RESTARTS + 1):
+
+        async def attempt() -> tuple[S3Object, Digest, int]:
             head = await self._head(s3, ref, key, job)
             blob.total = head.size
             expected = request.expected if not ref.is_prefix else None
@@ -491,13 +452,10 @@ class S3Fetcher:
                 error=self._error(s3, what, "GetObject"),
             )
             ingest = IngestFile(self.layout, ingest_key(want.recorded))
-            try:
-                digest, size = await download(self.client, ingest, want, job, blob)
-                break
-            except SourceChanged:
-                if restart == MAX_RESTARTS:
-                    raise
-                log.info("%s changed while it was fetched; starting over", what)
+            digest, size = await download(self.client, ingest, want, job, blob)
+            return head, digest, size
+
+        head, digest, size = await store.restarting(what, attempt)
         annotations = {ANNOTATION_TITLE: title, ANNOTATION_S3_KEY: key}
         if head.etag:
             annotations[ANNOTATION_S3_ETAG] = head.etag

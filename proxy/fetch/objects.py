@@ -1,0 +1,141 @@
+"""What the object-store downloaders (``s3://``, ``gs://``, ``azure://``) share.
+
+Each of them maps a URL to one object, or to every object under a prefix
+(one artifact manifest, one layer per object titled with its name relative
+to the prefix). This module has the parts that do not depend on the store:
+the URL's object/prefix split, the paging loop of a listing, the check that
+listed names are safe relative file paths, the per-object restart loop when
+an object changes mid-download (:class:`SourceChanged`), the parallel
+download of a prefix's objects, the "interrupted" marker of a multi-object
+download, and a small request retried on 5xx and cuts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet.defer import DeferredList, DeferredSemaphore
+
+from proxy.cache.ingest import IngestFile, IngestState
+from proxy.cache.layout import Layout, ingest_key
+from proxy.errors import SourceChanged, StorageError, UpstreamError
+from proxy.fetch.base import Job
+from proxy.fetch.transfer import HttpClient, Retryable
+from proxy.types import Descriptor
+
+log = logging.getLogger(__name__)
+
+MAX_LIST_PAGES = 10_000
+MAX_RESTARTS = 3
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def is_prefix(key: str) -> bool:
+    """A key naming every object under it: empty (the whole bucket) or ending in ``/``."""
+    return key == "" or key.endswith("/")
+
+
+def base_name(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def check_names(what: str, prefix: str, names: Sequence[str]) -> None:
+    """Refuse a listing whose names, relative to ``prefix``, are not safe file paths."""
+    for name in names:
+        rel = name[len(prefix) :]
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
+            raise UpstreamError(f"{what}: the key {name[:200]!r} is not a safe file path")
+
+
+async def list_pages(
+    what: str, page: Callable[[str | None], Awaitable[tuple[list[T], str | None]]]
+) -> list[T]:
+    """Every item of a paged listing: ``page(token)`` gives the items and the
+    next token (None at the end). An empty listing is a 404."""
+    items: list[T] = []
+    token: str | None = None
+    for _ in range(MAX_LIST_PAGES):
+        found, token = await page(token)
+        items.extend(found)
+        if not token:
+            break
+    if not items:
+        raise UpstreamError(f"{what}: no objects under this prefix", 404)
+    return items
+
+
+async def restarting(what: str, attempt: Callable[[], Awaitable[R]]) -> R:
+    """Run ``attempt`` (look the object up, then download it) again when the
+    object changed while it was fetched, a few times at most."""
+    for restart in range(MAX_RESTARTS + 1):
+        try:
+            return await attempt()
+        except SourceChanged:
+            if restart == MAX_RESTARTS:
+                raise
+            log.info("%s changed while it was fetched; starting over", what)
+    raise AssertionError("unreachable")
+
+
+async def download_all(
+    objects: Sequence[T], one: Callable[[T], Awaitable[Descriptor]], parallel: int
+) -> list[Descriptor]:
+    """``one(o)`` for every object, ``parallel`` at a time, in order; the first
+    failure stops those not yet started and is raised (a StorageError first)."""
+    results: dict[int, Descriptor] = {}
+    failures: list[BaseException] = []
+    slots = DeferredSemaphore(parallel)
+
+    async def run(i: int) -> None:
+        if failures:
+            return
+        try:
+            results[i] = await one(objects[i])
+        except BaseException as e:
+            failures.append(e)
+            raise
+
+    await DeferredList([slots.run(run, i) for i in range(len(objects))], consumeErrors=True)
+    if failures:
+        raise next((f for f in failures if isinstance(f, StorageError)), failures[0])
+    return [results[i] for i in range(len(objects))]
+
+
+async def mark_interrupted(
+    client: HttpClient, layout: Layout, url: str, kind: str, job: Job
+) -> None:
+    """Record ``url`` in ingest/ so a download stopped half-way shows as
+    interrupted; removed once the entry is stored."""
+    marker = IngestFile(layout, ingest_key(url))
+    await client.thread(marker.write_state, IngestState(url=url, kind=kind))
+    job.after_commit(marker.discard)
+
+
+Prepare = Callable[[], Awaitable[tuple[str, str, dict[bytes, bytes]]]]
+
+
+async def small_request(client: HttpClient, job: Job, prepare: Prepare) -> Any:
+    """A small request (listing, HEAD, metadata), retried on 5xx and cuts;
+    ``prepare()`` gives its method, URL and the headers only that origin may
+    see, anew for each attempt (a fresh signature)."""
+    attempts = client.options.attempts
+    for attempt in range(attempts):
+        method, url, private = await prepare()
+        try:
+            response = await client.get(
+                url, job, {b"Accept-Encoding": b"identity"}, method=method, private=private
+            )
+        except Retryable as r:
+            if attempt == attempts - 1:
+                raise r.cause from None
+        else:
+            if response.code < 500 or attempt == attempts - 1:
+                return response
+            client.discard(response)
+        await client.sleep(client.options.backoff * 2**attempt, job)
+    raise AssertionError("unreachable")
