@@ -20,6 +20,7 @@ from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.config import Config
 from proxy.downloads import Downloads
+from proxy.fetch.azure import AzureFetcher
 from proxy.fetch.base import Credentials, Fetcher
 from proxy.fetch.file import FileFetcher
 from proxy.fetch.gcs import GcsFetcher
@@ -95,6 +96,7 @@ def build(config: Config, reactor: Any) -> Server:
         "file": FileFetcher(reactor, layout, config.file_roots),
         "s3": S3Fetcher(client, layout, Signer(config.s3_addressing_style)),
         "gs": GcsFetcher(client, layout),
+        "azure": AzureFetcher(client, layout),
     }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
