@@ -1,9 +1,10 @@
 """The ``storage-manager`` command: ``serve`` (the default) and its flags,
-and ``verify``.
+``verify``, and the operator commands of :mod:`proxy.commands` (``pull``,
+``ls``, ``inspect``, ``rm``, ``gc``, ``du``).
 
-Exit codes: 0 clean stop (``verify``: no problem found), 1 runtime failure
-(cache locked, cannot listen; ``verify``: a problem found), 2 bad flags or
-environment values.
+Exit codes: 0 success; 1 failure (``serve``: cache locked, cannot listen;
+``verify``: a problem found; the others: the operation failed); 2 bad flags
+or environment values; 3 no such entry; 4 no server reachable or startable.
 """
 
 from __future__ import annotations
@@ -147,26 +148,78 @@ def make_parser() -> argparse.ArgumentParser:
         "present blobs. Safe beside a running server (it only reads); --quarantine "
         "changes the cache and needs the server stopped.",
     )
-    verify.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        default=argparse.SUPPRESS,
-        help=f"cache directory (env CACHE_DIR, default {config_mod.DEFAULT_CACHE_DIR})",
-    )
-    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    _client_flags(verify, address=False)
     verify.add_argument(
         "--quarantine",
         action="store_true",
         help="move corrupt blobs to <cache>/quarantine/ and drop the entries that need them "
         "from index.json, so the next POST fetches them again",
     )
+    pull = sub.add_parser(
+        "pull",
+        help="download a URL into the cache, with a progress bar",
+        description="Download a URL into the cache (any scheme the server knows) and wait "
+        "until it is stored; a progress bar per blob on a terminal.",
+    )
+    pull.add_argument("url", help="what to download: https://, oci://, hf://, ollama://, s3://...")
+    pull.add_argument("--digest", metavar="sha256:HEX", help="the content must have this digest")
+    pull.add_argument(
+        "--credentials-env",
+        metavar="VAR",
+        help="read the download's credentials from this environment variable",
+    )
+    pull.add_argument(
+        "--credentials-type", metavar="TYPE", help="Bearer (default) or Basic, as in POST /content"
+    )
+    _client_flags(pull)
+    ls = sub.add_parser("ls", help="list the cached entries")
+    _client_flags(ls)
+    inspect = sub.add_parser("inspect", help="show one entry (by URL) or who holds a digest")
+    inspect.add_argument("target", help="a cached URL, or sha256:<hex>")
+    _client_flags(inspect)
+    rm = sub.add_parser("rm", help="remove an entry (and the blobs only it uses)")
+    rm.add_argument("url")
+    _client_flags(rm)
+    gc = sub.add_parser(
+        "gc", help="remove unreferenced blobs and stale partial downloads, report bytes freed"
+    )
+    gc.add_argument(
+        "--ingest-age",
+        metavar="SECONDS",
+        type=float,
+        default=24 * 3600.0,
+        help="partial downloads untouched this long are removed (default a day; 0: all "
+        "that are not running)",
+    )
+    _client_flags(gc)
+    du = sub.add_parser("du", help="disk usage of the cache")
+    _client_flags(du)
     return parser
+
+
+def _client_flags(p: argparse.ArgumentParser, address: bool = True) -> None:
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"cache directory (env CACHE_DIR, default {config_mod.DEFAULT_CACHE_DIR})",
+    )
+    if address:
+        p.add_argument(
+            "--address",
+            metavar="ADDR",
+            default=argparse.SUPPRESS,
+            help="the running server's address, when one runs on the cache "
+            f"(env NEKKO_ADDRESS, default {config_mod.DEFAULT_ADDRESS}); with none, a "
+            "private one is started on the cache for this command",
+        )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "json", "quarantine")}
+    flags = {k: v for k, v in vars(args).items() if k in config_mod.ENV or k == "insecure_registry"}
     try:
         cfg = config_mod.build(flags)
     except config_mod.ConfigError as e:
@@ -174,7 +227,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "verify":
         return verify(cfg, as_json=args.json, quarantine=args.quarantine)
-    return serve(cfg)
+    if args.command in (None, "serve"):
+        return serve(cfg)
+    return run_command(args, cfg)
+
+
+def run_command(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from proxy import commands
+    from proxy.client import ClientError, connect
+
+    try:
+        secret = commands.env_secret(getattr(args, "credentials_env", None))
+    except KeyError as e:
+        print(f"storage-manager: error: environment variable {e} is not set", file=sys.stderr)
+        return 2
+    try:
+        with connect(cfg) as client:
+            if args.command == "pull":
+                return commands.pull(
+                    client, args.url, args.json, args.digest, secret, args.credentials_type
+                )
+            if args.command == "ls":
+                return commands.ls(client, args.json)
+            if args.command == "inspect":
+                return commands.inspect(client, args.target, args.json)
+            if args.command == "rm":
+                return commands.rm(client, args.url, args.json)
+            if args.command == "gc":
+                return commands.gc(client, args.ingest_age, args.json)
+            return commands.du(client, args.json)
+    except ClientError as e:
+        print(f"storage-manager: error: {e}", file=sys.stderr)
+        return commands.UNREACHABLE
 
 
 def verify(cfg: config_mod.Config, as_json: bool, quarantine: bool) -> int:

@@ -11,6 +11,8 @@ interrupted (their partial bytes wait in ``ingest/`` to be resumed).
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,6 +102,21 @@ class Interrupted:
     total: int | None
     verified: bool = False
     pull: bool = False  # a multi-blob pull; its finished blobs are already in blobs/
+
+
+@attrs.frozen
+class GcReport:
+    blobs: int
+    blob_bytes: int
+    ingest_dirs: int
+    ingest_bytes: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "blobsRemoved": self.blobs,
+            "ingestRemoved": self.ingest_dirs,
+            "bytesFreed": self.blob_bytes + self.ingest_bytes,
+        }
 
 
 @attrs.define(eq=False)
@@ -424,6 +441,55 @@ class Downloads:
         else:
             self._interrupted.pop(url, None)
             await self._thread(ingest.discard)
+
+    # -- GC ------------------------------------------------------------------------
+
+    async def gc(self, ingest_age: float) -> GcReport:
+        """Remove unreferenced blobs, and ingest directories no running
+        download uses that were last written ``ingest_age`` seconds ago or
+        more (0: all of them; their downloads start over next time)."""
+        blobs, blob_bytes = await self.store.collect()
+        busy: set[str] = set()
+        running_urls = set(self._running)
+        for job in self._running.values():
+            busy |= job.ingests
+            busy.add(ingest_key(job.request.url))
+        layout = self.store.layout
+        busy |= self.store.ingests_in_use()
+
+        def sweep() -> tuple[int, int, list[str]]:
+            count = freed = 0
+            forgotten: list[str] = []
+            now = time.time()
+            for d in sorted(layout.ingest_dir.iterdir()):
+                if not d.is_dir() or d.name == "small" or d.name in busy:
+                    continue
+                files = [p for p in d.rglob("*") if p.is_file()]
+                newest = max((p.stat().st_mtime for p in files), default=d.stat().st_mtime)
+                if now - newest < ingest_age:
+                    continue
+                state = IngestFile(layout, d.name).read_state() if len(d.name) == 64 else None
+                if state is not None and state.url in running_urls:
+                    continue
+                freed += sum(p.stat().st_size for p in files)
+                shutil.rmtree(d, ignore_errors=True)
+                count += 1
+                if state is not None:
+                    forgotten.append(state.url)
+            return count, freed, forgotten
+
+        dirs, ingest_bytes, forgotten = await self._thread(sweep)
+        for url in forgotten:
+            self._interrupted.pop(url, None)
+        report = GcReport(blobs, blob_bytes, dirs, ingest_bytes)
+        log.info(
+            "gc: %d unreferenced blobs (%d bytes), %d ingest directories (%d bytes) removed",
+            blobs,
+            blob_bytes,
+            dirs,
+            ingest_bytes,
+        )
+        return report
 
     # -- DELETE ----------------------------------------------------------------
 

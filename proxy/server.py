@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 from twisted.python.threadpool import ThreadPool
 
+from proxy.api.admin import AdminAPI
 from proxy.api.content import ContentAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
@@ -129,7 +130,7 @@ def build(config: Config, reactor: Any) -> Server:
         )
     registry = RegistryAPI(layout, catalog, pool, mirror)
     site = LoggingSite(  # type: ignore[no-untyped-call]
-        Root(content, registry, config.api_token, config.protect_reads)
+        Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))
     )
     if not (config.protect_reads and config.api_token is not None):
         # HEAD and small GETs of cached blobs skip twisted.web (proxy.api.channel);

@@ -1,7 +1,8 @@
 """The root resource: sends each request to the API that owns its path.
 
 ``/v2`` → :class:`proxy.api.registry.RegistryAPI` (first: it is the hot path);
-``/content`` → :class:`proxy.api.content.ContentAPI`; ``/healthz`` and
+``/content`` → :class:`proxy.api.content.ContentAPI`; ``/admin/`` →
+:class:`proxy.api.admin.AdminAPI` (gc, du); ``/healthz`` and
 ``/readyz`` → health checks (always open: they are what probes call).
 With an API token, changes always need it, and with ``protect_reads`` every
 ``/content`` and ``/v2`` request does (see :mod:`proxy.api.access`). An absolute-form target
@@ -22,6 +23,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import BadHost
 
 from proxy.api.access import REALM, authorized
+from proxy.api.admin import AdminAPI
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
 from proxy.api.registry import OciError, RegistryAPI, error_body, query_args
@@ -36,8 +38,10 @@ class Root(Resource):
         registry: RegistryAPI,
         api_token: str | None = None,
         protect_reads: bool = False,
+        admin: AdminAPI | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self._admin = admin
         self._api_token = api_token
         self._protect_reads = protect_reads and api_token is not None
         self._content = content.app.resource()
@@ -70,6 +74,12 @@ class Root(Resource):
             except BadHost:
                 # Klein hands the Host header to werkzeug, which refuses some.
                 return json_error(request, 400, "BAD_REQUEST", "invalid Host header")
+        if path.startswith(b"/admin/") and self._admin is not None:
+            needs_token = self._protect_reads or request.method not in (b"GET", b"HEAD")
+            if needs_token and not authorized(request, self._api_token):
+                request.setHeader(b"WWW-Authenticate", REALM)
+                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
+            return self._admin.render(request, path)
         if path == b"/healthz":
             return self._json(request, 200, {"status": "ok"})
         if path == b"/readyz":

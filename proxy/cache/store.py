@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from collections import Counter
 from typing import Any
 
@@ -34,6 +35,8 @@ from proxy.types import (
 )
 
 log = logging.getLogger(__name__)
+
+_HEX_RE = re.compile(r"[a-f0-9]{64}")
 
 # Kinds stored as an artifact manifest of titled files (the rest: manifests as fetched).
 FILE_KINDS = frozenset({"file", "hf", "s3", "blob"})
@@ -228,6 +231,10 @@ class Store:
             lock = self._ingest_locks[key] = DeferredLock()
         return lock
 
+    def ingests_in_use(self) -> set[str]:
+        """Ingest directories a writer holds right now."""
+        return {k for k, lock in self._ingest_locks.items() if lock.locked}
+
     def hold(self, digest: Digest) -> None:
         """Keep a blob alive for a download that has not stored its entry yet."""
         self._held[digest] += 1
@@ -267,6 +274,26 @@ class Store:
             )
 
         return d.addCallback(lambda _: self.blob_lock.run(delete_blobs))
+
+    def collect(self) -> Deferred[tuple[int, int]]:
+        """Remove every blob no entry references and no download holds; fire
+        with (blobs removed, bytes freed). Under the blob lock, like commits."""
+
+        def locked() -> Deferred[tuple[int, int]]:
+            keep = self.referenced()
+
+            def sweep() -> tuple[int, int]:
+                count = freed = 0
+                for p in self.layout.blobs_dir.iterdir():
+                    if not _HEX_RE.fullmatch(p.name) or Digest(p.name) in keep:
+                        continue
+                    freed += self.layout.remove_blob(Digest(p.name))
+                    count += 1
+                return count, freed
+
+            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sweep)
+
+        return self.blob_lock.run(locked)
 
     def _snapshot(self) -> dict[str, Any]:
         manifests = list(self._foreign) + [e.index_json() for e in self._entries.values()]

@@ -1,0 +1,79 @@
+"""Operator endpoints on the same listener: ``POST /admin/gc`` and ``GET /admin/du``.
+
+``gc`` removes blobs no entry references and ingest directories no running
+download uses (``?ingest-age=<seconds>``, default a day: newer partial
+downloads are kept so they can resume); ``du`` reports what the cache holds
+on disk. The CLI's ``gc`` and ``du`` call these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+
+from proxy.api.errors import json_error, render_error
+from proxy.cache.usage import usage
+from proxy.downloads import Downloads
+from proxy.errors import StorageError
+
+log = logging.getLogger(__name__)
+DEFAULT_INGEST_AGE = 24 * 3600.0
+
+
+class AdminAPI:
+    def __init__(self, downloads: Downloads) -> None:
+        self.downloads = downloads
+
+    def render(self, request: Any, path: bytes) -> Any:
+        if path == b"/admin/gc":
+            if request.method != b"POST":
+                request.setHeader(b"Allow", b"POST")
+                return json_error(request, 405, "METHOD_NOT_ALLOWED", "gc is a POST")
+            try:
+                age = float(request.args.get(b"ingest-age", [b"%f" % DEFAULT_INGEST_AGE])[0])
+            except ValueError:
+                age = -1.0
+            if not 0 <= age < 10**9:
+                return json_error(request, 400, "BAD_REQUEST", "ingest-age is seconds, >= 0")
+            gc = Deferred.fromCoroutine(self.downloads.gc(age))
+            return self._later(request, gc.addCallback(lambda report: report.to_json()))
+        if path == b"/admin/du":
+            if request.method not in (b"GET", b"HEAD"):
+                request.setHeader(b"Allow", b"GET, HEAD")
+                return json_error(request, 405, "METHOD_NOT_ALLOWED", "du is a GET")
+            store = self.downloads.store
+            reactor: Any = self.downloads.reactor
+            du = deferToThreadPool(
+                reactor, reactor.getThreadPool(), usage, store.layout, store.referenced()
+            )
+            entries = len(store.entries())
+            return self._later(
+                request, du.addCallback(lambda u: {**u.to_json(), "entries": entries})
+            )
+        return json_error(request, 404, "NOT_FOUND", "no such endpoint")
+
+    @staticmethod
+    def _later(request: Any, d: Deferred[Any]) -> Any:
+        def done(body: Any) -> None:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.write(json.dumps(body).encode() + b"\n")
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            if isinstance(f.value, StorageError):
+                data = render_error(request, f.value)
+            else:
+                log.error("admin request failed", exc_info=f.value)
+                data = json_error(request, 500, "INTERNAL_ERROR", "internal error (see the log)")
+            request.write(data)
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET

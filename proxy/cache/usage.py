@@ -1,0 +1,62 @@
+"""How much of the disk the cache uses (``storage-manager du``, ``GET /admin/du``).
+
+Blocking: call it from a thread. Shared blobs count once; "unreferenced" is
+what ``gc`` would free from ``blobs/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Set
+from typing import Any
+
+import attrs
+
+from proxy.cache.layout import Layout
+from proxy.types import Digest
+
+_HEX_RE = re.compile(r"[a-f0-9]{64}")
+
+
+@attrs.frozen
+class Usage:
+    blobs: int
+    blob_bytes: int
+    unreferenced_bytes: int
+    ingest_bytes: int
+    filesystem_bytes: int
+    filesystem_free: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "blobs": self.blobs,
+            "blobBytes": self.blob_bytes,
+            "unreferencedBytes": self.unreferenced_bytes,
+            "ingestBytes": self.ingest_bytes,
+            "totalBytes": self.blob_bytes + self.ingest_bytes,
+            "filesystem": {"bytes": self.filesystem_bytes, "free": self.filesystem_free},
+        }
+
+
+def usage(layout: Layout, referenced: Set[Digest]) -> Usage:
+    count = total = unreferenced = 0
+    for entry in os.scandir(layout.blobs_dir):
+        if not _HEX_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        size = entry.stat(follow_symlinks=False).st_size
+        count += 1
+        total += size
+        if Digest(entry.name) not in referenced:
+            unreferenced += size
+    ingest = 0
+    for dirpath, _dirs, files in os.walk(layout.ingest_dir):
+        for name in files:
+            try:
+                ingest += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                continue  # finished meanwhile
+    fs = os.statvfs(layout.root)
+    return Usage(
+        count, total, unreferenced, ingest, fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+    )
