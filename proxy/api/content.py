@@ -59,6 +59,9 @@ class ContentAPI:
     """Klein routes for /content around an injected :class:`Downloads`."""
 
     app = Klein()
+    # The base64 in a path may hold "//" (URLs with non-ASCII characters):
+    # werkzeug must not redirect it to a "merged" path.
+    app.url_map.merge_slashes = False
 
     def __init__(self, downloads: Downloads) -> None:
         self.downloads = downloads
