@@ -17,6 +17,9 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
@@ -32,6 +35,14 @@ from proxy.types import Descriptor
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 _B64_RE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+
+
+WATCH_INTERVAL = 0.5  # seconds between two progress documents of ?watch=1
+
+
+def _prefers_async(request: IRequest) -> bool:
+    prefer = (request.getHeader(b"prefer") or b"").decode("latin-1").lower()
+    return any(p.strip().split("=")[0] == "respond-async" for p in prefer.split(","))
 
 
 def decode_url(encoded: bytes) -> str:
@@ -198,12 +209,61 @@ class ContentAPI:
         return self._json(request, 200, {"entries": items})
 
     @app.route("/content/<path:_encoded>", methods=["GET", "HEAD"])
-    def get(self, request: IRequest, _encoded: str) -> bytes:
+    def get(self, request: IRequest, _encoded: str) -> Any:
         url = decode_url(self._encoded(request))
         found = self.describe(url)
         if found is None:
             raise EntryUnknown(f"{url} is not in the cache")
+        watch = request.args.get(b"watch", [b"0"])[0] not in (b"0", b"", b"false")
+        if watch and request.method == b"GET":
+            return Deferred.fromCoroutine(self._watch(request, url))
         return self._json(request, *found)
+
+    async def _watch(self, request: Any, url: str) -> bytes | None:
+        """Follow a download: one JSON document per change (at most every
+        WATCH_INTERVAL), as NDJSON, or as Server-Sent Events when the client
+        accepts ``text/event-stream``; the last one is the final state (with
+        ``error`` when the download failed), then the answer ends."""
+        sse = b"text/event-stream" in (request.getHeader(b"accept") or b"")
+        request.setResponseCode(200)
+        ctype = b"text/event-stream" if sse else b"application/x-ndjson"
+        request.setHeader(b"Content-Type", ctype)
+        request.setHeader(b"Cache-Control", b"no-store")
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
+        outcome: list[dict[str, Any]] = []
+        watched: Download | None = None
+
+        def failed(f: Failure) -> None:
+            err = f.value
+            if isinstance(err, StorageError):
+                outcome.append({"code": err.code, "message": err.message})
+            else:
+                outcome.append({"code": "INTERNAL_ERROR", "message": "see the server log"})
+
+        def send(body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            request.write(b"data: " + data + b"\n\n" if sse else data + b"\n")
+
+        last: Any = None
+        reactor: Any = self.downloads.reactor
+        while not gone:
+            job = self.downloads.running(url)
+            if job is not None and job is not watched:
+                watched = job
+                job.wait().addErrback(failed)
+            found = self.describe(url)
+            body = found[1] if found is not None else {"url": url, "state": "unknown"}
+            if outcome and job is None:
+                body = {**body, "state": "failed", "error": outcome[-1]}
+            done = job is None
+            if body != last or done:
+                send(body)
+                last = body
+            if done:
+                break
+            await deferLater(reactor, WATCH_INTERVAL, lambda: None)
+        return None if gone else b""  # Klein finishes the answer
 
     @app.route("/content/", methods=["POST"])
     @app.route("/content", methods=["POST"])
@@ -216,7 +276,16 @@ class ContentAPI:
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("body is not JSON") from None
         fetch_request = parse_post(body)
-        entry, created = await self.downloads.ensure(fetch_request)
+        pending = self.downloads.ensure(fetch_request)
+        if not pending.called and _prefers_async(request):
+            # RFC 7240: answer now; the client follows Location (?watch=1).
+            pending.addErrback(lambda _: None)  # the download reports its own failure
+            location = "/content/" + base64.urlsafe_b64encode(fetch_request.url.encode()).decode()
+            request.setHeader(b"Location", location.encode())
+            request.setHeader(b"Preference-Applied", b"respond-async")
+            found = self.describe(fetch_request.url)
+            return self._json(request, 202, found[1] if found else {"url": fetch_request.url})
+        entry, created = await pending
         return self._json(request, 201 if created else 200, self.describe_entry(entry))
 
     @app.route("/content/<path:_encoded>", methods=["DELETE"])
