@@ -51,7 +51,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Awaitable
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -128,20 +128,10 @@ class AzureUrl:
 
 
 def parse_azure_url(url: str) -> AzureUrl:
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "azure":
-        raise BadRequest(f"not an azure:// URL: {url[:100]}")
-    account = parts.netloc
-    if not _ACCOUNT_RE.fullmatch(account):
-        raise BadRequest(f"invalid Azure storage account name {account[:80]!r}")
-    if parts.query or parts.fragment:
-        raise BadRequest("azure:// URLs take no query or fragment")
-    container, _, raw = parts.path.lstrip("/").partition("/")
-    if not _CONTAINER_RE.fullmatch(container) or not parts.path.startswith("/"):
+    account, path = store.split_url(url, "azure", _ACCOUNT_RE, "Azure storage account name")
+    container, _, name = path.partition("/")
+    if not _CONTAINER_RE.fullmatch(container):
         raise BadRequest(f"invalid Azure container name {container[:80]!r}")
-    name = unquote(raw)
-    if len(name) > 1024 or any(c in name for c in "\r\n\0"):
-        raise BadRequest("Azure blob names are at most 1024 characters, without CR, LF or NUL")
     return AzureUrl(account, container, name)
 
 
@@ -328,34 +318,26 @@ class AzureFetcher:
             ANNOTATION_AZURE_ENDPOINT: api.endpoint,
         }
         if not ref.is_prefix:
-            title = store.base_name(ref.name)
-            if request.expected is not None:
-                size = await job.hold_existing(request.expected)
-                if size is not None:
-                    desc = Descriptor(
-                        MEDIA_TYPE_OCTET, request.expected, size, {ANNOTATION_TITLE: title}
-                    )
-                    return FetchResult(files=(desc,), primary=desc, kind=self.kind)
-            desc = await self._blob(api, ref.name, title, request, job)
-            ann = {k: v for k, v in desc.annotations.items() if k != ANNOTATION_TITLE}
-            return FetchResult(
-                files=(desc,), primary=desc, kind=self.kind, annotations={**common, **ann}
-            )
-        if request.expected is not None:
-            raise BadRequest("an expected digest can only be given for one blob")
-        found = await self._list(api, job)
-        await store.mark_interrupted(self.client, self.layout, request.url, self.kind, job)
+
+            def fetch() -> Awaitable[Descriptor]:
+                return self._blob(api, ref.name, store.base_name(ref.name), request, job)
+
+            return await store.one_object(request, job, self.kind, ref.name, common, fetch)
 
         def one(b: AzureBlob) -> Awaitable[Descriptor]:
             return self._blob(api, b.name, b.name[len(ref.name) :], request, job)
 
-        files = await store.download_all(found, one, self.parallel)
-        return FetchResult(
-            files=tuple(files),
-            primary=files[0],
-            kind=self.kind,
-            annotations={**common, ANNOTATION_AZURE_BLOB: ref.name},
-            artifact_type=ARTIFACT_TYPE,
+        return await store.all_objects(
+            self.client,
+            self.layout,
+            request,
+            job,
+            self.kind,
+            self._list(api, job),
+            one,
+            self.parallel,
+            {**common, ANNOTATION_AZURE_BLOB: ref.name},
+            ARTIFACT_TYPE,
         )
 
     def _request(self, api: _Account, method: str, url: str, job: Job) -> Any:

@@ -40,7 +40,7 @@ import os
 import re
 from collections.abc import Awaitable
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -83,18 +83,7 @@ class GcsUrl:
 
 
 def parse_gcs_url(url: str) -> GcsUrl:
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "gs":
-        raise BadRequest(f"not a gs:// URL: {url[:100]}")
-    bucket = parts.netloc
-    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-        raise BadRequest(f"invalid GCS bucket name {bucket[:80]!r}")
-    if parts.query or parts.fragment:
-        raise BadRequest("gs:// URLs take no query or fragment")
-    name = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
-    if len(name.encode()) > 1024 or any(c in name for c in "\r\n\0"):
-        raise BadRequest("GCS object names are at most 1024 bytes, without CR, LF or NUL")
-    return GcsUrl(bucket, name)
+    return GcsUrl(*store.split_url(url, "gs", _BUCKET_RE, "GCS bucket name"))
 
 
 def gcs_endpoint() -> str:
@@ -161,35 +150,27 @@ class GcsFetcher:
         api = _Api(gcs_endpoint(), ref.bucket, auth)
         common = {ANNOTATION_GCS_BUCKET: ref.bucket, ANNOTATION_GCS_ENDPOINT: api.endpoint}
         if not ref.is_prefix:
-            title = store.base_name(ref.name)
-            if request.expected is not None:
-                size = await job.hold_existing(request.expected)
-                if size is not None:
-                    desc = Descriptor(
-                        MEDIA_TYPE_OCTET, request.expected, size, {ANNOTATION_TITLE: title}
-                    )
-                    return FetchResult(files=(desc,), primary=desc, kind=self.kind)
-            await store.mark_interrupted(self.client, self.layout, request.url, self.kind, job)
-            desc = await self._object(api, ref.name, title, request, job)
-            ann = {k: v for k, v in desc.annotations.items() if k != ANNOTATION_TITLE}
-            return FetchResult(
-                files=(desc,), primary=desc, kind=self.kind, annotations={**common, **ann}
-            )
-        if request.expected is not None:
-            raise BadRequest("an expected digest can only be given for one object")
-        found = await self._list(api, ref, job)
-        await store.mark_interrupted(self.client, self.layout, request.url, self.kind, job)
+
+            async def fetch() -> Descriptor:
+                await store.mark_interrupted(self.client, self.layout, request.url, self.kind, job)
+                return await self._object(api, ref.name, store.base_name(ref.name), request, job)
+
+            return await store.one_object(request, job, self.kind, ref.name, common, fetch)
 
         def one(o: GcsObject) -> Awaitable[Descriptor]:
             return self._object(api, o.name, o.name[len(ref.name) :], request, job)
 
-        files = await store.download_all(found, one, self.parallel)
-        return FetchResult(
-            files=tuple(files),
-            primary=files[0],
-            kind=self.kind,
-            annotations={**common, ANNOTATION_GCS_OBJECT: ref.name},
-            artifact_type=ARTIFACT_TYPE,
+        return await store.all_objects(
+            self.client,
+            self.layout,
+            request,
+            job,
+            self.kind,
+            self._list(api, ref, job),
+            one,
+            self.parallel,
+            {**common, ANNOTATION_GCS_OBJECT: ref.name},
+            ARTIFACT_TYPE,
         )
 
     async def _get(self, api: _Api, url: str, job: Job) -> Any:

@@ -13,17 +13,19 @@ download, and a small request retried on 5xx and cuts.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import DeferredList, DeferredSemaphore
 
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
-from proxy.errors import SourceChanged, StorageError, UpstreamError
-from proxy.fetch.base import Job
+from proxy.errors import BadRequest, SourceChanged, StorageError, UpstreamError
+from proxy.fetch.base import FetchRequest, FetchResult, Job
 from proxy.fetch.transfer import HttpClient, Retryable
-from proxy.types import Descriptor
+from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +141,73 @@ async def small_request(client: HttpClient, job: Job, prepare: Prepare) -> Any:
             client.discard(response)
         await client.sleep(client.options.backoff * 2**attempt, job)
     raise AssertionError("unreachable")
+
+
+def split_url(
+    url: str, scheme: str, authority: re.Pattern[str] | None = None, what: str = "bucket name"
+) -> tuple[str, str]:
+    """The authority (checked against ``authority``) and the decoded path
+    (without its leading ``/``, at most 1024 bytes) of an object-store URL; no
+    query or fragment, no CR, LF or NUL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != scheme:
+        raise BadRequest(f"not an {scheme}:// URL: {url[:100]}")
+    if parts.query or parts.fragment:
+        raise BadRequest(f"{scheme}:// URLs take no query or fragment")
+    path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+    if any(c in path for c in "\r\n\0"):
+        raise BadRequest(f"{scheme}:// object names cannot contain CR, LF or NUL")
+    if len(path.encode()) > 1024:
+        raise BadRequest(f"{scheme}:// object names are at most 1024 bytes")
+    if authority is not None and (not authority.fullmatch(parts.netloc) or ".." in parts.netloc):
+        raise BadRequest(f"invalid {what} {parts.netloc[:80]!r}")
+    return parts.netloc, path
+
+
+async def one_object(
+    request: FetchRequest,
+    job: Job,
+    kind: str,
+    name: str,
+    common: dict[str, str],
+    fetch: Callable[[], Awaitable[Descriptor]],
+) -> FetchResult:
+    """The entry of one object ``name``: nothing fetched when the expected
+    digest is cached already; the layer's annotations (but its title) are the
+    entry's too."""
+    title = base_name(name)
+    if request.expected is not None:
+        size = await job.hold_existing(request.expected)
+        if size is not None:
+            desc = Descriptor(MEDIA_TYPE_OCTET, request.expected, size, {ANNOTATION_TITLE: title})
+            return FetchResult(files=(desc,), primary=desc, kind=kind)
+    desc = await fetch()
+    ann = {k: v for k, v in desc.annotations.items() if k != ANNOTATION_TITLE}
+    return FetchResult(files=(desc,), primary=desc, kind=kind, annotations={**common, **ann})
+
+
+async def all_objects(
+    client: HttpClient,
+    layout: Layout,
+    request: FetchRequest,
+    job: Job,
+    kind: str,
+    listed: Awaitable[Sequence[T]],
+    one: Callable[[T], Awaitable[Descriptor]],
+    parallel: int,
+    annotations: dict[str, str],
+    artifact_type: str,
+) -> FetchResult:
+    """The entry of every object under a prefix (``listed``), ``parallel`` at a time."""
+    if request.expected is not None:
+        raise BadRequest("an expected digest can only be given for one object")
+    objects = await listed
+    await mark_interrupted(client, layout, request.url, kind, job)
+    files = await download_all(objects, one, parallel)
+    return FetchResult(
+        files=tuple(files),
+        primary=files[0],
+        kind=kind,
+        annotations=annotations,
+        artifact_type=artifact_type,
+    )

@@ -42,7 +42,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -99,18 +99,7 @@ class S3Url:
 
 
 def parse_s3_url(url: str) -> S3Url:
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "s3":
-        raise BadRequest(f"not an s3:// URL: {url[:100]}")
-    bucket = parts.netloc
-    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
-        raise BadRequest(f"invalid S3 bucket name {bucket[:80]!r}")
-    if parts.query or parts.fragment:
-        raise BadRequest("s3:// URLs take no query or fragment")
-    key = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
-    if len(key.encode()) > 1024:
-        raise BadRequest("S3 keys are at most 1024 bytes")
-    return S3Url(bucket, key)
+    return S3Url(*store.split_url(url, "s3", _BUCKET_RE, "S3 bucket name"))
 
 
 def parse_s3_credentials(creds: Credentials | None) -> tuple[str, str, str | None] | None:
@@ -283,36 +272,26 @@ class S3Fetcher:
         endpoint = str(s3.meta.endpoint_url)
         common = {ANNOTATION_S3_BUCKET: ref.bucket, ANNOTATION_S3_ENDPOINT: endpoint}
         if not ref.is_prefix:
-            if request.expected is not None:
-                size = await job.hold_existing(request.expected)
-                if size is not None:
-                    desc = Descriptor(
-                        MEDIA_TYPE_OCTET,
-                        request.expected,
-                        size,
-                        {ANNOTATION_TITLE: store.base_name(ref.key)},
-                    )
-                    return FetchResult(files=(desc,), primary=desc, kind=self.kind)
-            desc = await self._object(s3, ref, ref.key, store.base_name(ref.key), request, job)
-            ann = {k: v for k, v in desc.annotations.items() if k != ANNOTATION_TITLE}
-            return FetchResult(
-                files=(desc,), primary=desc, kind=self.kind, annotations={**common, **ann}
-            )
-        if request.expected is not None:
-            raise BadRequest("an expected digest can only be given for one object")
-        objects = await self._list(s3, ref, job)
-        await store.mark_interrupted(self.client, self.layout, request.url, "s3", job)
+
+            def fetch() -> Awaitable[Descriptor]:
+                return self._object(s3, ref, ref.key, store.base_name(ref.key), request, job)
+
+            return await store.one_object(request, job, self.kind, ref.key, common, fetch)
 
         def one(o: S3Object) -> Awaitable[Descriptor]:
             return self._object(s3, ref, o.key, o.key[len(ref.key) :], request, job)
 
-        files = await store.download_all(objects, one, self.parallel)
-        return FetchResult(
-            files=tuple(files),
-            primary=files[0],
-            kind=self.kind,
-            annotations={**common, ANNOTATION_S3_KEY: ref.key},
-            artifact_type=ARTIFACT_TYPE,
+        return await store.all_objects(
+            self.client,
+            self.layout,
+            request,
+            job,
+            self.kind,
+            self._list(s3, ref, job),
+            one,
+            self.parallel,
+            {**common, ANNOTATION_S3_KEY: ref.key},
+            ARTIFACT_TYPE,
         )
 
     # -- errors --------------------------------------------------------------------
