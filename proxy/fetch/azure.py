@@ -317,26 +317,18 @@ class AzureFetcher:
             ANNOTATION_AZURE_CONTAINER: ref.container,
             ANNOTATION_AZURE_ENDPOINT: api.endpoint,
         }
-        if not ref.is_prefix:
 
-            def fetch() -> Awaitable[Descriptor]:
-                return self._blob(api, ref.name, store.base_name(ref.name), request, job)
+        def fetch(name: str, title: str) -> Awaitable[Descriptor]:
+            return self._blob(api, name, title, request, job)
 
-            return await store.one_object(request, job, self.kind, ref.name, common, fetch)
-
-        def one(b: AzureBlob) -> Awaitable[Descriptor]:
-            return self._blob(api, b.name, b.name[len(ref.name) :], request, job)
-
-        return await store.all_objects(
-            self.client,
-            self.layout,
-            request,
-            job,
-            self.kind,
-            self._list(api, job),
-            one,
+        return await store.entry(
+            *(self.client, self.layout, request, job, self.kind, ref.name),
+            lambda: self._list(api, job),
+            lambda b: b.name,
+            fetch,
             self.parallel,
-            {**common, ANNOTATION_AZURE_BLOB: ref.name},
+            common,
+            {ANNOTATION_AZURE_BLOB: ref.name},
             ARTIFACT_TYPE,
         )
 

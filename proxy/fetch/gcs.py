@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -149,27 +148,20 @@ class GcsFetcher:
         auth = gcs_authorization(request.credentials)
         api = _Api(gcs_endpoint(), ref.bucket, auth)
         common = {ANNOTATION_GCS_BUCKET: ref.bucket, ANNOTATION_GCS_ENDPOINT: api.endpoint}
-        if not ref.is_prefix:
 
-            async def fetch() -> Descriptor:
+        async def fetch(name: str, title: str) -> Descriptor:
+            if not ref.is_prefix:
                 await store.mark_interrupted(self.client, self.layout, request.url, self.kind, job)
-                return await self._object(api, ref.name, store.base_name(ref.name), request, job)
+            return await self._object(api, name, title, request, job)
 
-            return await store.one_object(request, job, self.kind, ref.name, common, fetch)
-
-        def one(o: GcsObject) -> Awaitable[Descriptor]:
-            return self._object(api, o.name, o.name[len(ref.name) :], request, job)
-
-        return await store.all_objects(
-            self.client,
-            self.layout,
-            request,
-            job,
-            self.kind,
-            self._list(api, ref, job),
-            one,
+        return await store.entry(
+            *(self.client, self.layout, request, job, self.kind, ref.name),
+            lambda: self._list(api, ref, job),
+            lambda o: o.name,
+            fetch,
             self.parallel,
-            {**common, ANNOTATION_GCS_OBJECT: ref.name},
+            common,
+            {ANNOTATION_GCS_OBJECT: ref.name},
             ARTIFACT_TYPE,
         )
 

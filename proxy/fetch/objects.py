@@ -211,3 +211,42 @@ async def all_objects(
         annotations=annotations,
         artifact_type=artifact_type,
     )
+
+
+async def entry(
+    client: HttpClient,
+    layout: Layout,
+    request: FetchRequest,
+    job: Job,
+    kind: str,
+    name: str,
+    listing: Callable[[], Awaitable[Sequence[T]]],
+    name_of: Callable[[T], str],
+    fetch: Callable[[str, str], Awaitable[Descriptor]],
+    parallel: int,
+    common: dict[str, str],
+    prefix_annotations: dict[str, str],
+    artifact_type: str,
+) -> FetchResult:
+    """The entry of ``name``: one object, or (a prefix) every object ``listing()``
+    gives; ``fetch(name, title)`` stores one object."""
+    if not is_prefix(name):
+        return await one_object(
+            request, job, kind, name, common, lambda: fetch(name, base_name(name))
+        )
+
+    def one(o: T) -> Awaitable[Descriptor]:
+        return fetch(name_of(o), name_of(o)[len(name) :])
+
+    return await all_objects(
+        client,
+        layout,
+        request,
+        job,
+        kind,
+        listing(),
+        one,
+        parallel,
+        {**common, **prefix_annotations},
+        artifact_type,
+    )

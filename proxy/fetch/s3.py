@@ -271,26 +271,18 @@ class S3Fetcher:
         s3 = await self.client.thread(self.signer.client, creds)
         endpoint = str(s3.meta.endpoint_url)
         common = {ANNOTATION_S3_BUCKET: ref.bucket, ANNOTATION_S3_ENDPOINT: endpoint}
-        if not ref.is_prefix:
 
-            def fetch() -> Awaitable[Descriptor]:
-                return self._object(s3, ref, ref.key, store.base_name(ref.key), request, job)
+        def fetch(key: str, title: str) -> Awaitable[Descriptor]:
+            return self._object(s3, ref, key, title, request, job)
 
-            return await store.one_object(request, job, self.kind, ref.key, common, fetch)
-
-        def one(o: S3Object) -> Awaitable[Descriptor]:
-            return self._object(s3, ref, o.key, o.key[len(ref.key) :], request, job)
-
-        return await store.all_objects(
-            self.client,
-            self.layout,
-            request,
-            job,
-            self.kind,
-            self._list(s3, ref, job),
-            one,
+        return await store.entry(
+            *(self.client, self.layout, request, job, self.kind, ref.key),
+            lambda: self._list(s3, ref, job),
+            lambda o: o.key,
+            fetch,
             self.parallel,
-            {**common, ANNOTATION_S3_KEY: ref.key},
+            common,
+            {ANNOTATION_S3_KEY: ref.key},
             ARTIFACT_TYPE,
         )
 
