@@ -46,6 +46,11 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         help="log level: 0 info, 1 debug, 2 trace (env VERBOSE, default 0)",
     )
     p.add_argument(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (default) or json: one JSON object per line (env NEKKO_LOG_FORMAT)",
+    )
+    p.add_argument(
         "--max-downloads",
         metavar="N",
         help="concurrent downloads (env NEKKO_MAX_DOWNLOADS, default 4)",
@@ -294,7 +299,7 @@ def serve(cfg: config_mod.Config) -> int:
 
     from proxy import logs, server
 
-    logs.setup(cfg.verbose)
+    logs.setup(cfg.verbose, json_lines=cfg.log_format == "json")
     try:
         srv = server.build(cfg, reactor)
         server.listen(srv, reactor)

@@ -97,6 +97,7 @@ class Config:
     retry_backoff: float = 0.5
     file_roots: tuple[Path, ...] = ()
     s3_addressing_style: str = "auto"
+    log_format: str = "text"
 
 
 # flag dest -> (environment variable, default as text)
@@ -118,6 +119,7 @@ ENV: dict[str, tuple[str, str]] = {
     "retry_backoff": ("NEKKO_RETRY_BACKOFF", "0.5"),
     "allow_file_import": ("NEKKO_ALLOW_FILE_IMPORT", ""),
     "s3_addressing_style": ("NEKKO_S3_ADDRESSING_STYLE", "auto"),
+    "log_format": ("NEKKO_LOG_FORMAT", "text"),
 }
 
 
@@ -194,6 +196,9 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     name_s, style = pick("s3_addressing_style")
     if style.strip().lower() not in ("auto", "path", "virtual"):
         raise ConfigError(f"{name_s} must be auto, path or virtual, not {style!r}")
+    name_l, log_format = pick("log_format")
+    if log_format.strip().lower() not in ("text", "json"):
+        raise ConfigError(f"{name_l} must be text or json, not {log_format!r}")
     return Config(
         cache_dir=Path(cache_dir).expanduser(),
         address=addr,
@@ -212,4 +217,5 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         retry_backoff=backoff,
         file_roots=tuple(roots),
         s3_addressing_style=style.strip().lower(),
+        log_format=log_format.strip().lower(),
     )

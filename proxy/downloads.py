@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from proxy import metrics
 from proxy.cache import artifact, views
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import ingest_key, is_disk_full
@@ -294,6 +295,10 @@ class Downloads:
             return None
         return self._interrupted.get(url)
 
+    def active(self) -> int:
+        """Downloads running or waiting for a slot."""
+        return len(self._running)
+
     def urls(self) -> list[str]:
         urls = dict.fromkeys(e.url for e in self.store.entries())
         urls.update(dict.fromkeys(self._running))
@@ -366,6 +371,8 @@ class Downloads:
             return
         log.info("downloading %s", redact_url(url))
         job.state = "downloading"
+        started = time.monotonic()
+        scheme = job.request.scheme
         try:
             job.check_cancelled()
             result = await fetcher.fetch(job.request, job)
@@ -384,6 +391,9 @@ class Downloads:
             await self._note_interrupted(url)
             if isinstance(failure.value, OSError) and is_disk_full(failure.value):
                 failure = Failure(DiskFull("no space left in the cache"))
+            code = failure.value.code if isinstance(failure.value, StorageError) else "INTERNAL"
+            metrics.DOWNLOADS.labels(scheme, "failed").observe(time.monotonic() - started)
+            metrics.UPSTREAM_ERRORS.labels(scheme, code).inc()
             if isinstance(failure.value, StorageError):
                 log.warning("download of %s failed: %s", redact_url(url), failure.value.message)
             else:
@@ -396,6 +406,7 @@ class Downloads:
         for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
         primary = entry.primary
+        metrics.DOWNLOADS.labels(scheme, "stored").observe(time.monotonic() - started)
         log.info("stored %s as %s (%d bytes)", redact_url(url), primary.digest, primary.size)
         job.settle((entry, True))
 

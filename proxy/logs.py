@@ -1,5 +1,6 @@
 """Logging: levels from ``--verbose``, Twisted's log bridged into ``logging``,
-and one access-log line per request with secrets removed.
+and one access-log line per request with secrets removed; text lines, or
+with ``--log-format json`` one JSON object per line.
 
 The access line shows the /content path with its base64 decoded (so an
 operator reads the URL) and redacted: no userinfo password, no signature or
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -21,6 +23,7 @@ from twisted.web import http
 from twisted.web.server import Request, Site
 
 from proxy.api.channel import PlainHTTPChannel
+from proxy.metrics import observe_request
 from proxy.redact import redact_url
 
 TRACE = 5
@@ -95,12 +98,32 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def setup(verbose: int) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers; access lines carry their
+    fields (peer, method, path, status, bytes, seconds) as keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+            + f".{int(record.msecs):03d}"
+            + time.strftime("%z", time.localtime(record.created)),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        doc.update(getattr(record, "access", None) or {})
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup(verbose: int, json_lines: bool = False) -> None:
     level = {0: logging.INFO, 1: logging.DEBUG}.get(verbose, TRACE)
     handler = _Handler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(FORMAT))
     _access.flush()
-    _access.handler = handler
+    # The batched access lines are text lines: JSON ones go through logging.
+    _access.handler = None if json_lines else handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -167,12 +190,30 @@ class LoggingSite(Site):
 def log_access(
     peer: str, method: str, path: str, proto: str, code: int, sent: int, duration: float
 ) -> None:
-    """The access-log line of one answered request."""
+    """The access-log line of one answered request (and its metrics)."""
+    observe_request(method, path, code, sent)
     if not access_log.isEnabledFor(logging.INFO):
         return
     if _access.usable():
         _access.add(f'{peer} "{method} {path} {proto}" {code} {sent} {duration:.3f}s')
     else:
+        fields = {
+            "peer": peer,
+            "method": method,
+            "path": path,
+            "protocol": proto,
+            "status": code,
+            "bytes": sent,
+            "seconds": round(duration, 6),
+        }
         access_log.info(
-            '%s "%s %s %s" %d %d %.3fs', peer, method, path, proto, code, sent, duration
+            '%s "%s %s %s" %d %d %.3fs',
+            peer,
+            method,
+            path,
+            proto,
+            code,
+            sent,
+            duration,
+            extra={"access": fields},
         )

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 from twisted.python.threadpool import ThreadPool
 
+from proxy import metrics
 from proxy.api.admin import AdminAPI
 from proxy.api.content import ContentAPI
 from proxy.api.registry import RegistryAPI
@@ -101,6 +102,7 @@ def build(config: Config, reactor: Any) -> Server:
     }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
+    metrics.bind(downloads.active, lambda: len(store.entries()), store.referenced_bytes)
     views.sync(layout, store.entries())
     content = ContentAPI(downloads)
     pool = ThreadPool(minthreads=0, maxthreads=32, name="sendfile")

@@ -1,7 +1,8 @@
 """The root resource: sends each request to the API that owns its path.
 
 ``/v2`` → :class:`proxy.api.registry.RegistryAPI` (first: it is the hot path);
-``/content`` → :class:`proxy.api.content.ContentAPI`; ``/admin/`` →
+``/content`` → :class:`proxy.api.content.ContentAPI`; ``/metrics`` →
+Prometheus text (:mod:`proxy.metrics`); ``/admin/`` →
 :class:`proxy.api.admin.AdminAPI` (gc, du); ``/healthz`` and
 ``/readyz`` → health checks (always open: they are what probes call).
 With an API token, changes always need it, and with ``protect_reads`` every
@@ -15,6 +16,7 @@ registry API with ``<registry>`` as its namespace; any other proxy request is
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -22,6 +24,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from werkzeug.exceptions import BadHost
 
+from proxy import metrics
 from proxy.api.access import REALM, authorized
 from proxy.api.admin import AdminAPI
 from proxy.api.content import ContentAPI
@@ -80,11 +83,25 @@ class Root(Resource):
                 request.setHeader(b"WWW-Authenticate", REALM)
                 return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
             return self._admin.render(request, path)
+        if path == b"/metrics":
+            if self._protect_reads and not authorized(request, self._api_token):
+                request.setHeader(b"WWW-Authenticate", REALM)
+                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
+            body, ctype = metrics.exposition()
+            request.setHeader(b"Content-Type", ctype)
+            return body
         if path == b"/healthz":
             return self._json(request, 200, {"status": "ok"})
         if path == b"/readyz":
-            ok = self._layout.index_path.exists()
-            return self._json(request, 200 if ok else 503, {"ready": ok})
+            layout = self._layout
+            checks = {
+                "indexLoaded": layout.index_path.is_file(),
+                "cacheWritable": all(
+                    os.access(p, os.W_OK | os.X_OK) for p in (layout.blobs_dir, layout.ingest_dir)
+                ),
+            }
+            ok = all(checks.values())
+            return self._json(request, 200 if ok else 503, {"ready": ok, "checks": checks})
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
 
     @staticmethod

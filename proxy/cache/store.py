@@ -231,6 +231,16 @@ class Store:
             lock = self._ingest_locks[key] = DeferredLock()
         return lock
 
+    def referenced_bytes(self) -> int:
+        """Bytes of the blobs the entries reference, each blob once (manifests
+        and files; a config counts when the entry lists it)."""
+        sizes: dict[Digest, int] = {}
+        for e in self._entries.values():
+            sizes[e.descriptor.digest] = e.descriptor.size
+            for f in e.files:
+                sizes[f.digest] = f.size
+        return sum(sizes.values())
+
     def ingests_in_use(self) -> set[str]:
         """Ingest directories a writer holds right now."""
         return {k for k, lock in self._ingest_locks.items() if lock.locked}

@@ -53,6 +53,7 @@ from proxy.errors import (
 from proxy.fetch.base import BlobProgress, Job
 from proxy.fetch.reach import GuardedEndpointFactory, ReachPolicy
 from proxy.fetch.stream import BodyCut, stream_body
+from proxy.metrics import INGESTED
 from proxy.redact import redact_url
 from proxy.types import Digest
 
@@ -402,6 +403,7 @@ async def _attempt(
 
     def on_bytes(n: int) -> None:
         blob.done += n
+        INGESTED.inc(n)
 
     def on_written(offset: int) -> None:
         blob.written = offset

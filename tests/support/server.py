@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-_LISTEN_RE = re.compile(r"listening on (http://\S+|unix:\S+)")
+_LISTEN_RE = re.compile(r'listening on (http://[^\s"]+|unix:[^\s"]+)')
 
 
 class ServerProcess:

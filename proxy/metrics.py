@@ -1,0 +1,129 @@
+"""Prometheus metrics (``GET /metrics``), with ``prometheus-client``.
+
+Requests are counted where their access-log line is written (every answer,
+the fast blob path included), so no request path pays twice; hits and misses
+are read off the same answers: a ``/v2`` blob or manifest answered from the
+cache is a hit, a 404 a miss, and a ``/content`` POST that found its URL
+cached (200) a hit, one that downloaded (201) a miss. Cache size, entries
+and running downloads are read from the server when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+
+REQUESTS = Counter(
+    "storage_manager_http_requests",
+    "HTTP requests answered, by route, method and status",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+SERVED = Counter(
+    "storage_manager_served_bytes",
+    "Bytes of answers sent, by route",
+    ["route"],
+    registry=REGISTRY,
+)
+CACHE = Counter(
+    "storage_manager_cache_requests",
+    "Cache lookups: /v2 blobs and manifests, /content POSTs; result hit or miss",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+INGESTED = Counter(
+    "storage_manager_ingested_bytes",
+    "Bytes received from upstreams and written to the cache",
+    registry=REGISTRY,
+)
+DOWNLOADS = Histogram(
+    "storage_manager_download_duration_seconds",
+    "Downloads (one POSTed URL, all its blobs) from start to end, by scheme and result",
+    ["scheme", "result"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")),
+    registry=REGISTRY,
+)
+UPSTREAM_ERRORS = Counter(
+    "storage_manager_upstream_errors",
+    "Downloads that failed, by scheme and error code",
+    ["scheme", "code"],
+    registry=REGISTRY,
+)
+ACTIVE = Gauge("storage_manager_active_downloads", "Downloads running or queued", registry=REGISTRY)
+ENTRIES = Gauge("storage_manager_cache_entries", "Entries in the cache", registry=REGISTRY)
+SIZE = Gauge(
+    "storage_manager_cache_size_bytes",
+    "Bytes of the blobs the cache's entries reference (shared blobs once)",
+    registry=REGISTRY,
+)
+
+
+def bind(active: Callable[[], int], entries: Callable[[], int], size: Callable[[], int]) -> None:
+    """Read the gauges from the running server when scraped."""
+    ACTIVE.set_function(active)
+    ENTRIES.set_function(entries)
+    SIZE.set_function(size)
+
+
+def route_of(path: str) -> str:
+    """A low-cardinality name for a request path."""
+    if path.startswith("/v2"):
+        if "/blobs/uploads" in path:
+            return "v2_upload"
+        if "/blobs/" in path:
+            return "v2_blob"
+        if "/manifests/" in path:
+            return "v2_manifest"
+        if path.endswith("/tags/list") or "/tags/list?" in path:
+            return "v2_tags"
+        if path.startswith("/v2/_catalog"):
+            return "v2_catalog"
+        return "v2"
+    if path.startswith("http://") or path.startswith("https://"):
+        return "forward_proxy"
+    for prefix in ("/content", "/admin", "/metrics", "/healthz", "/readyz", "/hf"):
+        if path.startswith(prefix):
+            return prefix[1:]
+    return "other"
+
+
+_children: dict[tuple[str, str, int], tuple[Counter, Counter]] = {}
+
+
+def observe_request(method: str, path: str, code: int, sent: int) -> None:
+    """Count one answered request (cheap: children are cached)."""
+    key = (route_of(path), method, code)
+    child = _children.get(key)
+    if child is None:
+        route = key[0]
+        child = (REQUESTS.labels(route, method, str(code)), SERVED.labels(route))
+        if len(_children) < 10_000:  # methods are client input: keep it bounded
+            _children[key] = child
+    child[0].inc()
+    if sent:
+        child[1].inc(sent)
+    route = key[0]
+    if route in ("v2_blob", "v2_manifest") and method in ("GET", "HEAD"):
+        if code in (200, 206, 304, 416):
+            CACHE.labels(route[3:], "hit").inc()
+        elif code == 404:
+            CACHE.labels(route[3:], "miss").inc()
+    elif route == "content" and method == "POST" and code in (200, 201):
+        CACHE.labels("content", "hit" if code == 200 else "miss").inc()
+
+
+def exposition() -> tuple[bytes, bytes]:
+    """The body and Content-Type of ``GET /metrics``."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode()
