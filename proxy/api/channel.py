@@ -20,6 +20,7 @@ as before, as does everything after it until the connection is idle again.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from twisted.web.http import HTTPChannel
@@ -66,6 +67,30 @@ class PlainHTTPChannel(HTTPChannel):
                 self.resetTimeout()  # type: ignore[no-untyped-call]
                 return
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header line longer than ``MAX_LENGTH``: answer
+        414 or 431 with a JSON error, rather than Twisted's silent close."""
+        first = getattr(self, "_HTTPChannel__first_line", 0)
+        status, phrase, what = (
+            (414, b"URI Too Long", "request line")
+            if first
+            else (431, b"Request Header Fields Too Large", "header line")
+        )
+        self._refuse(status, phrase, f"{what} longer than {self.MAX_LENGTH} bytes")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's answer to a malformed request line or headers over
+        ``totalHeadersSize``: the same 400, with a JSON error body."""
+        self._refuse(400, b"Bad Request", "malformed request line or headers too large")
+
+    def _refuse(self, status: int, phrase: bytes, message: str) -> None:
+        body = json.dumps({"error": {"code": "BAD_REQUEST", "message": message}}).encode()
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" % (status, phrase)
+        head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        assert self.transport is not None
+        self.transport.write(head + body)
+        self.loseConnection()  # type: ignore[no-untyped-call]
 
     def send(self, data: bytes) -> None:
         """Write an answer: straight to the socket when Twisted has nothing
