@@ -269,3 +269,22 @@ def test_profile_and_modelkit_variables(tmp_path: Path, moto_auth: MotoS3) -> No
         r = c.post("/content/", json={"url": "s3://private/m.bin"})
         assert r.status_code in (400, 401), r.text
     assert m.secret_key not in srv.log()
+
+
+def test_a_versioned_object_is_fetched_by_its_version(tmp_path: Path, moto: MotoS3) -> None:
+    s3 = moto.boto()
+    s3.create_bucket(Bucket="versioned")
+    s3.put_bucket_versioning(Bucket="versioned", VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket="versioned", Key="m.bin", Body=b"first")
+    second = s3.put_object(Bucket="versioned", Key="m.bin", Body=b"second version")
+    cache = tmp_path / "cache"
+    with ServerProcess(cache, env=moto.server_env()) as srv, srv.client() as c:
+        r = c.post("/content/", json={"url": "s3://versioned/m.bin"})
+        assert r.status_code == 201, r.text
+        assert r.json()["digest"] == sha(b"second version")
+    layer = manifest_of(cache, index_entry(cache, "s3://versioned/m.bin"))["layers"][0]
+    ann = layer["annotations"]
+    assert ann["io.nekko.storage-manager.s3.version-id"] == second["VersionId"]
+    assert ann["io.nekko.storage-manager.s3.etag"] == second["ETag"]
+    gets = [t for m, t, _ in moto.requests() if m == "GET" and "/versioned/m.bin" in t]
+    assert gets and all(f"versionId={second['VersionId']}" in t for t in gets), gets
