@@ -147,7 +147,7 @@ def ls(client: Client, as_json: bool) -> int:
         _dump(entries)
         return OK
     table = Table(box=None, header_style="bold")
-    for col in ("URL", "REFERENCE", "DIGEST", "SIZE", "STATE", "CREATED"):
+    for col in ("URL", "REFERENCE", "DIGEST", "SIZE", "STATE", "LAST USED"):
         table.add_column(col, overflow="fold")
     for e in entries:
         table.add_row(
@@ -156,7 +156,7 @@ def ls(client: Client, as_json: bool) -> int:
             (e.get("digest") or "")[:19],
             _size(e.get("size")),
             e.get("state", ""),
-            e.get("created") or "",
+            e.get("lastUsed") or e.get("created") or "",
         )
     Console(width=max(160, Console().width)).print(table)
     return OK
@@ -188,7 +188,16 @@ def inspect(client: Client, target: str, as_json: bool) -> int:
         return OK
     for e in body.get("entries", [body]):
         print(e["url"])
-        for key in ("state", "kind", "reference", "digest", "manifestDigest", "path", "created"):
+        for key in (
+            "state",
+            "kind",
+            "reference",
+            "digest",
+            "manifestDigest",
+            "path",
+            "created",
+            "lastUsed",
+        ):
             if e.get(key):
                 print(f"  {key:<15}{e[key]}")
         print(f"  {'size':<15}{_size(e.get('size'))} ({e.get('bytesDone', 0)} done)")

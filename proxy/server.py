@@ -9,6 +9,7 @@ import stat
 from typing import Any
 
 import attrs
+from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
 from proxy import metrics
@@ -37,6 +38,7 @@ from proxy.logs import LoggingSite
 from proxy.mirror import Mirror
 
 log = logging.getLogger("proxy")
+LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
 
 
 class StartupError(Exception):
@@ -102,6 +104,11 @@ def build(config: Config, reactor: Any) -> Server:
     }
     downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
     downloads.scan_ingest()
+    # Last uses reach disk in batches (and once more at shutdown).
+    saver = LoopingCall(store.save_last_used)
+    saver.clock = reactor
+    saver.start(LAST_USED_INTERVAL, now=False)
+    reactor.addSystemEventTrigger("before", "shutdown", store.save_last_used)
     metrics.bind(downloads.active, lambda: len(store.entries()), store.referenced_bytes)
     views.sync(layout, store.entries())
     content = ContentAPI(downloads)

@@ -13,6 +13,7 @@ import binascii
 import json
 import logging
 import re
+import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -38,6 +39,12 @@ _B64_RE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 
 WATCH_INTERVAL = 0.5  # seconds between two progress documents of ?watch=1
+
+
+def _rfc3339(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _prefers_async(request: IRequest) -> bool:
@@ -108,6 +115,7 @@ class ContentAPI:
             "reference": entry.reference,
             "kind": entry.kind,
             "created": entry.created or None,
+            "lastUsed": _rfc3339(self.downloads.store.last_used(entry.url)),
             "blobs": [self._blob_json(f, state) for f in entry.files],
             **self._view_json(entry),
         }
@@ -153,9 +161,13 @@ class ContentAPI:
             "blobs": [],
         }
 
-    def describe(self, url: str) -> tuple[int, dict[str, Any]] | None:
+    def describe(self, url: str, use: bool = False) -> tuple[int, dict[str, Any]] | None:
+        """The answer about ``url``; ``use``: a client asked for this entry
+        (it counts as a use, for eviction)."""
         entry = self.downloads.store.get(url)
         if entry is not None and entry.complete:
+            if use:
+                self.downloads.store.touch(url)
             return 200, self.describe_entry(entry)
         job = self.downloads.running(url)
         if job is not None:
@@ -211,7 +223,7 @@ class ContentAPI:
     @app.route("/content/<path:_encoded>", methods=["GET", "HEAD"])
     def get(self, request: IRequest, _encoded: str) -> Any:
         url = decode_url(self._encoded(request))
-        found = self.describe(url)
+        found = self.describe(url, use=True)
         if found is None:
             raise EntryUnknown(f"{url} is not in the cache")
         watch = request.args.get(b"watch", [b"0"])[0] not in (b"0", b"", b"false")
@@ -286,6 +298,8 @@ class ContentAPI:
             found = self.describe(fetch_request.url)
             return self._json(request, 202, found[1] if found else {"url": fetch_request.url})
         entry, created = await pending
+        if not created:
+            self.downloads.store.touch(entry.url)
         return self._json(request, 201 if created else 200, self.describe_entry(entry))
 
     @app.route("/content/<path:_encoded>", methods=["DELETE"])

@@ -164,6 +164,7 @@ class RegistryAPI:
 
         self._blobs_dir = str(layout.blobs_dir) + os.sep
         self._date = (0, b"")
+        self._touch = catalog.touch_blob  # a read is a use of every entry holding the blob
 
     def _http_date(self) -> bytes:
         now = int(time.time())
@@ -248,6 +249,7 @@ class RegistryAPI:
             if fd >= 0:
                 os.close(fd)
         digest = b"sha256:" + hex_
+        self._touch(hex_.decode("ascii"))
         channel.send(
             b"".join(
                 (
@@ -413,6 +415,7 @@ class RegistryAPI:
             request.finish()
 
     def _serve_manifest(self, request: Any, digest: Digest) -> Any:
+        self._touch(digest.hex)
         known = self.catalog.known_media_type(digest)
         d = deferToThread(self._read_manifest, digest, known)
 
@@ -508,6 +511,7 @@ class RegistryAPI:
             if registry is None or self.mirror is None:
                 raise OciError("BLOB_UNKNOWN", f"{digest} is not in this cache") from None
             return self._fill(request, registry, name, digest)
+        self._touch(digest.hex)
         try:
             size = os.fstat(fd).st_size
             self._blob_headers(request, name, digest)

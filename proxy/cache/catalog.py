@@ -65,6 +65,9 @@ class Catalog:
         self._store = store
         self._upstream = normalize_registry(upstream) if upstream else None
 
+    def touch_blob(self, hex_: str) -> None:
+        self._store.touch_blob(hex_)
+
     def _all(self) -> list[Served]:
         out = []
         for entry in self._store.entries():

@@ -25,6 +25,9 @@ downloads in progress::
                                   Last-Modified), expected/verified digest
         data                      the bytes received so far (resume point)
       ingest/<key>/blob-<n>.tmp   small blobs (manifests) being written
+      last-used.json              {url: seconds since the epoch} of each entry's
+                                  last use, written in batches (atomically);
+                                  not part of the OCI layout, safe to delete
       .lock                       flock(2) held by the one process that writes
 
 Invariants: a file appears under ``blobs/`` only by ``rename(2)`` after its
@@ -158,7 +161,7 @@ class Layout:
     def remove_stray_temp_files(self) -> list[Path]:
         """Remove temporary files this program leaves behind after a crash."""
         removed = []
-        for p in self.root.glob("index.json.tmp-*"):
+        for p in [*self.root.glob("index.json.tmp-*"), *self.root.glob("last-used.json.tmp-*")]:
             p.unlink(missing_ok=True)
             removed.append(p)
         return removed
@@ -188,6 +191,30 @@ class Layout:
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(path.parent)
+
+    # -- last use --------------------------------------------------------------
+
+    @property
+    def last_used_path(self) -> Path:
+        return self.root / "last-used.json"
+
+    def read_last_used(self) -> dict[str, float]:
+        """The recorded last uses; empty when missing or unreadable."""
+        try:
+            with open(self.last_used_path, "rb") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {
+            k: float(v)
+            for k, v in data.items()
+            if isinstance(k, str) and isinstance(v, int | float)
+        }
+
+    def write_last_used(self, times: dict[str, float]) -> None:
+        self._write_atomic(self.last_used_path, json.dumps(times).encode())
 
     # -- blobs ---------------------------------------------------------------
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+import time
 from collections import Counter
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
@@ -120,6 +121,12 @@ class Store:
         self.blob_lock = DeferredLock()
         self._held: Counter[Digest] = Counter()
         self._ingest_locks: dict[str, DeferredLock] = {}
+        # Last use per entry URL (seconds since the epoch), saved in batches to
+        # last-used.json, never by rewriting index.json; and which entries use a
+        # blob (by its hex), so a /v2 read of any of its blobs counts as a use.
+        self._last_used: dict[str, float] = {}
+        self._users: dict[str, set[str]] = {}
+        self._used_dirty = False
 
     # -- loading (blocking; at startup, before the reactor serves) ----------------
 
@@ -146,6 +153,9 @@ class Store:
                 self._foreign_blobs |= set(self._closure(desc))
             else:
                 self._entries[entry.url] = entry
+                self._index_users(entry)
+        recorded = self.layout.read_last_used()
+        self._last_used = {u: t for u, t in recorded.items() if u in self._entries}
 
     def _closure(self, desc: Descriptor) -> dict[Digest, Descriptor]:
         """Descriptors reachable from ``desc`` through manifests on disk, in
@@ -263,14 +273,67 @@ class Store:
 
     # -- changes -------------------------------------------------------------
 
+    # -- last use ------------------------------------------------------------
+
+    def _index_users(self, entry: Entry) -> None:
+        for d in entry.blobs:
+            self._users.setdefault(d.hex, set()).add(entry.url)
+
+    def _unindex_users(self, entry: Entry) -> None:
+        for d in entry.blobs:
+            users = self._users.get(d.hex)
+            if users is not None:
+                users.discard(entry.url)
+                if not users:
+                    del self._users[d.hex]
+
+    def touch(self, url: str) -> None:
+        """The entry of ``url`` was just used (a /content GET or POST)."""
+        if url in self._entries:
+            self._last_used[url] = time.time()
+            self._used_dirty = True
+
+    def touch_blob(self, hex_: str) -> None:
+        """A blob was just read through /v2: every entry holding it was used."""
+        users = self._users.get(hex_)
+        if users:
+            now = time.time()
+            for url in users:
+                self._last_used[url] = now
+            self._used_dirty = True
+
+    def last_used(self, url: str) -> float | None:
+        return self._last_used.get(url)
+
+    def save_last_used(self) -> Deferred[None]:
+        """Write the last-use times if they changed (atomically, in a thread)."""
+        if not self._used_dirty:
+            return succeed(None)
+        self._used_dirty = False
+        snapshot = dict(self._last_used)
+        return deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), self.layout.write_last_used, snapshot
+        )
+
+    # -- changes -------------------------------------------------------------
+
     def put(self, entry: Entry) -> Deferred[None]:
         """Add or replace an entry and persist index.json."""
+        old = self._entries.get(entry.url)
+        if old is not None:
+            self._unindex_users(old)
         self._entries[entry.url] = entry
+        self._index_users(entry)
+        self._last_used[entry.url] = time.time()
+        self._used_dirty = True
         return self._persist()
 
     def remove(self, url: str) -> Deferred[int]:
         """Remove an entry and the blobs only it referenced; fire with bytes freed."""
         entry = self._entries.pop(url)
+        self._unindex_users(entry)
+        if self._last_used.pop(url, None) is not None:
+            self._used_dirty = True
         d = self._persist()
 
         def delete_blobs() -> Deferred[int]:
