@@ -48,6 +48,32 @@ def _sync_file_range() -> Any:
 
 _start_writeback = _sync_file_range()
 
+# glibc's malloc serves blocks of 128 KiB and more (its starting threshold) with
+# mmap(2) and returns freed heap above 128 KiB to the kernel: every received
+# buffer of a download then lands in fresh pages, and their page faults cost
+# about a sixth of the CPU of an ingest. Keeping blocks up to 2 MiB in the heap,
+# and up to 32 MiB of free heap mapped, reuses the same pages instead.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_tuned = False
+
+
+def tune_allocator() -> None:
+    """Once per process (glibc only; the MALLOC_*_ environment variables win)."""
+    global _tuned
+    if _tuned:
+        return
+    _tuned = True
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt(_M_MMAP_THRESHOLD, 2 * 1024 * 1024)
+    mallopt(_M_TRIM_THRESHOLD, 32 * 1024 * 1024)
+
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     """Write every byte of ``data`` at ``offset``."""
@@ -199,6 +225,7 @@ class IngestSink:
         resume: Callable[[], None],
         on_written: Callable[[int], None] | None = None,
     ) -> None:
+        tune_allocator()
         self._reactor = reactor
         self._on_written = on_written
         self._ingest = ingest
