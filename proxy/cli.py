@@ -1,6 +1,6 @@
 """The ``storage-manager`` command: ``serve`` (the default) and its flags,
 ``verify``, and the operator commands of :mod:`proxy.commands` (``pull``,
-``ls``, ``inspect``, ``rm``, ``gc``, ``du``).
+``ls``, ``inspect``, ``rm``, ``gc``, ``du``, ``pin``, ``unpin``).
 
 Exit codes: 0 success; 1 failure (``serve``: cache locked, cannot listen;
 ``verify``: a problem found; the others: the operation failed); 2 bad flags
@@ -56,6 +56,18 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         help="concurrent downloads (env NEKKO_MAX_DOWNLOADS, default 4)",
     )
     p.add_argument(
+        "--max-cache-size",
+        metavar="SIZE",
+        help="evict least recently used entries above this: bytes (500M, 50G) or a share "
+        "of the filesystem (80%%) (env NEKKO_MAX_CACHE_SIZE, default unlimited)",
+    )
+    p.add_argument(
+        "--cache-low-watermark",
+        metavar="PERCENT",
+        help="eviction frees space down to this share of --max-cache-size "
+        "(env NEKKO_CACHE_LOW_WATERMARK, default 90%%)",
+    )
+    p.add_argument(
         "--allow-upstream",
         metavar="HOSTS",
         help="comma-separated hosts (host or host:port) downloads, redirects and mirror fills "
@@ -86,6 +98,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         const="1",
         help="pull-through mirror: fill /v2 misses from the upstream registry "
         "(env NEKKO_MIRROR=1; default off: serve the cache only)",
+    )
+    p.add_argument(
+        "--allow-push",
+        action="store_const",
+        const="1",
+        help="accept pushes on /v2 (blob uploads, manifests), with --api-token only with "
+        "the token (env NEKKO_ALLOW_PUSH=1; default off: /v2 is read-only)",
     )
     p.add_argument(
         "--manifest-ttl",
@@ -199,6 +218,10 @@ def make_parser() -> argparse.ArgumentParser:
     _client_flags(gc)
     du = sub.add_parser("du", help="disk usage of the cache")
     _client_flags(du)
+    for name, text in (("pin", "never evict an entry"), ("unpin", "let an entry be evicted")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("url")
+        _client_flags(p)
     return parser
 
 
@@ -258,6 +281,8 @@ def run_command(args: argparse.Namespace, cfg: config_mod.Config) -> int:
                 return commands.inspect(client, args.target, args.json)
             if args.command == "rm":
                 return commands.rm(client, args.url, args.json)
+            if args.command in ("pin", "unpin"):
+                return commands.pin(client, args.url, args.command == "pin", args.json)
             if args.command == "gc":
                 return commands.gc(client, args.ingest_age, args.json)
             return commands.du(client, args.json)

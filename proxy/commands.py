@@ -1,4 +1,5 @@
-"""The operator commands: ``pull``, ``ls``, ``inspect``, ``rm``, ``gc``, ``du``.
+"""The operator commands: ``pull``, ``ls``, ``inspect``, ``rm``, ``gc``, ``du``,
+``pin`` and ``unpin``.
 
 Each talks to the server of the cache (see :mod:`proxy.client`) through the
 same API as any client, and prints for a person (a table, a progress bar on
@@ -232,6 +233,17 @@ def gc(client: Client, ingest_age: float, as_json: bool) -> int:
             f"removed {b['blobsRemoved']} unreferenced blobs and {b['ingestRemoved']} "
             f"stale downloads: {_size(b['bytesFreed'])} freed"
         )
+    return OK
+
+
+def pin(client: Client, url: str, on: bool, as_json: bool) -> int:
+    answer = client.request("POST", "/admin/pin", {"url": url, "pin": on})
+    if answer.status != 200:
+        return _failed(answer)
+    if as_json:
+        _dump(answer.body)
+    else:
+        print(f"{'pinned' if on else 'unpinned'} {url}")
     return OK
 
 

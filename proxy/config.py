@@ -9,6 +9,7 @@ validated here; a bad one raises :class:`ConfigError` with a one-line message.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,15 +80,49 @@ def _hosts(text: str) -> frozenset[str]:
 
 
 @attrs.frozen
+class SizeLimit:
+    """``--max-cache-size``: bytes, or a share of the cache's filesystem."""
+
+    bytes: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> SizeLimit | None:
+        text = text.strip()
+        if not text or text.lower() in ("0", "none", "unlimited"):
+            return None
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+        if m:
+            pct = float(m.group(1))
+            if not 0 < pct <= 100:
+                raise ConfigError(f"{name}: a percentage is from 0 to 100, not {text!r}")
+            return cls(percent=pct)
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)?", text, re.IGNORECASE)
+        if m is None:
+            raise ConfigError(f"{name} is bytes (500M, 50G, 1.5T) or a share (80%), not {text!r}")
+        factor = 1024 ** " KMGTP".index((m.group(2) or " ").upper())
+        return cls(bytes=int(float(m.group(1)) * factor))
+
+    def resolve(self, filesystem_bytes: int) -> int:
+        if self.bytes is not None:
+            return self.bytes
+        assert self.percent is not None
+        return int(filesystem_bytes * self.percent / 100)
+
+
+@attrs.frozen
 class Config:
     cache_dir: Path = Path(DEFAULT_CACHE_DIR)
     address: Address = Address("localhost", 8050)
     verbose: int = 0
     max_downloads: int = 4
+    max_cache_size: SizeLimit | None = None
+    low_watermark: float = 0.9  # eviction frees down to this share of the limit
     allow_upstream: frozenset[str] = frozenset()
     insecure_registries: frozenset[str] = frozenset()
     upstream: str | None = None
     mirror: bool = False
+    allow_push: bool = False  # the /v2 push endpoints
     api_token: str | None = attrs.field(default=None, repr=False)
     protect_reads: bool = False
     manifest_ttl: float = 60.0
@@ -106,10 +141,13 @@ ENV: dict[str, tuple[str, str]] = {
     "address": ("NEKKO_ADDRESS", DEFAULT_ADDRESS),
     "verbose": ("VERBOSE", "0"),
     "max_downloads": ("NEKKO_MAX_DOWNLOADS", "4"),
+    "max_cache_size": ("NEKKO_MAX_CACHE_SIZE", ""),
+    "cache_low_watermark": ("NEKKO_CACHE_LOW_WATERMARK", "90%"),
     "allow_upstream": ("NEKKO_ALLOW_UPSTREAM", ""),
     "insecure_registry": ("NEKKO_INSECURE_REGISTRIES", ""),
     "upstream": ("NEKKO_UPSTREAM", ""),
     "mirror": ("NEKKO_MIRROR", "0"),
+    "allow_push": ("NEKKO_ALLOW_PUSH", "0"),
     "api_token": ("NEKKO_API_TOKEN", ""),
     "protect_reads": ("NEKKO_PROTECT_READS", "0"),
     "manifest_ttl": ("NEKKO_MANIFEST_TTL", "60"),
@@ -164,6 +202,9 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     name_m, mirror = pick("mirror")
     if mirror.strip().lower() not in _BOOLS:
         raise ConfigError(f"{name_m} must be 1 or 0, not {mirror!r}")
+    name_ap, allow_push = pick("allow_push")
+    if allow_push.strip().lower() not in _BOOLS:
+        raise ConfigError(f"{name_ap} must be 1 or 0, not {allow_push!r}")
     name_p, protect = pick("protect_reads")
     if protect.strip().lower() not in _BOOLS:
         raise ConfigError(f"{name_p} must be 1 or 0, not {protect!r}")
@@ -196,6 +237,12 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     name_s, style = pick("s3_addressing_style")
     if style.strip().lower() not in ("auto", "path", "virtual"):
         raise ConfigError(f"{name_s} must be auto, path or virtual, not {style!r}")
+    name_c, size_text = pick("max_cache_size")
+    limit = SizeLimit.parse(name_c, size_text)
+    name_w, low_text = pick("cache_low_watermark")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", low_text)
+    if m is None or not 0 < float(m.group(1)) <= 100:
+        raise ConfigError(f"{name_w} is a share of --max-cache-size, e.g. 90%, not {low_text!r}")
     name_l, log_format = pick("log_format")
     if log_format.strip().lower() not in ("text", "json"):
         raise ConfigError(f"{name_l} must be text or json, not {log_format!r}")
@@ -204,10 +251,13 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         address=addr,
         verbose=min(_int(name, verbose), 2),
         max_downloads=_int(name_md, max_downloads, minimum=1),
+        max_cache_size=limit,
+        low_watermark=float(m.group(1)) / 100,
         allow_upstream=_hosts(pick("allow_upstream")[1]),
         insecure_registries=_hosts(pick("insecure_registry")[1]),
         upstream=pick("upstream")[1].strip().lower() or None,
         mirror=mirror.strip().lower() in ("1", "true", "yes"),
+        allow_push=allow_push.strip().lower() in ("1", "true", "yes"),
         api_token=api_token,
         protect_reads=protect_reads,
         manifest_ttl=ttl,

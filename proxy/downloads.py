@@ -18,7 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredLock,
+    DeferredSemaphore,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -28,6 +34,7 @@ from proxy.cache import artifact, views
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import ingest_key, is_disk_full
 from proxy.cache.store import Entry, Store, new_entry
+from proxy.cache.usage import Usage, usage
 from proxy.errors import (
     BadRequest,
     Cancelled,
@@ -47,6 +54,7 @@ from proxy.fetch.base import (
 )
 from proxy.redact import redact_url, strip_signing
 from proxy.types import (
+    ANNOTATION_PINNED,
     ARTIFACT_TYPE_FILE,
     EMPTY_JSON,
     MEDIA_TYPE_IMAGE_MANIFEST,
@@ -88,9 +96,16 @@ def parse_post(body: Any) -> FetchRequest:
             digest = Digest.parse(expected)
         except InvalidDigest as e:
             raise BadRequest(str(e)) from None
+    pin = body.get("pin")
+    if pin is not None and not isinstance(pin, bool):
+        raise BadRequest("pin must be true or false")
     key = strip_signing(clean)
     return FetchRequest(
-        url=key, credentials=credentials, expected=digest, source=clean if key != clean else None
+        url=key,
+        credentials=credentials,
+        expected=digest,
+        source=clean if key != clean else None,
+        pin=pin,
     )
 
 
@@ -137,6 +152,7 @@ class Download:
     _committed: list[Callable[[], None]] = attrs.field(factory=list)  # in any case
     _waiters: list[Deferred[tuple[Entry, bool]]] = attrs.field(factory=list)
     _finished: list[Deferred[None]] = attrs.field(factory=list)
+    make_room: Callable[[int], Deferred[None]] | None = None  # Downloads.make_room
 
     # -- Job -------------------------------------------------------------------
 
@@ -191,6 +207,11 @@ class Download:
     def ingest_lock(self, key: str) -> DeferredLock:
         self.ingests.add(key)
         return self.store.ingest_lock(key)
+
+    def reserve(self, nbytes: int) -> Deferred[None]:
+        if self.make_room is None:
+            return succeed(None)
+        return self.make_room(nbytes)
 
     def _hold(self, digest: Digest) -> Digest:
         self.store.hold(digest)
@@ -248,6 +269,8 @@ class Downloads:
         store: Store,
         fetchers: Mapping[str, Fetcher],
         max_downloads: int = 4,
+        limit: Callable[[], int | None] | None = None,
+        low_watermark: float = 0.9,
     ) -> None:
         self._reactor = reactor
         self.store = store
@@ -256,6 +279,9 @@ class Downloads:
         self._interrupted: dict[str, Interrupted] = {}
         self._slots = DeferredSemaphore(max_downloads)
         self._views_lock = DeferredLock()
+        self._limit = limit  # bytes the cache may use (None: no limit)
+        self._low_watermark = low_watermark
+        self._evict_lock = DeferredLock()
 
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
@@ -326,6 +352,8 @@ class Downloads:
                     f"{request.url} is cached with digest {entry.primary.digest}, "
                     f"not {request.expected}; DELETE it first to replace it"
                 )
+            if request.pin is not None and request.pin != entry.pinned:
+                return self.store.set_pin(entry.url, request.pin).addCallback(lambda e: (e, False))
             return _succeed((entry, False))
         job = self._running.get(request.url)
         if job is None:
@@ -353,6 +381,8 @@ class Downloads:
             return job
         fetcher = fetcher or self.fetcher_for(request)
         job = Download(request, self.store, self._reactor)
+        if self._limit is not None:
+            job.make_room = self.make_room
         self._running[request.url] = job
         self._slots.run(self._run, job, fetcher)
         return job
@@ -407,6 +437,9 @@ class Downloads:
             await self._thread(cleanup)
         primary = entry.primary
         metrics.DOWNLOADS.labels(scheme, "stored").observe(time.monotonic() - started)
+        if self._limit is not None:
+            # Over the limit now (sizes were not all known ahead): evict others.
+            self.evict_soon()
         log.info("stored %s as %s (%d bytes)", redact_url(url), primary.digest, primary.size)
         job.settle((entry, True))
 
@@ -428,7 +461,10 @@ class Downloads:
             result.primary,
             blobs=blobs,
             reference=result.reference,
-            annotations=result.annotations,
+            annotations={
+                **result.annotations,
+                **({ANNOTATION_PINNED: "true"} if job.request.pin else {}),
+            },
         )
         await self.store.put(entry)
         await self.sync_views()
@@ -452,6 +488,71 @@ class Downloads:
         else:
             self._interrupted.pop(url, None)
             await self._thread(ingest.discard)
+
+    # -- eviction --------------------------------------------------------------------
+
+    def make_room(self, nbytes: int) -> Deferred[None]:
+        """Room for ``nbytes`` more; DiskFull when even evicting cannot make it."""
+        return Deferred.fromCoroutine(self._make_room(nbytes))
+
+    async def _make_room(self, nbytes: int) -> None:
+        limit = self._limit() if self._limit is not None else None
+        if limit is None:
+            return
+        used = await self.evict(nbytes)
+        if used + nbytes > limit:
+            raise DiskFull(
+                f"{nbytes} more bytes do not fit in the cache's limit of {limit} bytes "
+                f"({used} in use, the rest pinned, being read or downloading)"
+            )
+
+    def evict_soon(self) -> None:
+        d = Deferred.fromCoroutine(self.evict(0))
+        d.addErrback(lambda f: log.error("eviction failed", exc_info=f.value))
+
+    async def evict(self, extra: int = 0) -> int:
+        """If the cache (plus ``extra`` bytes to come) is over its limit,
+        remove whole entries, least recently used first, until it is under
+        the low watermark. Never evicted: pinned entries, entries of the Go
+        storage-manager, entries downloading, entries whose blobs an answer is
+        streaming; shared blobs stay while another entry uses them. Return the
+        bytes in use afterwards."""
+        limit = self._limit() if self._limit is not None else None
+        await self._evict_lock.acquire()
+        try:
+            layout = self.store.layout
+            now: Usage = await self._thread(usage, layout, set())
+            used = now.total_bytes
+            if limit is None or used + extra <= limit:
+                return used
+            target = self._low_watermark * limit - extra
+            for entry in self.store.lru():
+                if used <= target:
+                    break
+                if (
+                    entry.pinned
+                    or entry.legacy
+                    or entry.url in self._running
+                    or self.store.being_read(entry)
+                    or self.store.get(entry.url) is not entry
+                ):
+                    continue
+                freed = await self.store.remove(entry.url)
+                used -= freed
+                metrics.EVICTIONS.inc()
+                metrics.EVICTED.inc(freed)
+                log.info(
+                    "evicted %s (%d bytes freed; %d of %d bytes in use)",
+                    redact_url(entry.url),
+                    freed,
+                    used,
+                    limit,
+                )
+            await self.sync_views()
+            after: Usage = await self._thread(usage, layout, set())
+            return after.total_bytes
+        finally:
+            self._evict_lock.release()
 
     # -- GC ------------------------------------------------------------------------
 

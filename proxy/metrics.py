@@ -61,6 +61,16 @@ UPSTREAM_ERRORS = Counter(
     ["scheme", "code"],
     registry=REGISTRY,
 )
+EVICTIONS = Counter(
+    "storage_manager_evictions",
+    "Entries evicted to keep the cache under --max-cache-size",
+    registry=REGISTRY,
+)
+EVICTED = Counter(
+    "storage_manager_evicted_bytes",
+    "Bytes freed by eviction",
+    registry=REGISTRY,
+)
 ACTIVE = Gauge("storage_manager_active_downloads", "Downloads running or queued", registry=REGISTRY)
 ENTRIES = Gauge("storage_manager_cache_entries", "Entries in the cache", registry=REGISTRY)
 SIZE = Gauge(

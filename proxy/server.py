@@ -39,6 +39,7 @@ from proxy.mirror import Mirror
 
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
+EVICT_INTERVAL = 60.0  # seconds between two checks of the cache's size (also after downloads)
 
 
 class StartupError(Exception):
@@ -102,13 +103,35 @@ def build(config: Config, reactor: Any) -> Server:
         "gs": GcsFetcher(client, layout),
         "azure": AzureFetcher(client, layout),
     }
-    downloads = Downloads(reactor, store, fetchers, max_downloads=config.max_downloads)
+    limit = config.max_cache_size
+
+    def cache_limit() -> int | None:
+        if limit is None:
+            return None
+        fs = os.statvfs(layout.root)
+        return limit.resolve(fs.f_blocks * fs.f_frsize)
+
+    downloads = Downloads(
+        reactor,
+        store,
+        fetchers,
+        max_downloads=config.max_downloads,
+        limit=cache_limit if limit is not None else None,
+        low_watermark=config.low_watermark,
+    )
     downloads.scan_ingest()
     # Last uses reach disk in batches (and once more at shutdown).
     saver = LoopingCall(store.save_last_used)
     saver.clock = reactor
     saver.start(LAST_USED_INTERVAL, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", store.save_last_used)
+    if limit is not None:
+        evictor = LoopingCall(downloads.evict_soon)
+        evictor.clock = reactor
+        evictor.start(EVICT_INTERVAL, now=True)
+        log.info(
+            "cache limit %d bytes, evicting down to %d%%", cache_limit(), config.low_watermark * 100
+        )
     metrics.bind(downloads.active, lambda: len(store.entries()), store.referenced_bytes)
     views.sync(layout, store.entries())
     content = ContentAPI(downloads)

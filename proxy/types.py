@@ -26,7 +26,10 @@ ANNOTATION_CREATED = "org.opencontainers.image.created"
 # Project-namespaced annotations (never org.opencontainers.*).
 ANNOTATION_URL = "io.nekko.storage-manager.url"
 ANNOTATION_KIND = "io.nekko.storage-manager.kind"
-ANNOTATION_PRIMARY = "io.nekko.storage-manager.primary"  # digest of the file /content names
+ANNOTATION_PRIMARY = "io.nekko.storage-manager.primary"
+ANNOTATION_PINNED = (
+    "io.nekko.storage-manager.pinned"  # "true": never evicted  # digest of the file /content names
+)
 # Hugging Face metadata of hf:// entries (entry) and their files (layers).
 ANNOTATION_HF_REPO = "io.nekko.storage-manager.hf.repo"
 ANNOTATION_HF_REPO_TYPE = "io.nekko.storage-manager.hf.repo-type"

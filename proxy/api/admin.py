@@ -1,9 +1,11 @@
-"""Operator endpoints on the same listener: ``POST /admin/gc`` and ``GET /admin/du``.
+"""Operator endpoints on the same listener: ``POST /admin/gc``, ``GET /admin/du``
+and ``POST /admin/pin``.
 
 ``gc`` removes blobs no entry references and ingest directories no running
 download uses (``?ingest-age=<seconds>``, default a day: newer partial
 downloads are kept so they can resume); ``du`` reports what the cache holds
-on disk. The CLI's ``gc`` and ``du`` call these.
+on disk; ``pin`` sets whether an entry may be evicted (``{"url", "pin"}``).
+The CLI's ``gc``, ``du``, ``pin`` and ``unpin`` call these.
 """
 
 from __future__ import annotations
@@ -56,6 +58,28 @@ class AdminAPI:
             return self._later(
                 request, du.addCallback(lambda u: {**u.to_json(), "entries": entries})
             )
+        if path == b"/admin/pin":
+            if request.method != b"POST":
+                request.setHeader(b"Allow", b"POST")
+                return json_error(request, 405, "METHOD_NOT_ALLOWED", "pin is a POST")
+            try:
+                body = json.loads(request.content.read(64 * 1024))
+                url, pin = body["url"], body.get("pin", True)
+                if not isinstance(url, str) or not isinstance(pin, bool):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return json_error(
+                    request, 400, "BAD_REQUEST", 'body is {"url": "...", "pin": true|false}'
+                )
+            store = self.downloads.store
+            if store.get(url) is None:
+                return json_error(request, 404, "NOT_FOUND", f"{url} is not in the cache")
+            try:
+                pinned = store.set_pin(url, pin)
+            except StorageError as e:
+                return render_error(request, e)
+            done = pinned.addCallback(lambda e: {"url": e.url, "pinned": e.pinned})
+            return self._later(request, done)
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
 
     @staticmethod

@@ -116,6 +116,7 @@ class ContentAPI:
             "kind": entry.kind,
             "created": entry.created or None,
             "lastUsed": _rfc3339(self.downloads.store.last_used(entry.url)),
+            "pinned": entry.pinned,
             "blobs": [self._blob_json(f, state) for f in entry.files],
             **self._view_json(entry),
         }

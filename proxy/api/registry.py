@@ -542,6 +542,9 @@ class RegistryAPI:
         except BaseException:
             os.close(fd)
             raise
+        # Not evicted while it is being sent (its file stays whole anyway).
+        release = self.catalog.reading(digest.hex)
+        request.notifyFinish().addBoth(lambda _: release())
         send_blob(request, fd, offset, length, self.pool)
         return NOT_DONE_YET
 

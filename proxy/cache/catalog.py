@@ -15,6 +15,8 @@ set, else wherever the name and tag are unique.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 from proxy.cache import artifact
@@ -67,6 +69,9 @@ class Catalog:
 
     def touch_blob(self, hex_: str) -> None:
         self._store.touch_blob(hex_)
+
+    def reading(self, hex_: str) -> Callable[[], None]:
+        return self._store.reading(hex_)
 
     def _all(self) -> list[Served]:
         out = []

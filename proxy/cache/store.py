@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -24,10 +25,12 @@ from twisted.internet.threads import deferToThreadPool
 
 from proxy.cache import artifact
 from proxy.cache.layout import Layout
+from proxy.errors import Conflict
 from proxy.naming import reference_for_url
 from proxy.types import (
     ANNOTATION_CREATED,
     ANNOTATION_KIND,
+    ANNOTATION_PINNED,
     ANNOTATION_PRIMARY,
     ANNOTATION_REF_NAME,
     ANNOTATION_URL,
@@ -58,6 +61,10 @@ class Entry:
     legacy: bool = False
     complete: bool = True
     raw: dict[str, Any] | None = attrs.field(default=None, eq=False)
+
+    @property
+    def pinned(self) -> bool:
+        return self.descriptor.annotations.get(ANNOTATION_PINNED) == "true"
 
     def index_json(self) -> dict[str, Any]:
         if self.raw is not None:
@@ -127,6 +134,7 @@ class Store:
         self._last_used: dict[str, float] = {}
         self._users: dict[str, set[str]] = {}
         self._used_dirty = False
+        self._reading: Counter[str] = Counter()  # blob hex -> answers streaming it
 
     # -- loading (blocking; at startup, before the reactor serves) ----------------
 
@@ -301,6 +309,44 @@ class Store:
             for url in users:
                 self._last_used[url] = now
             self._used_dirty = True
+
+    def reading(self, hex_: str) -> Callable[[], None]:
+        """A /v2 answer streams this blob: its entries are not evicted until
+        the returned function is called (once is enough; more are ignored)."""
+        self._reading[hex_] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._reading[hex_] -= 1
+            if self._reading[hex_] <= 0:
+                del self._reading[hex_]
+
+        return release
+
+    def being_read(self, entry: Entry) -> bool:
+        return any(d.hex in self._reading for d in entry.blobs)
+
+    def set_pin(self, url: str, pin: bool) -> Deferred[Entry]:
+        """Pin (never evicted) or unpin an entry; persisted in index.json."""
+        entry = self._entries[url]
+        if entry.legacy:
+            raise Conflict("entries of the Go storage-manager are kept as they are (never evicted)")
+        ann = {k: v for k, v in entry.descriptor.annotations.items() if k != ANNOTATION_PINNED}
+        if pin:
+            ann[ANNOTATION_PINNED] = "true"
+        updated = attrs.evolve(entry, descriptor=attrs.evolve(entry.descriptor, annotations=ann))
+        self._entries[url] = updated
+        return self._persist().addCallback(lambda _: updated)
+
+    def lru(self) -> list[Entry]:
+        """Entries, least recently used first (never used: by creation)."""
+        return sorted(
+            self._entries.values(), key=lambda e: (self._last_used.get(e.url, 0.0), e.created)
+        )
 
     def last_used(self, url: str) -> float | None:
         return self._last_used.get(url)

@@ -28,13 +28,17 @@ class Usage:
     filesystem_bytes: int
     filesystem_free: int
 
+    @property
+    def total_bytes(self) -> int:
+        return self.blob_bytes + self.ingest_bytes
+
     def to_json(self) -> dict[str, Any]:
         return {
             "blobs": self.blobs,
             "blobBytes": self.blob_bytes,
             "unreferencedBytes": self.unreferenced_bytes,
             "ingestBytes": self.ingest_bytes,
-            "totalBytes": self.blob_bytes + self.ingest_bytes,
+            "totalBytes": self.total_bytes,
             "filesystem": {"bytes": self.filesystem_bytes, "free": self.filesystem_free},
         }
 

@@ -80,6 +80,7 @@ class FetchRequest:
     credentials: Credentials | None = None
     expected: Digest | None = None
     source: str | None = attrs.field(default=None, repr=False)
+    pin: bool | None = None  # True/False: pin or unpin the entry (None: leave it)
 
     @property
     def fetch_url(self) -> str:
@@ -183,6 +184,10 @@ class Job(Protocol):
 
     def ingest_lock(self, key: str) -> DeferredLock:
         """The lock making this download the only writer of ``ingest/<key>``."""
+
+    def reserve(self, nbytes: int) -> Deferred[None]:
+        """Make room for ``nbytes`` more in the cache (evicting if there is a
+        size limit); errback with DiskFull when they cannot fit."""
 
 
 class Fetcher(Protocol):

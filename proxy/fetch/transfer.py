@@ -400,6 +400,12 @@ async def _attempt(
     blob.total = state.total if state.total is not None else want.size
     blob.done = blob.written = ingest.offset
     blob.changed()
+    if blob.total is not None and blob.total > ingest.offset:
+        try:
+            await job.reserve(blob.total - ingest.offset)  # evicts, or DiskFull (507)
+        except BaseException:
+            client.discard(response)
+            raise
 
     def on_bytes(n: int) -> None:
         blob.done += n
