@@ -95,7 +95,8 @@ def request(c: Cached, method: str, path: str, *extra: str, proto: str = "HTTP/1
         ("GET", ["Range: bytes=100-4195"]),
         ("GET", ["Range: bytes=-10"]),
         ("GET", ["Range: bytes=0-0", "Connection: keep-alive"]),
-        ("GET", ["Range: items=0-5"]),  # ignored: the whole blob (taken by sendfile)
+        ("GET", ["Range: bytes=1000-400000"]),  # sendfile(2), then what the socket left
+        ("GET", ["Range: items=0-5"]),  # ignored: the whole blob
     ],
 )
 def test_same_answer_both_ways(cached: Cached, method: str, extra: list[str]) -> None:
@@ -187,3 +188,34 @@ def test_removed_blob_is_unknown(cached: Cached, tmp_path: Path) -> None:
     assert headers_of(exchange(cached, raw, 1)[0][0])[0].endswith(b"200 OK")
     blob.unlink()
     assert b" 404 " in headers_of(exchange(cached, raw, 1)[0][0])[0]
+
+
+def test_large_answer_to_a_slow_reader(cached: Cached) -> None:
+    """What the socket does not take at once follows, in order, before the next answer."""
+    blob = f"/v2/r/blobs/{cached.digest}"
+    raw = request(cached, "GET", blob, "Range: bytes=7-599999") + request(
+        cached, "GET", blob, "Range: bytes=0-9"
+    )
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect((cached.host, cached.port))
+        s.sendall(raw)
+        time.sleep(0.3)  # the server's first sendfile(2) finds the socket full
+        buf = b""
+
+        def complete() -> bool:
+            first = buf.find(b"\r\n\r\n")
+            second = buf.find(b"\r\n\r\n", first + 4 + 599993)
+            return first >= 0 and second >= 0 and len(buf) >= second + 4 + 10
+
+        while not complete():
+            more = s.recv(65536)
+            assert more
+            buf += more
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    assert b" 206 " in head.split(b"\r\n")[0]
+    assert rest[:599993] == cached.data[7:600000]
+    head2, body2 = rest[599993:].split(b"\r\n\r\n", 1)
+    assert b"Content-Range: bytes 0-9/600000" in head2
+    assert body2[:10] == cached.data[:10]

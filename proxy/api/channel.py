@@ -21,6 +21,7 @@ as before, as does everything after it until the connection is idle again.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Protocol
 
 from twisted.web.http import HTTPChannel
@@ -107,6 +108,37 @@ class PlainHTTPChannel(HTTPChannel):
                 return
             data = data[sent:]
         transport.write(data)
+
+    def send_file(self, head: bytes, fd: int, offset: int, length: int) -> bool:
+        """Write ``head``, then ``length`` bytes of ``fd`` from ``offset``:
+        ``sendfile(2)`` without blocking while the socket takes them, the rest
+        read into the transport's buffer (so at most ``length`` bytes are held).
+        False if nothing was written (Twisted has data buffered, or no socket)."""
+        transport: Any = self.transport
+        sock = getattr(transport, "socket", None)
+        if sock is None or not transport_drained(transport):
+            return False
+        try:
+            sent = sock.send(head)
+        except OSError:
+            sent = 0
+        done = 0
+        if sent == len(head):
+            try:
+                done = os.sendfile(sock.fileno(), fd, offset, length)
+            except OSError:
+                done = 0  # would block, or broken: the transport finds out
+        try:
+            rest = b"" if done == length else os.pread(fd, length - done, offset + done)
+        except OSError:
+            rest = b""  # the head may be out: this answer can only be cut short
+        if len(rest) != length - done:
+            # The file is shorter than it was: never let a short body pass as complete.
+            transport.abortConnection()
+            return True
+        if sent < len(head) or rest:
+            transport.write(head[sent:] + rest if sent < len(head) else rest)
+        return True
 
     def _idle(self) -> bool:
         """No request in progress and nothing half-parsed: the next bytes

@@ -82,6 +82,9 @@ API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
 _FAST_TARGET_RE = re.compile(rb"/v2/([a-z0-9._/-]{1,255})/blobs/sha256:([a-f0-9]{64})")
 _TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = b"\x00\r\n"
+# Larger GETs take the ordinary way (sendfile from a worker thread): the fast
+# path may read what the socket does not take at once into memory.
+FAST_SENDFILE_MAX = 2 * 1024 * 1024
 _FAST_DECLINE = frozenset(
     {
         b"content-length",
@@ -236,22 +239,8 @@ class RegistryAPI:
                     byte_range.end,
                     size,
                 )
-            body = b""
-            if method == b"GET":
-                if length >= SENDFILE_MIN:
-                    return False
-                body = os.pread(fd, length, offset)
-                if len(body) != length:
-                    return False  # shorter than it was: the ordinary way deals with it
-        except OSError:
-            return False
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        digest = b"sha256:" + hex_
-        self._touch(hex_.decode("ascii"))
-        channel.send(
-            b"".join(
+            digest = b"sha256:" + hex_
+            head = b"".join(
                 (
                     status,
                     _FAST_HEADERS,
@@ -268,17 +257,34 @@ class RegistryAPI:
                     b"/blobs/",
                     digest,
                     b"\r\nContent-Length: %d\r\n\r\n" % length,
-                    body,
                 )
             )
-        )
+            sent = 0
+            if method == b"HEAD":
+                channel.send(head)
+            elif length < SENDFILE_MIN:
+                body = os.pread(fd, length, offset)
+                if len(body) != length:
+                    return False  # shorter than it was: the ordinary way deals with it
+                channel.send(head + body)
+                sent = length
+            elif length > FAST_SENDFILE_MAX or not channel.send_file(head, fd, offset, length):
+                return False
+            else:
+                sent = length
+        except OSError:
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self._touch(hex_.decode("ascii"))
         log_access(
             channel.peer_host,
             method.decode("ascii"),
             target.decode("ascii"),
             "HTTP/1.1",
             200 if byte_range is None else 206,
-            len(body),
+            sent,
             0.0,
         )
         return True
