@@ -107,13 +107,6 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         "the token (env NEKKO_ALLOW_PUSH=1; default off: /v2 is read-only)",
     )
     p.add_argument(
-        "--allow-push",
-        action="store_const",
-        const="1",
-        help="accept pushes on /v2 (blob uploads, manifests); with --api-token they need "
-        "the token (env NEKKO_ALLOW_PUSH=1; default off: /v2 is read-only)",
-    )
-    p.add_argument(
         "--manifest-ttl",
         metavar="SECONDS",
         help="mirror: how long a manifest by tag is served before it is revalidated "

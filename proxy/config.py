@@ -123,7 +123,6 @@ class Config:
     upstream: str | None = None
     mirror: bool = False
     allow_push: bool = False  # the /v2 push endpoints
-    allow_push: bool = False  # the /v2 push endpoints
     api_token: str | None = attrs.field(default=None, repr=False)
     protect_reads: bool = False
     manifest_ttl: float = 60.0
@@ -148,7 +147,6 @@ ENV: dict[str, tuple[str, str]] = {
     "insecure_registry": ("NEKKO_INSECURE_REGISTRIES", ""),
     "upstream": ("NEKKO_UPSTREAM", ""),
     "mirror": ("NEKKO_MIRROR", "0"),
-    "allow_push": ("NEKKO_ALLOW_PUSH", "0"),
     "allow_push": ("NEKKO_ALLOW_PUSH", "0"),
     "api_token": ("NEKKO_API_TOKEN", ""),
     "protect_reads": ("NEKKO_PROTECT_READS", "0"),
@@ -207,9 +205,6 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     name_ap, allow_push = pick("allow_push")
     if allow_push.strip().lower() not in _BOOLS:
         raise ConfigError(f"{name_ap} must be 1 or 0, not {allow_push!r}")
-    name_ap, allow_push = pick("allow_push")
-    if allow_push.strip().lower() not in _BOOLS:
-        raise ConfigError(f"{name_ap} must be 1 or 0, not {allow_push!r}")
     name_p, protect = pick("protect_reads")
     if protect.strip().lower() not in _BOOLS:
         raise ConfigError(f"{name_p} must be 1 or 0, not {protect!r}")
@@ -262,7 +257,6 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         insecure_registries=_hosts(pick("insecure_registry")[1]),
         upstream=pick("upstream")[1].strip().lower() or None,
         mirror=mirror.strip().lower() in ("1", "true", "yes"),
-        allow_push=allow_push.strip().lower() in ("1", "true", "yes"),
         allow_push=allow_push.strip().lower() in ("1", "true", "yes"),
         api_token=api_token,
         protect_reads=protect_reads,
