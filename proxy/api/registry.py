@@ -55,6 +55,7 @@ from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Diges
 
 if TYPE_CHECKING:
     from proxy.api.channel import PlainHTTPChannel
+    from proxy.api.push import PushAPI
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,10 @@ API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
 
 # The fast path (see proxy.api.channel): what it answers, and the request
 # headers that make it decline (twisted.web's own handling, or a conditional).
-_FAST_TARGET_RE = re.compile(rb"/v2/([a-z0-9._/-]{1,255})/blobs/sha256:([a-f0-9]{64})")
+# (``?ns=`` only picks the registry a miss is filled from: a hit is the same blob.)
+_FAST_TARGET_RE = re.compile(
+    rb"/v2/([a-z0-9._/-]{1,255})/blobs/sha256:([a-f0-9]{64})(?:\?ns=[A-Za-z0-9.:-]{1,255})?"
+)
 _TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = b"\x00\r\n"
 # Larger GETs take the ordinary way (sendfile from a worker thread): the fast
@@ -156,6 +160,9 @@ def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[st
 
 class RegistryAPI:
     """Serves /v2 from a cache layout and its catalog."""
+
+    # With --allow-push: blob uploads and manifest PUTs (proxy.api.push).
+    push: PushAPI | None = None
 
     def __init__(
         self, layout: Layout, catalog: Catalog, pool: ThreadPool, mirror: Mirror | None = None
@@ -310,6 +317,8 @@ class RegistryAPI:
 
     def _route(self, request: Any, path: bytes, proxied_host: str | None) -> Any:
         method = request.method
+        if self.push is not None and proxied_host is None and self.push.handles(method, path):
+            return self.push.render(request, path)
         if method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET, HEAD")
             raise OciError("UNSUPPORTED", "this registry is read-only (push is not enabled)")
