@@ -48,7 +48,7 @@ from proxy.api.ranges import Unsatisfiable, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
-from proxy.logs import log_access
+from proxy.logs import display_path, log_access
 from proxy.mirror import Denied, Mirror
 from proxy.naming import NAME_RE, TAG_RE
 from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
@@ -288,7 +288,7 @@ class RegistryAPI:
         log_access(
             channel.peer_host,
             method.decode("ascii"),
-            target.decode("ascii"),
+            display_path(target) if b"?" in target else target.decode("ascii"),
             "HTTP/1.1",
             200 if byte_range is None else 206,
             sent,
