@@ -4,10 +4,11 @@
 ``/content`` → :class:`proxy.api.content.ContentAPI`; ``/metrics`` →
 Prometheus text (:mod:`proxy.metrics`); ``/admin/`` →
 :class:`proxy.api.admin.AdminAPI` (gc, du); ``/healthz`` and
-``/readyz`` → health checks (always open: they are what probes call).
+``/readyz`` → health checks (always open: they are what probes call);
+``/hf`` → :class:`proxy.api.hfmirror.HfMirror` (a Hugging Face Hub mirror).
 With an API token, changes always need it, and with ``protect_reads`` every
-``/content`` and ``/v2`` request does (see :mod:`proxy.api.access`). An absolute-form target
-(``GET http://<registry>/v2/...``, a forward-proxy request) goes to the
+``/content``, ``/v2`` and ``/hf`` request does (see :mod:`proxy.api.access`).
+An absolute-form target (``GET http://<registry>/v2/...``, a forward-proxy request) goes to the
 registry API with ``<registry>`` as its namespace; any other proxy request is
 502, so a client with fallback goes to the origin itself. Everything else is
 404 with a JSON error.
@@ -29,6 +30,7 @@ from proxy.api.access import REALM, authorized
 from proxy.api.admin import AdminAPI
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
+from proxy.api.hfmirror import HfMirror
 from proxy.api.registry import OciError, RegistryAPI, error_body, query_args
 
 
@@ -50,6 +52,7 @@ class Root(Resource):
         self._content = content.app.resource()
         self._registry = registry
         self._layout = content.layout
+        self._hf = HfMirror(content.downloads.store, registry.pool)
 
     def render(self, request: IRequest) -> Any:
         path: bytes = request.path
@@ -77,6 +80,11 @@ class Root(Resource):
             except BadHost:
                 # Klein hands the Host header to werkzeug, which refuses some.
                 return json_error(request, 400, "BAD_REQUEST", "invalid Host header")
+        if path == b"/hf" or path.startswith(b"/hf/"):
+            if self._protect_reads and not authorized(request, self._api_token):
+                request.setHeader(b"WWW-Authenticate", REALM)
+                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
+            return self._hf.render(request, path)
         if path.startswith(b"/admin/") and self._admin is not None:
             needs_token = self._protect_reads or request.method not in (b"GET", b"HEAD")
             if needs_token and not authorized(request, self._api_token):
