@@ -15,12 +15,14 @@ from twisted.python.threadpool import ThreadPool
 from proxy import metrics
 from proxy.api.admin import AdminAPI
 from proxy.api.content import ContentAPI
+from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
 from proxy.cache import views
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
 from proxy.cache.store import Store
+from proxy.cache.uploads import Uploads
 from proxy.config import Config
 from proxy.downloads import Downloads
 from proxy.fetch.azure import AzureFetcher
@@ -161,6 +163,9 @@ def build(config: Config, reactor: Any) -> Server:
             ", ".join(sorted(mirror.allowed)) or "no registry (set --upstream)",
         )
     registry = RegistryAPI(layout, catalog, pool, mirror)
+    if config.allow_push:
+        registry.push = PushAPI(store, Uploads(store, reactor), reactor, config.api_token)
+        log.info("push enabled on /v2%s", " (with the API token)" if config.api_token else "")
     site = LoggingSite(  # type: ignore[no-untyped-call]
         Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))
     )

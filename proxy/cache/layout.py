@@ -25,6 +25,12 @@ downloads in progress::
                                   Last-Modified), expected/verified digest
         data                      the bytes received so far (resume point)
       ingest/<key>/blob-<n>.tmp   small blobs (manifests) being written
+      ingest/upload-<uuid>/data   a blob pushed through /v2 (--allow-push), uuid =
+                                  32 hex: the bytes received so far, hashed as
+                                  they are written, renamed into blobs/ only
+                                  once they match the client's ?digest=
+                                  (proxy.cache.uploads); no state file, an
+                                  upload is resumed from its data alone
       last-used.json              {url: seconds since the epoch} of each entry's
                                   last use, written in batches (atomically);
                                   not part of the OCI layout, safe to delete
@@ -56,7 +62,7 @@ from proxy import faults
 from proxy.types import Digest
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
-_INGEST_KEY_RE = re.compile(r"(?:sha256-)?[a-f0-9]{64}")
+_INGEST_KEY_RE = re.compile(r"(?:sha256-)?[a-f0-9]{64}|upload-[a-f0-9]{32}")
 _tmp_counter = itertools.count()
 
 
@@ -122,7 +128,7 @@ class Layout:
 
     def ingest_path(self, key: str) -> Path:
         """``ingest/<sha256 of URL>`` for a URL, ``ingest/sha256-<hex>`` for a
-        blob known by its digest."""
+        blob known by its digest, ``ingest/upload-<uuid>`` for a pushed blob."""
         if not _INGEST_KEY_RE.fullmatch(key):
             raise ValueError(f"invalid ingest key {key!r}")
         return self.ingest_dir / key

@@ -1,0 +1,484 @@
+"""The push half of the OCI distribution API (``--allow-push``).
+
+Routes (``/v2/<name>/...``; everything else that is not a read stays 405)::
+
+    POST   blobs/uploads/                    202: a new upload (Location,
+                                             Docker-Upload-UUID, Range)
+    POST   blobs/uploads/?digest=<d>         201: monolithic, the body is the blob
+    POST   blobs/uploads/?mount=<d>&from=<r> 201 when <d> is in the cache (any
+                                             repository: the cache is one store),
+                                             else 202 as above
+    GET    blobs/uploads/<uuid>              204: upload status (Range)
+    PATCH  blobs/uploads/<uuid>              202: a chunk (Content-Range, in
+                                             order; 416 for a wrong offset)
+    PUT    blobs/uploads/<uuid>?digest=<d>   201: last chunk (optional), verify,
+                                             store
+    DELETE blobs/uploads/<uuid>              204: cancel
+    PUT    manifests/<tag|digest>            201: validate, store as an entry
+
+With ``--api-token`` every push request needs the token (Bearer, or the
+password of Basic after a ``WWW-Authenticate: Basic realm="storage-manager"``
+challenge); reads stay as configured. Names, tags, upload ids and digests are
+checked before anything touches the filesystem; a bad request changes
+nothing. Bodies are copied and hashed in worker threads
+(:mod:`proxy.cache.uploads`); a blob is renamed into ``blobs/`` only after it
+matched its digest.
+
+A pushed manifest becomes an ordinary entry: URL ``oci-push://<name>:<tag>``
+(or ``oci-push://<name>@<digest>`` when pushed by digest), reference
+``<name>:<tag>``, kind ``push``, so ``GET /content/`` lists it, ``DELETE
+/content/<b64 of the URL>`` removes it (and the blobs only it uses), and
+``/v2/<name>/manifests/<tag>`` serves it without ``?ns=``. Pushing a tag again
+replaces its entry; blobs the old manifest alone used are removed, shared
+ones kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Coroutine
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+
+from proxy.api.access import REALM, authorized
+from proxy.api.registry import (
+    API_VERSION,
+    MAX_MANIFEST,
+    OciError,
+    _check_name,
+    error_body,
+    query_args,
+)
+from proxy.cache import artifact
+from proxy.cache.layout import Layout, is_disk_full
+from proxy.cache.store import Entry, Store, new_entry
+from proxy.cache.uploads import (
+    BadChunk,
+    BadOffset,
+    DigestMismatch,
+    Upload,
+    Uploads,
+    UploadUnknown,
+)
+from proxy.naming import TAG_RE
+from proxy.types import (
+    MEDIA_TYPE_IMAGE_INDEX,
+    MEDIA_TYPE_IMAGE_MANIFEST,
+    Descriptor,
+    Digest,
+    InvalidDigest,
+)
+
+log = logging.getLogger(__name__)
+
+PUSH_SCHEME = "oci-push://"
+KIND = "push"
+_UPLOADS_RE = re.compile(r"(.+)/blobs/uploads/?")
+_SESSION_RE = re.compile(r"(.+)/blobs/uploads/([^/]+)")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+# Layers a registry need not hold (their bytes live at their "urls").
+_FOREIGN_LAYERS = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
+
+
+def push_url(name: str, tag: str | None, digest: Digest) -> tuple[str, str]:
+    """(entry URL, reference) of a manifest pushed as ``name:tag`` or by digest."""
+    reference = f"{name}:{tag}" if tag is not None else f"{name}@{digest}"
+    return PUSH_SCHEME + reference, reference
+
+
+def _digest_arg(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except InvalidDigest as e:
+        raise OciError("DIGEST_INVALID", f"{e} (this registry stores sha256 only)", 400) from None
+
+
+def _manifest_error(message: str) -> OciError:
+    return OciError("MANIFEST_INVALID", message, 400)
+
+
+def _descriptor(obj: Any, where: str) -> Descriptor:
+    if not isinstance(obj, dict) or not isinstance(obj.get("size"), int):
+        raise _manifest_error(f"{where}: a descriptor needs mediaType, digest and size")
+    if not isinstance(obj.get("mediaType"), str) or not obj["mediaType"]:
+        raise _manifest_error(f"{where}: a descriptor needs a mediaType")
+    try:
+        return Descriptor.from_json(obj)
+    except ValueError as e:
+        raise _manifest_error(f"{where}: {e}") from None
+
+
+def parse_manifest(data: bytes, content_type: str | None) -> tuple[str, list[Descriptor], Digest]:
+    """(media type, the descriptors that must be present, digest) of a pushed
+    manifest; OciError MANIFEST_INVALID when it is not one this cache serves.
+    Blocking for large documents (runs in a thread)."""
+    digest = Digest(hashlib.sha256(data).hexdigest())
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise _manifest_error("the manifest is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise _manifest_error("a manifest is a JSON object with schemaVersion 2")
+    declared = doc.get("mediaType")
+    sent = (content_type or "").split(";")[0].strip().lower() or None
+    if declared is not None and not isinstance(declared, str):
+        raise _manifest_error("mediaType must be a string")
+    media_type = declared
+    if media_type is None and sent in artifact.MANIFEST_MEDIA_TYPES:
+        media_type = sent
+    if media_type is None:
+        media_type = MEDIA_TYPE_IMAGE_INDEX if "manifests" in doc else MEDIA_TYPE_IMAGE_MANIFEST
+    if media_type not in artifact.MANIFEST_MEDIA_TYPES:
+        raise _manifest_error(
+            f"unsupported manifest type {media_type[:100]!r} (OCI or Docker v2 image "
+            "manifests and indexes; artifacts as image manifests with an artifactType)"
+        )
+    if declared is not None and sent in artifact.MANIFEST_MEDIA_TYPES and sent != declared:
+        raise _manifest_error(f"Content-Type {sent} is not the manifest's mediaType {declared}")
+    required: list[Descriptor] = []
+    if media_type in artifact.INDEX_MEDIA_TYPES:
+        manifests = doc.get("manifests")
+        if not isinstance(manifests, list):
+            raise _manifest_error("an index needs a manifests list")
+        for i, item in enumerate(manifests):
+            required.append(_descriptor(item, f"manifests[{i}]"))
+    else:
+        required.append(_descriptor(doc.get("config"), "config"))
+        layers = doc.get("layers")
+        if not isinstance(layers, list):
+            raise _manifest_error("an image manifest needs a layers list")
+        for i, item in enumerate(layers):
+            layer = _descriptor(item, f"layers[{i}]")
+            if layer.media_type in _FOREIGN_LAYERS and item.get("urls"):
+                continue
+            required.append(layer)
+    if "subject" in doc:
+        _descriptor(doc["subject"], "subject")  # well-formed; it need not be here
+    return media_type, required, digest
+
+
+def check_present(layout: Layout, required: list[Descriptor]) -> None:
+    """Every descriptor's blob is in the cache with its size; blocking."""
+    for desc in required:
+        size = layout.blob_size(desc.digest)
+        if size is None:
+            raise OciError("MANIFEST_BLOB_UNKNOWN", f"{desc.digest} is not in this registry", 400)
+        if size != desc.size:
+            raise _manifest_error(f"{desc.digest} has {size} bytes, the manifest says {desc.size}")
+
+
+def closure(layout: Layout, top: Descriptor, children: list[Descriptor]) -> list[Descriptor]:
+    """``top``, its children and, through child manifests on disk, theirs: the
+    present ones, in order (what the store finds when it loads the entry)."""
+    seen: dict[Digest, Descriptor] = {top.digest: top}
+    todo = list(children)
+    while todo:
+        d = todo.pop(0)
+        if d.digest in seen or not layout.has_blob(d.digest):
+            continue
+        seen[d.digest] = d
+        if d.media_type in artifact.MANIFEST_MEDIA_TYPES:
+            try:
+                data = layout.blob_path(d.digest).read_bytes()
+                todo.extend(artifact.children(d.media_type, data))
+            except ValueError as e:
+                log.warning("pushed manifest %s: child %s unreadable: %s", top.digest, d.digest, e)
+    return list(seen.values())
+
+
+def _read_small(body: IO[bytes], limit: int) -> bytes | None:
+    """The whole body when it has at most ``limit`` bytes, else None; blocking."""
+    body.seek(0)
+    data = body.read(limit + 1)
+    return None if len(data) > limit else data
+
+
+class PushAPI:
+    """Blob uploads and manifest PUTs into the store (see the module docstring)."""
+
+    def __init__(self, store: Store, uploads: Uploads, reactor: Any, api_token: str | None) -> None:
+        self.store = store
+        self.layout = store.layout
+        self.uploads = uploads
+        self._reactor = reactor
+        self._token = api_token
+
+    def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
+
+    @staticmethod
+    def handles(method: bytes, path: bytes) -> bool:
+        """Whether a /v2 request is a push request (everything but reads,
+        and the upload-status GET)."""
+        return method not in (b"GET", b"HEAD") or b"/blobs/uploads/" in path
+
+    def render(self, request: Any, path: bytes) -> Any:
+        """Route a push request; OciError for what is refused at once."""
+        if not authorized(request, self._token):
+            request.setHeader(b"WWW-Authenticate", REALM)
+            raise OciError("UNAUTHORIZED", "pushing to this registry needs the API token")
+        if b"%" in path:
+            raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
+        try:
+            rest = path[len(b"/v2/") :].decode("ascii")
+        except UnicodeDecodeError:
+            raise OciError("NAME_INVALID", "path is not ASCII") from None
+        method = request.method
+        args = query_args(request.uri)
+
+        def arg(key: bytes) -> str | None:
+            values = args.get(key)
+            return values[0].decode("ascii", "replace") if values else None
+
+        m = _UPLOADS_RE.fullmatch(rest)
+        if m is not None:
+            name = m.group(1)
+            _check_name(name)
+            if method != b"POST":
+                raise OciError("UNSUPPORTED", "start an upload with POST")
+            return self._run(request, self._start(request, name, arg))
+        m = _SESSION_RE.fullmatch(rest)
+        if m is not None:
+            name, upload_id = m.group(1), m.group(2)
+            _check_name(name)
+            handlers = {
+                b"GET": self._status,
+                b"HEAD": self._status,
+                b"PATCH": self._patch,
+                b"PUT": self._put_blob,
+                b"DELETE": self._cancel,
+            }
+            handler = handlers.get(method)
+            if handler is None:
+                raise OciError("UNSUPPORTED", "an upload takes GET, PATCH, PUT or DELETE")
+            return self._run(request, handler(request, name, upload_id, arg))
+        i = rest.rfind("/manifests/")
+        if i > 0:
+            name, ref = rest[:i], rest[i + len("/manifests/") :]
+            _check_name(name)
+            if method != b"PUT":
+                raise OciError(
+                    "UNSUPPORTED", "manifests are removed with DELETE /content/<base64 of the URL>"
+                )
+            if ":" in ref:
+                tag, ref_digest = None, _digest_arg(ref)
+            elif TAG_RE.fullmatch(ref):
+                tag, ref_digest = ref, None
+            else:
+                raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")
+            return self._run(request, self._put_manifest(request, name, tag, ref_digest))
+        raise OciError("UNSUPPORTED", "this registry does not delete through /v2")
+
+    # -- answers -------------------------------------------------------------------
+
+    def _run(self, request: Any, work: Coroutine[Any, Any, None]) -> Any:
+        d = Deferred.fromCoroutine(work)
+
+        def done(_: object) -> None:
+            if not request.finished and not request._disconnected:
+                request.finish()
+
+        def failed(f: Failure) -> None:
+            err = f.value
+            if isinstance(err, OSError) and is_disk_full(err):
+                err = OciError("BLOB_UPLOAD_INVALID", "no space left in the cache", 507)
+            elif isinstance(err, UploadUnknown):
+                err = OciError("BLOB_UPLOAD_UNKNOWN", "no such upload", 404)
+            elif not isinstance(err, OciError):
+                log.error("push request failed", exc_info=err)
+                err = OciError("BLOB_UPLOAD_INVALID", "internal error", 500)
+            if not request.finished and not request._disconnected:
+                data = error_body(request, err)
+                if request.method != b"HEAD":
+                    request.write(data)
+                request.finish()
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _empty(request: Any, status: int) -> None:
+        request.setResponseCode(status)
+        request.setHeader(*API_VERSION)
+        if status != 204:
+            request.setHeader(b"Content-Length", b"0")
+
+    def _upload_headers(self, request: Any, name: str, up: Upload, status: int) -> None:
+        self._empty(request, status)
+        request.setHeader(b"Location", f"/v2/{name}/blobs/uploads/{up.uuid}".encode())
+        request.setHeader(b"Docker-Upload-UUID", up.uuid.encode())
+        end = up.offset - 1 if up.offset > 0 else 0
+        request.setHeader(b"Range", f"0-{end}".encode())
+
+    def _blob_created(self, request: Any, name: str, digest: Digest) -> None:
+        self._empty(request, 201)
+        request.setHeader(b"Location", f"/v2/{name}/blobs/{digest}".encode())
+        request.setHeader(b"Docker-Content-Digest", str(digest).encode())
+
+    # -- blob uploads -----------------------------------------------------------------
+
+    async def _start(self, request: Any, name: str, arg: Callable[[bytes], str | None]) -> None:
+        mount, source, digest_text = arg(b"mount"), arg(b"from"), arg(b"digest")
+        if mount is not None:
+            digest = _digest_arg(mount)
+            if source is not None:
+                _check_name(source)
+            if await self.uploads.mount(digest) is not None:
+                log.info("mounted %s into %s", digest, name)
+                self._blob_created(request, name, digest)
+                return
+        expected = _digest_arg(digest_text) if digest_text is not None else None
+        up = await self.uploads.start(name)
+        if expected is None:
+            self._upload_headers(request, name, up, 202)
+            return
+        await self._append(up, request, None, None)
+        await self._finish(request, name, up, expected)
+
+    async def _append(self, up: Upload, request: Any, start: int | None, end: int | None) -> int:
+        try:
+            return await self.uploads.append(up, request.content, start, end)
+        except (BadOffset, BadChunk, UploadUnknown):
+            raise  # nothing was written
+        except BaseException:
+            # A chunk that failed half-way: its bytes cannot be trusted.
+            await self.uploads.cancel(up)
+            raise
+
+    async def _finish(self, request: Any, name: str, up: Upload, expected: Digest) -> None:
+        try:
+            await self.uploads.finish(up, expected)
+        except DigestMismatch as e:
+            raise OciError("DIGEST_INVALID", str(e), 400) from None
+        self._blob_created(request, name, expected)
+
+    async def _status(
+        self, request: Any, name: str, upload_id: str, _arg: Callable[[bytes], str | None]
+    ) -> None:
+        up = await self.uploads.find(name, upload_id)
+        self._upload_headers(request, name, up, 204)
+
+    def _content_range(self, request: Any) -> tuple[int | None, int | None]:
+        value = request.getHeader(b"content-range")
+        if value is None:
+            return None, None
+        m = _CONTENT_RANGE_RE.fullmatch(value.decode("latin-1").strip())
+        if m is None or int(m.group(2)) < int(m.group(1)):
+            raise OciError("BLOB_UPLOAD_INVALID", "Content-Range is <start>-<end>", 400)
+        return int(m.group(1)), int(m.group(2))
+
+    async def _chunk(self, request: Any, name: str, up: Upload) -> None:
+        start, end = self._content_range(request)
+        try:
+            await self._append(up, request, start, end)
+        except BadOffset as e:
+            self._upload_headers(request, name, up, 416)
+            raise OciError("BLOB_UPLOAD_INVALID", str(e), 416) from None
+        except BadChunk as e:
+            raise OciError("BLOB_UPLOAD_INVALID", str(e), 400) from None
+
+    async def _patch(
+        self, request: Any, name: str, upload_id: str, _arg: Callable[[bytes], str | None]
+    ) -> None:
+        start, end = self._content_range(request)  # refused before the upload is looked up
+        del start, end
+        up = await self.uploads.find(name, upload_id)
+        await self._chunk(request, name, up)
+        self._upload_headers(request, name, up, 202)
+
+    async def _put_blob(
+        self, request: Any, name: str, upload_id: str, arg: Callable[[bytes], str | None]
+    ) -> None:
+        digest_text = arg(b"digest")
+        if digest_text is None:
+            raise OciError("DIGEST_INVALID", "finish an upload with PUT ...?digest=<digest>", 400)
+        expected = _digest_arg(digest_text)
+        self._content_range(request)
+        up = await self.uploads.find(name, upload_id)
+        await self._chunk(request, name, up)
+        await self._finish(request, name, up, expected)
+
+    async def _cancel(
+        self, request: Any, name: str, upload_id: str, _arg: Callable[[bytes], str | None]
+    ) -> None:
+        up = await self.uploads.find(name, upload_id)
+        await self.uploads.cancel(up)
+        self._empty(request, 204)
+
+    # -- manifests -------------------------------------------------------------------
+
+    async def _put_manifest(
+        self, request: Any, name: str, tag: str | None, ref_digest: Digest | None
+    ) -> None:
+        data = await self._thread(_read_small, request.content, MAX_MANIFEST)
+        if data is None:
+            raise OciError("SIZE_INVALID", f"a manifest has at most {MAX_MANIFEST} bytes", 413)
+        content_type = request.getHeader(b"content-type")
+        ctype = content_type.decode("latin-1") if content_type is not None else None
+        media_type, required, digest = await self._thread(parse_manifest, data, ctype)
+        if ref_digest is not None and ref_digest != digest:
+            raise OciError("DIGEST_INVALID", f"the manifest is {digest}, not {ref_digest}", 400)
+        store = self.store
+        held = [d.digest for d in required]
+        for d in held:
+            store.hold(d)
+        try:
+            # Under the blob lock: no GC or removal can take a blob between the
+            # check and the entry that keeps it.
+            await store.blob_lock.run(self._thread, check_present, self.layout, required)
+            scratch = self.layout.ingest_dir / "small"
+
+            def put() -> Deferred[Digest]:
+                return self._thread(self.layout.put_small_blob, data, scratch)
+
+            await store.blob_lock.run(put)
+            store.hold(digest)
+            held.append(digest)
+            manifest = Descriptor(media_type, digest, len(data))
+            present = await self._thread(closure, self.layout, manifest, required)
+            url, reference = push_url(name, tag, digest)
+            entry = new_entry(
+                url,
+                KIND,
+                manifest,
+                present,
+                manifest,
+                blobs={d.digest for d in present},
+                reference=reference,
+            )
+            old = store.get(url)
+            await store.put(entry)
+            if old is not None:
+                await self._drop_orphans(old)
+        finally:
+            for d in held:
+                store.release(d)
+        log.info("pushed %s as %s (%s)", reference, digest, media_type)
+        self._empty(request, 201)
+        request.setHeader(b"Location", f"/v2/{name}/manifests/{digest}".encode())
+        request.setHeader(b"Docker-Content-Digest", str(digest).encode())
+
+    async def _drop_orphans(self, old: Entry) -> None:
+        """Remove the blobs only a replaced entry used (shared ones stay)."""
+
+        def locked() -> Deferred[int]:
+            orphans = old.blobs - self.store.referenced()
+            return self._thread(lambda: sum(self.layout.remove_blob(b) for b in orphans))
+
+        freed = await self.store.blob_lock.run(locked)
+        if freed:
+            log.info("replaced %s: %d bytes freed", old.reference, freed)
