@@ -218,6 +218,20 @@ def make_parser() -> argparse.ArgumentParser:
     _client_flags(gc)
     du = sub.add_parser("du", help="disk usage of the cache")
     _client_flags(du)
+    export = sub.add_parser(
+        "export",
+        help="write entries to an OCI image layout tarball (skopeo oci-archive:, oras, umoci)",
+    )
+    export.add_argument(
+        "targets", nargs="+", metavar="URL|REF", help="entries, by URL or reference"
+    )
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="the tar to write")
+    _client_flags(export, address=False)
+    imp = sub.add_parser(
+        "import", help="load an OCI image layout tarball into the cache (every digest verified)"
+    )
+    imp.add_argument("bundle", metavar="FILE")
+    _client_flags(imp)
     for name, text in (("pin", "never evict an entry"), ("unpin", "let an entry be evicted")):
         p = sub.add_parser(name, help=text)
         p.add_argument("url")
@@ -257,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return verify(cfg, as_json=args.json, quarantine=args.quarantine)
     if args.command in (None, "serve"):
         return serve(cfg)
+    if args.command == "export":
+        from proxy import commands
+
+        return commands.export_bundle(str(cfg.cache_dir), args.targets, args.output, args.json)
     return run_command(args, cfg)
 
 
@@ -281,6 +299,8 @@ def run_command(args: argparse.Namespace, cfg: config_mod.Config) -> int:
                 return commands.inspect(client, args.target, args.json)
             if args.command == "rm":
                 return commands.rm(client, args.url, args.json)
+            if args.command == "import":
+                return commands.import_bundle(client, args.bundle, args.json)
             if args.command in ("pin", "unpin"):
                 return commands.pin(client, args.url, args.command == "pin", args.json)
             if args.command == "gc":

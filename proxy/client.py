@@ -104,6 +104,26 @@ class Client:
             decoded = None
         return Answer(r.status, decoded)
 
+    def upload(self, path: str, file: Any, size: int, content_type: str) -> Answer:
+        """POST a file as the body (streamed from disk, never read whole)."""
+        conn = self._conn(24 * 3600.0)
+        h = {"Content-Type": content_type, "Content-Length": str(size)}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        try:
+            conn.request("POST", path, body=file, headers=h)
+            r = conn.getresponse()
+            raw = r.read()
+        except OSError as e:
+            raise ClientError(f"cannot reach the server at {self}: {e}") from None
+        finally:
+            conn.close()
+        try:
+            decoded = json.loads(raw) if raw else None
+        except ValueError:
+            decoded = None
+        return Answer(r.status, decoded)
+
     def alive(self) -> bool:
         try:
             return self.request("GET", "/healthz", timeout=2).status == 200

@@ -1,5 +1,5 @@
 """The operator commands: ``pull``, ``ls``, ``inspect``, ``rm``, ``gc``, ``du``,
-``pin`` and ``unpin``.
+``pin``, ``unpin``, ``export`` and ``import``.
 
 Each talks to the server of the cache (see :mod:`proxy.client`) through the
 same API as any client, and prints for a person (a table, a progress bar on
@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -261,6 +262,64 @@ def du(client: Client, as_json: bool) -> int:
     print(f"  unreferenced {_size(b['unreferencedBytes'])} (storage-manager gc frees it)")
     print(f"  downloading  {_size(b['ingestBytes'])}")
     print(f"  filesystem   {_size(fs['free'])} free of {_size(fs['bytes'])}")
+    return OK
+
+
+def import_bundle(client: Client, path: str, as_json: bool) -> int:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        _err(f"cannot read {path}: {e.strerror}")
+        return FAILED
+    with f:
+        answer = client.upload(
+            "/admin/import", f, os.fstat(f.fileno()).st_size, "application/x-tar"
+        )
+    if answer.status != 200:
+        return _failed(answer)
+    b = answer.body
+    if as_json:
+        _dump(b)
+    else:
+        print(
+            f"imported {len(b['entries'])} entries: {b['blobsAdded']} blobs added, "
+            f"{b['blobsSkipped']} already here"
+        )
+        for url in b["entries"]:
+            print(f"  {url}")
+    return OK
+
+
+def export_bundle(cache_dir: str, targets: list[str], output: str, as_json: bool) -> int:
+    """Write the entries named by URL or reference to an OCI layout tar
+    (reads the cache directly: blobs never change, index.json is atomic)."""
+    from proxy.cache import bundle
+    from proxy.cache.layout import Layout
+    from proxy.cache.store import Store
+
+    layout = Layout(Path(cache_dir))
+    if not layout.blobs_dir.is_dir():
+        _err(f"{cache_dir} is not a cache directory")
+        return FAILED
+    store = Store(layout, None)  # type: ignore[arg-type]  # loading needs no reactor
+    store.load()
+    chosen: list[Any] = []
+    for t in targets:
+        found = [e for e in store.entries() if t in (e.url, e.reference)]
+        if not found:
+            _err(f"{t} is not in the cache (give a URL or a reference, see storage-manager ls)")
+            return NOT_FOUND
+        chosen.extend(e for e in found if e not in chosen)
+    tmp = Path(output + ".part")
+    with open(tmp, "wb") as out:
+        count, size = bundle.export(layout, chosen, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, output)
+    if as_json:
+        _dump({"output": output, "entries": [e.url for e in chosen], "blobs": count, "bytes": size})
+    else:
+        print(f"wrote {output}: {len(chosen)} entries, {count} blobs, {_size(size)}")
     return OK
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from proxy import metrics
-from proxy.cache import artifact, views
+from proxy.cache import artifact, bundle, views
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import ingest_key, is_disk_full
 from proxy.cache.store import Entry, Store, new_entry
@@ -553,6 +554,40 @@ class Downloads:
             return after.total_bytes
         finally:
             self._evict_lock.release()
+
+    # -- import ------------------------------------------------------------------------
+
+    async def import_bundle(self, stream: Any) -> tuple[list[Entry], int, int]:
+        """Load an OCI layout tar (see :mod:`proxy.cache.bundle`): every blob
+        verified, the ones already here skipped; fire with (entries, blobs
+        added, blobs skipped)."""
+        layout = self.store.layout
+        directory = layout.ingest_dir / f"import-{uuid.uuid4().hex}"
+        staged: bundle.Staged = await self._thread(bundle.stage, layout, stream, directory)
+        held: list[Digest] = []
+        try:
+            await self.store.blob_lock.acquire()
+            try:
+                for d in (*staged.present, *staged.new):
+                    self.store.hold(d)
+                    held.append(d)
+                for d in staged.new:
+                    await self._thread(layout.commit_file, directory / d.hex, d)
+            finally:
+                self.store.blob_lock.release()
+            entries = await self.store.adopt(staged.index["manifests"])
+        finally:
+            for d in held:
+                self.store.release(d)
+            await self._thread(shutil.rmtree, directory, True)
+        await self.sync_views()
+        log.info(
+            "imported %d entries (%d blobs added, %d already here)",
+            len(entries),
+            len(staged.new),
+            len(staged.present),
+        )
+        return entries, len(staged.new), len(staged.present)
 
     # -- GC ------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ and ``POST /admin/pin``.
 download uses (``?ingest-age=<seconds>``, default a day: newer partial
 downloads are kept so they can resume); ``du`` reports what the cache holds
 on disk; ``pin`` sets whether an entry may be evicted (``{"url", "pin"}``).
-The CLI's ``gc``, ``du``, ``pin`` and ``unpin`` call these.
+``import`` loads an OCI layout tar sent as the body (see
+:mod:`proxy.cache.bundle`). The CLI's ``gc``, ``du``, ``pin``, ``unpin``
+and ``import`` call these.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.errors import json_error, render_error
+from proxy.cache.store import Entry
 from proxy.cache.usage import usage
 from proxy.downloads import Downloads
 from proxy.errors import StorageError
@@ -58,6 +61,22 @@ class AdminAPI:
             return self._later(
                 request, du.addCallback(lambda u: {**u.to_json(), "entries": entries})
             )
+        if path == b"/admin/import":
+            if request.method != b"POST":
+                request.setHeader(b"Allow", b"POST")
+                return json_error(request, 405, "METHOD_NOT_ALLOWED", "import is a POST")
+            request.content.seek(0)
+            loaded = Deferred.fromCoroutine(self.downloads.import_bundle(request.content))
+
+            def report(result: tuple[list[Entry], int, int]) -> dict[str, Any]:
+                entries, added, skipped = result
+                return {
+                    "entries": [e.url for e in entries],
+                    "blobsAdded": added,
+                    "blobsSkipped": skipped,
+                }
+
+            return self._later(request, loaded.addCallback(report))
         if path == b"/admin/pin":
             if request.method != b"POST":
                 request.setHeader(b"Allow", b"POST")
@@ -78,8 +97,8 @@ class AdminAPI:
                 pinned = store.set_pin(url, pin)
             except StorageError as e:
                 return render_error(request, e)
-            done = pinned.addCallback(lambda e: {"url": e.url, "pinned": e.pinned})
-            return self._later(request, done)
+            answer = pinned.addCallback(lambda e: {"url": e.url, "pinned": e.pinned})
+            return self._later(request, answer)
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
 
     @staticmethod

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from proxy.cache import artifact
 from proxy.cache.layout import Layout
-from proxy.errors import Conflict
+from proxy.errors import BadRequest, Conflict
 from proxy.naming import reference_for_url
 from proxy.types import (
     ANNOTATION_CREATED,
@@ -413,6 +413,41 @@ class Store:
             return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sweep)
 
         return self.blob_lock.run(locked)
+
+    def adopt(self, descriptors: list[Any]) -> Deferred[list[Entry]]:
+        """Add entries from another layout's index (an imported bundle) whose
+        blobs are all in blobs/ by now; a descriptor without this server's
+        URL annotation gets ``oci-layout:<ref.name or digest>`` as its URL.
+        Raise BadRequest (adding nothing) if one is unusable."""
+        from proxy.cache.verify import needed
+
+        entries: list[Entry] = []
+        for raw in descriptors:
+            try:
+                desc = Descriptor.from_json(raw)
+            except (ValueError, TypeError, AttributeError) as e:
+                raise BadRequest(f"bundle index: bad descriptor: {e}") from None
+            ann = dict(desc.annotations)
+            if ANNOTATION_URL not in ann:
+                ann[ANNOTATION_URL] = f"oci-layout:{ann.get(ANNOTATION_REF_NAME) or desc.digest}"
+                ann.setdefault(ANNOTATION_KIND, "image")
+            desc = attrs.evolve(desc, annotations=ann)
+            for digest, required in needed(self.layout, desc, ann[ANNOTATION_KIND]):
+                if required and not self.layout.has_blob(digest):
+                    raise BadRequest(f"{ann[ANNOTATION_URL]} needs {digest}, not in the bundle")
+            entry = self._load_own(desc)
+            if entry is None:
+                raise BadRequest(f"{ann[ANNOTATION_URL]}: not an entry this server can serve")
+            entries.append(entry)
+        for entry in entries:
+            old = self._entries.get(entry.url)
+            if old is not None:
+                self._unindex_users(old)
+            self._entries[entry.url] = entry
+            self._index_users(entry)
+            self._last_used[entry.url] = time.time()
+        self._used_dirty = True
+        return self._persist().addCallback(lambda _: entries)
 
     def _snapshot(self) -> dict[str, Any]:
         manifests = list(self._foreign) + [e.index_json() for e in self._entries.values()]

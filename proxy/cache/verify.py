@@ -108,7 +108,7 @@ def _entry_name(raw: dict[str, Any]) -> str:
     return str(ann.get(ANNOTATION_URL) or ann.get(ANNOTATION_REF_NAME) or raw.get("digest"))
 
 
-def _needed(layout: Layout, desc: Descriptor, kind: str) -> Iterator[tuple[Digest, bool]]:
+def needed(layout: Layout, desc: Descriptor, kind: str) -> Iterator[tuple[Digest, bool]]:
     """Every blob ``desc`` reaches: (digest, must be present)."""
     todo: list[tuple[Descriptor, bool]] = [(desc, True)]
     seen: set[Digest] = set()
@@ -145,7 +145,7 @@ def check_index(layout: Layout) -> tuple[list[Problem], dict[str, set[Digest]]]:
         name = _entry_name(raw)
         kind = desc.annotations.get(ANNOTATION_KIND, "")
         needs[name] = set()
-        for digest, required in _needed(layout, desc, kind):
+        for digest, required in needed(layout, desc, kind):
             needs[name].add(digest)
             if required and not layout.has_blob(digest):
                 problems.append(
