@@ -82,36 +82,26 @@ class Client:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
     ) -> Answer:
-        conn = self._conn(timeout or 24 * 3600.0)
         h = {"Accept": "application/json", **(headers or {})}
-        if self.token:
-            h["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             h["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=h)
-            r = conn.getresponse()
-            raw = r.read()
-        except OSError as e:
-            raise ClientError(f"cannot reach the server at {self}: {e}") from None
-        finally:
-            conn.close()
-        try:
-            decoded = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = None
-        return Answer(r.status, decoded)
+        return self._exchange(method, path, data, h, timeout)
 
     def upload(self, path: str, file: Any, size: int, content_type: str) -> Answer:
         """POST a file as the body (streamed from disk, never read whole)."""
-        conn = self._conn(24 * 3600.0)
         h = {"Content-Type": content_type, "Content-Length": str(size)}
+        return self._exchange("POST", path, file, h, None)
+
+    def _exchange(
+        self, method: str, path: str, body: Any, headers: dict[str, str], timeout: float | None
+    ) -> Answer:
+        conn = self._conn(timeout or 24 * 3600.0)
         if self.token:
-            h["Authorization"] = f"Bearer {self.token}"
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
-            conn.request("POST", path, body=file, headers=h)
+            conn.request(method, path, body=body, headers=headers)
             r = conn.getresponse()
             raw = r.read()
         except OSError as e:

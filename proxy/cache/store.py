@@ -365,6 +365,10 @@ class Store:
 
     def put(self, entry: Entry) -> Deferred[None]:
         """Add or replace an entry and persist index.json."""
+        self._set(entry)
+        return self._persist()
+
+    def _set(self, entry: Entry) -> None:
         old = self._entries.get(entry.url)
         if old is not None:
             self._unindex_users(old)
@@ -372,7 +376,6 @@ class Store:
         self._index_users(entry)
         self._last_used[entry.url] = time.time()
         self._used_dirty = True
-        return self._persist()
 
     def remove(self, url: str) -> Deferred[int]:
         """Remove an entry and the blobs only it referenced; fire with bytes freed."""
@@ -440,13 +443,7 @@ class Store:
                 raise BadRequest(f"{ann[ANNOTATION_URL]}: not an entry this server can serve")
             entries.append(entry)
         for entry in entries:
-            old = self._entries.get(entry.url)
-            if old is not None:
-                self._unindex_users(old)
-            self._entries[entry.url] = entry
-            self._index_users(entry)
-            self._last_used[entry.url] = time.time()
-        self._used_dirty = True
+            self._set(entry)
         return self._persist().addCallback(lambda _: entries)
 
     def _snapshot(self) -> dict[str, Any]:
