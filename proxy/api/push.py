@@ -220,17 +220,25 @@ class PushAPI:
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
 
-    @staticmethod
-    def handles(method: bytes, path: bytes) -> bool:
-        """Whether a /v2 request is a push request (everything but reads,
-        and the upload-status GET)."""
-        return method not in (b"GET", b"HEAD") or b"/blobs/uploads/" in path
+    def handles(self, method: bytes, path: bytes) -> bool:
+        """Whether a /v2 request is a push request (everything but reads, and
+        the upload-status GET), or, with a token, the ``/v2/`` ping."""
+        if method not in (b"GET", b"HEAD") or b"/blobs/uploads/" in path:
+            return True
+        return self._token is not None and path in (b"/v2", b"/v2/")
 
     def render(self, request: Any, path: bytes) -> Any:
         """Route a push request; OciError for what is refused at once."""
         if not authorized(request, self._token):
             request.setHeader(b"WWW-Authenticate", REALM)
+            # The ping too: skopeo and containerd decide from the ping's answer
+            # whether to send credentials at all. Reads themselves stay open
+            # (they ignore the empty Basic an anonymous client then sends).
             raise OciError("UNAUTHORIZED", "pushing to this registry needs the API token")
+        if path in (b"/v2", b"/v2/") and request.method in (b"GET", b"HEAD"):
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(*API_VERSION)
+            return b"{}"
         if b"%" in path:
             raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
         try:
@@ -462,6 +470,7 @@ class PushAPI:
             )
             old = store.get(url)
             await store.put(entry)
+            self.uploads.settle(entry.blobs)
             if old is not None:
                 await self._drop_orphans(old)
         finally:

@@ -28,12 +28,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 
 from proxy.cache.ingest import IngestFile
@@ -115,6 +115,7 @@ class Uploads:
         self._reactor: IReactorThreads = reactor
         self._clock: IReactorTime = reactor
         self._uploads: dict[str, Upload] = {}
+        self._holds: dict[Digest, list[IDelayedCall]] = {}
 
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
@@ -230,9 +231,26 @@ class Uploads:
         return size
 
     def hold(self, digest: Digest) -> None:
-        """Keep a pushed blob alive for :data:`HOLD_SECONDS`."""
+        """Keep a pushed blob alive for :data:`HOLD_SECONDS`, or until
+        :meth:`settle` (a manifest's entry keeps it from then on)."""
         self.store.hold(digest)
-        self._clock.callLater(HOLD_SECONDS, self.store.release, digest)
+        calls = self._holds.setdefault(digest, [])
+
+        def expire() -> None:
+            calls.remove(call)
+            if not calls and self._holds.get(digest) is calls:
+                del self._holds[digest]
+            self.store.release(digest)
+
+        call = self._clock.callLater(HOLD_SECONDS, expire)
+        calls.append(call)
+
+    def settle(self, digests: Iterable[Digest]) -> None:
+        """An entry now references these blobs: drop the holds of their pushes."""
+        for digest in digests:
+            for call in self._holds.pop(digest, []):
+                call.cancel()
+                self.store.release(digest)
 
     def _expire(self) -> None:
         now = time.monotonic()
