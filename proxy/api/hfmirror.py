@@ -1,21 +1,522 @@
-"""A read-only Hugging Face Hub mirror under ``/hf``, served from cached ``hf://`` entries."""
+"""A read-only Hugging Face Hub under ``/hf``, served from cached ``hf://`` entries.
+
+``HF_ENDPOINT=http://<node>:8050/hf`` makes ``huggingface_hub`` (and so
+transformers, vLLM, ...) download from this node, with no internet, whatever
+was pulled before with ``hf://``. The subset of the Hub's protocol that
+``hf_hub_download`` and ``snapshot_download`` use (``huggingface_hub`` 1.x/2.x)::
+
+    GET  /hf/api/{models|datasets}/<org>/<repo>[/revision/<rev>]   repo info
+    GET  /hf/api/{models|datasets}/<org>/<repo>/tree/<rev>[/<path>]?recursive=&cursor=
+    HEAD|GET /hf/[datasets/]<org>/<repo>/resolve/<rev>/<path>      the file
+
+What is served is what the entries recorded (annotations written by
+:mod:`proxy.fetch.hf`): the repository, the revision asked for and the commit
+it resolved to, and per file its path, git oid, LFS sha256 and size. A
+revision is a name some entry was pulled at (the newest entry wins when two
+recorded different commits) or a commit sha some entry holds.
+
+* ``resolve`` answers ``200``/``206`` with the bytes (never a redirect),
+  ``X-Repo-Commit``, ``ETag`` (the git oid; the sha256 for LFS files),
+  ``X-Linked-Etag`` and ``X-Linked-Size`` for LFS files, ``Content-Length``,
+  ``Accept-Ranges``; never ``Content-Encoding`` nor any ``X-Xet-*`` header, so
+  clients take the plain HTTP path.
+* The repo info and the tree listing are only answered for a commit the
+  cache holds completely (an entry pulled without a path, ``hf:///org/repo``).
+  A repository only partly cached (single files) answers ``404``
+  ``RevisionNotFound`` there, with a message saying so: ``snapshot_download``
+  raises it (``RevisionNotFoundError``) instead of writing a partial snapshot,
+  or returning one it made itself with ``hf_hub_download``; the cached files
+  still resolve one by one.
+* Errors are the Hub's: ``X-Error-Code`` (``RepoNotFound``,
+  ``RevisionNotFound``, ``EntryNotFound``), ``X-Error-Message`` and a JSON
+  body ``{"error": message}``, which ``huggingface_hub`` turns into its
+  exception classes. Names, revisions and paths are validated (no ``..``)
+  before anything is looked up; only blobs named by a recorded digest are
+  ever opened.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
 from typing import Any
+from urllib.parse import unquote, urlencode
 
+import attrs
 from twisted.python.threadpool import ThreadPool
+from twisted.web.server import NOT_DONE_YET
 
-from proxy.api.errors import json_error
-from proxy.cache.store import Store
+from proxy.api.blobs import send_blob
+from proxy.api.ranges import Unsatisfiable, parse_range
+from proxy.cache.store import Entry, Store
+from proxy.fetch.hf import parse_hf_url
+from proxy.types import ANNOTATION_HF_COMMIT as A_COMMIT
+from proxy.types import ANNOTATION_HF_LFS as A_LFS
+from proxy.types import ANNOTATION_HF_OID as A_OID
+from proxy.types import ANNOTATION_HF_REPO as A_REPO
+from proxy.types import ANNOTATION_HF_REPO_TYPE as A_REPO_TYPE
+from proxy.types import ANNOTATION_HF_REVISION as A_REVISION
+from proxy.types import ANNOTATION_TITLE, ANNOTATION_URL, Descriptor
+
+TREE_PAGE_SIZE = 1000  # entries per tree page, as the Hub pages them
+TREE_EXPAND_PAGE_SIZE = 50  # ... with expand=true
+MAX_PATH = 4096
+
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_COMMIT_RE = re.compile(r"[a-f0-9]{40}")
+_OID_RE = re.compile(r"[a-f0-9]{40}")
+_API_TYPES = {"models": "model", "datasets": "dataset"}
+
+
+class HubError(Exception):
+    """An answer the way the Hub gives it: status, ``X-Error-Code``, message."""
+
+    def __init__(
+        self, status: int, code: str | None, message: str, commit: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.commit = commit
+
+
+def _bad(message: str) -> HubError:
+    return HubError(400, None, message)
+
+
+@attrs.frozen
+class HubFile:
+    path: str
+    blob: Descriptor  # the cached file (digest, size)
+    oid: str | None  # git blob sha1 (of the LFS pointer for LFS files)
+    lfs: str | None  # sha256 hex of an LFS file
+
+    @property
+    def etag(self) -> str:
+        return self.lfs or self.oid or self.blob.digest.hex
+
+    def pointer_size(self) -> int:
+        """Size of the git LFS pointer file of this file."""
+        pointer = (
+            "version https://git-lfs.github.com/spec/v1\n"
+            f"oid sha256:{self.lfs}\nsize {self.blob.size}\n"
+        )
+        return len(pointer.encode())
+
+
+@attrs.frozen
+class Snapshot:
+    """What the cache knows of one commit of one repository."""
+
+    repo_type: str
+    repo: str
+    commit: str
+    files: dict[str, HubFile]
+    complete: bool  # some entry holds every file of the commit
+    created: str  # newest entry's creation time
+
+
+def _is_whole_repo(url: str) -> bool:
+    """Whether an hf:// entry URL names a whole repository (no path)."""
+    try:
+        return parse_hf_url(url).path is None
+    except Exception:
+        return False
+
+
+def _safe_path(path: str) -> str:
+    if len(path) > MAX_PATH:
+        raise _bad("path too long")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise _bad("the path in the repository has empty, '.' or '..' parts")
+    return path
+
+
+def _check_revision(revision: str) -> str:
+    if (
+        not revision
+        or len(revision) > 256
+        or ".." in revision
+        or any(c in revision for c in "\0\r\n\\")
+        or revision.startswith("/")
+        or revision.endswith("/")
+    ):
+        raise _bad(f"invalid revision {revision[:80]!r}")
+    return revision
+
+
+def _segment(raw: str) -> str:
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise _bad("the path is not UTF-8") from None
+
+
+def _git_trees(files: dict[str, HubFile]) -> dict[str, str]:
+    """Git tree ids of every directory ("" is the root), from the files' blob
+    oids, as git computes them (regular files, mode 100644)."""
+    children: dict[str, dict[str, tuple[bool, str]]] = {"": {}}
+    for path in files:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            children.setdefault("/".join(parts[:i]), {})
+    trees: dict[str, str] = {}
+
+    def tree(directory: str) -> str:
+        entries: list[tuple[bytes, bytes]] = []
+        prefix = f"{directory}/" if directory else ""
+        for path, f in files.items():
+            if path.startswith(prefix) and "/" not in path[len(prefix) :]:
+                oid = f.oid if f.oid and _OID_RE.fullmatch(f.oid) else "0" * 40
+                name = path[len(prefix) :].encode()
+                entries.append((name, b"100644 " + name + b"\0" + bytes.fromhex(oid)))
+        for sub in children:
+            if sub and sub.startswith(prefix) and "/" not in sub[len(prefix) :]:
+                name = sub[len(prefix) :].encode()
+                entries.append((name + b"/", b"40000 " + name + b"\0" + bytes.fromhex(tree(sub))))
+        body = b"".join(e for _, e in sorted(entries))
+        oid = hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False).hexdigest()
+        trees[directory] = oid
+        return oid
+
+    tree("")
+    return trees
 
 
 class HfMirror:
-    """``HF_ENDPOINT=http://<node>:8050/hf`` for ``huggingface_hub``."""
+    """Serves ``/hf`` from the ``hf://`` entries of a store (read-only)."""
 
     def __init__(self, store: Store, pool: ThreadPool) -> None:
         self.store = store
-        self.pool = pool
+        self.pool = pool  # sendfile(2) workers, shared with /v2
+
+    # -- dispatch --------------------------------------------------------------
 
     def render(self, request: Any, path: bytes) -> Any:
-        return json_error(request, 404, "NOT_FOUND", "no such endpoint")
+        try:
+            result = self._route(request, path)
+        except HubError as e:
+            result = self._error(request, e)
+        if result is NOT_DONE_YET:
+            return result
+        if request.responseHeaders.getRawHeaders(b"content-length") is None:
+            request.setHeader(b"Content-Length", str(len(result)).encode())
+        request.write(result)
+        request.finish()
+        return NOT_DONE_YET
+
+    def _route(self, request: Any, path: bytes) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            raise HubError(405, None, "this mirror is read-only")
+        try:
+            text = path.decode("ascii")
+        except UnicodeDecodeError:
+            raise _bad("the path is not ASCII (percent-encode it)") from None
+        raw = text[len("/hf/") :].split("/") if text.startswith("/hf/") else []
+        if not raw or raw == [""]:
+            raise HubError(404, None, "Not Found")
+        if raw[0] == "api":
+            if len(raw) < 4 or raw[1] not in _API_TYPES:
+                raise HubError(404, None, "Not Found")
+            repo_type = _API_TYPES[raw[1]]
+            repo = self._repo(raw[2], raw[3])
+            rest = raw[4:]
+            if not rest:
+                return self._info(request, repo_type, repo, "main")
+            if rest[0] == "revision" and len(rest) >= 2:
+                revision = "/".join(_segment(s) for s in rest[1:])
+                return self._info(request, repo_type, repo, _check_revision(revision))
+            if rest[0] == "tree" and len(rest) >= 2:
+                revision, path_parts = self._split_revision(rest[1:])
+                sub = "/".join(_segment(s) for s in path_parts).strip("/")
+                return self._tree(
+                    request, repo_type, repo, revision, _safe_path(sub) if sub else ""
+                )
+            raise HubError(404, None, "Not Found")
+        repo_type = "model"
+        if raw[0] in ("datasets", "models"):
+            repo_type = "dataset" if raw[0] == "datasets" else "model"
+            raw = raw[1:]
+        if len(raw) < 5 or raw[2] != "resolve":
+            raise HubError(404, None, "Not Found")
+        repo = self._repo(raw[0], raw[1])
+        revision, path_parts = self._split_revision(raw[3:])
+        file_path = _safe_path("/".join(_segment(s) for s in path_parts))
+        return self._resolve(request, repo_type, repo, revision, file_path)
+
+    @staticmethod
+    def _repo(org: str, name: str) -> str:
+        org, name = _segment(org), _segment(name)
+        if not _COMPONENT_RE.fullmatch(org) or not _COMPONENT_RE.fullmatch(name):
+            raise HubError(404, "RepoNotFound", "Repository not found")
+        return f"{org}/{name}"
+
+    @staticmethod
+    def _split_revision(rest: list[str]) -> tuple[str, list[str]]:
+        """(revision, the rest): one segment (``quote(rev, safe="")``), or a
+        raw ``refs/pr/<n>`` / ``refs/convert/<x>``, as the Hub accepts them."""
+        if rest[0] == "refs" and len(rest) >= 3 and rest[1] in ("pr", "convert"):
+            return _check_revision("/".join(rest[:3])), rest[3:]
+        return _check_revision(_segment(rest[0])), rest[1:]
+
+    # -- what the cache holds --------------------------------------------------
+
+    def _entries(self, repo_type: str, repo: str) -> list[Entry]:
+        out = []
+        for e in self.store.entries():
+            ann = e.descriptor.annotations
+            if (
+                e.kind == "hf"
+                and e.complete
+                and ann.get(A_REPO) == repo
+                and ann.get(A_REPO_TYPE, "model") == repo_type
+                and _COMMIT_RE.fullmatch(ann.get(A_COMMIT, ""))
+            ):
+                out.append(e)
+        return out
+
+    def _snapshot(self, repo_type: str, repo: str, revision: str) -> Snapshot:
+        entries = self._entries(repo_type, repo)
+        if not entries:
+            raise HubError(404, "RepoNotFound", f"Repository {repo} is not cached on this node")
+        if _COMMIT_RE.fullmatch(revision):
+            commit = revision
+        else:
+            named = [e for e in entries if e.descriptor.annotations.get(A_REVISION) == revision]
+            if not named:
+                raise HubError(
+                    404, "RevisionNotFound", f"Invalid rev id: {revision} (not cached on this node)"
+                )
+            newest = max(named, key=lambda e: e.created)
+            commit = newest.descriptor.annotations[A_COMMIT]
+        at = [e for e in entries if e.descriptor.annotations[A_COMMIT] == commit]
+        if not at:
+            raise HubError(
+                404, "RevisionNotFound", f"Invalid rev id: {revision} (not cached on this node)"
+            )
+        whole = [e for e in at if _is_whole_repo(e.descriptor.annotations.get(ANNOTATION_URL, ""))]
+        files: dict[str, HubFile] = {}
+        for e in sorted(whole, key=lambda e: e.created, reverse=True) or at:
+            for f in e.files:
+                title = f.annotations.get(ANNOTATION_TITLE)
+                if not title or title in files:
+                    continue
+                lfs = f.annotations.get(A_LFS)
+                files[title] = HubFile(title, f, f.annotations.get(A_OID), lfs or None)
+            if whole:
+                break  # one whole-repository entry lists the commit exactly
+        return Snapshot(
+            repo_type, repo, commit, files, bool(whole), max(e.created for e in at) or ""
+        )
+
+    @staticmethod
+    def _partial(snap: Snapshot, revision: str) -> HubError:
+        prefix = "datasets/" if snap.repo_type == "dataset" else ""
+        at = "" if revision == "main" else f"@{revision}"
+        # RevisionNotFound: the one error snapshot_download raises even when a
+        # partial local snapshot exists (any other makes it return that folder).
+        return HubError(
+            404,
+            "RevisionNotFound",
+            f"{snap.repo}@{revision} is only partly cached on this node "
+            f"({len(snap.files)} file(s) of commit {snap.commit}); cache the whole "
+            f"repository (POST /content/ with hf://<hub>/{prefix}{snap.repo}{at}) to list it",
+        )
+
+    # -- answers ---------------------------------------------------------------
+
+    def _error(self, request: Any, e: HubError) -> bytes:
+        request.setResponseCode(e.status)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        if e.code is not None:
+            request.setHeader(b"X-Error-Code", e.code.encode())
+        request.setHeader(b"X-Error-Message", e.message.encode("ascii", "replace"))
+        if e.commit is not None:
+            request.setHeader(b"X-Repo-Commit", e.commit.encode())
+        return json.dumps({"error": e.message}).encode()
+
+    @staticmethod
+    def _json(request: Any, body: Any) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return json.dumps(body).encode()
+
+    def _info(self, request: Any, repo_type: str, repo: str, revision: str) -> bytes:
+        snap = self._snapshot(repo_type, repo, revision)
+        if not snap.complete:
+            raise self._partial(snap, revision)
+        args: dict[bytes, list[bytes]] = request.args or {}
+        blobs = args.get(b"blobs", [b""])[0].lower() in (b"1", b"true")
+        siblings: list[dict[str, Any]] = []
+        for f in sorted(snap.files.values(), key=lambda f: f.path):
+            sibling: dict[str, Any] = {"rfilename": f.path}
+            if blobs:
+                sibling.update(size=f.blob.size, blobId=f.oid)
+                if f.lfs:
+                    sibling["lfs"] = {
+                        "sha256": f.lfs,
+                        "size": f.blob.size,
+                        "pointerSize": f.pointer_size(),
+                    }
+            siblings.append(sibling)
+        created = snap.created.replace("Z", ".000Z") if snap.created.endswith("Z") else None
+        info: dict[str, Any] = {
+            "_id": hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()[:24],
+            "id": repo,
+            "author": repo.split("/")[0],
+            "sha": snap.commit,
+            "lastModified": created,
+            "private": False,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": siblings,
+            "usedStorage": sum(f.blob.size for f in snap.files.values()),
+        }
+        if repo_type == "model":
+            info.update(modelId=repo, library_name=None, spaces=[])
+        expand = args.get(b"expand", []) + args.get(b"expand[]", [])
+        if expand:
+            wanted = {w for v in expand for w in v.decode("latin-1").split(",")}
+            info = {k: v for k, v in info.items() if k in ("_id", "id") or k in wanted}
+        return self._json(request, info)
+
+    def _tree(self, request: Any, repo_type: str, repo: str, revision: str, sub: str) -> bytes:
+        snap = self._snapshot(repo_type, repo, revision)
+        if not snap.complete:
+            raise self._partial(snap, revision)
+        trees = _git_trees(snap.files)
+        if sub and sub not in trees:
+            raise HubError(404, "EntryNotFound", f"{sub} does not exist on {revision}")
+        args: dict[bytes, list[bytes]] = request.args or {}
+
+        def flag(name: bytes) -> bool:
+            return args.get(name, [b"false"])[0].lower() in (b"1", b"true")
+
+        recursive, expand = flag(b"recursive"), flag(b"expand")
+        prefix = f"{sub}/" if sub else ""
+
+        def shown(path: str) -> bool:
+            return path.startswith(prefix) and (recursive or "/" not in path[len(prefix) :])
+
+        items: list[dict[str, Any]] = [
+            {"type": "directory", "oid": oid, "size": 0, "path": d}
+            for d, oid in trees.items()
+            if d and d != sub and shown(d)
+        ]
+        for f in snap.files.values():
+            if shown(f.path):
+                item: dict[str, Any] = {
+                    "type": "file",
+                    "oid": f.oid or f.blob.digest.hex[:40],
+                    "size": f.blob.size,
+                    "path": f.path,
+                }
+                if f.lfs:
+                    item["lfs"] = {
+                        "oid": f.lfs,
+                        "size": f.blob.size,
+                        "pointerSize": f.pointer_size(),
+                    }
+                items.append(item)
+        items.sort(key=lambda i: str(i["path"]))
+        page_size = TREE_EXPAND_PAGE_SIZE if expand else TREE_PAGE_SIZE
+        cursor = args.get(b"cursor", [b""])[0]
+        try:
+            start = int(base64.urlsafe_b64decode(cursor).decode("ascii")) if cursor else 0
+        except (ValueError, binascii.Error):
+            raise _bad("Invalid cursor") from None
+        if start < 0:
+            raise _bad("Invalid cursor")
+        if start + page_size < len(items):
+            params = {
+                k.decode("latin-1"): v[0].decode("latin-1")
+                for k, v in args.items()
+                if k != b"cursor" and v
+            }
+            params["cursor"] = base64.urlsafe_b64encode(str(start + page_size).encode()).decode()
+            host = (request.getHeader(b"host") or b"localhost").decode("latin-1")
+            link = f'<http://{host}{request.path.decode("ascii")}?{urlencode(params)}>; rel="next"'
+            request.setHeader(b"Link", link.encode("latin-1", "replace"))
+        return self._json(request, items[start : start + page_size])
+
+    def _resolve(self, request: Any, repo_type: str, repo: str, revision: str, path: str) -> Any:
+        snap = self._snapshot(repo_type, repo, revision)
+        f = snap.files.get(path)
+        if f is None:
+            if snap.complete:
+                raise HubError(404, "EntryNotFound", "Entry not found", commit=snap.commit)
+            # Not a proven miss: no X-Repo-Commit, so the client caches no "does not exist".
+            raise HubError(
+                404,
+                "EntryNotFound",
+                f"{path} of {repo}@{revision} is not cached on this node",
+            )
+        digest = f.blob.digest
+        try:
+            fd = os.open(self.store.layout.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise HubError(
+                404, "EntryNotFound", f"{path} of {repo}@{revision} is not cached on this node"
+            ) from None
+        try:
+            size = os.fstat(fd).st_size
+            etag = f'"{f.etag}"'
+            request.setHeader(b"Content-Type", b"application/octet-stream")
+            request.setHeader(b"Accept-Ranges", b"bytes")
+            request.setHeader(b"ETag", etag.encode())
+            request.setHeader(b"X-Repo-Commit", snap.commit.encode())
+            if f.lfs:
+                request.setHeader(b"X-Linked-Etag", etag.encode())
+                request.setHeader(b"X-Linked-Size", str(size).encode())
+            name = path.rsplit("/", 1)[-1]
+            if name.isascii() and '"' not in name and name.isprintable():
+                request.setHeader(b"Content-Disposition", f'inline; filename="{name}"'.encode())
+            wanted = _header(request, b"range")
+            if_range = _header(request, b"if-range")
+            if if_range is not None and if_range.strip().removeprefix("W/") != etag:
+                wanted = None
+            inm = _header(request, b"if-none-match")
+            if inm and any(t.strip().removeprefix("W/") in (etag, "*") for t in inm.split(",")):
+                os.close(fd)
+                request.setResponseCode(304)
+                return b""
+            try:
+                byte_range = parse_range(wanted, size)
+            except Unsatisfiable:
+                os.close(fd)
+                request.setResponseCode(416)
+                request.setHeader(b"Content-Range", f"bytes */{size}".encode())
+                request.setHeader(b"Content-Length", b"0")
+                return b""
+            offset, length = 0, size
+            if byte_range is not None:
+                offset, length = byte_range.start, byte_range.length
+                request.setResponseCode(206)
+                cr = f"bytes {byte_range.start}-{byte_range.end}/{size}"
+                request.setHeader(b"Content-Range", cr.encode())
+            request.setHeader(b"Content-Length", str(length).encode())
+            self.store.touch_blob(digest.hex)
+            if request.method == b"HEAD":
+                os.close(fd)
+                return b""
+        except BaseException:
+            os.close(fd)
+            raise
+        release = self.store.reading(digest.hex)
+        request.notifyFinish().addBoth(lambda _: release())
+        send_blob(request, fd, offset, length, self.pool)
+        return NOT_DONE_YET
+
+
+def _header(request: Any, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
