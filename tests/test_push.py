@@ -20,6 +20,7 @@ from tests.support.images import (
     OCI_MANIFEST,
     SKOPEO_BINARY,
     Blobs,
+    PushError,
     build_layout,
     digest_of,
     oras_push_artifact,
@@ -92,9 +93,7 @@ def skopeo_pull(host: str, repo_tag: str, dest: Path, *extra: str) -> None:
 
 
 def layout_blobs(layout: Path) -> dict[str, bytes]:
-    return {
-        f"sha256:{p.name}": p.read_bytes() for p in (layout / "blobs" / "sha256").iterdir()
-    }
+    return {f"sha256:{p.name}": p.read_bytes() for p in (layout / "blobs" / "sha256").iterdir()}
 
 
 # -- oras ---------------------------------------------------------------------------------------
@@ -443,7 +442,7 @@ def test_with_an_api_token_pushes_need_it(tmp_path: Path) -> None:
         assert r.status_code == 202
         location = r.headers["location"]
         assert c.get(location).status_code == 401  # upload status is part of a push
-        with pytest.raises(Exception, match="401|nauthorized"):
+        with pytest.raises(PushError, match=r"401|nauthorized"):
             skopeo_copy(src, "v1", host, "auth/app:v1")
         assert skopeo_copy(src, "v1", host, "auth/app:v1", creds=f"node:{TOKEN}") == top["digest"]
         # Reads stay open.
