@@ -279,3 +279,36 @@ def test_protected_reads(hub: FakeHub, cache_dir: Path, tmp_path: Path) -> None:
             token=token,
         )
         assert got == files["config.json"].decode()
+
+
+def test_a_long_tree_listing_is_paged_like_the_hub(
+    hub: FakeHub, server: ServerProcess, tmp_path: Path
+) -> None:
+    hub.add_repo("org/many")
+    for i in range(1003):
+        hub.add_file("org/many", f"shards/{i // 500}/part-{i:04d}.txt", b"%d\n" % i)
+    commit = hub.commit("org/many")
+    pull(server, f"hf://{host_of(hub)}/org/many")
+    with httpx.Client(base_url=hub.endpoint) as h:
+        first = h.get(f"/api/models/org/many/tree/{commit}?recursive=true")
+        hub_all = first.json() + h.get(first.links["next"]["url"]).json()
+    hub.stop()
+    endpoint = f"{server.base_url}/hf"
+    with httpx.Client() as c:
+        r = c.get(f"{endpoint}/api/models/org/many/tree/main?recursive=true")
+        assert len(r.json()) == 1000  # the Hub's page size
+        nxt = r.links["next"]["url"]
+        assert nxt.startswith(f"{endpoint}/api/models/org/many/tree/main?")  # absolute
+        rest = c.get(nxt)
+        assert "next" not in rest.links
+        assert r.json() + rest.json() == hub_all
+    got = run_client(
+        tmp_path,
+        endpoint,
+        """
+        from huggingface_hub import HfApi
+        entries = list(HfApi().list_repo_tree("org/many", recursive=True))
+        result = sorted(e.path for e in entries)
+        """,
+    )
+    assert got == sorted(str(e["path"]) for e in hub_all)
