@@ -268,10 +268,13 @@ class IngestSink:
         self._in_flight = False
         if self._on_written is not None:
             self._on_written(self._ingest.offset)
+        # The next batch first: once it is on its way, the buffer is empty and
+        # the network may refill it while the worker writes (resuming only
+        # after the following batch kept the network idle for a whole batch).
+        self._kick()
         if self._paused and self._buffered <= self.LOW_WATER:
             self._paused = False
             self._resume()
-        self._kick()
 
     def _write_failed(self, f: Failure) -> None:
         self._in_flight = False
