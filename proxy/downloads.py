@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import attrs
 from twisted.internet.defer import (
@@ -557,13 +557,23 @@ class Downloads:
 
     # -- import ------------------------------------------------------------------------
 
-    async def import_bundle(self, stream: Any) -> tuple[list[Entry], int, int]:
-        """Load an OCI layout tar (see :mod:`proxy.cache.bundle`): every blob
-        verified, the ones already here skipped; fire with (entries, blobs
-        added, blobs skipped)."""
+    async def layout_at(self, request: FetchRequest) -> str | None:
+        """The local path of a ``file://`` POST when it names an OCI image
+        layout (a directory or a tar) that may be read, else None."""
+        fetcher = self.fetcher_for(request)
+        fetcher.validate(request)  # --allow-file-import, never the cache itself
+        local = unquote(urlsplit(request.url).path)
+        found: bool = await self._thread(bundle.is_layout, local)
+        return local if found else None
+
+    async def import_bundle(self, source: Any) -> tuple[list[Entry], int, int]:
+        """Load an OCI layout (see :mod:`proxy.cache.bundle`) from a tar stream
+        or a local path (a layout directory or tar): every blob verified, the
+        ones already here skipped; fire with (entries, blobs added, skipped)."""
         layout = self.store.layout
         directory = layout.ingest_dir / f"import-{uuid.uuid4().hex}"
-        staged: bundle.Staged = await self._thread(bundle.stage, layout, stream, directory)
+        stage = bundle.stage_path if isinstance(source, str) else bundle.stage
+        staged: bundle.Staged = await self._thread(stage, layout, source, directory)
         held: list[Digest] = []
         try:
             await self.store.blob_lock.acquire()

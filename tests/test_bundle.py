@@ -158,3 +158,33 @@ def _tar(files: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def test_post_file_url_of_a_layout_tar_or_directory(tmp_path: Path, source: Source) -> None:
+    data = os.urandom(100_000)
+    source.add_file("/w.bin", data)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    with ServerProcess(tmp_path / "one") as srv, srv.client() as c:
+        assert c.post("/content/", json={"url": source.url("/w.bin")}).status_code == 201
+    tar = drop / "bundle.tar"
+    r = run_cli(
+        "export", source.url("/w.bin"), "-o", str(tar), "--cache-dir", str(tmp_path / "one")
+    )
+    assert r.returncode == 0, r.stderr
+    unpacked = drop / "layout"
+    with tarfile.open(tar) as t:
+        t.extractall(unpacked, filter="data")
+    for i, target in enumerate((tar, unpacked)):
+        cache = tmp_path / f"c{i}"
+        srv = ServerProcess(cache, "--allow-file-import", str(drop))
+        with srv, srv.client() as c:
+            r = c.post("/content/", json={"url": f"file://{target}"})
+            assert r.status_code == 201, r.text
+            assert r.json()["kind"] == "oci-layout"
+            assert [e["url"] for e in r.json()["imported"]] == [source.url("/w.bin")]
+            entry = c.get(f"/content/{b64(source.url('/w.bin'))}").json()
+            assert Path(entry["path"]).read_bytes() == data
+    # The same rules as any file:// import: outside --allow-file-import it is refused.
+    with ServerProcess(tmp_path / "c9") as srv, srv.client() as c:
+        assert c.post("/content/", json={"url": f"file://{tar}"}).status_code == 403

@@ -289,6 +289,20 @@ class ContentAPI:
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("body is not JSON") from None
         fetch_request = parse_post(body)
+        if fetch_request.scheme == "file":
+            layout_path = await self.downloads.layout_at(fetch_request)
+            if layout_path is not None:
+                # An OCI layout (directory or tar): its entries, as `import` loads them.
+                entries, added, skipped = await self.downloads.import_bundle(layout_path)
+                answer = {
+                    "url": fetch_request.url,
+                    "kind": "oci-layout",
+                    "state": "complete",
+                    "imported": [self.describe_entry(e) for e in entries],
+                    "blobsAdded": added,
+                    "blobsSkipped": skipped,
+                }
+                return self._json(request, 201 if added else 200, answer)
         pending = self.downloads.ensure(fetch_request)
         if not pending.called and _prefers_async(request):
             # RFC 7240: answer now; the client follows Location (?watch=1).

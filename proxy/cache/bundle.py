@@ -24,9 +24,10 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,61 +89,117 @@ class Staged:
     present: tuple[Digest, ...]  # already in the cache: skipped
 
 
-def stage(layout: Layout, stream: IO[bytes], directory: Path) -> Staged:
-    """Read a layout tar from ``stream`` into ``directory``, verifying every
-    blob; raise BadRequest / BadContent (and leave nothing) on a bad bundle."""
+def stage(layout: Layout, source: IO[bytes] | Path, directory: Path) -> Staged:
+    """Read a layout -- a tar stream, or a layout directory -- into
+    ``directory``, verifying every blob; raise BadRequest / BadContent (and
+    leave nothing) on a bad bundle."""
     directory.mkdir(parents=True, exist_ok=False)
     try:
-        return _stage(layout, stream, directory)
+        return _stage(layout, source, directory)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
 
-def _stage(layout: Layout, stream: IO[bytes], directory: Path) -> Staged:
-    index: dict[str, Any] | None = None
-    layout_seen = False
-    new: list[Digest] = []
-    present: list[Digest] = []
+def is_layout(path: str) -> bool:
+    """Whether ``path`` is an OCI image layout: a directory with ``oci-layout``,
+    or a tar that holds one at its top."""
+    p = Path(path)
+    if p.is_dir():
+        return (p / "oci-layout").is_file() and (p / "index.json").is_file()
+    if not p.is_file():
+        return False
+    try:
+        with open(p, "rb") as f:
+            head = f.read(512)
+        # Only an uncompressed tar (ustar/GNU magic): never decompress to find out.
+        if len(head) < 512 or head[257:262] != b"ustar":
+            return False
+        with tarfile.open(p, mode="r:") as tar:  # headers only: data is seeked past
+            for n, member in enumerate(tar):
+                if member.name.removeprefix("./") == "oci-layout":
+                    return True
+                if n >= 10_000:
+                    break
+    except (tarfile.TarError, OSError):
+        return False
+    return False
+
+
+def stage_path(layout: Layout, path: str, directory: Path) -> Staged:
+    """:func:`stage` of a layout directory or a layout tar on disk."""
+    if Path(path).is_dir():
+        return stage(layout, Path(path), directory)
+    with open(path, "rb") as f:
+        return stage(layout, f, directory)
+
+
+def _tar_members(stream: IO[bytes]) -> Iterator[tuple[str, int, IO[bytes] | None]]:
+    """(name, size, file or None for a directory) of a tar stream, in order."""
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - closed below
     except tarfile.TarError as e:
         raise BadRequest(f"not a tar archive: {e}") from None
     with tar:
-        try:
-            for member in tar:
-                name = member.name
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise BadRequest(f"{name[:100]!r}: only regular files belong in a layout")
-                f = tar.extractfile(member)
-                assert f is not None
-                if name.removeprefix("./") == "oci-layout":
-                    doc = json.loads(f.read(4096))
-                    if not isinstance(doc, dict) or doc.get("imageLayoutVersion") != "1.0.0":
-                        raise BadRequest("oci-layout is not imageLayoutVersion 1.0.0")
-                    layout_seen = True
-                elif name.removeprefix("./") == "index.json":
-                    if member.size > MAX_INDEX:
-                        raise BadRequest("index.json is too large")
-                    doc = json.loads(f.read())
-                    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
-                        raise BadRequest("index.json is not an OCI image index")
-                    index = doc
-                elif m := _BLOB_RE.fullmatch(name):
-                    digest = Digest(m.group(1))
-                    if layout.has_blob(digest):
-                        present.append(digest)
-                        continue  # the stream moves past it
-                    _copy_verified(f, directory / digest.hex, digest)
-                    new.append(digest)
-                else:
-                    raise BadRequest(f"{name[:100]!r} does not belong in an OCI layout")
-        except (tarfile.TarError, ValueError, UnicodeDecodeError) as e:
-            if isinstance(e, BadRequest):
-                raise
-            raise BadRequest(f"unreadable bundle: {e}") from None
+        for member in tar:
+            if member.isdir():
+                yield member.name, 0, None
+                continue
+            if not member.isfile():
+                raise BadRequest(f"{member.name[:100]!r}: only regular files belong in a layout")
+            yield member.name, member.size, tar.extractfile(member)
+
+
+def _dir_members(root: Path) -> Iterator[tuple[str, int, IO[bytes] | None]]:
+    """The same for a layout directory (symlinks are not followed)."""
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise BadRequest(f"{rel[:100]!r}: only regular files belong in a layout")
+                yield rel, os.fstat(f.fileno()).st_size, f
+
+
+def _stage(layout: Layout, source: IO[bytes] | Path, directory: Path) -> Staged:
+    index: dict[str, Any] | None = None
+    layout_seen = False
+    new: list[Digest] = []
+    present: list[Digest] = []
+    members = _dir_members(source) if isinstance(source, Path) else _tar_members(source)
+    try:
+        for name, size, f in members:
+            name = name.removeprefix("./")
+            if f is None:
+                continue
+            if name == "oci-layout":
+                doc = json.loads(f.read(4096))
+                if not isinstance(doc, dict) or doc.get("imageLayoutVersion") != "1.0.0":
+                    raise BadRequest("oci-layout is not imageLayoutVersion 1.0.0")
+                layout_seen = True
+            elif name == "index.json":
+                if size > MAX_INDEX:
+                    raise BadRequest("index.json is too large")
+                doc = json.loads(f.read())
+                if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+                    raise BadRequest("index.json is not an OCI image index")
+                index = doc
+            elif m := _BLOB_RE.fullmatch(name):
+                digest = Digest(m.group(1))
+                if layout.has_blob(digest):
+                    present.append(digest)
+                    continue  # the stream moves past it
+                _copy_verified(f, directory / digest.hex, digest)
+                new.append(digest)
+            else:
+                raise BadRequest(f"{name[:100]!r} does not belong in an OCI layout")
+    except (tarfile.TarError, ValueError, UnicodeDecodeError, OSError) as e:
+        if isinstance(e, BadRequest | BadContent):
+            raise
+        raise BadRequest(f"unreadable bundle: {e}") from None
     if not layout_seen or index is None:
         raise BadRequest("not an OCI image layout (no oci-layout or index.json)")
     return Staged(directory, index, tuple(new), tuple(present))
