@@ -15,9 +15,12 @@ writer) and ``GET /storage/v1/b/<bucket>/o?prefix=...&pageToken=...``.
 
 Credentials: a POST's ``credentials`` is an OAuth 2 access token (for
 example ``gcloud auth print-access-token``), sent as ``Authorization:
-Bearer`` to the endpoint's origin only, for that download only. Without one
-requests are anonymous (public objects, emulators). Service-account files
-(``GOOGLE_APPLICATION_CREDENTIALS``) are not read yet.
+Bearer`` to the endpoint's origin only, for that download only. Without one,
+``GOOGLE_APPLICATION_CREDENTIALS`` naming a service-account key file (what
+modelkit and google-cloud-storage read) gives a read-only token through
+``google-auth`` (the signed-JWT grant to the key's ``token_uri``, refreshed
+before it expires; blocking, so in a thread); with neither, requests are
+anonymous (public objects, emulators).
 
 An object is pinned to the generation its metadata names: the body is asked
 for with ``ifGenerationMatch=<generation>``, so an object replaced meanwhile
@@ -38,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -93,6 +97,41 @@ def gcs_endpoint() -> str:
     return emulator if "://" in emulator else f"http://{emulator}"
 
 
+SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+
+
+class ServiceAccount:
+    """Access tokens from ``GOOGLE_APPLICATION_CREDENTIALS`` (blocking: threads only)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._creds: Any = None
+        self._path: str | None = None
+
+    def token(self) -> str | None:
+        path = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+        if not path:
+            return None
+        import google.auth.exceptions
+        import google.auth.transport.requests
+        from google.oauth2 import service_account
+
+        with self._lock:
+            try:
+                if self._creds is None or self._path != path:
+                    self._creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                        path, scopes=[SCOPE]
+                    )
+                    self._path = path
+                if not self._creds.valid:
+                    self._creds.refresh(google.auth.transport.requests.Request())
+            except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as e:
+                # Messages name the file or the grant's error, never the key.
+                raise UpstreamError(f"GOOGLE_APPLICATION_CREDENTIALS: {e}", 401) from None
+            token: str = self._creds.token
+            return token
+
+
 def gcs_authorization(creds: Credentials | None) -> dict[bytes, bytes]:
     """The headers a POST's credentials (an OAuth 2 access token) add."""
     if creds is None:
@@ -131,7 +170,14 @@ class GcsFetcher:
     schemes: tuple[str, ...] = ("gs",)
     kind = "gcs"
 
-    def __init__(self, client: HttpClient, layout: Layout, parallel: int = 4) -> None:
+    def __init__(
+        self,
+        client: HttpClient,
+        layout: Layout,
+        parallel: int = 4,
+        account: ServiceAccount | None = None,
+    ) -> None:
+        self.account = account or ServiceAccount()
         self.client = client
         self.layout = layout
         self.parallel = parallel
@@ -146,6 +192,10 @@ class GcsFetcher:
     async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
         ref = parse_gcs_url(request.url)
         auth = gcs_authorization(request.credentials)
+        if not auth:
+            token = await self.client.thread(self.account.token)
+            if token:
+                auth = {b"Authorization": b"Bearer " + token.encode("latin-1")}
         api = _Api(gcs_endpoint(), ref.bucket, auth)
         common = {ANNOTATION_GCS_BUCKET: ref.bucket, ANNOTATION_GCS_ENDPOINT: api.endpoint}
 

@@ -170,6 +170,7 @@ class Relay:
         self.corrupt_at = corrupt_at
         self.corrupted = False
         self.cuts = 0
+        self.sent_up = bytearray()  # everything clients sent toward the target
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
@@ -229,10 +230,11 @@ class Relay:
             on_cut, self.on_cut = self.on_cut, None
             on_cut()
 
-    @staticmethod
-    def _pump_up(client: socket.socket, upstream: socket.socket) -> None:
+    def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
         try:
             while data := client.recv(65536):
+                if len(self.sent_up) < 1 << 20:
+                    self.sent_up += data
                 upstream.sendall(data)
         except OSError:
             pass
