@@ -357,6 +357,23 @@ def test_manifests_that_reference_missing_blobs_or_are_invalid_are_refused(
         headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
     )
     assert r.status_code == 400 and oci_error(r) == "MANIFEST_BLOB_UNKNOWN"
+    # An index with one child here and one absent (another platform): accepted,
+    # as a node's own partial pulls are stored.
+    child = _manifest(config, [(layer, 7)])
+    r = c.put(f"/v2/val/app/manifests/{digest_of(child)}", content=child, headers=ctype)
+    assert r.status_code == 201, r.text
+    index["manifests"].insert(
+        0, {"mediaType": OCI_MANIFEST, "digest": digest_of(child), "size": len(child)}
+    )
+    partial = json.dumps(index).encode()
+    r = c.put(
+        "/v2/val/app/manifests/partial",
+        content=partial,
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    assert r.status_code == 201, r.text
+    assert c.get("/v2/val/app/manifests/partial").content == partial
+    before |= {f"oci-push://val/app@{digest_of(child)}", "oci-push://val/app:partial"}
     # Wrong size of a present blob, not JSON, schema 1, bad descriptors.
     for body in (
         _manifest(config, [(layer, 999)]),
@@ -456,3 +473,36 @@ def test_with_an_api_token_pushes_need_it(tmp_path: Path) -> None:
             assert back[digest] == data
         assert hashlib.sha256(back[top["digest"]]).hexdigest() == top["digest"].split(":")[1]
         assert os.path.exists(tmp_path / "cache" / "index.json")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not containerd_available(), reason="containerd is not installed")
+def test_ctr_push_with_the_token_of_the_node(srv: ServerProcess, tmp_path: Path) -> None:
+    """``ctr push`` of an image this node pulled for its own platform, with the
+    token given as ``--user`` after the Basic challenge."""
+    token = "ctr-push-token"
+    src, blobs, _top, here = _image_layout(tmp_path)
+    skopeo_copy(src, "v1", host_of(srv), "ctr/source:v1")
+    target = ServerProcess(tmp_path / "target", "--allow-push", env={"NEKKO_API_TOKEN": token})
+    with target, Containerd(tmp_path / "containerd") as ctrd:
+        local = f"{host_of(srv)}/ctr/source:v1"
+        ctrd.pull(local, plain_http=True)
+        remote = f"{host_of(target)}/ctr/pushed:v2"
+        refused = ctrd.ctr("images", "push", "--plain-http", remote, local)
+        assert refused.returncode != 0  # no credentials: 401
+        ctrd.ctr(
+            *("images", "push", "--plain-http", "--platform", NODE.os + "/" + NODE.architecture),
+            *("--user", f"node:{token}", remote, local),
+            check=True,
+        )
+        basic = base64.b64encode(f"node:{token}".encode()).decode()
+        with target.client(headers={"Authorization": f"Basic {basic}"}) as c:
+            # With --platform, ctr pushes that platform's manifest as the tag.
+            child = c.get("/v2/ctr/pushed/manifests/v2")
+            assert child.status_code == 200 and child.content == blobs.bytes_of(here["digest"])
+            for layer in json.loads(child.content)["layers"]:
+                got = c.get(f"/v2/ctr/pushed/blobs/{layer['digest']}").content
+                assert got == blobs.bytes_of(layer["digest"])
+            assert any(
+                e["url"] == "oci-push://ctr/pushed:v2" for e in c.get("/content/").json()["entries"]
+            )

@@ -171,14 +171,25 @@ def parse_manifest(data: bytes, content_type: str | None) -> tuple[str, list[Des
     return media_type, required, digest
 
 
-def check_present(layout: Layout, required: list[Descriptor]) -> None:
-    """Every descriptor's blob is in the cache with its size; blocking."""
+def check_present(layout: Layout, required: list[Descriptor], index: bool = False) -> None:
+    """Every descriptor's blob is in the cache with its size; blocking.
+
+    An index is the exception, as in the cache itself: its children are
+    alternatives (platforms), and an index pushed with only some of them --
+    ``ctr push --platform``, a node's partial pull exported -- is accepted
+    when at least one is here; the ones that are here must match."""
+    found = 0
     for desc in required:
         size = layout.blob_size(desc.digest)
         if size is None:
+            if index:
+                continue
             raise OciError("MANIFEST_BLOB_UNKNOWN", f"{desc.digest} is not in this registry", 400)
         if size != desc.size:
             raise _manifest_error(f"{desc.digest} has {size} bytes, the manifest says {desc.size}")
+        found += 1
+    if index and not found:
+        raise OciError("MANIFEST_BLOB_UNKNOWN", "none of the index's manifests is here", 400)
 
 
 def closure(layout: Layout, top: Descriptor, children: list[Descriptor]) -> list[Descriptor]:
@@ -447,7 +458,8 @@ class PushAPI:
         try:
             # Under the blob lock: no GC or removal can take a blob between the
             # check and the entry that keeps it.
-            await store.blob_lock.run(self._thread, check_present, self.layout, required)
+            is_index = media_type in artifact.INDEX_MEDIA_TYPES
+            await store.blob_lock.run(self._thread, check_present, self.layout, required, is_index)
             scratch = self.layout.ingest_dir / "small"
 
             def put() -> Deferred[Digest]:
