@@ -116,3 +116,15 @@ def test_a_model_that_is_not_cached(server: ServerProcess, tmp_path: Path) -> No
     client = OllamaClient(server.base_url, tmp_path)
     with pytest.raises(Exception, match="pull model manifest: 404"):
         client.pull("library", "nothing", "latest")
+
+
+def test_ollama_names_resolve_even_with_an_upstream(
+    cached: dict[str, bytes], server: ServerProcess, tmp_path: Path
+) -> None:
+    """The Ollama client sends no ?ns=; with --upstream naming another registry
+    the cached model is still found by its name."""
+    server.stop()
+    with ServerProcess(server.cache_dir, "--upstream", "registry.example") as srv:
+        client = OllamaClient(srv.base_url, tmp_path)
+        check_pull(client, cached, tmp_path)
+        client.close()

@@ -91,7 +91,16 @@ class Catalog:
 
     def resolve(self, name: str, tag: str, ns: str | None) -> Entry | None:
         """The entry serving ``name:tag``, or None (unknown or ambiguous)."""
-        hits = [s for s in self._in_scope(self._all(), ns) if s.name == name and s.tag == tag]
+        everything = self._all()
+        hits = [s for s in self._in_scope(everything, ns) if s.name == name and s.tag == tag]
+        if not hits and ns is None and self._upstream is not None:
+            # The Ollama client never sends ?ns=: its models are found by name
+            # even when --upstream names another registry.
+            hits = [
+                s
+                for s in everything
+                if s.name == name and s.tag == tag and s.entry.url.startswith("ollama://")
+            ]
         digests = {s.entry.descriptor.digest for s in hits}
         if len(digests) != 1:
             return None
