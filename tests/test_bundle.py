@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -78,6 +79,15 @@ def test_export_then_import_round_trip(tmp_path: Path, source: Source) -> None:
         assert names[:2] == ["oci-layout", "index.json"]
         index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
     refs = [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]]
+    if shutil.which("umoci"):
+        unpacked = tmp_path / "unpacked"
+        with tarfile.open(bundle) as tar:
+            tar.extractall(unpacked, filter="data")
+        r = subprocess.run(
+            ["umoci", "ls", "--layout", str(unpacked)], capture_output=True, text=True, check=False
+        )
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.split()) == sorted(refs)
     out = tmp_path / "copied"
     r = skopeo("copy", f"oci-archive:{bundle}:{refs[0]}", f"dir:{out}")
     assert r.returncode == 0, r.stderr
