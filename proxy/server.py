@@ -164,7 +164,13 @@ def build(config: Config, reactor: Any) -> Server:
         )
     registry = RegistryAPI(layout, catalog, pool, mirror)
     if config.allow_push:
-        registry.push = PushAPI(store, Uploads(store, reactor), reactor, config.api_token)
+        registry.push = PushAPI(
+            store,
+            Uploads(store, reactor),
+            reactor,
+            config.api_token,
+            after_push=downloads.evict_soon if limit is not None else None,
+        )
         log.info("push enabled on /v2%s", " (with the API token)" if config.api_token else "")
     site = LoggingSite(  # type: ignore[no-untyped-call]
         Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -506,3 +507,28 @@ def test_ctr_push_with_the_token_of_the_node(srv: ServerProcess, tmp_path: Path)
             assert any(
                 e["url"] == "oci-push://ctr/pushed:v2" for e in c.get("/content/").json()["entries"]
             )
+
+
+def test_pushes_are_kept_under_the_size_limit(tmp_path: Path) -> None:
+    """With --max-cache-size, pushed entries are evicted like downloaded ones
+    (least recently used first) once a push takes the cache over the limit."""
+    srv = ServerProcess(tmp_path / "c", "--allow-push", "--max-cache-size", "2500K")
+    with srv as s, s.client() as c:
+        config = push_blob(c, "lim/app", b"{}")
+        for i in range(3):
+            layer = push_blob(c, "lim/app", random_bytes(1024 * 1024, 100 + i))
+            body = _manifest(config, [(layer, 1024 * 1024)])
+            r = c.put(
+                f"/v2/lim/app/manifests/v{i}",
+                content=body,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            tags = c.get("/v2/lim/app/tags/list").json()["tags"]
+            if "v0" not in tags:
+                break
+            time.sleep(0.1)
+        assert tags == ["v1", "v2"], tags
+        assert "evicted oci-push://lim/app:v0" in s.log()

@@ -221,12 +221,20 @@ def _read_small(body: IO[bytes], limit: int) -> bytes | None:
 class PushAPI:
     """Blob uploads and manifest PUTs into the store (see the module docstring)."""
 
-    def __init__(self, store: Store, uploads: Uploads, reactor: Any, api_token: str | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        uploads: Uploads,
+        reactor: Any,
+        api_token: str | None,
+        after_push: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.layout = store.layout
         self.uploads = uploads
         self._reactor = reactor
         self._token = api_token
+        self._after_push = after_push  # e.g. eviction under --max-cache-size
 
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
@@ -489,6 +497,8 @@ class PushAPI:
             for d in held:
                 store.release(d)
         log.info("pushed %s as %s (%s)", reference, digest, media_type)
+        if self._after_push is not None:
+            self._after_push()
         self._empty(request, 201)
         request.setHeader(b"Location", f"/v2/{name}/manifests/{digest}".encode())
         request.setHeader(b"Docker-Content-Digest", str(digest).encode())
