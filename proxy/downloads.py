@@ -15,6 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -283,6 +284,7 @@ class Downloads:
         self._limit = limit  # bytes the cache may use (None: no limit)
         self._low_watermark = low_watermark
         self._evict_lock = DeferredLock()
+        self._importing: set[str] = set()  # ingest/import-* directories being staged
 
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
@@ -572,6 +574,14 @@ class Downloads:
         ones already here skipped; fire with (entries, blobs added, skipped)."""
         layout = self.store.layout
         directory = layout.ingest_dir / f"import-{uuid.uuid4().hex}"
+        self._importing.add(directory.name)  # gc leaves it alone
+        try:
+            return await self._import(source, directory)
+        finally:
+            self._importing.discard(directory.name)
+
+    async def _import(self, source: Any, directory: Path) -> tuple[list[Entry], int, int]:
+        layout = self.store.layout
         stage = bundle.stage_path if isinstance(source, str) else bundle.stage
         staged: bundle.Staged = await self._thread(stage, layout, source, directory)
         held: list[Digest] = []
@@ -612,7 +622,7 @@ class Downloads:
             busy |= job.ingests
             busy.add(ingest_key(job.request.url))
         layout = self.store.layout
-        busy |= self.store.ingests_in_use()
+        busy |= self.store.ingests_in_use() | self._importing
 
         def sweep() -> tuple[int, int, list[str]]:
             count = freed = 0
