@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
-from proxy.api.ranges import Unsatisfiable, parse_range
+from proxy.api.ranges import answer_range
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout
 from proxy.downloads import Download
@@ -99,29 +99,19 @@ class FillReader:
         request = self._request
         self._size = size
         self._set_headers(size)
-        try:
-            byte_range = parse_range(self._range_header, size)
-        except Unsatisfiable:
-            request.setResponseCode(416)
-            request.setHeader(b"Content-Range", f"bytes */{size}".encode())
-            request.setHeader(b"Content-Length", b"0")
+        byte_range = answer_range(request, self._range_header, size)
+        if byte_range is None:  # 416
             request.write(b"")
             request.finish()
             return
-        self._offset, self._end = 0, size
-        if byte_range is not None:
-            self._offset, self._end = byte_range.start, byte_range.end + 1
-            request.setResponseCode(206)
-            cr = f"bytes {byte_range.start}-{byte_range.end}/{size}"
-            request.setHeader(b"Content-Range", cr.encode())
-        request.setHeader(b"Content-Length", str(self._end - self._offset).encode())
+        self._offset, self._end = byte_range.start, byte_range.end + 1
         if request.method == b"HEAD" or self._end == self._offset:
             request.write(b"")
             request.finish()
             self._close()
             return
         written = self._blob.written if self._blob is not None else size
-        if byte_range is not None and self._offset > written + PASS_THROUGH_GAP:
+        if self._offset > written + PASS_THROUGH_GAP:  # a range ahead of the fill
             self._forward(byte_range.start, byte_range.end)
             return
         if self._blob is not None:

@@ -51,7 +51,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.blobs import send_blob
-from proxy.api.ranges import Unsatisfiable, parse_range
+from proxy.api.ranges import answer_range
 from proxy.cache.store import Entry, Store
 from proxy.fetch.hf import parse_hf_url
 from proxy.types import ANNOTATION_HF_COMMIT as A_COMMIT
@@ -489,21 +489,11 @@ class HfMirror:
                 os.close(fd)
                 request.setResponseCode(304)
                 return b""
-            try:
-                byte_range = parse_range(wanted, size)
-            except Unsatisfiable:
+            byte_range = answer_range(request, wanted, size)
+            if byte_range is None:  # 416
                 os.close(fd)
-                request.setResponseCode(416)
-                request.setHeader(b"Content-Range", f"bytes */{size}".encode())
-                request.setHeader(b"Content-Length", b"0")
                 return b""
-            offset, length = 0, size
-            if byte_range is not None:
-                offset, length = byte_range.start, byte_range.length
-                request.setResponseCode(206)
-                cr = f"bytes {byte_range.start}-{byte_range.end}/{size}"
-                request.setHeader(b"Content-Range", cr.encode())
-            request.setHeader(b"Content-Length", str(length).encode())
+            offset, length = byte_range.start, byte_range.length
             self.store.touch_blob(digest.hex)
             if request.method == b"HEAD":
                 os.close(fd)

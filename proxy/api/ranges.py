@@ -10,6 +10,7 @@ single range that misses the blob is unsatisfiable: 416.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import attrs
 
@@ -55,3 +56,25 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if start >= size:
         raise Unsatisfiable()
     return ByteRange(start, min(end, size - 1))
+
+
+def answer_range(request: Any, wanted: str | None, size: int) -> ByteRange | None:
+    """Set the status, ``Content-Range`` and ``Content-Length`` of the answer
+    for ``wanted`` of a blob of ``size`` bytes; return the bytes to send (the
+    whole blob when no range applies), or None when the answer is a 416 (its
+    headers set, no body)."""
+    try:
+        byte_range = parse_range(wanted, size)
+    except Unsatisfiable:
+        request.setResponseCode(416)
+        request.setHeader(b"Content-Range", f"bytes */{size}".encode())
+        request.setHeader(b"Content-Length", b"0")
+        return None
+    if byte_range is None:
+        byte_range = ByteRange(0, size - 1)
+    else:
+        request.setResponseCode(206)
+        cr = f"bytes {byte_range.start}-{byte_range.end}/{size}"
+        request.setHeader(b"Content-Range", cr.encode())
+    request.setHeader(b"Content-Length", str(byte_range.length).encode())
+    return byte_range

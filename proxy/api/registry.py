@@ -44,7 +44,7 @@ from twisted.web.server import NOT_DONE_YET, version
 
 from proxy.api.blobs import SENDFILE_MIN, send_blob
 from proxy.api.fill import FillReader
-from proxy.api.ranges import Unsatisfiable, parse_range
+from proxy.api.ranges import Unsatisfiable, answer_range, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
@@ -535,22 +535,11 @@ class RegistryAPI:
                 request.setResponseCode(304)
                 request.setHeader(b"Content-Length", str(size).encode())
                 return b""
-            try:
-                wanted = _range_header(request, digest)
-                byte_range = parse_range(wanted, size)
-            except Unsatisfiable:
+            byte_range = answer_range(request, _range_header(request, digest), size)
+            if byte_range is None:  # 416
                 os.close(fd)
-                request.setResponseCode(416)
-                request.setHeader(b"Content-Range", f"bytes */{size}".encode())
-                request.setHeader(b"Content-Length", b"0")
                 return b""
-            offset, length = 0, size
-            if byte_range is not None:
-                offset, length = byte_range.start, byte_range.length
-                request.setResponseCode(206)
-                cr = f"bytes {byte_range.start}-{byte_range.end}/{size}"
-                request.setHeader(b"Content-Range", cr.encode())
-            request.setHeader(b"Content-Length", str(length).encode())
+            offset, length = byte_range.start, byte_range.length
             if request.method == b"HEAD":
                 os.close(fd)
                 return b""
