@@ -11,16 +11,12 @@ Requests to it are SharedKey-signed with :func:`proxy.fetch.azure.shared_key`
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
-import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 from email.utils import formatdate
 from urllib.parse import quote
@@ -28,10 +24,9 @@ from urllib.parse import quote
 import httpx
 
 from proxy.fetch.azure import API_VERSION, DEV_ACCOUNT, DEV_KEY, shared_key
-from tests.support.processes import stop_process
+from tests.support.processes import access_requests, start_listening, stop_process
 from tests.support.s3 import free_port
 
-_LOG_RE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 _PLACES = ("/opt/azurite/node_modules/.bin/azurite-blob",)
 
 
@@ -56,30 +51,13 @@ class Azurite:
     def start(self) -> Azurite:
         exe = binary()
         assert exe is not None
-        self.proc = subprocess.Popen(
-            [
-                *(exe, "--blobHost", "127.0.0.1", "--blobPort", str(self.port)),
-                *("--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=self._dir.name,
+        argv = [
+            *(exe, "--blobHost", "127.0.0.1", "--blobPort", str(self.port)),
+            *("--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck"),
+        ]
+        self.proc = start_listening(
+            "azurite", argv, self.port, self.lines, cwd=self._dir.name, timeout=60
         )
-
-        def read() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("azurite did not start:\n" + "\n".join(self.lines))
-            time.sleep(0.1)
         return self
 
     def request(
@@ -136,12 +114,7 @@ class Azurite:
 
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, target, status) of every request Azurite logged."""
-        out = []
-        for line in list(self.lines):
-            m = _LOG_RE.search(line)
-            if m:
-                out.append((m["method"], m["target"], int(m["status"])))
-        return out
+        return access_requests(self.lines)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -9,23 +9,16 @@ answers have no JSON document (a bare 404).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import re
-import socket
 import subprocess
 import sys
-import threading
-import time
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from tests.support.processes import stop_process
+from tests.support.processes import access_requests, start_listening, stop_process
 from tests.support.s3 import free_port
-
-_LOG_RE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 
 
 def available() -> bool:
@@ -40,29 +33,11 @@ class GcsEmulator:
         self.lines: list[str] = []
 
     def start(self) -> GcsEmulator:
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gcp_storage_emulator", "start"),
-                *("--host", "127.0.0.1", "--port", str(self.port), "--in-memory"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-        def read() -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("gcp-storage-emulator did not start:\n" + "\n".join(self.lines))
-            time.sleep(0.1)
+        argv = [
+            *(sys.executable, "-m", "gcp_storage_emulator", "start"),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--in-memory"),
+        ]
+        self.proc = start_listening("gcp-storage-emulator", argv, self.port, self.lines)
         return self
 
     def create_bucket(self, bucket: str) -> None:
@@ -89,12 +64,7 @@ class GcsEmulator:
 
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, target, status) of every request the emulator logged."""
-        out = []
-        for line in list(self.lines):
-            m = _LOG_RE.search(line)
-            if m:
-                out.append((m["method"], m["target"], int(m["status"])))
-        return out
+        return access_requests(self.lines)
 
     def server_env(self, endpoint: str | None = None) -> dict[str, str]:
         """Environment for a storage-manager that reads this store (host:port, as

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -24,10 +23,9 @@ from typing import Any
 
 import boto3
 
-from tests.support.processes import stop_process
+from tests.support.processes import access_requests, start_listening, stop_process
 
 REGION = "us-east-1"
-_LOG_RE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 
 
 def free_port() -> int:
@@ -60,27 +58,8 @@ class MotoS3:
                 del env[k]
         if self.auth:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.SETUP_CALLS)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-
-        def read() -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto server did not start:\n" + "\n".join(self.lines))
-            time.sleep(0.1)
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = start_listening("moto server", argv, self.port, self.lines, env=env)
         if self.auth:
             self._make_user()
         return self
@@ -127,12 +106,7 @@ class MotoS3:
 
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, target, status) of every request moto logged."""
-        out = []
-        for line in list(self.lines):
-            m = _LOG_RE.search(line)
-            if m:
-                out.append((m["method"], m["target"], int(m["status"])))
-        return out
+        return access_requests(self.lines)
 
     def stop(self) -> None:
         if self.proc is not None:
