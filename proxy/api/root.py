@@ -58,18 +58,16 @@ class Root(Resource):
         path: bytes = request.path
         if path.startswith(b"/v2"):
             if path == b"/v2" or path.startswith(b"/v2/"):
-                if self._protect_reads and not authorized(request, self._api_token):
+                if self._denied(request):
                     return self._challenge_oci(request)
                 return self._registry.render(request, path)
         elif path.startswith((b"http://", b"https://")):
-            if self._protect_reads and not authorized(request, self._api_token):
+            if self._denied(request):
                 return self._challenge_oci(request)
             return self._forward_proxy(request, path)
         if path == b"/content" or path.startswith(b"/content/"):
-            needs_token = self._protect_reads or request.method not in (b"GET", b"HEAD")
-            if needs_token and not authorized(request, self._api_token):
-                request.setHeader(b"WWW-Authenticate", REALM)
-                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
+            if self._denied(request, changes=True):
+                return self._challenge_json(request)
             try:
                 unquote_to_bytes(path).decode("utf-8")
             except UnicodeDecodeError:
@@ -81,20 +79,16 @@ class Root(Resource):
                 # Klein hands the Host header to werkzeug, which refuses some.
                 return json_error(request, 400, "BAD_REQUEST", "invalid Host header")
         if path == b"/hf" or path.startswith(b"/hf/"):
-            if self._protect_reads and not authorized(request, self._api_token):
-                request.setHeader(b"WWW-Authenticate", REALM)
-                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
+            if self._denied(request):
+                return self._challenge_json(request)
             return self._hf.render(request, path)
         if path.startswith(b"/admin/") and self._admin is not None:
-            needs_token = self._protect_reads or request.method not in (b"GET", b"HEAD")
-            if needs_token and not authorized(request, self._api_token):
-                request.setHeader(b"WWW-Authenticate", REALM)
-                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
+            if self._denied(request, changes=True):
+                return self._challenge_json(request)
             return self._admin.render(request, path)
         if path == b"/metrics":
-            if self._protect_reads and not authorized(request, self._api_token):
-                request.setHeader(b"WWW-Authenticate", REALM)
-                return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
+            if self._denied(request):
+                return self._challenge_json(request)
             body, ctype = metrics.exposition()
             request.setHeader(b"Content-Type", ctype)
             return body
@@ -111,6 +105,18 @@ class Root(Resource):
             ok = all(checks.values())
             return self._json(request, 200 if ok else 503, {"ready": ok, "checks": checks})
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
+
+    def _denied(self, request: IRequest, changes: bool = False) -> bool:
+        """Whether the request lacks a token it needs: reads need it with
+        ``--protect-reads``; on ``changes`` routes, anything but GET/HEAD
+        needs it whenever a token is set."""
+        writes = changes and request.method not in (b"GET", b"HEAD")
+        return (self._protect_reads or writes) and not authorized(request, self._api_token)
+
+    @staticmethod
+    def _challenge_json(request: IRequest) -> bytes:
+        request.setHeader(b"WWW-Authenticate", REALM)
+        return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
 
     @staticmethod
     def _challenge_oci(request: IRequest) -> bytes:
