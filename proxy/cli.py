@@ -153,6 +153,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         help="pause before the first retry, doubled for each next one "
         "(env NEKKO_RETRY_BACKOFF, default 0.5)",
     )
+    p.add_argument(
+        "--sync-commits",
+        action="store_const",
+        const="1",
+        help="fsync each downloaded blob before it is committed and answered, not just "
+        "after (env NEKKO_SYNC_COMMITS=1)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:

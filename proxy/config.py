@@ -133,6 +133,7 @@ class Config:
     file_roots: tuple[Path, ...] = ()
     s3_addressing_style: str = "auto"
     log_format: str = "text"
+    sync_commits: bool = False  # fsync each blob before its commit, not just after
 
 
 # flag dest -> (environment variable, default as text)
@@ -158,6 +159,7 @@ ENV: dict[str, tuple[str, str]] = {
     "allow_file_import": ("NEKKO_ALLOW_FILE_IMPORT", ""),
     "s3_addressing_style": ("NEKKO_S3_ADDRESSING_STYLE", "auto"),
     "log_format": ("NEKKO_LOG_FORMAT", "text"),
+    "sync_commits": ("NEKKO_SYNC_COMMITS", "0"),
 }
 
 
@@ -243,6 +245,9 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", low_text)
     if m is None or not 0 < float(m.group(1)) <= 100:
         raise ConfigError(f"{name_w} is a share of --max-cache-size, e.g. 90%, not {low_text!r}")
+    name_sc, sync_commits = pick("sync_commits")
+    if sync_commits.strip().lower() not in _BOOLS:
+        raise ConfigError(f"{name_sc} must be 1 or 0, not {sync_commits!r}")
     name_l, log_format = pick("log_format")
     if log_format.strip().lower() not in ("text", "json"):
         raise ConfigError(f"{name_l} must be text or json, not {log_format!r}")
@@ -268,4 +273,5 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         file_roots=tuple(roots),
         s3_addressing_style=style.strip().lower(),
         log_format=log_format.strip().lower(),
+        sync_commits=sync_commits.strip().lower() in ("1", "true", "yes"),
     )

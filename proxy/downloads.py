@@ -443,7 +443,13 @@ class Downloads:
         if self._limit is not None:
             # Over the limit now (sizes were not all known ahead): evict others.
             self.evict_soon()
-        log.info("stored %s as %s (%d bytes)", redact_url(url), primary.digest, primary.size)
+        log.info(
+            "stored %s as %s (%d bytes in %.2f s)",
+            redact_url(url),
+            primary.digest,
+            primary.size,
+            time.monotonic() - started,
+        )
         job.settle((entry, True))
 
     async def _store_entry(self, job: Download, result: FetchResult) -> Entry:

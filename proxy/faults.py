@@ -10,8 +10,9 @@ Points (each in a worker thread, never on the reactor):
 ``ingest-write``
     after a batch of download data was written to ``ingest/<key>/data``,
     before the next one.
-``blob-fsynced``
-    a verified blob's data is fsync'd, just before its rename into ``blobs/``.
+``blob-verified``
+    a verified blob is about to be renamed into ``blobs/`` (its data fsync'd,
+    or its ``ingest/unsynced/`` marker written).
 ``index-writing``
     half of the temporary ``index.json`` is written.
 ``index-fsynced``
@@ -25,7 +26,7 @@ import logging
 import os
 import threading
 
-POINTS = frozenset({"ingest-write", "blob-fsynced", "index-writing", "index-fsynced"})
+POINTS = frozenset({"ingest-write", "blob-verified", "index-writing", "index-fsynced"})
 
 log = logging.getLogger(__name__)
 

@@ -78,13 +78,24 @@ SIZE = Gauge(
     "Bytes of the blobs the cache's entries reference (shared blobs once)",
     registry=REGISTRY,
 )
+UNSYNCED = Gauge(
+    "storage_manager_unsynced_blobs",
+    "Blobs committed and served whose data is still being fsync'd",
+    registry=REGISTRY,
+)
 
 
-def bind(active: Callable[[], int], entries: Callable[[], int], size: Callable[[], int]) -> None:
+def bind(
+    active: Callable[[], int],
+    entries: Callable[[], int],
+    size: Callable[[], int],
+    unsynced: Callable[[], int] = lambda: 0,
+) -> None:
     """Read the gauges from the running server when scraped."""
     ACTIVE.set_function(active)
     ENTRIES.set_function(entries)
     SIZE.set_function(size)
+    UNSYNCED.set_function(unsynced)
 
 
 def route_of(path: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.python.threadpool import ThreadPool
 
 from proxy import metrics
@@ -18,8 +19,9 @@ from proxy.api.content import ContentAPI
 from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
-from proxy.cache import views
+from proxy.cache import durable, verify, views
 from proxy.cache.catalog import Catalog
+from proxy.cache.durable import Syncer
 from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.cache.uploads import Uploads
@@ -41,6 +43,7 @@ from proxy.mirror import Mirror
 
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
+SHUTDOWN_SYNC_WAIT = 60.0  # seconds a stop waits for committed blobs' fsyncs
 EVICT_INTERVAL = 60.0  # seconds between two checks of the cache's size (also after downloads)
 
 
@@ -58,9 +61,38 @@ class Server:
     lock_fd: int
 
 
+def settle_unsynced(layout: Layout) -> None:
+    """Before anything is served: blobs a crash left without a known fsync
+    are fsync'd (same boot) or hashed again (after a reboot), and a blob that
+    no longer matches is quarantined with the entries that need it."""
+    syncer = layout.syncer or Syncer(layout.blobs_dir, layout.unsynced_dir)
+    found = durable.recover(syncer)
+    if found.checked:
+        log.info("%d blobs committed before a reboot hashed again: intact", len(found.checked))
+    if found.corrupt:
+        problems = tuple(
+            verify.Problem("corrupt", str(layout.blob_path(d)), "not on disk before a reboot")
+            for d in found.corrupt
+        )
+        report = verify.quarantine(layout, verify.Report(len(problems), 0, problems))
+        for d in found.corrupt:
+            syncer.forget(d)
+        log.warning(
+            "%d blobs were lost by a reboot before they reached the disk: quarantined %s; "
+            "entries dropped (fetched again on the next POST): %s",
+            len(found.corrupt),
+            ", ".join(report.quarantined),
+            ", ".join(report.dropped) or "none",
+        )
+    if layout.syncer is None:
+        syncer.flush()  # --sync-commits: nothing is left unsynced once serving begins
+
+
 def build(config: Config, reactor: Any) -> Server:
     """Open the cache (taking its lock) and build every part; nothing listens yet."""
     layout = Layout(config.cache_dir)
+    if not config.sync_commits:
+        layout = layout.with_deferred_sync()
     try:
         layout.create()
         lock_fd = layout.lock()
@@ -72,6 +104,7 @@ def build(config: Config, reactor: Any) -> Server:
         raise StartupError(f"cannot use cache directory {config.cache_dir}: {e}") from None
     for p in layout.remove_stray_temp_files():
         log.info("removed stray temporary file %s", p)
+    settle_unsynced(layout)
     store = Store(layout, reactor)
     try:
         store.load()
@@ -134,7 +167,18 @@ def build(config: Config, reactor: Any) -> Server:
         log.info(
             "cache limit %d bytes, evicting down to %d%%", cache_limit(), config.low_watermark * 100
         )
-    metrics.bind(downloads.active, lambda: len(store.entries()), store.referenced_bytes)
+    syncer = layout.syncer
+    if syncer is not None:
+        # A clean stop leaves every blob on disk (a bounded wait: markers cover the rest).
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", lambda: deferToThread(syncer.flush, SHUTDOWN_SYNC_WAIT)
+        )
+    metrics.bind(
+        downloads.active,
+        lambda: len(store.entries()),
+        store.referenced_bytes,
+        syncer.pending if syncer is not None else (lambda: 0),
+    )
     views.sync(layout, store.entries())
     content = ContentAPI(downloads)
     pool = ThreadPool(minthreads=0, maxthreads=32, name="sendfile")

@@ -112,7 +112,7 @@ def test_export_then_import_round_trip(tmp_path: Path, source: Source) -> None:
     # Again: nothing new to write.
     r = run_cli("import", str(bundle), "--cache-dir", str(two), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["blobsAdded"] == 0
-    assert not [p for p in (two / "ingest").iterdir() if p.name != "small"]
+    assert not [p for p in (two / "ingest").iterdir() if p.name not in ("small", "unsynced")]
     assert run_cli("verify", "--cache-dir", str(two)).returncode == 0
 
 
@@ -157,7 +157,7 @@ def test_a_bundle_from_skopeo_and_bad_bundles(tmp_path: Path) -> None:
             assert r.status_code == 400, r.text
         assert json.dumps(json.loads((cache / "index.json").read_text())) == index_json
         assert sorted(p.name for p in (cache / "blobs" / "sha256").iterdir()) == blobs_before
-        assert not [p for p in (cache / "ingest").iterdir() if p.name != "small"]
+        assert not [p for p in (cache / "ingest").iterdir() if p.name not in ("small", "unsynced")]
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

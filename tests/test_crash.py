@@ -87,9 +87,9 @@ def file_gets(source: Source, path: str) -> list[dict[str, str]]:
     [
         # Killed while the data streams in: the next POST continues with Range.
         ("ingest-write", "range"),
-        # Killed with the data verified and fsync'd, before its rename into blobs/:
+        # Killed with the data verified, before its rename into blobs/:
         # the next POST re-hashes the bytes in ingest/ and commits them.
-        ("blob-fsynced", "none"),
+        ("blob-verified", "none"),
         # Killed while the temporary index.json is half written, and after it is
         # fsync'd but before its rename: the blob is in blobs/, the entry is not
         # in index.json; the next POST adopts the blob.
@@ -150,4 +150,4 @@ def test_kill_9_at_named_points(tmp_path: Path, source: Source, point: str, refe
     else:
         assert new == [], "a verified download was fetched again"
     check_cache(cache)
-    assert not [p for p in (cache / "ingest").iterdir() if p.name != "small"]
+    assert not [p for p in (cache / "ingest").iterdir() if p.name not in ("small", "unsynced")]

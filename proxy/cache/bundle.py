@@ -211,7 +211,5 @@ def _copy_verified(src: IO[bytes], dst: Path, digest: Digest) -> None:
         while chunk := src.read(CHUNK):
             h.update(chunk)
             out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
     if h.hexdigest() != digest.hex:
         raise BadContent(f"blob {digest} in the bundle hashes to sha256:{h.hexdigest()}")

@@ -1,6 +1,7 @@
 """Resumable ingest: bytes stream into ``ingest/<key>/data`` and are hashed as
-they are written; commit checks size and digest, fsyncs and renames the file
-into ``blobs/`` (containerd's content writer, in Python).
+they are written; commit checks size and digest and renames the file into
+``blobs/``, fsync'd before or just after (containerd's content writer, in
+Python; see :mod:`proxy.cache.durable`).
 
 :class:`IngestFile` is the blocking part (it runs in a worker thread);
 :class:`IngestSink` is its reactor-side face: it coalesces chunks, keeps at
@@ -31,22 +32,6 @@ from proxy.cache.layout import Layout
 from proxy.types import Digest
 
 HASH_CHUNK = 4 * 1024 * 1024
-WRITEBACK_STEP = 32 * 1024 * 1024  # start writing back to disk every this many bytes
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _sync_file_range() -> Any:
-    """libc's ``sync_file_range(2)`` (Linux), or None."""
-    try:
-        f = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    f.restype = ctypes.c_int
-    return f
-
-
-_start_writeback = _sync_file_range()
 
 # glibc's malloc serves blocks of 128 KiB and more (its starting threshold) with
 # mmap(2) and returns freed heap above 128 KiB to the kernel: every received
@@ -120,7 +105,6 @@ class IngestFile:
         self._hash = hashlib.sha256()
         self.offset = 0
         self.resumed_from = 0  # where the latest open() continued a partial file
-        self._written_back = 0  # data before this offset is on its way to disk
 
     # -- state ---------------------------------------------------------------
 
@@ -158,30 +142,36 @@ class IngestFile:
         else:
             self._f = open(self.data_path, "wb", buffering=0)  # noqa: SIM115
             self.offset = 0
-        self._written_back = self.offset
         return self.offset
 
     def write(self, data: bytes | Sequence[bytes]) -> None:
         """Append ``data`` (one buffer, or several, as received: no joining
-        copy) and hash it, buffer by buffer, so each is hashed while the write
-        has it in the CPU's cache (hashing in a second thread, from memory,
-        cost twice the CPU). Every ``WRITEBACK_STEP`` bytes the kernel is asked
-        to start writing the file back (``sync_file_range``, not waiting), so
-        the fsync of :meth:`finish` finds little left to write."""
-        fd = self._f.fileno()
+        copy) and hash it, buffer by buffer. Nothing waits for the disk here:
+        the data reaches it when the kernel writes it back, or by the fsync of
+        the commit (see :mod:`proxy.cache.durable`)."""
         for chunk in [data] if isinstance(data, bytes) else data:
+            self.write_only([chunk])
+            self.hash_only([chunk])
+
+    def write_only(self, data: Sequence[bytes]) -> None:
+        """Append ``data`` without hashing it: :meth:`hash_only` must get the
+        same buffers, in the same order (:class:`IngestSink` runs the two in
+        two threads, at once)."""
+        fd = self._f.fileno()
+        for chunk in data:
             _pwrite_all(fd, chunk, self.offset)
-            self._hash.update(chunk)
             self.offset += len(chunk)
-        if _start_writeback is not None and self.offset - self._written_back >= WRITEBACK_STEP:
-            start, self._written_back = self._written_back, self.offset
-            _start_writeback(fd, start, self.offset - start, _SYNC_FILE_RANGE_WRITE)
         faults.point("ingest-write")
 
+    def hash_only(self, data: Sequence[bytes]) -> None:
+        """Hash what :meth:`write_only` appends (hashlib lets other threads run)."""
+        for chunk in data:
+            self._hash.update(chunk)
+
     def finish(self) -> tuple[Digest, int]:
-        """Flush and fsync; return the digest and size of everything written."""
+        """The digest and size of everything written (:meth:`commit` makes it
+        durable, before or after the rename)."""
         self._f.flush()
-        os.fsync(self._f.fileno())
         return Digest(self._hash.hexdigest()), self.offset
 
     def close(self) -> None:
@@ -206,12 +196,30 @@ class IngestFile:
             return 0
 
 
+class _Lane:
+    """One of the sink's two workers: buffers waiting, one batch in flight."""
+
+    def __init__(self, work: Callable[[Sequence[bytes]], None]) -> None:
+        self.work = work
+        self.waiting: list[bytes] = []
+        self.size = 0  # bytes waiting or in flight
+        self.in_flight = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and not self.waiting
+
+
 class IngestSink:
     """Reactor-side writer around an :class:`IngestFile`.
 
-    ``write`` never blocks: data is buffered and handed to a worker thread one
-    batch at a time. ``pause``/``resume`` are called when the buffer crosses the
-    high/low water marks so the network stops reading while the disk catches up.
+    ``write`` never blocks: data is buffered and handed, one batch at a time,
+    to two worker threads at once, one writing it to the file and one hashing
+    it (each alone took about as long as the network needs to deliver the
+    bytes; one after the other, twice that). ``pause``/``resume`` are called
+    when the slower of the two has more than the high water mark (less than
+    the low water mark) left to do, so the network stops reading while the
+    disk or the hash catches up and memory stays bounded.
     """
 
     HIGH_WATER = 8 * 1024 * 1024
@@ -231,9 +239,8 @@ class IngestSink:
         self._ingest = ingest
         self._pause = pause
         self._resume = resume
-        self._buf: list[bytes] = []
-        self._buffered = 0
-        self._in_flight = False
+        self._writer = _Lane(ingest.write_only)
+        self._hasher = _Lane(ingest.hash_only)
         self._paused = False
         self._error: Failure | None = None
         self._drained: list[Deferred[None]] = []
@@ -242,45 +249,52 @@ class IngestSink:
     def failed(self) -> Failure | None:
         return self._error
 
+    def _backlog(self) -> int:
+        return max(self._writer.size, self._hasher.size)
+
     def write(self, data: bytes) -> None:
         if self._error is not None:
             return
-        self._buf.append(data)
-        self._buffered += len(data)
-        if self._buffered >= self.HIGH_WATER and not self._paused:
+        for lane in (self._writer, self._hasher):
+            lane.waiting.append(data)  # the same buffer for both: no copy
+            lane.size += len(data)
+        if self._backlog() >= self.HIGH_WATER and not self._paused:
             self._paused = True
             self._pause()
-        self._kick()
+        self._kick(self._writer)
+        self._kick(self._hasher)
 
-    def _kick(self) -> None:
-        if self._in_flight or not self._buf or self._error is not None:
-            if not self._in_flight:
+    def _kick(self, lane: _Lane) -> None:
+        if lane.in_flight or not lane.waiting or self._error is not None:
+            if self._error is not None or (self._writer.idle and self._hasher.idle):
                 self._fire_drained()
             return
-        batch, self._buf = self._buf, []  # written as they are: no joining copy
-        self._buffered = 0
-        self._in_flight = True
+        batch, lane.waiting = lane.waiting, []  # written as they are: no joining copy
+        lane.in_flight = sum(len(b) for b in batch)
         pool = self._reactor.getThreadPool()
-        d = deferToThreadPool(self._reactor, pool, self._ingest.write, batch)
-        d.addCallbacks(self._written, self._write_failed)
+        d = deferToThreadPool(self._reactor, pool, lane.work, batch)
+        d.addCallbacks(self._done, self._write_failed, callbackArgs=(lane,))
 
-    def _written(self, _: object) -> None:
-        self._in_flight = False
-        if self._on_written is not None:
+    def _done(self, _: object, lane: _Lane) -> None:
+        lane.size -= lane.in_flight
+        lane.in_flight = 0
+        if lane is self._writer and self._on_written is not None:
             self._on_written(self._ingest.offset)
         # The next batch first: once it is on its way, the buffer is empty and
-        # the network may refill it while the worker writes (resuming only
-        # after the following batch kept the network idle for a whole batch).
-        self._kick()
-        if self._paused and self._buffered <= self.LOW_WATER:
+        # the network may refill it while the worker works (resuming only after
+        # the following batch kept the network idle for a whole batch).
+        self._kick(lane)
+        if self._paused and self._backlog() <= self.LOW_WATER:
             self._paused = False
             self._resume()
 
     def _write_failed(self, f: Failure) -> None:
-        self._in_flight = False
         self._error = f
-        self._buf.clear()
-        self._buffered = 0
+        for lane in (self._writer, self._hasher):
+            if not lane.in_flight:
+                lane.size = 0
+            lane.waiting.clear()
+        self._writer.in_flight = self._hasher.in_flight = 0
         if self._paused:
             # Let data flow again so the reader sees the failure and aborts now,
             # not after the idle timeout.
@@ -294,11 +308,12 @@ class IngestSink:
             d.callback(None)
 
     def drain(self) -> Deferred[None]:
-        """Fire once everything written so far is on its way to disk (or failed)."""
+        """Fire once everything written so far is written and hashed (or failed)."""
         d: Deferred[None] = Deferred()
-        if not self._in_flight and not self._buf:
+        if self._error is not None or (self._writer.idle and self._hasher.idle):
             d.callback(None)
         else:
             self._drained.append(d)
-            self._kick()
+            self._kick(self._writer)
+            self._kick(self._hasher)
         return d

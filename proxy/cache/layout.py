@@ -36,9 +36,14 @@ downloads in progress::
                                   not part of the OCI layout, safe to delete
       .lock                       flock(2) held by the one process that writes
 
+      ingest/unsynced/<hex>       a committed blob whose data may not be on disk
+                                  yet (the boot id; proxy.cache.durable)
+
 Invariants: a file appears under ``blobs/`` only by ``rename(2)`` after its
-size and sha256 were checked and its data fsync'd, and its directory is
-fsync'd after the rename; ``index.json`` only ever references blobs that are
+size and sha256 were checked, and either its data was fsync'd first or its
+``ingest/unsynced/`` marker was (the data is fsync'd right after; a restart
+after a power loss hashes a marked blob again before serving it); its
+directory is fsync'd after the rename; ``index.json`` only ever references blobs that are
 present. After a crash at any point the layout is valid and every download
 can resume from ``ingest/``.
 """
@@ -59,6 +64,7 @@ from typing import Any
 import attrs
 
 from proxy import faults
+from proxy.cache.durable import Syncer, fsync_dir
 from proxy.types import Digest
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
@@ -74,8 +80,8 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -106,6 +112,18 @@ class Layout:
     """Paths of one cache directory; all filesystem calls here are blocking."""
 
     root: Path
+    # Makes committed blobs durable after their rename (proxy.cache.durable); None:
+    # each blob is fsync'd before it (the offline commands, --sync-commits).
+    syncer: Syncer | None = attrs.field(default=None, eq=False, repr=False)
+
+    def with_deferred_sync(self) -> Layout:
+        """This layout, committing blobs before their fsync (the server's way)."""
+        return attrs.evolve(self, syncer=Syncer(self.blobs_dir, self.unsynced_dir))
+
+    @property
+    def unsynced_dir(self) -> Path:
+        """Markers of committed blobs whose data may not be on disk yet."""
+        return self.ingest_dir / "unsynced"
 
     @property
     def blobs_dir(self) -> Path:
@@ -140,6 +158,9 @@ class Layout:
         self.root.mkdir(parents=True, exist_ok=True)
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        if not self.unsynced_dir.is_dir():
+            self.unsynced_dir.mkdir()
+            fsync_dir(self.ingest_dir)
         marker = self.root / "oci-layout"
         if not marker.exists():
             self._write_atomic(marker, json.dumps(OCI_LAYOUT).encode())
@@ -233,8 +254,10 @@ class Layout:
         except FileNotFoundError:
             return None
 
-    def commit_file(self, src: Path, digest: Digest) -> bool:
-        """Move a verified, fsync'd file into ``blobs/``.
+    def commit_file(self, src: Path, digest: Digest, synced: bool = False) -> bool:
+        """Move a verified file into ``blobs/``: fsync'd before the rename
+        (``synced``: already), or marked unsynced and fsync'd after it by the
+        syncer (see :mod:`proxy.cache.durable`).
 
         Return False when the blob was already there (the source is removed:
         identical content is stored once).
@@ -244,9 +267,20 @@ class Layout:
             src.unlink(missing_ok=True)
             return False
         os.chmod(src, 0o444)
-        faults.point("blob-fsynced")
-        os.replace(src, dst)
+        syncer = None if synced else self.syncer
+        if syncer is None:
+            if not synced:
+                _fsync_file(src)
+            faults.point("blob-verified")
+            os.replace(src, dst)
+        else:
+            with syncer.committing():  # the marker and the rename, as one step
+                syncer.mark(digest)
+                faults.point("blob-verified")
+                os.replace(src, dst)
         fsync_dir(self.blobs_dir)
+        if syncer is not None:
+            syncer.schedule(digest)
         return True
 
     def put_small_blob(self, data: bytes, scratch: Path) -> Digest:
@@ -258,7 +292,7 @@ class Layout:
         tmp = scratch / f"blob-{os.getpid()}-{next(_tmp_counter)}.tmp"
         try:
             _write_synced(tmp, data)
-            self.commit_file(tmp, digest)
+            self.commit_file(tmp, digest, synced=True)
         finally:
             tmp.unlink(missing_ok=True)
         return digest

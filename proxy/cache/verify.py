@@ -30,7 +30,8 @@ from typing import Any
 import attrs
 
 from proxy.cache import artifact
-from proxy.cache.layout import Layout, fsync_dir
+from proxy.cache.durable import fsync_dir
+from proxy.cache.layout import Layout
 from proxy.types import ANNOTATION_KIND, ANNOTATION_REF_NAME, ANNOTATION_URL, Descriptor, Digest
 
 _HEX_RE = re.compile(r"[a-f0-9]{64}")

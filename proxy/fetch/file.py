@@ -27,7 +27,7 @@ Security, checked before any byte is read:
   "every regular file").
 
 The bytes are copied in a worker thread, in big chunks, into
-``ingest/<key>/`` with :class:`IngestFile` (hashed while written, fsync'd),
+``ingest/<key>/`` with :class:`IngestFile` (hashed while written),
 then verified against an expected ``digest`` (502 ``DIGEST_MISMATCH``,
 nothing kept) and committed through the job (rename into ``blobs/``;
 identical content already there is stored once). A file that changes while it
@@ -236,7 +236,7 @@ class FileFetcher:
         progress: Callable[[int], None],
         cancelled: threading.Event,
     ) -> tuple[Digest, int]:
-        """Copy one file into ``ingest`` while hashing it; fsync. Blocking.
+        """Copy one file into ``ingest`` while hashing it. Blocking.
 
         The file is copied again (once) when it changed during the copy."""
         for attempt in (1, 2):
