@@ -29,7 +29,11 @@ def snapshot(cache: Path) -> tuple[bytes, list[str], list[str]]:
     return (
         (cache / "index.json").read_bytes(),
         sorted(p.name for p in (cache / "blobs" / "sha256").iterdir()),
-        sorted(str(p.relative_to(cache)) for p in (cache / "ingest").rglob("*") if p.is_file()),
+        sorted(
+            str(p.relative_to(cache))
+            for p in (cache / "ingest").rglob("*")
+            if p.is_file() and p.parent.name != "unsynced"  # fsync markers come and go
+        ),
     )
 
 

@@ -37,7 +37,13 @@ def file_url(path: Path, slash: bool = False) -> str:
 
 
 def ingest_files(cache: Path) -> list[str]:
-    return sorted(str(p.relative_to(cache)) for p in (cache / "ingest").rglob("*") if p.is_file())
+    """Files under ingest/ but the fsync markers of committed blobs (they come and go)."""
+    root = cache / "ingest"
+    return sorted(
+        str(p.relative_to(cache))
+        for p in root.rglob("*")
+        if p.is_file() and p.parent != root / "unsynced"
+    )
 
 
 def blob_names(cache: Path) -> set[str]:
