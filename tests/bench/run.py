@@ -11,6 +11,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,7 @@ NGINX = "nginx"
 REGISTRY = "docker-registry"
 TITLE = "org.opencontainers.image.title"
 MEMORY_LIMIT_MIB = 64.0
+MAX_BACKGROUND_INGESTS = 20  # bound of the ingests run behind the serve_during_ingest load
 
 T = TypeVar("T")
 SCENARIOS = (
@@ -54,6 +56,7 @@ SCENARIOS = (
     "memory_get",
     "ingest",
     "oci_pull",
+    "serve_during_ingest",
 )
 
 
@@ -674,6 +677,68 @@ class Bench:
             contenders.insert(0, (SM, lambda: self._post_content(oci_url, None, None, timeout)))
         self._interleaved("oci_pull", contenders)
 
+    def serve_during_ingest(self) -> None:
+        """1 MiB random ranges from storage-manager alone, then again while the same server
+        ingests the 1 GiB file over and over (new URLs: each a full download, hashed and
+        written): how much serving gives up to an ingest on the same two cores."""
+        assert self.ranged is not None and self.big is not None
+        if not self.ready(SM, NGINX) or self.proxy is None or self.nginx is None:
+            self.fail("serve_during_ingest", SM, "storage-manager or nginx is not running")
+            return
+        ranged, proxy, nginx = self.ranged, self.proxy, self.nginx
+        self.log(
+            f"1 MiB random ranges of {size_label(ranged.size)}, {self.plan.connections} "
+            f"connections, {self.plan.duration:.0f} s alone, then as long during repeated "
+            f"ingests of {size_label(self.big.size)} into the same server"
+        )
+        url = self.blob_url(SM, ranged)
+        settle_disk()
+        alone = self.attempt("serve_during_ingest", SM, lambda: self._wrk_ranges(url))
+        if alone is None:
+            return
+        self.record("serve_during_ingest", f"{SM} alone", alone)
+        stop = threading.Event()
+        ingests: list[float] = []
+        failures: list[str] = []
+
+        def ingest_loop() -> None:
+            timeout = self.plan.transfer_timeout(self.big.size if self.big else 0)
+            with http_client(timeout, base_url=proxy.base_url) as client:
+                for n in range(MAX_BACKGROUND_INGESTS):
+                    if stop.is_set():
+                        return
+                    t0 = time.monotonic()
+                    body = {"url": f"{nginx.url}/files/big.bin?serve-during-ingest={n}"}
+                    r = client.post("/content/", json=body)
+                    if r.status_code != 201:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+                        return
+                    ingests.append(time.monotonic() - t0)
+
+        settle_disk()
+        worker = threading.Thread(target=ingest_loop, daemon=True, name="bench-ingests")
+        worker.start()
+        try:
+            time.sleep(0.5)  # the first ingest is streaming when the load starts
+            during = self.attempt("serve_during_ingest", SM, lambda: self._wrk_ranges(url))
+        finally:
+            stop.set()
+            worker.join(self.plan.transfer_timeout(self.big.size))
+        if failures:
+            self.fail("serve_during_ingest", SM, f"background ingest failed: {failures[0]}")
+            return
+        if during is None:
+            return
+        during["ingests_completed"] = len(ingests)
+        if ingests:
+            during["ingest_seconds_median"] = round(median(ingests), 3)
+            during["ingest_MiB_per_s"] = round(self.big.size / MiB / median(ingests), 1)
+        self.record("serve_during_ingest", SM, during)
+
+    def _wrk_ranges(self, url: str) -> dict[str, Any]:
+        assert self.ranged is not None
+        return self._wrk_checked(SM, url, "range", 1 << 20, self.ranged.size).to_json()
+
     @staticmethod
     def _times(times: list[float]) -> dict[str, Any]:
         return {
@@ -735,6 +800,8 @@ class Bench:
                 self.ingest()
             if "oci_pull" in only:
                 self.oci_pull()
+            if "serve_during_ingest" in only:
+                self.serve_during_ingest()
         self.observe()
 
     def observe(self) -> None:
