@@ -538,22 +538,18 @@ class Bench:
         that started right after the previous one deleted its gigabyte ran up to 1.5x faster
         than one that first started a server. Doing the same steps at the same moment for
         every contender gives each the same memory."""
-        keep = self._leftovers[-1:]  # the run about to start has already named its output
-        for path in self._leftovers[:-1]:
+        self._clear_outputs(keep_last=True)  # the run about to start has named its output
+        settle_disk()
+
+    def _clear_outputs(self, keep_last: bool = False) -> None:
+        """Remove the outputs of earlier transfer runs (all, or all but the newest)."""
+        keep = self._leftovers[-1:] if keep_last else []
+        for path in self._leftovers[: len(self._leftovers) - len(keep)]:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
         self._leftovers = keep
-        settle_disk()
-
-    def _clear_outputs(self) -> None:
-        for path in self._leftovers:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        self._leftovers = []
 
     def _post_content(
         self, url: str, size: int | None, digest: str | None, timeout: float
