@@ -40,6 +40,7 @@ from proxy.fetch.s3 import S3Fetcher, Signer
 from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
 from proxy.mirror import Mirror
+from proxy.types import Digest
 
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
@@ -67,20 +68,28 @@ def settle_unsynced(layout: Layout) -> None:
     no longer matches is quarantined with the entries that need it."""
     syncer = layout.syncer or Syncer(layout.blobs_dir, layout.unsynced_dir)
     found = durable.recover(syncer)
-    if found.checked:
-        log.info("%d blobs committed before a reboot hashed again: intact", len(found.checked))
-    if found.corrupt:
+    corrupt: list[Digest] = []
+    for d in found.suspect:
+        _, _, got, _ = verify.hash_file(layout.blob_path(d))  # read back from the disk
+        if got == d.hex:
+            syncer.forget(d)
+        else:
+            corrupt.append(d)
+    if len(corrupt) < len(found.suspect):
+        intact = len(found.suspect) - len(corrupt)
+        log.info("%d blobs committed before a reboot hashed again: intact", intact)
+    if corrupt:
         problems = tuple(
             verify.Problem("corrupt", str(layout.blob_path(d)), "not on disk before a reboot")
-            for d in found.corrupt
+            for d in corrupt
         )
         report = verify.quarantine(layout, verify.Report(len(problems), 0, problems))
-        for d in found.corrupt:
+        for d in corrupt:
             syncer.forget(d)
         log.warning(
             "%d blobs were lost by a reboot before they reached the disk: quarantined %s; "
             "entries dropped (fetched again on the next POST): %s",
-            len(found.corrupt),
+            len(corrupt),
             ", ".join(report.quarantined),
             ", ".join(report.dropped) or "none",
         )

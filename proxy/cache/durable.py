@@ -25,7 +25,6 @@ rename, as containerd's content store does.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import queue
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 _HEX_RE = re.compile(r"[a-f0-9]{64}")
-_CHUNK = 4 * 1024 * 1024
 _FLUSH = "flush"
 QUIET = 1.0  # seconds without a commit before the fsyncs run
 MAX_DELAY = 10.0  # seconds a commit waits for its fsync at most, commits going on or not
@@ -58,12 +56,20 @@ def boot_id() -> str:
         return ""
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    _fsync(path, 0)
+
+
+def fsync_dir(path: Path) -> None:
+    _fsync(path, os.O_DIRECTORY)
 
 
 class Syncer:
@@ -79,7 +85,7 @@ class Syncer:
     def __init__(self, blobs_dir: Path, marks_dir: Path) -> None:
         self.blobs_dir = blobs_dir
         self.marks_dir = marks_dir
-        self._boot = boot_id()
+        self.boot = boot_id()
         self._lock = threading.Lock()  # a marker's write + rename vs its removal
         self._queue: queue.Queue[Digest | str | None] = queue.Queue()
         self._hurry = False  # set by flush(): no more waiting for commits to pause
@@ -94,7 +100,7 @@ class Syncer:
             fsync_dir(self.marks_dir.parent)
         path = self.marks_dir / digest.hex
         with open(path, "w") as f:
-            f.write(self._boot + "\n")
+            f.write(self.boot + "\n")
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(self.marks_dir)
@@ -201,55 +207,37 @@ class Syncer:
 class Recovery:
     """What :func:`recover` found."""
 
-    resynced: tuple[Digest, ...] = ()  # same boot: fsync'd again, kept
-    checked: tuple[Digest, ...] = ()  # earlier boot: hashed again, matched
-    corrupt: tuple[Digest, ...] = ()  # earlier boot: did not match (the caller quarantines)
-
-
-def _hashes_to(path: Path, digest: Digest) -> bool:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb", buffering=0) as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    except OSError:
-        return False
-    return h.hexdigest() == digest.hex
+    resynced: tuple[Digest, ...] = ()  # same boot: being fsync'd again, kept
+    suspect: tuple[Digest, ...] = ()  # earlier boot: the caller hashes them before serving
 
 
 def recover(syncer: Syncer) -> Recovery:
     """Settle the markers a stopped process left (blocking; before serving).
 
     Markers of this boot are handed to ``syncer`` (their data is in the page
-    cache); blobs of an earlier boot's markers are hashed again, now. Markers
-    of blobs no longer present, and stray files, are removed.
+    cache). Blobs of an earlier boot's markers are returned as suspect: the
+    caller hashes them, then drops each marker (:meth:`Syncer.forget`).
+    Markers of blobs no longer present, and stray files, are removed.
     """
     marks = syncer.marks_dir
     if not marks.is_dir():
         return Recovery()
-    current = boot_id()
     resynced: list[Digest] = []
-    checked: list[Digest] = []
-    corrupt: list[Digest] = []
+    suspect: list[Digest] = []
     for marker in sorted(marks.iterdir()):
         if not _HEX_RE.fullmatch(marker.name):
             marker.unlink(missing_ok=True)  # a half-written name cannot happen; be tidy
             continue
         digest = Digest(marker.name)
-        blob = syncer.blobs_dir / marker.name
         try:
             boot = marker.read_text().strip()
         except OSError:
             boot = ""
-        if not blob.exists():
+        if not (syncer.blobs_dir / marker.name).exists():
             marker.unlink(missing_ok=True)
-        elif boot and current and boot == current:
+        elif boot and syncer.boot and boot == syncer.boot:
             syncer.schedule(digest)
             resynced.append(digest)
-        elif _hashes_to(blob, digest):
-            # Read back from the disk after the reboot, so it is on the disk.
-            marker.unlink(missing_ok=True)
-            checked.append(digest)
         else:
-            corrupt.append(digest)
-    return Recovery(tuple(resynced), tuple(checked), tuple(corrupt))
+            suspect.append(digest)
+    return Recovery(tuple(resynced), tuple(suspect))

@@ -290,11 +290,9 @@ class IngestSink:
 
     def _write_failed(self, f: Failure) -> None:
         self._error = f
-        for lane in (self._writer, self._hasher):
-            if not lane.in_flight:
-                lane.size = 0
+        for lane in (self._writer, self._hasher):  # nothing more is kicked: all forgotten
             lane.waiting.clear()
-        self._writer.in_flight = self._hasher.in_flight = 0
+            lane.size = lane.in_flight = 0
         if self._paused:
             # Let data flow again so the reader sees the failure and aborts now,
             # not after the idle timeout.

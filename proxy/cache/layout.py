@@ -64,7 +64,7 @@ from typing import Any
 import attrs
 
 from proxy import faults
-from proxy.cache.durable import Syncer, fsync_dir
+from proxy.cache.durable import Syncer, fsync_dir, fsync_file
 from proxy.types import Digest
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
@@ -78,14 +78,6 @@ class CacheLocked(Exception):
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes, fault: str | None = None) -> None:
@@ -270,7 +262,7 @@ class Layout:
         syncer = None if synced else self.syncer
         if syncer is None:
             if not synced:
-                _fsync_file(src)
+                fsync_file(src)
             faults.point("blob-verified")
             os.replace(src, dst)
         else:

@@ -72,7 +72,7 @@ class Report:
         }
 
 
-def _hash_file(path: Path) -> tuple[Path, int, str | None, str | None]:
+def hash_file(path: Path) -> tuple[Path, int, str | None, str | None]:
     """(path, size, hex digest, error)."""
     try:
         with open(path, "rb") as f:
@@ -95,7 +95,7 @@ def check_blobs(layout: Layout, workers: int | None = None) -> tuple[int, int, l
             problems.append(Problem("stray", str(p), "not a blob: its name is not a sha256"))
     total = 0
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
-        for path, size, digest, error in pool.map(_hash_file, paths):
+        for path, size, digest, error in pool.map(hash_file, paths):
             total += size
             if error is not None:
                 problems.append(Problem("unreadable", str(path), error))
