@@ -7,6 +7,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,20 @@ def post_and_leave(srv: ServerProcess, url: str) -> None:
     threading.Thread(target=post, daemon=True).start()
 
 
+@contextlib.contextmanager
+def paused_before_the_rename(cache: Path, url: str, *args: str) -> Iterator[ServerProcess]:
+    """A server POSTed ``url`` and stopped for good at the ``blob-verified`` fault point
+    (killed on exit)."""
+    env = {"NEKKO_FAULT_PAUSE": "blob-verified"}
+    srv = ServerProcess(cache, "--retries", "0", *args, env=env).start()
+    try:
+        post_and_leave(srv, url)
+        wait_until(lambda: any("fault point blob-verified reached" in x for x in srv.lines))
+        yield srv
+    finally:
+        srv.kill()
+
+
 def download(srv: ServerProcess, url: str) -> dict[str, object]:
     with srv.client() as c:
         r = c.post("/content/", json={"url": url})
@@ -59,16 +74,10 @@ def test_a_marker_is_written_before_the_rename_and_gone_after_the_fsync(
     source.add_file("/m.bin", data)
     cache = tmp_path / "cache"
     # Paused just before the rename into blobs/: the marker is already on disk.
-    env = {"NEKKO_FAULT_PAUSE": "blob-verified"}
-    srv = ServerProcess(cache, "--retries", "0", env=env).start()
-    try:
-        post_and_leave(srv, source.url("/m.bin"))
-        wait_until(lambda: any("fault point blob-verified reached" in x for x in srv.lines))
+    with paused_before_the_rename(cache, source.url("/m.bin")):
         assert markers(cache) == [sha(data)]
         assert (cache / "ingest" / "unsynced" / sha(data)).read_text().strip() == boot_id()
         assert not (cache / "blobs" / "sha256" / sha(data)).exists()
-    finally:
-        srv.kill()
     # A normal run: served at once, the marker goes within a few seconds (QUIET + fsync).
     with ServerProcess(cache) as srv:
         entry = download(srv, source.url("/m.bin"))
@@ -94,14 +103,8 @@ def test_sync_commits_writes_no_marker(tmp_path: Path, source: Source) -> None:
     data = os.urandom(1024 * 1024)
     source.add_file("/x.bin", data)
     cache = tmp_path / "cache"
-    env = {"NEKKO_FAULT_PAUSE": "blob-verified"}
-    srv = ServerProcess(cache, "--sync-commits", "--retries", "0", env=env).start()
-    try:
-        post_and_leave(srv, source.url("/x.bin"))
-        wait_until(lambda: any("fault point blob-verified reached" in x for x in srv.lines))
+    with paused_before_the_rename(cache, source.url("/x.bin"), "--sync-commits"):
         assert markers(cache) == []  # the data was fsync'd before the rename instead
-    finally:
-        srv.kill()
 
 
 def test_killed_before_the_fsync_the_next_start_of_the_same_boot_fsyncs(

@@ -681,11 +681,11 @@ class Bench:
         if not self.ready(SM, NGINX) or self.proxy is None or self.nginx is None:
             self.fail("serve_during_ingest", SM, "storage-manager or nginx is not running")
             return
-        ranged, proxy, nginx = self.ranged, self.proxy, self.nginx
+        ranged, big, proxy, nginx = self.ranged, self.big, self.proxy, self.nginx
         self.log(
             f"1 MiB random ranges of {size_label(ranged.size)}, {self.plan.connections} "
             f"connections, {self.plan.duration:.0f} s alone, then as long during repeated "
-            f"ingests of {size_label(self.big.size)} into the same server"
+            f"ingests of {size_label(big.size)} into the same server"
         )
         url = self.blob_url(SM, ranged)
         settle_disk()
@@ -698,7 +698,7 @@ class Bench:
         failures: list[str] = []
 
         def ingest_loop() -> None:
-            timeout = self.plan.transfer_timeout(self.big.size if self.big else 0)
+            timeout = self.plan.transfer_timeout(big.size)
             with http_client(timeout, base_url=proxy.base_url) as client:
                 for n in range(MAX_BACKGROUND_INGESTS):
                     if stop.is_set():
@@ -719,7 +719,7 @@ class Bench:
             during = self.attempt("serve_during_ingest", SM, lambda: self._wrk_ranges(url))
         finally:
             stop.set()
-            worker.join(self.plan.transfer_timeout(self.big.size))
+            worker.join(self.plan.transfer_timeout(big.size))
         if failures:
             self.fail("serve_during_ingest", SM, f"background ingest failed: {failures[0]}")
             return
@@ -728,7 +728,7 @@ class Bench:
         during["ingests_completed"] = len(ingests)
         if ingests:
             during["ingest_seconds_median"] = round(median(ingests), 3)
-            during["ingest_MiB_per_s"] = round(self.big.size / MiB / median(ingests), 1)
+            during["ingest_MiB_per_s"] = round(big.size / MiB / median(ingests), 1)
         self.record("serve_during_ingest", SM, during)
 
     def _wrk_ranges(self, url: str) -> dict[str, Any]:
