@@ -160,6 +160,13 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         help="fsync each downloaded blob before it is committed and answered, not just "
         "after (env NEKKO_SYNC_COMMITS=1)",
     )
+    p.add_argument(
+        "--buffered-writes",
+        action="store_const",
+        const="1",
+        help="write downloads and uploads through the page cache; by default they go past "
+        "it (O_DIRECT) where the filesystem allows (env NEKKO_BUFFERED_WRITES=1)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:

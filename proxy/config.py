@@ -134,6 +134,7 @@ class Config:
     s3_addressing_style: str = "auto"
     log_format: str = "text"
     sync_commits: bool = False  # fsync each blob before its commit, not just after
+    buffered_writes: bool = False  # write downloads through the page cache (no O_DIRECT)
 
 
 # flag dest -> (environment variable, default as text)
@@ -160,6 +161,7 @@ ENV: dict[str, tuple[str, str]] = {
     "s3_addressing_style": ("NEKKO_S3_ADDRESSING_STYLE", "auto"),
     "log_format": ("NEKKO_LOG_FORMAT", "text"),
     "sync_commits": ("NEKKO_SYNC_COMMITS", "0"),
+    "buffered_writes": ("NEKKO_BUFFERED_WRITES", "0"),
 }
 
 
@@ -175,6 +177,12 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         if env.get(var, "") != "":
             return var, env[var]
         return var, default
+
+    def flag(dest: str) -> bool:
+        name, text = pick(dest)
+        if text.strip().lower() not in _BOOLS:
+            raise ConfigError(f"{name} must be 1 or 0, not {text!r}")
+        return text.strip().lower() in ("1", "true", "yes")
 
     name, cache_dir = pick("cache_dir")
     if not cache_dir.strip():
@@ -201,18 +209,10 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         raise ConfigError(f"{name_b} must be a number of seconds, not {backoff_text!r}") from None
     if not 0 <= backoff <= 3600:
         raise ConfigError(f"{name_b} must be from 0 to 3600 seconds")
-    name_m, mirror = pick("mirror")
-    if mirror.strip().lower() not in _BOOLS:
-        raise ConfigError(f"{name_m} must be 1 or 0, not {mirror!r}")
-    name_ap, allow_push = pick("allow_push")
-    if allow_push.strip().lower() not in _BOOLS:
-        raise ConfigError(f"{name_ap} must be 1 or 0, not {allow_push!r}")
-    name_p, protect = pick("protect_reads")
-    if protect.strip().lower() not in _BOOLS:
-        raise ConfigError(f"{name_p} must be 1 or 0, not {protect!r}")
     api_token = pick("api_token")[1] or None
-    protect_reads = protect.strip().lower() in ("1", "true", "yes")
+    protect_reads = flag("protect_reads")
     if protect_reads and api_token is None:
+        name_p = pick("protect_reads")[0]
         raise ConfigError(f"{name_p} needs an API token (--api-token or NEKKO_API_TOKEN)")
     name_t, ttl_text = pick("manifest_ttl")
     try:
@@ -245,9 +245,6 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", low_text)
     if m is None or not 0 < float(m.group(1)) <= 100:
         raise ConfigError(f"{name_w} is a share of --max-cache-size, e.g. 90%, not {low_text!r}")
-    name_sc, sync_commits = pick("sync_commits")
-    if sync_commits.strip().lower() not in _BOOLS:
-        raise ConfigError(f"{name_sc} must be 1 or 0, not {sync_commits!r}")
     name_l, log_format = pick("log_format")
     if log_format.strip().lower() not in ("text", "json"):
         raise ConfigError(f"{name_l} must be text or json, not {log_format!r}")
@@ -261,8 +258,8 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         allow_upstream=_hosts(pick("allow_upstream")[1]),
         insecure_registries=_hosts(pick("insecure_registry")[1]),
         upstream=pick("upstream")[1].strip().lower() or None,
-        mirror=mirror.strip().lower() in ("1", "true", "yes"),
-        allow_push=allow_push.strip().lower() in ("1", "true", "yes"),
+        mirror=flag("mirror"),
+        allow_push=flag("allow_push"),
         api_token=api_token,
         protect_reads=protect_reads,
         manifest_ttl=ttl,
@@ -273,5 +270,6 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         file_roots=tuple(roots),
         s3_addressing_style=style.strip().lower(),
         log_format=log_format.strip().lower(),
-        sync_commits=sync_commits.strip().lower() in ("1", "true", "yes"),
+        sync_commits=flag("sync_commits"),
+        buffered_writes=flag("buffered_writes"),
     )

@@ -19,7 +19,7 @@ from proxy.api.content import ContentAPI
 from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
-from proxy.cache import durable, verify, views
+from proxy.cache import direct, durable, verify, views
 from proxy.cache.catalog import Catalog
 from proxy.cache.durable import Syncer
 from proxy.cache.layout import Layout
@@ -97,9 +97,23 @@ def settle_unsynced(layout: Layout) -> None:
         syncer.flush()  # --sync-commits: nothing is left unsynced once serving begins
 
 
+def _choose_writes(layout: Layout) -> Layout:
+    """Say how downloads reach the disk; buffered where the filesystem refuses O_DIRECT."""
+    if not layout.direct_writes:
+        log.info("downloads are written through the page cache (--buffered-writes)")
+    elif direct.supported(layout.ingest_dir):
+        log.info("downloads are written past the page cache (O_DIRECT), fsync'd before commit")
+    else:
+        log.info(
+            "the cache's filesystem refuses O_DIRECT: downloads are written through the page cache"
+        )
+        layout = attrs.evolve(layout, direct_writes=False)
+    return layout
+
+
 def build(config: Config, reactor: Any) -> Server:
     """Open the cache (taking its lock) and build every part; nothing listens yet."""
-    layout = Layout(config.cache_dir)
+    layout = Layout(config.cache_dir, direct_writes=not config.buffered_writes)
     if not config.sync_commits:
         layout = layout.with_deferred_sync()
     try:
@@ -113,6 +127,7 @@ def build(config: Config, reactor: Any) -> Server:
         raise StartupError(f"cannot use cache directory {config.cache_dir}: {e}") from None
     for p in layout.remove_stray_temp_files():
         log.info("removed stray temporary file %s", p)
+    layout = _choose_writes(layout)
     settle_unsynced(layout)
     store = Store(layout, reactor)
     try:

@@ -1,4 +1,8 @@
-"""Blobs committed before their fsync: markers, what a stop and a restart do with them."""
+"""Blobs committed before their fsync: markers, what a stop and a restart do with them.
+
+Only buffered writes commit before the fsync (a download written with O_DIRECT is fsync'd
+first, at no cost: tests/test_direct.py), so these servers run with --buffered-writes.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from tests.support.server import ServerProcess
 from tests.support.source import Source
 
 EARLIER_BOOT = "00000000-0000-4000-8000-000000000000"  # never this kernel's boot id
+BUFFERED = "--buffered-writes"
 
 
 def sha(data: bytes) -> str:
@@ -74,12 +79,12 @@ def test_a_marker_is_written_before_the_rename_and_gone_after_the_fsync(
     source.add_file("/m.bin", data)
     cache = tmp_path / "cache"
     # Paused just before the rename into blobs/: the marker is already on disk.
-    with paused_before_the_rename(cache, source.url("/m.bin")):
+    with paused_before_the_rename(cache, source.url("/m.bin"), BUFFERED):
         assert markers(cache) == [sha(data)]
         assert (cache / "ingest" / "unsynced" / sha(data)).read_text().strip() == boot_id()
         assert not (cache / "blobs" / "sha256" / sha(data)).exists()
     # A normal run: served at once, the marker goes within a few seconds (QUIET + fsync).
-    with ServerProcess(cache) as srv:
+    with ServerProcess(cache, BUFFERED) as srv:
         entry = download(srv, source.url("/m.bin"))
         assert entry["digest"] == "sha256:" + sha(data)
         wait_until(lambda: markers(cache) == [])
@@ -91,7 +96,7 @@ def test_a_clean_stop_fsyncs_at_once(tmp_path: Path, source: Source) -> None:
     data = os.urandom(2 * 1024 * 1024)
     source.add_file("/s.bin", data)
     cache = tmp_path / "cache"
-    srv = ServerProcess(cache).start()
+    srv = ServerProcess(cache, BUFFERED).start()
     download(srv, source.url("/s.bin"))
     t0 = time.monotonic()
     assert srv.stop() == 0
@@ -103,7 +108,7 @@ def test_sync_commits_writes_no_marker(tmp_path: Path, source: Source) -> None:
     data = os.urandom(1024 * 1024)
     source.add_file("/x.bin", data)
     cache = tmp_path / "cache"
-    with paused_before_the_rename(cache, source.url("/x.bin"), "--sync-commits"):
+    with paused_before_the_rename(cache, source.url("/x.bin"), BUFFERED, "--sync-commits"):
         assert markers(cache) == []  # the data was fsync'd before the rename instead
 
 
@@ -113,11 +118,11 @@ def test_killed_before_the_fsync_the_next_start_of_the_same_boot_fsyncs(
     data = os.urandom(2 * 1024 * 1024)
     source.add_file("/k.bin", data)
     cache = tmp_path / "cache"
-    srv = ServerProcess(cache).start()
+    srv = ServerProcess(cache, BUFFERED).start()
     download(srv, source.url("/k.bin"))
     srv.kill()  # within the pause before the fsync
     assert markers(cache) == [sha(data)]
-    with ServerProcess(cache) as srv, srv.client() as c:
+    with ServerProcess(cache, BUFFERED) as srv, srv.client() as c:
         # The kernel still had the bytes: kept, served, fsync'd, no fetch again.
         n = len(source.requests)
         assert c.get(f"/content/{b64(source.url('/k.bin'))}").status_code == 200
@@ -129,10 +134,10 @@ def test_after_a_reboot_an_intact_blob_is_hashed_and_kept(tmp_path: Path, source
     data = os.urandom(2 * 1024 * 1024)
     source.add_file("/r.bin", data)
     cache = tmp_path / "cache"
-    with ServerProcess(cache) as srv:
+    with ServerProcess(cache, BUFFERED) as srv:
         download(srv, source.url("/r.bin"))
     (cache / "ingest" / "unsynced" / sha(data)).write_text(EARLIER_BOOT + "\n")
-    with ServerProcess(cache) as srv, srv.client() as c:
+    with ServerProcess(cache, BUFFERED) as srv, srv.client() as c:
         assert markers(cache) == []  # settled before listening
         assert any("hashed again: intact" in line for line in srv.lines), srv.log()
         r = c.get(f"/content/{b64(source.url('/r.bin'))}")
@@ -147,14 +152,14 @@ def test_after_a_reboot_a_lost_blob_is_quarantined_and_fetched_again(
     source.add_file("/lost.bin", data)
     url = source.url("/lost.bin")
     cache = tmp_path / "cache"
-    with ServerProcess(cache) as srv:
+    with ServerProcess(cache, BUFFERED) as srv:
         download(srv, url)
     # What a power cut before the writeback can leave: the rename survived, the data not.
     blob = cache / "blobs" / "sha256" / sha(data)
     blob.chmod(0o644)
     blob.write_bytes(b"\0" * len(data))
     (cache / "ingest" / "unsynced" / sha(data)).write_text(EARLIER_BOOT + "\n")
-    with ServerProcess(cache) as srv, srv.client() as c:
+    with ServerProcess(cache, BUFFERED) as srv, srv.client() as c:
         assert any("lost by a reboot" in line for line in srv.lines), srv.log()
         assert markers(cache) == []
         assert (cache / "quarantine" / sha(data)).exists()

@@ -1,7 +1,9 @@
 """Resumable ingest: bytes stream into ``ingest/<key>/data`` and are hashed as
 they are written; commit checks size and digest and renames the file into
 ``blobs/``, fsync'd before or just after (containerd's content writer, in
-Python; see :mod:`proxy.cache.durable`).
+Python). The file is written past the page cache where the filesystem allows
+(:mod:`proxy.cache.direct`), and then fsync'd before the rename, which costs
+next to nothing; otherwise by default just after it (:mod:`proxy.cache.durable`).
 
 :class:`IngestFile` is the blocking part (it runs in a worker thread);
 :class:`IngestSink` is its reactor-side face: it coalesces chunks, keeps at
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from proxy import faults
+from proxy.cache.direct import Appender
 from proxy.cache.layout import Layout
 from proxy.types import Digest
 
@@ -58,16 +60,6 @@ def tune_allocator() -> None:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt(_M_MMAP_THRESHOLD, 2 * 1024 * 1024)
     mallopt(_M_TRIM_THRESHOLD, 32 * 1024 * 1024)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """Write every byte of ``data`` at ``offset``."""
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        if n == 0:
-            raise OSError(errno.EIO, "pwrite wrote nothing")
-        view, offset = view[n:], offset + n
 
 
 @attrs.define
@@ -101,8 +93,9 @@ class IngestFile:
         self.dir = layout.ingest_path(key)
         self.data_path = self.dir / "data"
         self.state_path = self.dir / "state.json"
-        self._f: Any = None
+        self._out: Appender | None = None
         self._hash = hashlib.sha256()
+        self._synced = False  # finish() fsync'd the data (it was written past the page cache)
         self.offset = 0
         self.resumed_from = 0  # where the latest open() continued a partial file
 
@@ -132,17 +125,22 @@ class IngestFile:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.close()
         self._hash = hashlib.sha256()
+        self._synced = False
+        self.offset = 0
         if resume and self.data_path.exists():
-            # Unbuffered: data goes to the file descriptor at explicit offsets.
-            self._f = open(self.data_path, "r+b", buffering=0)  # noqa: SIM115 - kept open
-            while chunk := self._f.read(HASH_CHUNK):
-                self._hash.update(chunk)
-            self.offset = self._f.tell()
+            with open(self.data_path, "rb", buffering=0) as f:
+                while chunk := f.read(HASH_CHUNK):
+                    self._hash.update(chunk)
+                    self.offset += len(chunk)
             self.resumed_from = max(self.resumed_from, self.offset)
-        else:
-            self._f = open(self.data_path, "wb", buffering=0)  # noqa: SIM115
-            self.offset = 0
+        self._out = Appender(self.data_path, self.offset, self.layout.direct_writes)
         return self.offset
+
+    @property
+    def written(self) -> int:
+        """The bytes in the file now (:attr:`offset`: given to write; up to a
+        block of them may wait for the next write or :meth:`flush`)."""
+        return self._out.written if self._out is not None else self.offset
 
     def write(self, data: bytes | Sequence[bytes]) -> None:
         """Append ``data`` (one buffer, or several, as received: no joining
@@ -157,10 +155,9 @@ class IngestFile:
         """Append ``data`` without hashing it: :meth:`hash_only` must get the
         same buffers, in the same order (:class:`IngestSink` runs the two in
         two threads, at once)."""
-        fd = self._f.fileno()
-        for chunk in data:
-            _pwrite_all(fd, chunk, self.offset)
-            self.offset += len(chunk)
+        assert self._out is not None
+        self._out.write(data)
+        self.offset = self._out.offset
         faults.point("ingest-write")
 
     def hash_only(self, data: Sequence[bytes]) -> None:
@@ -168,22 +165,36 @@ class IngestFile:
         for chunk in data:
             self._hash.update(chunk)
 
+    def flush(self) -> None:
+        """Put every byte written so far into the file (not an fsync)."""
+        if self._out is not None:
+            self._out.flush()
+
     def finish(self) -> tuple[Digest, int]:
-        """The digest and size of everything written (:meth:`commit` makes it
-        durable, before or after the rename)."""
-        self._f.flush()
+        """The digest and size of everything written, all of it in the file.
+        Written past the page cache, it is fsync'd now (next to free: only the
+        last block and the metadata are left); else :meth:`commit` makes it
+        durable, before or after the rename."""
+        assert self._out is not None
+        self._out.flush()
+        if self._out.direct:
+            self._out.fsync()
+            self._synced = True
         return Digest(self._hash.hexdigest()), self.offset
 
     def close(self) -> None:
-        if self._f is not None:
+        """Close the file, with every byte written so far in it if it can be."""
+        if self._out is not None:
             with contextlib.suppress(OSError):
-                self._f.close()
-            self._f = None
+                self._out.flush()
+            self._out.close()
+            self._out = None
 
     def commit(self, digest: Digest) -> bool:
         """Rename the verified data into blobs/; False if it was already there."""
+        synced = self._synced
         self.close()
-        return self.layout.commit_file(self.data_path, digest)
+        return self.layout.commit_file(self.data_path, digest, synced=synced)
 
     def discard(self) -> None:
         self.close()
@@ -279,7 +290,7 @@ class IngestSink:
         lane.size -= lane.in_flight
         lane.in_flight = 0
         if lane is self._writer and self._on_written is not None:
-            self._on_written(self._ingest.offset)
+            self._on_written(self._ingest.written)
         # The next batch first: once it is on its way, the buffer is empty and
         # the network may refill it while the worker works (resuming only after
         # the following batch kept the network idle for a whole batch).

@@ -107,6 +107,9 @@ class Layout:
     # Makes committed blobs durable after their rename (proxy.cache.durable); None:
     # each blob is fsync'd before it (the offline commands, --sync-commits).
     syncer: Syncer | None = attrs.field(default=None, eq=False, repr=False)
+    # Downloads and uploads are written past the page cache where the filesystem
+    # allows (proxy.cache.direct); False: through it (--buffered-writes).
+    direct_writes: bool = True
 
     def with_deferred_sync(self) -> Layout:
         """This layout, committing blobs before their fsync (the server's way)."""
@@ -180,7 +183,11 @@ class Layout:
     def remove_stray_temp_files(self) -> list[Path]:
         """Remove temporary files this program leaves behind after a crash."""
         removed = []
-        for p in [*self.root.glob("index.json.tmp-*"), *self.root.glob("last-used.json.tmp-*")]:
+        for p in [
+            *self.root.glob("index.json.tmp-*"),
+            *self.root.glob("last-used.json.tmp-*"),
+            *self.ingest_dir.glob(".direct-probe-*"),  # proxy.cache.direct.supported
+        ]:
             p.unlink(missing_ok=True)
             removed.append(p)
         return removed

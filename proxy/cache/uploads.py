@@ -104,6 +104,7 @@ def copy_body(ingest: IngestFile, body: IO[bytes], start: int | None, end: int |
     body.seek(0)
     while chunk := body.read(COPY_CHUNK):
         ingest.write(chunk)
+    ingest.flush()  # the size answered is in the file (a restart resumes from there)
     return ingest.offset
 
 
