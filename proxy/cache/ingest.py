@@ -29,7 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from proxy import faults
-from proxy.cache.direct import Appender
+from proxy.cache.direct import Appender, Buffer
 from proxy.cache.layout import Layout
 from proxy.types import Digest
 
@@ -151,7 +151,7 @@ class IngestFile:
             self.write_only([chunk])
             self.hash_only([chunk])
 
-    def write_only(self, data: Sequence[bytes]) -> None:
+    def write_only(self, data: Sequence[Buffer]) -> None:
         """Append ``data`` without hashing it: :meth:`hash_only` must get the
         same buffers, in the same order (:class:`IngestSink` runs the two in
         two threads, at once)."""
@@ -160,7 +160,7 @@ class IngestFile:
         self.offset = self._out.offset
         faults.point("ingest-write")
 
-    def hash_only(self, data: Sequence[bytes]) -> None:
+    def hash_only(self, data: Sequence[Buffer]) -> None:
         """Hash what :meth:`write_only` appends (hashlib lets other threads run)."""
         for chunk in data:
             self._hash.update(chunk)
