@@ -81,16 +81,19 @@ class Appender:
                     raise
         if self._direct_fd is None:
             return
-        self._stage = mmap.mmap(-1, STAGE)  # anonymous: page-aligned
-        # Continue on a block boundary: the start of the last partial block is
-        # read back into the buffer, and written again with what follows it.
-        self._base = start - start % ALIGN
-        self._fill = start - self._base
-        if self._fill:
-            got = os.preadv(self._fd, [memoryview(self._stage)[: self._fill]], self._base)
-            if got != self._fill:
-                self.close()
-                raise OSError(errno.EIO, f"{path} is shorter than {start} bytes")
+        try:
+            self._stage = mmap.mmap(-1, STAGE)  # anonymous: page-aligned
+            # Continue on a block boundary: the start of the last partial block is
+            # read back into the buffer, and written again with what follows it.
+            self._base = start - start % ALIGN
+            self._fill = start - self._base
+            if self._fill:
+                got = os.preadv(self._fd, [memoryview(self._stage)[: self._fill]], self._base)
+                if got != self._fill:
+                    raise OSError(errno.EIO, f"{path} is shorter than {start} bytes")
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def direct(self) -> bool:
@@ -191,19 +194,17 @@ def supported(directory: Path) -> bool:
     if not _O_DIRECT:
         return False
     probe = directory / f".direct-probe-{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _O_DIRECT
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _O_DIRECT, 0o600)
-    except OSError as e:
-        if e.errno in _REFUSED:
-            return False
-        raise
-    try:
-        os.pwrite(fd, mmap.mmap(-1, ALIGN), 0)
+        fd = os.open(probe, flags, 0o600)  # (some filesystems create it, then refuse)
+        try:
+            os.pwrite(fd, mmap.mmap(-1, ALIGN), 0)
+        finally:
+            os.close(fd)
         return True
     except OSError as e:
         if e.errno in _REFUSED:
             return False
         raise
     finally:
-        os.close(fd)
         probe.unlink(missing_ok=True)

@@ -140,7 +140,8 @@ class IngestFile:
     def written(self) -> int:
         """The bytes in the file now (:attr:`offset`: given to write; up to a
         block of them may wait for the next write or :meth:`flush`)."""
-        return self._out.written if self._out is not None else self.offset
+        out = self._out  # read once: close() may run in another thread
+        return out.written if out is not None else self.offset
 
     def write(self, data: bytes | Sequence[bytes]) -> None:
         """Append ``data`` (one buffer, or several, as received: no joining

@@ -118,19 +118,26 @@ class SocketPump:
                 target=worker, args=(self._ingest.write_only, to_write), name="body-write"
             ),
         ]
-        for t in helpers:
-            t.start()
+        cut: BaseException | None = None
         try:
+            for t in helpers:
+                t.start()
             self._receive(buffers, free, users, lock, to_hash, to_write)
+        except BaseException as e:
+            cut = e
         finally:
             to_hash.put(None)
             to_write.put(None)
             for t in helpers:
-                t.join()
+                if t.ident is not None:
+                    t.join()
             if self._unreported:
                 self._report(self._unreported, self._ingest.written)
+        # A full disk stops the receive too: the cause is the disk, not the cut.
         if self._failure is not None:
             raise self._failure
+        if cut is not None:
+            raise cut
 
     def _receive(
         self,
@@ -141,7 +148,10 @@ class SocketPump:
         to_hash: queue.SimpleQueue[Any],
         to_write: queue.SimpleQueue[Any],
     ) -> None:
-        self._sock.settimeout(self._idle_timeout)
+        try:
+            self._sock.settimeout(self._idle_timeout)
+        except OSError as e:  # closed meanwhile
+            raise BodyCut(str(e)) from None
         last_report = time.monotonic()
         while self._remaining > 0:
             i = free.get()

@@ -81,9 +81,12 @@ class _BodyReceiver(Protocol):
         self._lost = False
         self._pump: SocketPump | None = None  # once the socket is taken over
         self._takeover: Any = None  # the TCP connection it will be taken from
+        self._aborted = False
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        if self._aborted:  # cancelled before the body began
+            transport.stopProducing()
         # The TCP connection behind the response's transport proxy, if it is one.
         connection: Any = getattr(transport, "_producer", None)
         size = getattr(connection, "bufferSize", None)
@@ -93,7 +96,12 @@ class _BodyReceiver(Protocol):
         self.sink = IngestSink(
             self._threads, self._ingest, transport.pauseProducing, self._resume, self._on_written
         )
-        if self._length is not None and self._length >= MIN_BODY and plain_tcp(connection):
+        if (
+            not self._aborted
+            and self._length is not None
+            and self._length >= MIN_BODY
+            and plain_tcp(connection)
+        ):
             # Once deliverBody has delivered the bytes Twisted read already (right
             # after this), the socket is taken over.
             self._clock.callLater(0, self._take_over, connection)
@@ -106,8 +114,10 @@ class _BodyReceiver(Protocol):
 
     def _take_over(self, connection: Any) -> None:
         assert self.sink is not None and self._length is not None
-        if self._lost or self.done.called:
+        if self._lost or self._aborted or self.done.called:
             return
+        if connection.disconnecting or connection.disconnected:
+            return  # being closed (loseConnection waits for the next write event)
         remaining = self._length - self._received
         sock = plain_tcp(connection)
         if remaining < MIN_BODY // 2 or sock is None or self.sink.failed is not None:
@@ -166,6 +176,7 @@ class _BodyReceiver(Protocol):
         self.abort()
 
     def abort(self) -> None:
+        self._aborted = True
         if self._pump is not None:
             self._pump.cancel()
             return
