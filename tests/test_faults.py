@@ -82,6 +82,32 @@ def post(c: httpx.Client, url: str, **extra: str) -> httpx.Response:
     return c.post("/content/", json={"url": url, **extra})
 
 
+def delete_cancels_at_once(
+    srv: ServerProcess, c: httpx.Client, url: str, started: Callable[[], bool]
+) -> None:
+    """POST ``url`` in the background and, once ``started()`` holds, DELETE it: the POST
+    must end within 3 s, as 409 CANCELLED."""
+    results: list[httpx.Response] = []
+
+    def poster_body() -> None:
+        with srv.client() as pc:
+            results.append(post(pc, url))
+
+    poster = threading.Thread(target=poster_body)
+    poster.start()
+    deadline = time.monotonic() + 20
+    while not started():
+        assert time.monotonic() < deadline, srv.log()
+        time.sleep(0.02)
+    time.sleep(0.3)  # waiting where the test wants it
+    t0 = time.monotonic()
+    assert c.delete(f"/content/{b64(url)}").status_code == 204
+    poster.join(10)
+    assert time.monotonic() - t0 < 3
+    assert [r.status_code for r in results] == [409]
+    assert results[0].json()["error"]["code"] == "CANCELLED"
+
+
 # -- connection reset ---------------------------------------------------------------------------
 
 
@@ -603,25 +629,14 @@ def test_delete_cancels_a_download_at_once_wherever_it_waits(
     # Long timeouts and pauses: only the cancel can end this quickly.
     args = ("--retries", "3", "--idle-timeout", "30", "--retry-backoff", "20")
     with ServerProcess(cache_dir, *args) as srv, srv.client() as c:
-        results: list[httpx.Response] = []
-
-        def poster_body() -> None:
-            with srv.client() as pc:
-                results.append(post(pc, url))
-
-        poster = threading.Thread(target=poster_body)
-        poster.start()
-        for _ in range(200):
-            if gets(source, "/wait") and c.get(f"/content/{b64(url)}").status_code == 206:
-                break
-            time.sleep(0.02)
-        time.sleep(0.2)
-        t0 = time.monotonic()
-        assert c.delete(f"/content/{b64(url)}").status_code == 204
-        poster.join(10)
-        assert time.monotonic() - t0 < 3
-        assert [r.status_code for r in results] == [409]
-        assert results[0].json()["error"]["code"] == "CANCELLED"
+        delete_cancels_at_once(
+            srv,
+            c,
+            url,
+            lambda: (
+                bool(gets(source, "/wait")) and c.get(f"/content/{b64(url)}").status_code == 206
+            ),
+        )
         assert c.get(f"/content/{b64(url)}").status_code == 404
     assert len(gets(source, "/wait")) == 1
     assert blob_files(cache_dir) == [] and ingest_left(cache_dir) == []

@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import os
 import ssl
-import threading
 import time
 from pathlib import Path
-
-import httpx
 
 from proxy.fetch.socketbody import MIN_BODY
 from tests.conftest import b64
 from tests.support.server import ServerProcess
 from tests.support.source import Source
-from tests.test_faults import FAST, blob, blob_files, gets, ingest_left, post, ranges, sha
+from tests.test_faults import (
+    FAST,
+    blob,
+    blob_files,
+    delete_cancels_at_once,
+    gets,
+    ingest_left,
+    post,
+    ranges,
+    sha,
+)
 from tests.test_reliability import small_fs  # noqa: F401 - a fixture
 
 SIZE = MIN_BODY + 8 * 1024 * 1024 + 123  # not a multiple of any buffer or block
@@ -110,25 +117,8 @@ def test_delete_cancels_a_body_being_received_off_the_reactor(
     source.add_file("/slow", os.urandom(SIZE))
     source.stall_after("/slow", MIN_BODY + 1024 * 1024, 40)
     with server(cache_dir, "--idle-timeout", "30") as srv, srv.client() as c:
-        results: list[httpx.Response] = []
-
-        def poster_body() -> None:
-            with srv.client() as pc:
-                results.append(post(pc, url))
-
-        poster = threading.Thread(target=poster_body)
-        poster.start()
-        deadline = time.monotonic() + 20
-        while not any(OFF_REACTOR in line for line in srv.lines):
-            assert time.monotonic() < deadline, srv.log()
-            time.sleep(0.02)
-        time.sleep(0.3)  # now blocked in the receive, in the stall
-        t0 = time.monotonic()
-        assert c.delete(f"/content/{b64(url)}").status_code == 204
-        poster.join(10)
-        assert time.monotonic() - t0 < 3
-        assert [r.status_code for r in results] == [409]
-        assert results[0].json()["error"]["code"] == "CANCELLED"
+        # Blocked in the receive, in the stall: only the cancel ends this quickly.
+        delete_cancels_at_once(srv, c, url, lambda: any(OFF_REACTOR in x for x in srv.lines))
     assert blob_files(cache_dir) == [] and ingest_left(cache_dir) == []
 
 
