@@ -147,12 +147,16 @@ class Appender:
         self._fill = rest
         self.written = max(self.written, self._base)
 
-    def _buffered_from_now_on(self) -> None:
-        """O_DIRECT was refused mid-file (a block size larger than ALIGN, say):
-        write what is staged, and all that follows, the buffered way."""
+    def _write_staged_buffered(self) -> None:
+        """Write what is staged through the page cache (it stays staged too)."""
         assert self._stage is not None
         _pwrite_all(self._fd, memoryview(self._stage)[: self._fill], self._base)
         self.written = self._base + self._fill
+
+    def _buffered_from_now_on(self) -> None:
+        """O_DIRECT was refused mid-file (a block size larger than ALIGN, say):
+        write what is staged, and all that follows, the buffered way."""
+        self._write_staged_buffered()
         self._close_direct()
 
     def flush(self) -> None:
@@ -163,8 +167,7 @@ class Appender:
         self._write_blocks()
         if self._stage is not None and self._fill:
             # Kept in the buffer too: the next direct write starts with this block.
-            _pwrite_all(self._fd, memoryview(self._stage)[: self._fill], self._base)
-            self.written = self._base + self._fill
+            self._write_staged_buffered()
 
     def fsync(self) -> None:
         os.fsync(self._fd)

@@ -72,6 +72,15 @@ class SocketPump:
         self._cancelled = threading.Event()
         self._failure: BaseException | None = None  # of the hasher or the writer
         self._unreported = 0  # bytes received since the last report
+        # The ring: a buffer goes to both workers, and back to ``_free`` once both are done.
+        self._buffers: list[bytearray] = []  # allocated by run(), in its thread
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(BUFFERS):
+            self._free.put(i)
+        self._users = [0] * BUFFERS
+        self._lock = threading.Lock()
+        self._to_hash: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._to_write: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
 
     def cancel(self) -> None:
         """Stop at once (any thread): the blocked receive is woken by a shutdown."""
@@ -83,51 +92,27 @@ class SocketPump:
         """Receive the body; raise :class:`BodyCut`, :class:`UpstreamTimeout`,
         or what writing or hashing raised. When this returns or raises, every
         byte received is written and hashed."""
-        buffers = [bytearray(BUFFER) for _ in range(BUFFERS)]
-        free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i in range(BUFFERS):
-            free.put(i)
-        users = [0] * BUFFERS
-        lock = threading.Lock()
-
-        def release(i: int) -> None:
-            with lock:
-                users[i] -= 1
-                last = users[i] == 0
-            if last:
-                free.put(i)
-
-        def worker(work: Callable[[list[memoryview]], None], todo: queue.SimpleQueue[Any]) -> None:
-            while (item := todo.get()) is not None:
-                i, n = item
-                try:
-                    if self._failure is None:
-                        work([memoryview(buffers[i])[:n]])
-                except BaseException as e:  # disk full, I/O error: the receiver stops
-                    self._failure = e
-                finally:
-                    release(i)
-
-        to_hash: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        to_write: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._buffers = [bytearray(BUFFER) for _ in range(BUFFERS)]
         helpers = [
             threading.Thread(
-                target=worker, args=(self._ingest.hash_only, to_hash), name="body-hash"
+                target=self._work, args=(self._ingest.hash_only, self._to_hash), name="body-hash"
             ),
             threading.Thread(
-                target=worker, args=(self._ingest.write_only, to_write), name="body-write"
+                target=self._work,
+                args=(self._ingest.write_only, self._to_write),
+                name="body-write",
             ),
         ]
         cut: BaseException | None = None
         try:
             for t in helpers:
                 t.start()
-            self._receive(buffers, free, users, lock, to_hash, to_write)
+            self._receive()
         except BaseException as e:
             cut = e
         finally:
-            to_hash.put(None)
-            to_write.put(None)
+            self._to_hash.put(None)
+            self._to_write.put(None)
             for t in helpers:
                 if t.ident is not None:
                     t.join()
@@ -139,25 +124,37 @@ class SocketPump:
         if cut is not None:
             raise cut
 
-    def _receive(
+    def _work(
         self,
-        buffers: list[bytearray],
-        free: queue.SimpleQueue[int],
-        users: list[int],
-        lock: threading.Lock,
-        to_hash: queue.SimpleQueue[Any],
-        to_write: queue.SimpleQueue[Any],
+        work: Callable[[list[memoryview]], None],
+        todo: queue.SimpleQueue[tuple[int, int] | None],
     ) -> None:
+        """A helper thread: hash (or write) each buffer it is given, then let it go."""
+        while (item := todo.get()) is not None:
+            i, n = item
+            try:
+                if self._failure is None:
+                    work([memoryview(self._buffers[i])[:n]])
+            except BaseException as e:  # disk full, I/O error: the receiver stops
+                self._failure = e
+            finally:
+                with self._lock:
+                    self._users[i] -= 1
+                    last = self._users[i] == 0
+                if last:
+                    self._free.put(i)
+
+    def _receive(self) -> None:
         try:
             self._sock.settimeout(self._idle_timeout)
         except OSError as e:  # closed meanwhile
             raise BodyCut(str(e)) from None
         last_report = time.monotonic()
         while self._remaining > 0:
-            i = free.get()
+            i = self._free.get()
             if self._failure is not None:
                 return  # run() raises it
-            view = memoryview(buffers[i])[: min(BUFFER, self._remaining)]
+            view = memoryview(self._buffers[i])[: min(BUFFER, self._remaining)]
             filled = 0
             try:
                 while filled < len(view):  # fill the buffer: fewer, larger hashes and writes
@@ -173,12 +170,12 @@ class SocketPump:
                 raise BodyCut(str(e)) from None
             finally:
                 if filled:
-                    with lock:
-                        users[i] = 2
-                    to_hash.put((i, filled))
-                    to_write.put((i, filled))
+                    with self._lock:
+                        self._users[i] = 2
+                    self._to_hash.put((i, filled))
+                    self._to_write.put((i, filled))
                 else:
-                    free.put(i)
+                    self._free.put(i)
                 self._remaining -= filled
                 self._unreported += filled
             if filled < len(view):

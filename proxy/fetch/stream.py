@@ -11,6 +11,7 @@ bytes Twisted already read are in the sink.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -96,15 +97,11 @@ class _BodyReceiver(Protocol):
         self.sink = IngestSink(
             self._threads, self._ingest, transport.pauseProducing, self._resume, self._on_written
         )
-        if (
-            not self._aborted
-            and self._length is not None
-            and self._length >= MIN_BODY
-            and plain_tcp(connection)
-        ):
+        sock = plain_tcp(connection)
+        if not self._aborted and self._length is not None and self._length >= MIN_BODY and sock:
             # Once deliverBody has delivered the bytes Twisted read already (right
             # after this), the socket is taken over.
-            self._clock.callLater(0, self._take_over, connection)
+            self._clock.callLater(0, self._take_over, connection, sock)
         self._arm()
 
     def _resume(self) -> None:
@@ -112,15 +109,14 @@ class _BodyReceiver(Protocol):
             transport: Any = self.transport
             transport.resumeProducing()
 
-    def _take_over(self, connection: Any) -> None:
+    def _take_over(self, connection: Any, sock: socket.socket) -> None:
         assert self.sink is not None and self._length is not None
         if self._lost or self._aborted or self.done.called:
             return
         if connection.disconnecting or connection.disconnected:
             return  # being closed (loseConnection waits for the next write event)
         remaining = self._length - self._received
-        sock = plain_tcp(connection)
-        if remaining < MIN_BODY // 2 or sock is None or self.sink.failed is not None:
+        if remaining < MIN_BODY // 2 or self.sink.failed is not None:
             return  # not worth it (or not possible): Twisted finishes the body
         # Not inside a read of Twisted's now: once paused, no byte is read but by the pump
         # (and the sink, when it catches up, must not resume the reading).
