@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
+from proxy import __version__
 from proxy import config as config_mod
 from proxy.cache.layout import CacheLocked
 
@@ -175,9 +178,14 @@ def make_parser() -> argparse.ArgumentParser:
         description="Per-node storage manager for AI workloads: downloads images, models and "
         "files into a content-addressed OCI cache and serves it over /content and /v2.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _server_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    serve = sub.add_parser("serve", help="run the server (the default)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the server (the default)",
+        description="Serve the cache over /content and /v2 (the default command).",
+    )
     _server_flags(serve)
     verify = sub.add_parser(
         "verify",
@@ -186,7 +194,7 @@ def make_parser() -> argparse.ArgumentParser:
         "present blobs. Safe beside a running server (it only reads); --quarantine "
         "changes the cache and needs the server stopped.",
     )
-    _client_flags(verify, address=False)
+    _client_flags(verify)
     verify.add_argument(
         "--quarantine",
         action="store_true",
@@ -197,9 +205,15 @@ def make_parser() -> argparse.ArgumentParser:
         "pull",
         help="download a URL into the cache, with a progress bar",
         description="Download a URL into the cache (any scheme the server knows) and wait "
-        "until it is stored; a progress bar per blob on a terminal.",
+        "until it is stored; a progress bar per blob on a terminal, a status line every "
+        "5 seconds otherwise. Ctrl-C cancels the download (unless another client waits "
+        "for it too).",
     )
-    pull.add_argument("url", help="what to download: https://, oci://, hf://, ollama://, s3://...")
+    pull.add_argument(
+        "url",
+        help="what to download: https://..., oci://docker.io/library/alpine:3, "
+        "hf://org/repo, ollama://llama3, s3://bucket/key, file:///path",
+    )
     pull.add_argument("--digest", metavar="sha256:HEX", help="the content must have this digest")
     pull.add_argument(
         "--credentials-env",
@@ -209,17 +223,31 @@ def make_parser() -> argparse.ArgumentParser:
     pull.add_argument(
         "--credentials-type", metavar="TYPE", help="Bearer (default) or Basic, as in POST /content"
     )
+    pull.add_argument(
+        "--detach",
+        action="store_true",
+        help="start the download on the running server and return at once (it goes on; "
+        "follow it with inspect, cancel it with rm)",
+    )
     _client_flags(pull)
-    ls = sub.add_parser("ls", help="list the cached entries")
+    ls = sub.add_parser(
+        "ls", help="list the cached entries", description="List the entries of the cache."
+    )
     _client_flags(ls)
-    inspect = sub.add_parser("inspect", help="show one entry (by URL) or who holds a digest")
-    inspect.add_argument("target", help="a cached URL, or sha256:<hex>")
-    _client_flags(inspect)
-    rm = sub.add_parser("rm", help="remove an entry (and the blobs only it uses)")
-    rm.add_argument("url")
-    _client_flags(rm)
+    for name, text in (
+        ("inspect", "show entries and their files (a digest: every entry that holds it)"),
+        ("rm", "remove entries (and the blobs only they use); cancels running downloads"),
+        ("pin", "never evict these entries"),
+        ("unpin", "let these entries be evicted again"),
+    ):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("targets", nargs="+", metavar="TARGET", help=_TARGET_HELP)
+        _client_flags(p)
     gc = sub.add_parser(
-        "gc", help="remove unreferenced blobs and stale partial downloads, report bytes freed"
+        "gc",
+        help="remove unreferenced blobs and stale partial downloads, report bytes freed",
+        description="Remove blobs no entry references and partial downloads untouched "
+        "for --ingest-age.",
     )
     gc.add_argument(
         "--ingest-age",
@@ -230,46 +258,71 @@ def make_parser() -> argparse.ArgumentParser:
         "that are not running)",
     )
     _client_flags(gc)
-    du = sub.add_parser("du", help="disk usage of the cache")
+    du = sub.add_parser(
+        "du", help="disk usage of the cache", description="Show what the cache holds on disk."
+    )
     _client_flags(du)
     export = sub.add_parser(
         "export",
         help="write entries to an OCI image layout tarball (skopeo oci-archive:, oras, umoci)",
+        description="Write entries (and every blob they need) to an OCI image layout tar.",
     )
-    export.add_argument(
-        "targets", nargs="+", metavar="URL|REF", help="entries, by URL or reference"
-    )
+    export.add_argument("targets", nargs="+", metavar="TARGET", help=_TARGET_HELP)
     export.add_argument("-o", "--output", required=True, metavar="FILE", help="the tar to write")
-    _client_flags(export, address=False)
+    _client_flags(export)
     imp = sub.add_parser(
-        "import", help="load an OCI image layout tarball into the cache (every digest verified)"
+        "import",
+        help="load an OCI image layout tarball into the cache (every digest verified)",
+        description="Load an OCI image layout tar (from export, skopeo, oras) into the "
+        "cache; a new or empty cache directory is created.",
     )
-    imp.add_argument("bundle", metavar="FILE")
+    imp.add_argument("bundle", metavar="FILE", help="the OCI image layout tar to load")
     _client_flags(imp)
-    for name, text in (("pin", "never evict an entry"), ("unpin", "let an entry be evicted")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("url")
-        _client_flags(p)
     return parser
 
 
-def _client_flags(p: argparse.ArgumentParser, address: bool = True) -> None:
+_TARGET_HELP = "an entry: its URL, its reference (as ls shows it) or its digest; several at once"
+_WRITES = frozenset({"pull", "import"})  # commands that create a new cache
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every client command, accepted after the subcommand."""
     p.add_argument(
         "--cache-dir",
         metavar="DIR",
         default=argparse.SUPPRESS,
-        help=f"cache directory (env CACHE_DIR, default {config_mod.DEFAULT_CACHE_DIR})",
+        help=f"the cache to act on (env CACHE_DIR, default {config_mod.DEFAULT_CACHE_DIR}): "
+        "its running server is used, or a private one is started on it",
     )
-    if address:
-        p.add_argument(
-            "--address",
-            metavar="ADDR",
-            default=argparse.SUPPRESS,
-            help="the running server's address, when one runs on the cache "
-            f"(env NEKKO_ADDRESS, default {config_mod.DEFAULT_ADDRESS}); with none, a "
-            "private one is started on the cache for this command",
-        )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        default=argparse.SUPPRESS,
+        help="a server to use when none holds the cache's lock, e.g. one elsewhere with the "
+        f"same cache path (env NEKKO_ADDRESS, default {config_mod.DEFAULT_ADDRESS}); used only "
+        "if it serves that cache",
+    )
+    p.add_argument(
+        "--api-token",
+        metavar="TOKEN",
+        default=argparse.SUPPRESS,
+        help="the server's API token (env NEKKO_API_TOKEN; prefer the environment)",
+    )
+    p.add_argument(
+        "--verbose",
+        metavar="N",
+        nargs="?",
+        const="1",
+        default=argparse.SUPPRESS,
+        help="log level of a private server: 0 info, 1 debug, 2 trace (env VERBOSE)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether an option was given as a flag or in its environment variable."""
+    var = config_mod.ENV[dest][0]
+    return getattr(args, dest, None) is not None or bool(os.environ.get(var, ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,60 +334,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"storage-manager: error: {e}", file=sys.stderr)
         return 2
-    if args.command == "verify":
-        return verify(cfg, as_json=args.json, quarantine=args.quarantine)
     if args.command in (None, "serve"):
         return serve(cfg)
-    if args.command == "export":
-        from proxy import commands
-
-        return commands.export_bundle(str(cfg.cache_dir), args.targets, args.output, args.json)
-    return run_command(args, cfg)
-
-
-def run_command(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     from proxy import commands
-    from proxy.client import ClientError, connect
+    from proxy.client import ClientError, Target
+
+    target = Target(
+        cache=cfg.cache_dir,
+        address=cfg.address,
+        cache_given=_given(args, "cache_dir"),
+        address_given=_given(args, "address"),
+        writes=args.command in _WRITES,
+    )
+    try:
+        if args.command in ("verify", "export"):
+            return _offline(args, cfg, target)
+        return run_command(args, cfg, target)
+    except ClientError as e:
+        print(f"storage-manager: error: {e}", file=sys.stderr)
+        return commands.UNREACHABLE
+    except KeyboardInterrupt:
+        print("storage-manager: interrupted", file=sys.stderr)
+        return 130
+
+
+def _offline(args: argparse.Namespace, cfg: config_mod.Config, target: Any) -> int:
+    """``verify`` and ``export``: they read the cache's files themselves."""
+    from proxy import commands
+    from proxy.client import NotACache, locate_cache
+
+    try:
+        cache = locate_cache(target, cfg.api_token)
+    except NotACache as e:
+        print(f"storage-manager: error: {e}", file=sys.stderr)
+        return commands.FAILED
+    if args.command == "verify":
+        return verify(cache, as_json=args.json, quarantine=args.quarantine)
+    return commands.export_bundle(str(cache), args.targets, args.output, args.json)
+
+
+def run_command(args: argparse.Namespace, cfg: config_mod.Config, target: Any) -> int:
+    from proxy import commands
+    from proxy.client import connect
 
     try:
         secret = commands.env_secret(getattr(args, "credentials_env", None))
     except KeyError as e:
         print(f"storage-manager: error: environment variable {e} is not set", file=sys.stderr)
         return 2
-    try:
-        with connect(cfg) as client:
-            if args.command == "pull":
-                return commands.pull(
-                    client, args.url, args.json, args.digest, secret, args.credentials_type
-                )
-            if args.command == "ls":
-                return commands.ls(client, args.json)
-            if args.command == "inspect":
-                return commands.inspect(client, args.target, args.json)
-            if args.command == "rm":
-                return commands.rm(client, args.url, args.json)
-            if args.command == "import":
-                return commands.import_bundle(client, args.bundle, args.json)
-            if args.command in ("pin", "unpin"):
-                return commands.pin(client, args.url, args.command == "pin", args.json)
-            if args.command == "gc":
-                return commands.gc(client, args.ingest_age, args.json)
-            return commands.du(client, args.json)
-    except ClientError as e:
-        print(f"storage-manager: error: {e}", file=sys.stderr)
-        return commands.UNREACHABLE
+    with connect(target, cfg.api_token) as client:
+        if args.command == "pull":
+            return commands.pull(
+                client,
+                args.url,
+                args.json,
+                args.digest,
+                secret,
+                args.credentials_type,
+                detach=args.detach,
+            )
+        if args.command == "ls":
+            return commands.ls(client, args.json)
+        if args.command == "inspect":
+            return commands.inspect(client, args.targets, args.json)
+        if args.command == "rm":
+            return commands.rm(client, args.targets, args.json)
+        if args.command == "import":
+            return commands.import_bundle(client, args.bundle, args.json)
+        if args.command in ("pin", "unpin"):
+            return commands.pin(client, args.targets, args.command == "pin", args.json)
+        if args.command == "gc":
+            return commands.gc(client, args.ingest_age, args.json)
+        return commands.du(client, args.json)
 
 
-def verify(cfg: config_mod.Config, as_json: bool, quarantine: bool) -> int:
-    import os
-
+def verify(cache: Path, as_json: bool, quarantine: bool) -> int:
     from proxy.cache import verify as verify_mod
     from proxy.cache.layout import Layout
+    from proxy.commands import StatusLine
 
-    layout = Layout(cfg.cache_dir)
-    if not layout.blobs_dir.is_dir():
-        print(f"storage-manager: error: {cfg.cache_dir} is not a cache directory", file=sys.stderr)
-        return 1
+    layout = Layout(cache)
     lock_fd = None
     if quarantine:
         try:
@@ -342,8 +421,9 @@ def verify(cfg: config_mod.Config, as_json: bool, quarantine: bool) -> int:
         except CacheLocked as e:
             print(f"storage-manager: error: {e}; stop it to quarantine", file=sys.stderr)
             return 1
+    status = None if as_json or sys.stderr.isatty() else StatusLine(f"verify {cache}")
     try:
-        report = verify_mod.verify(layout)
+        report = verify_mod.verify(layout, progress=None if status is None else status.blobs_hashed)
         if quarantine:
             report = verify_mod.quarantine(layout, report)
     finally:
@@ -359,10 +439,17 @@ def serve(cfg: config_mod.Config) -> int:
     from proxy import logs, server
 
     logs.setup(cfg.verbose, json_lines=cfg.log_format == "json")
+    port = None
     try:
-        srv = server.build(cfg, reactor)
-        server.listen(srv, reactor)
+        site = server.new_site()
+        if cfg.address.unix_path is None:
+            # Bound first: a port in use is said before the cache is created or locked.
+            port = server.listen_tcp(cfg.address, site, reactor)
+        srv = server.build(cfg, reactor, site)
+        server.listen(srv, reactor, port)
     except (server.StartupError, CacheLocked) as e:
+        if port is not None:
+            port.stopListening()
         print(f"storage-manager: error: {e}", file=sys.stderr)
         return 1
     reactor.run()

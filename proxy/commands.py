@@ -24,16 +24,18 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from proxy.client import Answer, Client, content_path
+from proxy.client import Answer, Client, ClientError, content_path
 
-OK, FAILED, NOT_FOUND, UNREACHABLE = 0, 1, 3, 4
+OK, FAILED, NOT_FOUND, UNREACHABLE, INTERRUPTED = 0, 1, 3, 4, 130
 
 
 def _err(message: str) -> None:
@@ -55,9 +57,61 @@ def _size(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def _failed(answer: Answer) -> int:
     _err(answer.error)
     return NOT_FOUND if answer.status == 404 else FAILED
+
+
+# -- progress without a terminal -------------------------------------------------
+
+
+STATUS_EVERY = 5.0  # seconds between two status lines (as docker pull in CI logs)
+
+
+class StatusLine:
+    """Plain progress lines for logs: one when the work starts, then at most
+    every :data:`STATUS_EVERY` seconds, and one at the end."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.started = time.monotonic()
+        self._last = 0.0
+        print(f"{what}: started", file=sys.stderr, flush=True)
+
+    def update(self, done: int, total: int | None, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < STATUS_EVERY:
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-6)
+        of = f" of {_size(total)} ({100 * done // total}%)" if total else ""
+        print(
+            f"{self.what}: {_size(done)}{of}, {_size(int(done / elapsed))}/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def blobs_hashed(self, blobs: int, of: int, done: int, total: int) -> None:
+        """``verify``'s progress (blobs hashed of all, bytes of all)."""
+        self.update(done, total, final=blobs == of)
+
+
+def _totals(body: Any) -> tuple[int, int | None]:
+    """(bytes done, total bytes or None) of a /content answer."""
+    if not isinstance(body, dict):
+        return 0, None
+    blobs = [b for b in body.get("blobs", []) if isinstance(b, dict)]
+    if blobs:
+        done = sum(int(b.get("bytesDone") or 0) for b in blobs)
+        sizes = [b.get("size") for b in blobs]
+        ints = [x for x in sizes if isinstance(x, int)]
+        total = sum(ints) if len(ints) == len(sizes) else None
+        return done, total
+    return int(body.get("bytesDone") or 0), body.get("size")
 
 
 # -- pull ---------------------------------------------------------------------
@@ -70,6 +124,7 @@ def pull(
     digest: str | None = None,
     credentials: str | None = None,
     credentials_type: str | None = None,
+    detach: bool = False,
 ) -> int:
     body: dict[str, Any] = {"url": url}
     if digest:
@@ -78,6 +133,8 @@ def pull(
         body["credentials"] = credentials
     if credentials_type:
         body["credentialsType"] = credentials_type
+    if detach:
+        return _pull_detached(client, url, body, as_json)
     result: list[Answer] = []
     errors: list[BaseException] = []
 
@@ -89,9 +146,15 @@ def pull(
 
     worker = threading.Thread(target=post, daemon=True)
     worker.start()
-    if sys.stderr.isatty() and not as_json:
-        _follow(client, url, worker)
-    worker.join()
+    try:
+        if as_json:
+            worker.join()
+        elif sys.stderr.isatty():
+            _follow(client, url, worker)
+        else:
+            _status(client, url, worker)
+    except KeyboardInterrupt:
+        return _interrupted(client, url)
     if errors:
         raise errors[0]
     answer = result[0]
@@ -107,34 +170,113 @@ def pull(
     return OK
 
 
+def _pull_detached(client: Client, url: str, body: dict[str, Any], as_json: bool) -> int:
+    if client.unix_path is not None and client.private:
+        _err(
+            "--detach needs a running server (storage-manager serve): this command's own "
+            "server stops when it ends"
+        )
+        return FAILED
+    answer = client.request("POST", "/content/", body, headers={"Prefer": "respond-async"})
+    if answer.status not in (200, 201, 202):
+        return _failed(answer)
+    if as_json:
+        _dump(answer.body)
+    elif answer.status == 202:
+        print(
+            f"downloading in the background: {url}\n"
+            f"  follow it: storage-manager inspect {url}\n"
+            f"  cancel it: storage-manager rm {url}"
+        )
+    else:
+        print(f"already cached: {url}\n  digest {answer.body.get('digest')}")
+    return OK
+
+
+def _interrupted(client: Client, url: str) -> int:
+    """Ctrl-C: cancel the download this command started, as ``docker pull``
+    does, unless another client waits for it too."""
+    try:
+        now = client.request("GET", content_path(url), timeout=10)
+        state = now.body.get("state") if isinstance(now.body, dict) else None
+        others = int(now.body.get("clients") or 1) - 1 if isinstance(now.body, dict) else 0
+        if state not in ("queued", "downloading"):
+            _err(f"interrupted ({url} is {state or 'unknown'})")
+        elif others > 0:
+            _err(
+                f"interrupted: the download of {url} goes on, {others} other "
+                f"client{'s' if others > 1 else ''} wait{'' if others > 1 else 's'} for it; "
+                f"cancel it with: storage-manager rm {url}"
+            )
+        else:
+            client.request("DELETE", content_path(url), timeout=30)
+            _err(f"interrupted: cancelled the download of {url}")
+    except (ClientError, ValueError, TypeError):
+        _err("interrupted")
+    return INTERRUPTED
+
+
+def _status(client: Client, url: str, worker: threading.Thread) -> None:
+    """Without a terminal: a status line at the start and every 5 seconds."""
+    status = StatusLine(f"pull {url}")
+    while worker.is_alive():
+        worker.join(1.0)
+        if not worker.is_alive():
+            break
+        try:
+            answer = client.request("GET", content_path(url), timeout=10)
+        except ClientError:
+            continue
+        done, total = _totals(answer.body)
+        status.update(done, total)
+
+
+class _Speed(ProgressColumn):
+    """Transfer rate in binary units (MiB/s), as the sizes beside it and ``ls``."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{_size(int(speed))}/s", style="progress.data.speed")
+
+
 def _follow(client: Client, url: str, worker: threading.Thread) -> None:
     """A live progress bar per blob while the POST runs (on a terminal only)."""
     console = Console(stderr=True)
     columns = (
         TextColumn("{task.description}", justify="left"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        DownloadColumn(binary_units=True),
+        _Speed(),
         TimeRemainingColumn(),
     )
     tasks: dict[str, TaskID] = {}
+
+    def show(progress: Progress, answer: Answer) -> None:
+        blobs = answer.body.get("blobs", []) if isinstance(answer.body, dict) else []
+        for i, blob in enumerate(blobs):
+            key = blob.get("digest") or f"{i}:{blob.get('title')}"
+            name = blob.get("title") or (blob.get("digest") or "blob")[:19]
+            if key not in tasks:
+                tasks[key] = progress.add_task(name, total=blob.get("size"))
+            progress.update(
+                tasks[key], completed=blob.get("bytesDone") or 0, total=blob.get("size")
+            )
+
     with Progress(*columns, console=console, transient=False) as progress:
         while worker.is_alive():
             try:
-                answer = client.request("GET", content_path(url), timeout=10)
-            except Exception:
+                show(progress, client.request("GET", content_path(url), timeout=10))
+            except ClientError:
                 time.sleep(0.5)
                 continue
-            blobs = answer.body.get("blobs", []) if isinstance(answer.body, dict) else []
-            for i, blob in enumerate(blobs):
-                key = blob.get("digest") or f"{i}:{blob.get('title')}"
-                name = blob.get("title") or (blob.get("digest") or "blob")[:19]
-                if key not in tasks:
-                    tasks[key] = progress.add_task(name, total=blob.get("size"))
-                progress.update(
-                    tasks[key], completed=blob.get("bytesDone") or 0, total=blob.get("size")
-                )
             worker.join(0.25)
+        # The last look: every bar ends where the download did (100% when stored).
+        try:
+            final = client.request("GET", content_path(url), timeout=10)
+        except ClientError:
+            return
+        if final.status == 200:
+            show(progress, final)
 
 
 # -- ls / inspect -------------------------------------------------------------
@@ -164,62 +306,139 @@ def ls(client: Client, as_json: bool) -> int:
     return OK
 
 
-def inspect(client: Client, target: str, as_json: bool) -> int:
-    """An entry by URL, or every entry that holds a digest."""
-    if target.startswith("sha256:"):
-        answer = client.request("GET", "/content/")
-        if answer.status != 200:
-            return _failed(answer)
+def _is_digest(text: str) -> bool:
+    return text.startswith("sha256:")
+
+
+def resolve(client: Client, targets: list[str]) -> tuple[list[str], list[str]]:
+    """The entry URLs that ``targets`` name (each a URL, a reference as ``ls``
+    shows it, or an entry's digest), in order, once each; and the targets
+    that name nothing. A URL that is not listed is kept as it is (the server
+    says whether it knows it)."""
+    answer = client.request("GET", "/content/")
+    if answer.status != 200:
+        raise ClientError(answer.error)
+    entries = [e for e in answer.body.get("entries", []) if isinstance(e, dict)]
+    urls: list[str] = []
+    unknown: list[str] = []
+    for t in targets:
+        found = [
+            e["url"]
+            for e in entries
+            if t in (e.get("url"), e.get("reference"))
+            or (_is_digest(t) and t in (e.get("digest"), e.get("manifestDigest")))
+        ]
+        if not found and "://" in t:
+            found = [t]
+        if not found:
+            unknown.append(t)
+        urls.extend(u for u in found if u not in urls)
+    return urls, unknown
+
+
+def _not_found(unknown: list[str]) -> None:
+    for t in unknown:
+        _err(
+            f"{t} is not in the cache (give a URL, a reference or a digest: see storage-manager ls)"
+        )
+
+
+def inspect(client: Client, targets: list[str], as_json: bool) -> int:
+    """Entries by URL or reference; a digest: every entry that holds it
+    (as its digest, its manifest or one of its blobs)."""
+    bodies: list[Any] = []
+    status = OK
+    for t in targets:
+        body, code = _inspect_one(client, t)
+        if body is None:
+            status = max(status, code)
+        else:
+            bodies.append(body)
+    if as_json:
+        if len(targets) == 1 and bodies:
+            _dump(bodies[0])
+        elif bodies:
+            _dump(bodies)
+        return status
+    for body in bodies:
+        for e in body.get("entries", [body]):
+            _print_entry(e)
+    return status
+
+
+def _inspect_one(client: Client, target: str) -> tuple[Any, int]:
+    if _is_digest(target):
+        listing = client.request("GET", "/content/")
+        if listing.status != 200:
+            return None, _failed(listing)
         found = [
             e
-            for e in answer.body.get("entries", [])
+            for e in listing.body.get("entries", [])
             if target in (e.get("digest"), e.get("manifestDigest"))
             or any(b.get("digest") == target for b in e.get("blobs", []))
         ]
-        if not found:
-            _err(f"no entry holds {target}")
-            return NOT_FOUND
-        body: Any = {"digest": target, "entries": found}
-    else:
-        answer = client.request("GET", content_path(target))
+        if found:
+            return {"digest": target, "entries": found}, OK
+        _err(f"no entry holds {target}")
+        return None, NOT_FOUND
+    urls, _ = resolve(client, [target])
+    if not urls:
+        _not_found([target])
+        return None, NOT_FOUND
+    bodies = []
+    for url in urls:
+        answer = client.request("GET", content_path(url))
         if answer.status not in (200, 206):
-            return _failed(answer)
-        body = answer.body
-    if as_json:
-        _dump(body)
-        return OK
-    for e in body.get("entries", [body]):
-        print(e["url"])
-        for key in (
-            "state",
-            "kind",
-            "reference",
-            "digest",
-            "manifestDigest",
-            "path",
-            "created",
-            "lastUsed",
-        ):
-            if e.get(key):
-                print(f"  {key:<15}{e[key]}")
-        print(f"  {'size':<15}{_size(e.get('size'))} ({e.get('bytesDone', 0)} done)")
-        for b in e.get("blobs", []):
-            print(f"  - {b.get('title') or ''} {b.get('digest')} {_size(b.get('size'))}")
-    return OK
+            return None, _failed(answer)
+        bodies.append(answer.body)
+    return (bodies[0], OK) if len(bodies) == 1 else ({"target": target, "entries": bodies}, OK)
+
+
+def _print_entry(e: dict[str, Any]) -> None:
+    print(e["url"])
+    for key in (
+        "state",
+        "kind",
+        "reference",
+        "digest",
+        "manifestDigest",
+        "path",
+        "directory",
+        "created",
+        "lastUsed",
+    ):
+        if e.get(key):
+            print(f"  {key:<15}{e[key]}")
+    if isinstance(e.get("error"), dict):
+        print(f"  {'error':<15}{e['error'].get('code')}: {e['error'].get('message')}")
+    print(f"  {'size':<15}{_size(e.get('size'))} ({_size(e.get('bytesDone') or 0)} done)")
+    for b in e.get("blobs", []):
+        print(f"  - {b.get('title') or ''} {b.get('digest')} {_size(b.get('size'))}")
 
 
 # -- rm / gc / du -------------------------------------------------------------
 
 
-def rm(client: Client, url: str, as_json: bool) -> int:
-    answer = client.request("DELETE", content_path(url))
-    if answer.status != 204:
-        return _failed(answer)
+def rm(client: Client, targets: list[str], as_json: bool) -> int:
+    urls, unknown = resolve(client, targets)
+    _not_found(unknown)
+    status = NOT_FOUND if unknown else OK
+    done = []
+    for url in urls:
+        answer = client.request("DELETE", content_path(url))
+        if answer.status != 204:
+            status = max(status, _failed(answer))
+            continue
+        done.append(url)
+        if not as_json:
+            print(f"deleted {url}")
     if as_json:
-        _dump({"url": url, "deleted": True})
-    else:
-        print(f"deleted {url}")
-    return OK
+        _dump(
+            [{"url": u, "deleted": True} for u in done]
+            if len(targets) > 1
+            else ({"url": done[0], "deleted": True} if done else [])
+        )
+    return status
 
 
 def gc(client: Client, ingest_age: float, as_json: bool) -> int:
@@ -237,15 +456,22 @@ def gc(client: Client, ingest_age: float, as_json: bool) -> int:
     return OK
 
 
-def pin(client: Client, url: str, on: bool, as_json: bool) -> int:
-    answer = client.request("POST", "/admin/pin", {"url": url, "pin": on})
-    if answer.status != 200:
-        return _failed(answer)
+def pin(client: Client, targets: list[str], on: bool, as_json: bool) -> int:
+    urls, unknown = resolve(client, targets)
+    _not_found(unknown)
+    status = NOT_FOUND if unknown else OK
+    bodies = []
+    for url in urls:
+        answer = client.request("POST", "/admin/pin", {"url": url, "pin": on})
+        if answer.status != 200:
+            status = max(status, _failed(answer))
+            continue
+        bodies.append(answer.body)
+        if not as_json:
+            print(f"{'pinned' if on else 'unpinned'} {url}")
     if as_json:
-        _dump(answer.body)
-    else:
-        print(f"{'pinned' if on else 'unpinned'} {url}")
-    return OK
+        _dump(bodies[0] if len(targets) == 1 and bodies else bodies)
+    return status
 
 
 def du(client: Client, as_json: bool) -> int:
@@ -257,7 +483,8 @@ def du(client: Client, as_json: bool) -> int:
         _dump(b)
         return OK
     fs = b["filesystem"]
-    print(f"{_size(b['totalBytes'])} in all: {b['entries']} entries, {b['blobs']} blobs")
+    entries, blobs = _count(b["entries"], "entry", "entries"), _count(b["blobs"], "blob")
+    print(f"{_size(b['totalBytes'])} in all: {entries}, {blobs}")
     print(f"  blobs        {_size(b['blobBytes'])}")
     print(f"  unreferenced {_size(b['unreferencedBytes'])} (storage-manager gc frees it)")
     print(f"  downloading  {_size(b['ingestBytes'])}")
@@ -282,8 +509,8 @@ def import_bundle(client: Client, path: str, as_json: bool) -> int:
         _dump(b)
     else:
         print(
-            f"imported {len(b['entries'])} entries: {b['blobsAdded']} blobs added, "
-            f"{b['blobsSkipped']} already here"
+            f"imported {_count(len(b['entries']), 'entry', 'entries')}: "
+            f"{_count(b['blobsAdded'], 'blob')} added, {b['blobsSkipped']} already here"
         )
         for url in b["entries"]:
             print(f"  {url}")
@@ -319,7 +546,8 @@ def export_bundle(cache_dir: str, targets: list[str], output: str, as_json: bool
     if as_json:
         _dump({"output": output, "entries": [e.url for e in chosen], "blobs": count, "bytes": size})
     else:
-        print(f"wrote {output}: {len(chosen)} entries, {count} blobs, {_size(size)}")
+        entries, blobs = _count(len(chosen), "entry", "entries"), _count(count, "blob")
+        print(f"wrote {output}: {entries}, {blobs}, {_size(size)}")
     return OK
 
 

@@ -249,7 +249,8 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     if log_format.strip().lower() not in ("text", "json"):
         raise ConfigError(f"{name_l} must be text or json, not {log_format!r}")
     return Config(
-        cache_dir=Path(cache_dir).expanduser(),
+        # Absolute from here on: every path in answers, logs and output is.
+        cache_dir=Path(os.path.abspath(Path(cache_dir).expanduser())),
         address=addr,
         verbose=min(_int(name, verbose), 2),
         max_downloads=_int(name_md, max_downloads, minimum=1),

@@ -236,6 +236,11 @@ class Download:
         self._waiters.append(d)
         return d
 
+    def clients(self) -> int:
+        """Clients waiting for this download now (POSTs and watchers still
+        connected: a request that went away cancelled its waiter)."""
+        return sum(1 for w in self._waiters if not w.called)
+
     def finished(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._finished.append(d)

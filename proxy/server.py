@@ -9,9 +9,11 @@ import stat
 from typing import Any
 
 import attrs
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
 
 from proxy import metrics
 from proxy.api.admin import AdminAPI
@@ -25,7 +27,7 @@ from proxy.cache.durable import Syncer
 from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.cache.uploads import Uploads
-from proxy.config import Config
+from proxy.config import Address, Config
 from proxy.downloads import Downloads
 from proxy.fetch.azure import AzureFetcher
 from proxy.fetch.base import Credentials, Fetcher
@@ -111,8 +113,17 @@ def _choose_writes(layout: Layout) -> Layout:
     return layout
 
 
-def build(config: Config, reactor: Any) -> Server:
-    """Open the cache (taking its lock) and build every part; nothing listens yet."""
+def new_site() -> LoggingSite:
+    """The site of the API; :func:`build` gives it its resources (a TCP port
+    is bound before the cache is opened, so a port in use creates nothing)."""
+    return LoggingSite(Resource())  # type: ignore[no-untyped-call]
+
+
+def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Server:
+    """Open the cache (taking its lock) and build every part into ``site``
+    (a new one if None); nothing listens yet, unless the caller bound ``site``."""
+    if config.cache_dir.exists() and not config.cache_dir.is_dir():
+        raise StartupError(f"cache directory {config.cache_dir} is a file, not a directory")
     layout = Layout(config.cache_dir, direct_writes=not config.buffered_writes)
     if not config.sync_commits:
         layout = layout.with_deferred_sync()
@@ -240,25 +251,45 @@ def build(config: Config, reactor: Any) -> Server:
             after_push=downloads.evict_soon if limit is not None else None,
         )
         log.info("push enabled on /v2%s", " (with the API token)" if config.api_token else "")
-    site = LoggingSite(  # type: ignore[no-untyped-call]
-        Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))
-    )
+    root = Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))
+    if site is None:
+        site = new_site()
+    site.resource = root
     if not (config.protect_reads and config.api_token is not None):
         # HEAD and small GETs of cached blobs skip twisted.web (proxy.api.channel);
         # with protected reads every request goes through Root's token check.
         site.fast_blobs = registry.fast_blob
     log.info(
-        "cache %s: %d entries, %d interrupted downloads",
+        "cache %s: %s, %s",
         layout.root,
-        len(store.entries()),
-        len([u for u in downloads.urls() if downloads.interrupted(u)]),
+        plural(len(store.entries()), "entry", "entries"),
+        plural(
+            len([u for u in downloads.urls() if downloads.interrupted(u)]), "interrupted download"
+        ),
     )
     return Server(config, layout, store, downloads, site, lock_fd)
 
 
-def listen(server: Server, reactor: Any) -> Any:
-    """Start listening; return the listening port."""
+def listen_tcp(addr: Address, site: LoggingSite, reactor: Any) -> Any:
+    """Listen on a TCP address (``localhost``: 127.0.0.1; no host: every
+    interface, IPv6 and IPv4 where it can); return the listening port."""
+    host = "127.0.0.1" if addr.host == "localhost" else addr.host
+    try:
+        return reactor.listenTCP(addr.port, site, interface=host or "::")
+    except CannotListenError as e:
+        if host:
+            why = e.socketError.strerror if isinstance(e.socketError, OSError) else e.socketError
+            raise StartupError(f"cannot listen on {addr}: {why}") from None
+        return listen_tcp(Address("0.0.0.0", addr.port), site, reactor)
+
+
+def listen(server: Server, reactor: Any, port: Any = None) -> Any:
+    """Start listening (unless ``port`` already does); write the address into
+    the cache's lock file; return the listening port."""
     addr = server.config.address
+    if port is not None:
+        _announce_tcp(server, port)
+        return port
     if addr.unix_path is not None:
         path = addr.unix_path
         if path.exists() and not stat.S_ISSOCK(path.stat().st_mode):
@@ -273,17 +304,14 @@ def listen(server: Server, reactor: Any) -> Any:
         finally:
             os.umask(old)
         log.info("listening on unix:%s", path)
+        Layout.announce(server.lock_fd, f"unix:{path.absolute()}")
         return port
-    host = addr.host
-    if host == "localhost":
-        host = "127.0.0.1"
-    interface = host or "::"
-    try:
-        port = reactor.listenTCP(addr.port, server.site, interface=interface)
-    except Exception as e:
-        if host:
-            raise StartupError(f"cannot listen on {addr}: {e}") from None
-        port = reactor.listenTCP(addr.port, server.site, interface="0.0.0.0")
+    port = listen_tcp(addr, server.site, reactor)
+    _announce_tcp(server, port)
+    return port
+
+
+def _announce_tcp(server: Server, port: Any) -> None:
     bound = port.getHost()
     if server.config.api_token is None and not is_loopback_host(bound.host):
         log.warning(
@@ -292,5 +320,10 @@ def listen(server: Server, reactor: Any) -> Any:
             bound.host,
         )
     shown = f"[{bound.host}]" if ":" in bound.host else bound.host
+    Layout.announce(server.lock_fd, f"{shown}:{bound.port}")
     log.info("listening on http://%s:%d", shown, bound.port)
-    return port
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``1 entry``, ``2 entries``, ``0 interrupted downloads``."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"

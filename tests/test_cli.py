@@ -157,6 +157,7 @@ def test_pull_shows_progress_on_a_terminal(tmp_path: Path, source: Source) -> No
     text = out.decode("utf-8", "replace")
     assert proc.returncode == 0, text
     assert "slow.bin" in text  # the blob's own line
-    assert "/4.2 MB" in text or "4.2 MB" in text  # bytes done of the total
-    assert "/s" in text  # a rate
+    assert "/4.0 MiB" in text  # bytes done of the total, in ls's units (MiB)
+    assert "4.0/4.0 MiB" in text  # the bar ends at 100%
+    assert "MiB/s" in text or "KiB/s" in text  # a rate, in the same units
     assert "stored:" in text and sha(data) in text

@@ -4,7 +4,8 @@ and ``POST /admin/pin``.
 ``gc`` removes blobs no entry references and ingest directories no running
 download uses (``?ingest-age=<seconds>``, default a day: newer partial
 downloads are kept so they can resume); ``du`` reports what the cache holds
-on disk; ``pin`` sets whether an entry may be evicted (``{"url", "pin"}``).
+on disk; ``pin`` sets whether an entry may be evicted (``{"url", "pin"}``);
+``info`` says which cache this server serves (``cache``, ``pid``, ``version``).
 ``import`` loads an OCI layout tar sent as the body (see
 :mod:`proxy.cache.bundle`). The CLI's ``gc``, ``du``, ``pin``, ``unpin``
 and ``import`` call these.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -21,6 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
+from proxy import __version__
 from proxy.api.errors import json_error, render_error
 from proxy.cache.store import Entry
 from proxy.cache.usage import usage
@@ -61,6 +64,13 @@ class AdminAPI:
             return self._later(
                 request, du.addCallback(lambda u: {**u.to_json(), "entries": entries})
             )
+        if path == b"/admin/info":
+            # Which cache this server serves: the CLI checks it is the one it was asked for.
+            store = self.downloads.store
+            return self._json(
+                request,
+                {"cache": str(store.layout.root), "pid": os.getpid(), "version": __version__},
+            )
         if path == b"/admin/import":
             if request.method != b"POST":
                 request.setHeader(b"Allow", b"POST")
@@ -100,6 +110,11 @@ class AdminAPI:
             answer = pinned.addCallback(lambda e: {"url": e.url, "pinned": e.pinned})
             return self._later(request, answer)
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
+
+    @staticmethod
+    def _json(request: Any, body: Any) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(body).encode() + b"\n"
 
     @staticmethod
     def _later(request: Any, d: Deferred[Any]) -> Any:

@@ -149,6 +149,7 @@ class ContentAPI:
             "state": job.state,
             "size": progress.total,
             "bytesDone": progress.done,
+            "clients": job.clients(),
             "blobs": blobs,
         }
 

@@ -34,7 +34,10 @@ downloads in progress::
       last-used.json              {url: seconds since the epoch} of each entry's
                                   last use, written in batches (atomically);
                                   not part of the OCI layout, safe to delete
-      .lock                       flock(2) held by the one process that writes
+      .lock                       flock(2) held by the one process that writes;
+                                  its text: the pid, then (once it listens) the
+                                  address its API answers at, one per line, so
+                                  the CLI finds the server of this cache
 
       ingest/unsynced/<hex>       a committed blob whose data may not be on disk
                                   yet (the boot id; proxy.cache.durable)
@@ -74,6 +77,18 @@ _tmp_counter = itertools.count()
 
 class CacheLocked(Exception):
     """Another process holds the cache's write lock."""
+
+
+@attrs.frozen
+class LockHolder:
+    """The process that holds a cache's lock, as its lock file says."""
+
+    pid: int | None
+    address: str | None  # None until it listens (or a server that does not say)
+
+    def __str__(self) -> str:
+        who = f"storage-manager pid {self.pid}" if self.pid else "a storage-manager"
+        return f"{who} at {self.address}" if self.address else who
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -179,6 +194,32 @@ class Layout:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
+
+    @staticmethod
+    def announce(lock_fd: int, address: str) -> None:
+        """Write where this cache's server listens into its lock file."""
+        text = f"{os.getpid()}\n{address}\n".encode()
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, text, 0)
+
+    def lock_holder(self) -> LockHolder | None:
+        """The process holding this cache's lock (pid and address), or None
+        if no process holds it."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lines = os.pread(fd, 4096, 0).decode("utf-8", "replace").splitlines()
+                pid = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+                address = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
+                return LockHolder(pid, address)
+            return None
+        finally:
+            os.close(fd)
 
     def remove_stray_temp_files(self) -> list[Path]:
         """Remove temporary files this program leaves behind after a crash."""

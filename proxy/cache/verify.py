@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -83,9 +83,15 @@ def hash_file(path: Path) -> tuple[Path, int, str | None, str | None]:
     return path, size, digest, None
 
 
-def check_blobs(layout: Layout, workers: int | None = None) -> tuple[int, int, list[Problem]]:
+Progress = Callable[[int, int, int, int], None]  # blobs done, of blobs, bytes done, of bytes
+
+
+def check_blobs(
+    layout: Layout, workers: int | None = None, progress: Progress | None = None
+) -> tuple[int, int, list[Problem]]:
     """Re-hash every blob: (count, bytes, problems). Hashing runs in threads
-    (``hashlib`` releases the GIL), one per CPU by default."""
+    (``hashlib`` releases the GIL), one per CPU by default; ``progress`` is
+    called after each blob."""
     problems: list[Problem] = []
     paths: list[Path] = []
     for p in sorted(layout.blobs_dir.iterdir()):
@@ -94,14 +100,24 @@ def check_blobs(layout: Layout, workers: int | None = None) -> tuple[int, int, l
         else:
             problems.append(Problem("stray", str(p), "not a blob: its name is not a sha256"))
     total = 0
+    expected = sum(_size(p) for p in paths) if progress is not None else 0
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
-        for path, size, digest, error in pool.map(hash_file, paths):
+        for done, (path, size, digest, error) in enumerate(pool.map(hash_file, paths), 1):
             total += size
+            if progress is not None:
+                progress(done, len(paths), total, expected)
             if error is not None:
                 problems.append(Problem("unreadable", str(path), error))
             elif digest != path.name:
                 problems.append(Problem("corrupt", str(path), f"content hashes to sha256:{digest}"))
     return len(paths), total, problems
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _entry_name(raw: dict[str, Any]) -> str:
@@ -155,8 +171,8 @@ def check_index(layout: Layout) -> tuple[list[Problem], dict[str, set[Digest]]]:
     return problems, needs
 
 
-def verify(layout: Layout, workers: int | None = None) -> Report:
-    count, size, problems = check_blobs(layout, workers)
+def verify(layout: Layout, workers: int | None = None, progress: Progress | None = None) -> Report:
+    count, size, problems = check_blobs(layout, workers, progress)
     index_problems, _ = check_index(layout)
     return Report(count, size, tuple(problems + index_problems))
 
