@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from proxy.client import Answer, Client, ClientError, content_path
+from proxy.units import human_size, plural
 
 OK, FAILED, NOT_FOUND, UNREACHABLE, INTERRUPTED = 0, 1, 3, 4, 130
 
@@ -44,21 +45,6 @@ def _err(message: str) -> None:
 
 def _dump(body: Any) -> None:
     print(json.dumps(body, indent=2))
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _count(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def _failed(answer: Answer) -> int:
@@ -88,9 +74,9 @@ class StatusLine:
             return
         self._last = now
         elapsed = max(now - self.started, 1e-6)
-        of = f" of {_size(total)} ({100 * done // total}%)" if total else ""
+        of = f" of {human_size(total)} ({100 * done // total}%)" if total else ""
         print(
-            f"{self.what}: {_size(done)}{of}, {_size(int(done / elapsed))}/s",
+            f"{self.what}: {human_size(done)}{of}, {human_size(int(done / elapsed))}/s",
             file=sys.stderr,
             flush=True,
         )
@@ -236,7 +222,9 @@ class _Speed(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("?" if speed is None else f"{_size(int(speed))}/s", style="progress.data.speed")
+        return Text(
+            "?" if speed is None else f"{human_size(int(speed))}/s", style="progress.data.speed"
+        )
 
 
 def _follow(client: Client, url: str, worker: threading.Thread) -> None:
@@ -298,7 +286,7 @@ def ls(client: Client, as_json: bool) -> int:
             e.get("url", ""),
             e.get("reference") or "",
             (e.get("digest") or "")[:19],
-            _size(e.get("size")),
+            human_size(e.get("size")),
             e.get("state", ""),
             e.get("lastUsed") or e.get("created") or "",
         )
@@ -411,9 +399,9 @@ def _print_entry(e: dict[str, Any]) -> None:
             print(f"  {key:<15}{e[key]}")
     if isinstance(e.get("error"), dict):
         print(f"  {'error':<15}{e['error'].get('code')}: {e['error'].get('message')}")
-    print(f"  {'size':<15}{_size(e.get('size'))} ({_size(e.get('bytesDone') or 0)} done)")
+    print(f"  {'size':<15}{human_size(e.get('size'))} ({human_size(e.get('bytesDone') or 0)} done)")
     for b in e.get("blobs", []):
-        print(f"  - {b.get('title') or ''} {b.get('digest')} {_size(b.get('size'))}")
+        print(f"  - {b.get('title') or ''} {b.get('digest')} {human_size(b.get('size'))}")
 
 
 # -- rm / gc / du -------------------------------------------------------------
@@ -451,7 +439,7 @@ def gc(client: Client, ingest_age: float, as_json: bool) -> int:
     else:
         print(
             f"removed {b['blobsRemoved']} unreferenced blobs and {b['ingestRemoved']} "
-            f"stale downloads: {_size(b['bytesFreed'])} freed"
+            f"stale downloads: {human_size(b['bytesFreed'])} freed"
         )
     return OK
 
@@ -483,12 +471,12 @@ def du(client: Client, as_json: bool) -> int:
         _dump(b)
         return OK
     fs = b["filesystem"]
-    entries, blobs = _count(b["entries"], "entry", "entries"), _count(b["blobs"], "blob")
-    print(f"{_size(b['totalBytes'])} in all: {entries}, {blobs}")
-    print(f"  blobs        {_size(b['blobBytes'])}")
-    print(f"  unreferenced {_size(b['unreferencedBytes'])} (storage-manager gc frees it)")
-    print(f"  downloading  {_size(b['ingestBytes'])}")
-    print(f"  filesystem   {_size(fs['free'])} free of {_size(fs['bytes'])}")
+    entries, blobs = plural(b["entries"], "entry", "entries"), plural(b["blobs"], "blob")
+    print(f"{human_size(b['totalBytes'])} in all: {entries}, {blobs}")
+    print(f"  blobs        {human_size(b['blobBytes'])}")
+    print(f"  unreferenced {human_size(b['unreferencedBytes'])} (storage-manager gc frees it)")
+    print(f"  downloading  {human_size(b['ingestBytes'])}")
+    print(f"  filesystem   {human_size(fs['free'])} free of {human_size(fs['bytes'])}")
     return OK
 
 
@@ -509,8 +497,8 @@ def import_bundle(client: Client, path: str, as_json: bool) -> int:
         _dump(b)
     else:
         print(
-            f"imported {_count(len(b['entries']), 'entry', 'entries')}: "
-            f"{_count(b['blobsAdded'], 'blob')} added, {b['blobsSkipped']} already here"
+            f"imported {plural(len(b['entries']), 'entry', 'entries')}: "
+            f"{plural(b['blobsAdded'], 'blob')} added, {b['blobsSkipped']} already here"
         )
         for url in b["entries"]:
             print(f"  {url}")
@@ -546,8 +534,8 @@ def export_bundle(cache_dir: str, targets: list[str], output: str, as_json: bool
     if as_json:
         _dump({"output": output, "entries": [e.url for e in chosen], "blobs": count, "bytes": size})
     else:
-        entries, blobs = _count(len(chosen), "entry", "entries"), _count(count, "blob")
-        print(f"wrote {output}: {entries}, {blobs}, {_size(size)}")
+        entries, blobs = plural(len(chosen), "entry", "entries"), plural(count, "blob")
+        print(f"wrote {output}: {entries}, {blobs}, {human_size(size)}")
     return OK
 
 

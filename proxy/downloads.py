@@ -11,6 +11,8 @@ interrupted (their partial bytes wait in ``ingest/`` to be resumed).
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import time
 import uuid
@@ -64,6 +66,7 @@ from proxy.types import (
     Digest,
     InvalidDigest,
 )
+from proxy.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,11 @@ def parse_post(body: Any) -> FetchRequest:
         _ = parts.port
     except ValueError as e:
         raise BadRequest(f"malformed url: {e}") from None
-    if not parts.scheme:
-        raise BadRequest("url has no scheme")
+    if not parts.scheme or "://" not in url:
+        hint = suggest_url(url)
+        raise BadRequest(
+            f"{url!r} is not a URL (scheme://...)" + (f": did you mean {hint}?" if hint else "")
+        )
     credentials = parse_credentials(body.get("credentials"), body.get("credentialsType"))
     clean, from_url = split_userinfo(url)
     if credentials is None:
@@ -109,6 +115,26 @@ def parse_post(body: Any) -> FetchRequest:
         source=clean if key != clean else None,
         pin=pin,
     )
+
+
+_IMAGE_REF_RE = re.compile(
+    r"(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
+)
+
+
+def suggest_url(text: str) -> str | None:
+    """What a user who typed a path or a ``docker pull`` name meant:
+    ``/tmp/x.bin`` -> ``file:///tmp/x.bin``, ``alpine:3`` ->
+    ``oci://docker.io/library/alpine:3``."""
+    if text.startswith(("/", "./", "../", "~")):
+        return "file://" + os.path.abspath(os.path.expanduser(text))
+    if not _IMAGE_REF_RE.fullmatch(text):
+        return None
+    first, _, rest = text.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return f"oci://{text}"  # it names its registry
+    return f"oci://docker.io/{text if rest else 'library/' + text}"
 
 
 @attrs.frozen
@@ -705,7 +731,7 @@ class Downloads:
             freed += partial
         if not found:
             raise EntryUnknown(f"{url} is not in the cache")
-        log.info("deleted %s (%d bytes freed)", redact_url(url), freed)
+        log.info("deleted %s (%s freed)", redact_url(url), human_size(freed))
         return freed
 
 

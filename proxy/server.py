@@ -43,6 +43,7 @@ from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.logs import LoggingSite
 from proxy.mirror import Mirror
 from proxy.types import Digest
+from proxy.units import human_size, plural
 
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
@@ -200,7 +201,9 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         evictor.clock = reactor
         evictor.start(EVICT_INTERVAL, now=True)
         log.info(
-            "cache limit %d bytes, evicting down to %d%%", cache_limit(), config.low_watermark * 100
+            "cache limit %s, evicting down to %d%%",
+            human_size(cache_limit()),
+            config.low_watermark * 100,
         )
     syncer = layout.syncer
     if syncer is not None:
@@ -322,8 +325,3 @@ def _announce_tcp(server: Server, port: Any) -> None:
     shown = f"[{bound.host}]" if ":" in bound.host else bound.host
     Layout.announce(server.lock_fd, f"{shown}:{bound.port}")
     log.info("listening on http://%s:%d", shown, bound.port)
-
-
-def plural(n: int, one: str, many: str | None = None) -> str:
-    """``1 entry``, ``2 entries``, ``0 interrupted downloads``."""
-    return f"{n} {one if n == 1 else (many or one + 's')}"

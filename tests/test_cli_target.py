@@ -351,3 +351,20 @@ def test_ctrl_c_cancels_the_pull_it_started(tmp_path: Path, source: Source) -> N
         source.set_delay("/d.bin", 0.05, chunk=64 * 1024)
         r = run_cli("pull", source.url("/d.bin"), "--detach", "--cache-dir", str(cache))
         assert r.returncode == 0 and "downloading in the background" in r.stdout, r.stderr
+
+
+def test_a_name_or_a_path_given_as_a_url_gets_a_suggestion(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "c") as srv, srv.client() as c:
+        for given, meant in (
+            ("alpine:3", "oci://docker.io/library/alpine:3"),
+            ("team/app:v1", "oci://docker.io/team/app:v1"),
+            ("ghcr.io/org/app:1.0", "oci://ghcr.io/org/app:1.0"),
+            ("/tmp/x.bin", "file:///tmp/x.bin"),
+        ):
+            r = c.post("/content/", json={"url": given})
+            assert r.status_code == 400, given
+            assert f"did you mean {meant}?" in r.json()["error"]["message"], r.text
+        r = c.post("/content/", json={"url": "nonsense: with spaces"})
+        assert r.status_code == 400 and "did you mean" not in r.text
+    r = run_cli("pull", "alpine:3", "--cache-dir", str(tmp_path / "c"))
+    assert r.returncode == 1 and "oci://docker.io/library/alpine:3" in r.stderr

@@ -75,6 +75,7 @@ from proxy.types import (
     Digest,
     InvalidDigest,
 )
+from proxy.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -512,4 +513,4 @@ class PushAPI:
 
         freed = await self.store.blob_lock.run(locked)
         if freed:
-            log.info("replaced %s: %d bytes freed", old.reference, freed)
+            log.info("replaced %s: %s freed", old.reference, human_size(freed))

@@ -39,6 +39,7 @@ from twisted.internet.threads import deferToThreadPool
 from proxy.cache.ingest import IngestFile
 from proxy.cache.store import Store
 from proxy.types import Digest
+from proxy.units import human_size
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class Uploads:
             finally:
                 self._forget(up)
                 await self._thread(up.ingest.discard)
-            log.info("pushed blob %s (%d bytes)", expected, size)
+            log.info("pushed blob %s (%s)", expected, human_size(size))
             return created
         finally:
             up.lock.release()
