@@ -177,7 +177,7 @@ class Store:
             seen[d.digest] = d
             if d.media_type in artifact.MANIFEST_MEDIA_TYPES and self.layout.has_blob(d.digest):
                 try:
-                    data = self.layout.blob_path(d.digest).read_bytes()
+                    data = self.layout.read_manifest(d.digest)
                     todo.extend(artifact.children(d.media_type, data))
                 except ValueError as e:
                     log.warning("blob %s is not a readable manifest: %s", d.digest, e)
@@ -435,9 +435,12 @@ class Store:
                 ann[ANNOTATION_URL] = f"oci-layout:{ann.get(ANNOTATION_REF_NAME) or desc.digest}"
                 ann.setdefault(ANNOTATION_KIND, "image")
             desc = attrs.evolve(desc, annotations=ann)
-            for digest, required in needed(self.layout, desc, ann[ANNOTATION_KIND]):
+            invalid: list[tuple[Digest, str]] = []
+            for digest, required in needed(self.layout, desc, ann[ANNOTATION_KIND], invalid):
                 if required and not self.layout.has_blob(digest):
                     raise BadRequest(f"{ann[ANNOTATION_URL]} needs {digest}, not in the bundle")
+            if invalid:
+                raise BadRequest(f"{ann[ANNOTATION_URL]}: {invalid[0][1]}")
             entry = self._load_own(desc)
             if entry is None:
                 raise BadRequest(f"{ann[ANNOTATION_URL]}: not an entry this server can serve")
