@@ -31,6 +31,12 @@ A pushed manifest becomes an ordinary entry: URL ``oci-push://<name>:<tag>``
 ``/v2/<name>/manifests/<tag>`` serves it without ``?ns=``. Pushing a tag again
 replaces its entry; blobs the old manifest alone used are removed, shared
 ones kept.
+
+Pushed names never meet the names of downloads (:mod:`proxy.naming`): an
+upload or manifest for a name whose first component is a host (``<host>[-<port>]/...``,
+the form of http(s) downloads' names) or for a name some download is served
+under (any tag, any registry) is refused with 403 DENIED before anything is
+written.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from proxy.api.registry import (
     query_args,
 )
 from proxy.cache import artifact
+from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest, is_disk_full
 from proxy.cache.store import Entry, Store, new_entry
 from proxy.cache.uploads import (
@@ -65,7 +72,7 @@ from proxy.cache.uploads import (
     Uploads,
     UploadUnknown,
 )
-from proxy.naming import TAG_RE
+from proxy.naming import PUSH_SCHEME, TAG_RE, is_host_name
 from proxy.types import (
     MAX_MANIFEST,
     MEDIA_TYPE_IMAGE_INDEX,
@@ -77,7 +84,6 @@ from proxy.types import (
 
 log = logging.getLogger(__name__)
 
-PUSH_SCHEME = "oci-push://"
 KIND = "push"
 _UPLOADS_RE = re.compile(r"(.+)/blobs/uploads/?")
 _SESSION_RE = re.compile(r"(.+)/blobs/uploads/([^/]+)")
@@ -243,6 +249,7 @@ class PushAPI:
     ) -> None:
         self.store = store
         self.layout = store.layout
+        self._catalog = Catalog(store)  # the names downloads are served under
         self.uploads = uploads
         self._reactor = reactor
         self._token = api_token
@@ -287,6 +294,7 @@ class PushAPI:
         if m is not None:
             name = m.group(1)
             _check_name(name)
+            self._check_pushed_name(name)
             if method != b"POST":
                 raise OciError("UNSUPPORTED", "start an upload with POST")
             return self._run(request, self._start(request, name, arg))
@@ -309,6 +317,7 @@ class PushAPI:
         if i > 0:
             name, ref = rest[:i], rest[i + len("/manifests/") :]
             _check_name(name)
+            self._check_pushed_name(name)
             if method != b"PUT":
                 raise OciError(
                     "UNSUPPORTED", "manifests are removed with DELETE /content/<base64 of the URL>"
@@ -321,6 +330,22 @@ class PushAPI:
                 raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")
             return self._run(request, self._put_manifest(request, name, tag, ref_digest))
         raise OciError("UNSUPPORTED", "this registry does not delete through /v2")
+
+    def _check_pushed_name(self, name: str) -> None:
+        """Refuse a name that is, or may become, the name of downloaded content."""
+        if is_host_name(name):
+            raise OciError(
+                "DENIED",
+                f"{name[:255]}: a name whose first component is a host (has a '.', or is "
+                "localhost) is the name of downloaded content (<host>[-<port>]/<path>); "
+                "push under another name",
+            )
+        if self._catalog.downloaded_under(name) is not None:
+            raise OciError(
+                "DENIED",
+                f"{name}: this name belongs to downloaded content in the cache; push under "
+                "another name",
+            )
 
     # -- answers -------------------------------------------------------------------
 
