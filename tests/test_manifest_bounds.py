@@ -231,3 +231,21 @@ def test_verify_reports_such_an_index_without_reading_the_blob(tmp_path: Path) -
     kinds = {(p["kind"], Path(p["path"]).name) for p in report["problems"]}
     assert kinds == {("manifest", huge.hex)}, report["problems"]
     assert report["blobs"] == 2  # the huge blob was hashed (streamed) like any other
+
+
+def test_json_nested_too_deeply_is_not_a_manifest(c: httpx.Client) -> None:
+    """Within the size limit, a document nested deeper than the JSON parser
+    goes is refused like any other non-manifest (it was a 500)."""
+    deep = b"[" * 200_000 + b"]" * 200_000
+    r = put_manifest(c, "bounds/deep", "v1", deep, MEDIA_TYPE_IMAGE_MANIFEST)
+    assert r.status_code == 400, r.text
+    assert oci_error(r) == "MANIFEST_INVALID"
+    # The same bytes as a blob, asked for as a manifest, or named as one by an index.
+    digest = push_blob(c, "bounds/deep", deep)
+    r = c.get(f"/v2/bounds/deep/manifests/{digest}")
+    assert r.status_code == 404, r.text
+    assert oci_error(r) == "MANIFEST_UNKNOWN"
+    r = put_manifest(
+        c, "bounds/deep", "v2", index_naming(digest, len(deep)), MEDIA_TYPE_IMAGE_INDEX
+    )
+    assert r.status_code == 201, r.text  # an unreadable child is logged, as before
