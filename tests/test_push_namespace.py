@@ -22,7 +22,7 @@ from proxy.naming import reference_for_url
 from proxy.types import MEDIA_TYPE_IMAGE_MANIFEST
 from tests.support.images import Blobs, digest_of, push_image_tree, random_bytes
 from tests.support.registry import Registry
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, run_cli
 from tests.support.source import Source
 
 
@@ -214,3 +214,28 @@ def test_a_push_to_the_repository_of_an_image_pulled_from_a_registry_is_refused(
     assert_denied(push(c, "team/app", "v1", 10))
     assert_denied(push(c, "team/app", "mine", 11))
     assert manifest_digest(c, "team/app", "v1") == pulled
+
+
+def test_an_imported_push_is_held_to_the_same_rule(
+    tmp_path: Path, srv: ServerProcess, c: httpx.Client, root: Path
+) -> None:
+    url, name = file_name(root)
+    r = push(c, name, "latest", 12)
+    assert r.status_code == 201, r.text
+    pushed_url = f"oci-push://{name}:latest"
+    bundle = tmp_path / "bundle.tar"
+    r2 = run_cli("export", pushed_url, "-o", str(bundle), "--cache-dir", str(srv.cache_dir))
+    assert r2.returncode == 0, r2.stderr
+    assert c.delete(f"/content/{b64(pushed_url)}").status_code in (200, 204)
+    r = c.post("/content/", json={"url": url})
+    assert r.status_code == 201, r.text
+    downloaded = r.json()["manifestDigest"]
+
+    address = srv.base_url.removeprefix("http://")  # this server, not the default address
+    r2 = run_cli(
+        "import", str(bundle), "--cache-dir", str(srv.cache_dir), "--address", address, timeout=60
+    )
+    assert r2.returncode != 0
+    assert "downloaded content" in r2.stdout + r2.stderr
+    assert pushed_url not in urls(c)
+    assert manifest_digest(c, name, "latest") == downloaded

@@ -72,7 +72,7 @@ from proxy.cache.uploads import (
     Uploads,
     UploadUnknown,
 )
-from proxy.naming import PUSH_SCHEME, TAG_RE, is_host_name
+from proxy.naming import PUSH_SCHEME, TAG_RE
 from proxy.types import (
     MAX_MANIFEST,
     MEDIA_TYPE_IMAGE_INDEX,
@@ -333,19 +333,9 @@ class PushAPI:
 
     def _check_pushed_name(self, name: str) -> None:
         """Refuse a name that is, or may become, the name of downloaded content."""
-        if is_host_name(name):
-            raise OciError(
-                "DENIED",
-                f"{name[:255]}: a name whose first component is a host (has a '.', or is "
-                "localhost) is the name of downloaded content (<host>[-<port>]/<path>); "
-                "push under another name",
-            )
-        if self._catalog.downloaded_under(name) is not None:
-            raise OciError(
-                "DENIED",
-                f"{name}: this name belongs to downloaded content in the cache; push under "
-                "another name",
-            )
+        reason = self._catalog.push_conflict(name)
+        if reason is not None:
+            raise OciError("DENIED", f"{reason}; push under another name")
 
     # -- answers -------------------------------------------------------------------
 

@@ -21,13 +21,13 @@ download is not served under it (it stays in ``/content``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 
 from proxy.cache import artifact
 from proxy.cache.store import Entry, Store
-from proxy.naming import NAME_RE, PUSH_SCHEME, TAG_RE
+from proxy.naming import NAME_RE, PUSH_SCHEME, TAG_RE, is_host_name
 
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
@@ -47,6 +47,22 @@ def _held_by_pushes(items: list[Served]) -> list[Served]:
     if not pushed:
         return items
     return [s for s in items if is_pushed(s.entry) or s.name not in pushed]
+
+
+def push_conflict(name: str, entries: Iterable[Entry]) -> str | None:
+    """Why ``name`` may not be a pushed repository beside ``entries``, or None:
+    its first component is a host (the form of http(s) downloads' names,
+    present or not), or a download is served under it (any tag, any registry)."""
+    if is_host_name(name):
+        return (
+            f"{name[:255]}: a name whose first component is a host (has a '.', or is "
+            "localhost) is the name of downloaded content (<host>[-<port>]/<path>)"
+        )
+    for entry in entries:
+        s = served(entry) if not is_pushed(entry) else None
+        if s is not None and s.name == name:
+            return f"{name}: this name belongs to downloaded content in the cache"
+    return None
 
 
 @attrs.frozen
@@ -107,13 +123,9 @@ class Catalog:
             return _held_by_pushes([s for s in items if s.registry in (self._upstream, None)])
         return _held_by_pushes(items)
 
-    def downloaded_under(self, name: str) -> Entry | None:
-        """A download (any entry but a push) served under ``name`` in any
-        registry, or None: the name is not free for pushes."""
-        for s in self._all():
-            if s.name == name and not is_pushed(s.entry):
-                return s.entry
-        return None
+    def push_conflict(self, name: str) -> str | None:
+        """Why ``name`` may not be pushed to (see :func:`push_conflict`), or None."""
+        return push_conflict(name, self._store.entries())
 
     def resolve(self, name: str, tag: str, ns: str | None) -> Entry | None:
         """The entry serving ``name:tag``, or None (unknown or ambiguous)."""

@@ -422,6 +422,7 @@ class Store:
         blobs are all in blobs/ by now; a descriptor without this server's
         URL annotation gets ``oci-layout:<ref.name or digest>`` as its URL.
         Raise BadRequest (adding nothing) if one is unusable."""
+        from proxy.cache.catalog import is_pushed, push_conflict, served
         from proxy.cache.verify import needed
 
         entries: list[Entry] = []
@@ -445,6 +446,13 @@ class Store:
             if entry is None:
                 raise BadRequest(f"{ann[ANNOTATION_URL]}: not an entry this server can serve")
             entries.append(entry)
+        # An imported push is held to the rule of pushes (proxy.naming).
+        everything = [*self._entries.values(), *entries]
+        for entry in entries:
+            s = served(entry) if is_pushed(entry) else None
+            reason = push_conflict(s.name, everything) if s is not None else None
+            if reason is not None:
+                raise BadRequest(f"{entry.url}: {reason}")
         for entry in entries:
             self._set(entry)
         return self._persist().addCallback(lambda _: entries)
