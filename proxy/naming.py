@@ -6,6 +6,12 @@ annotation. For http(s) sources: ``<host>[-<port>]/<path parts>:latest``,
 lowercased, characters outside the grammar replaced by ``-``; a URL with a
 query gets the tag ``q-<12 hex of sha256(query)>`` so two queries are two
 references.
+
+Pushed content (``oci-push://<name>:<tag>``) is named by its client, so the
+two kinds of names must not meet: a name whose first component is a host name
+(:func:`is_host_name`) is never a pushed name, and a name some download is
+served under cannot be pushed to (:mod:`proxy.api.push`); where a download's
+name is already a pushed repository, the push keeps it (:mod:`proxy.cache.catalog`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ NAME_RE = re.compile(
 )
 TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 MAX_NAME = 255
+# The URL scheme of the entries pushed through /v2 (proxy.api.push).
+PUSH_SCHEME = "oci-push://"
+_LOCALHOST_RE = re.compile(r"localhost(?:-[0-9]+)?")
 
 
 def _component(text: str) -> str:
@@ -51,3 +60,12 @@ def reference_for_url(url: str) -> str:
     if parts.query:
         tag = "q-" + hashlib.sha256(parts.query.encode()).hexdigest()[:12]
     return f"{name}:{tag}"
+
+
+def is_host_name(name: str) -> bool:
+    """Whether a repository name's first component is a host, as in the names
+    of downloads (``<host>[-<port>]/<path>``): it contains a ``.``, or is
+    ``localhost`` (with a port or not) -- Docker's own test for a registry
+    host, with this cache's ``-<port>`` for ``:<port>``."""
+    first = name.split("/", 1)[0]
+    return "." in first or _LOCALHOST_RE.fullmatch(first) is not None

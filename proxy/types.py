@@ -18,6 +18,10 @@ _SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
 MEDIA_TYPE_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
+# The largest manifest this server reads, from a client, an upstream or a blob
+# on disk (distribution's limit; the conformance suite pushes 3.9 MB ones). A
+# larger blob is never read as a manifest: it is not one.
+MAX_MANIFEST = 4 * 1024 * 1024
 MEDIA_TYPE_OCTET = "application/octet-stream"
 ANNOTATION_TITLE = "org.opencontainers.image.title"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"

@@ -31,12 +31,17 @@ A pushed manifest becomes an ordinary entry: URL ``oci-push://<name>:<tag>``
 ``/v2/<name>/manifests/<tag>`` serves it without ``?ns=``. Pushing a tag again
 replaces its entry; blobs the old manifest alone used are removed, shared
 ones kept.
+
+Pushed names never meet the names of downloads (:mod:`proxy.naming`): an
+upload or manifest for a name whose first component is a host (``<host>[-<port>]/...``,
+the form of http(s) downloads' names) or for a name some download is served
+under (any tag, any registry) is refused with 403 DENIED before anything is
+written.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable, Coroutine
@@ -50,14 +55,14 @@ from twisted.web.server import NOT_DONE_YET
 from proxy.api.access import REALM, authorized
 from proxy.api.registry import (
     API_VERSION,
-    MAX_MANIFEST,
     OciError,
     _check_name,
     error_body,
     query_args,
 )
 from proxy.cache import artifact
-from proxy.cache.layout import Layout, is_disk_full
+from proxy.cache.catalog import Catalog
+from proxy.cache.layout import Layout, NotAManifest, is_disk_full
 from proxy.cache.store import Entry, Store, new_entry
 from proxy.cache.uploads import (
     BadChunk,
@@ -67,8 +72,9 @@ from proxy.cache.uploads import (
     Uploads,
     UploadUnknown,
 )
-from proxy.naming import TAG_RE
+from proxy.naming import PUSH_SCHEME, TAG_RE
 from proxy.types import (
+    MAX_MANIFEST,
     MEDIA_TYPE_IMAGE_INDEX,
     MEDIA_TYPE_IMAGE_MANIFEST,
     Descriptor,
@@ -79,7 +85,6 @@ from proxy.units import human_size
 
 log = logging.getLogger(__name__)
 
-PUSH_SCHEME = "oci-push://"
 KIND = "push"
 _UPLOADS_RE = re.compile(r"(.+)/blobs/uploads/?")
 _SESSION_RE = re.compile(r"(.+)/blobs/uploads/([^/]+)")
@@ -129,7 +134,7 @@ def parse_manifest(data: bytes, content_type: str | None) -> tuple[str, list[Des
     Blocking for large documents (runs in a thread)."""
     digest = Digest(hashlib.sha256(data).hexdigest())
     try:
-        doc = json.loads(data)
+        doc = artifact.load_json(data)
     except ValueError:
         raise _manifest_error("the manifest is not JSON") from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
@@ -188,14 +193,25 @@ def check_present(layout: Layout, required: list[Descriptor], index: bool = Fals
             raise OciError("MANIFEST_BLOB_UNKNOWN", f"{desc.digest} is not in this registry", 400)
         if size != desc.size:
             raise _manifest_error(f"{desc.digest} has {size} bytes, the manifest says {desc.size}")
+        if desc.media_type in artifact.MANIFEST_MEDIA_TYPES and size > MAX_MANIFEST:
+            raise _too_large(desc.digest, size)
         found += 1
     if index and not found:
         raise OciError("MANIFEST_BLOB_UNKNOWN", "none of the index's manifests is here", 400)
 
 
+def _too_large(digest: Digest, size: int) -> OciError:
+    return _manifest_error(
+        f"{digest} is named as a manifest but has {size} bytes (a manifest has at most "
+        f"{MAX_MANIFEST}): it is not one"
+    )
+
+
 def closure(layout: Layout, top: Descriptor, children: list[Descriptor]) -> list[Descriptor]:
     """``top``, its children and, through child manifests on disk, theirs: the
-    present ones, in order (what the store finds when it loads the entry)."""
+    present ones, in order (what the store finds when it loads the entry);
+    blocking. A blob named as a manifest is read only when it is no larger
+    than a manifest may be: MANIFEST_INVALID otherwise."""
     seen: dict[Digest, Descriptor] = {top.digest: top}
     todo = list(children)
     while todo:
@@ -205,8 +221,10 @@ def closure(layout: Layout, top: Descriptor, children: list[Descriptor]) -> list
         seen[d.digest] = d
         if d.media_type in artifact.MANIFEST_MEDIA_TYPES:
             try:
-                data = layout.blob_path(d.digest).read_bytes()
+                data = layout.read_manifest(d.digest)
                 todo.extend(artifact.children(d.media_type, data))
+            except NotAManifest:
+                raise _too_large(d.digest, layout.blob_size(d.digest) or 0) from None
             except ValueError as e:
                 log.warning("pushed manifest %s: child %s unreadable: %s", top.digest, d.digest, e)
     return list(seen.values())
@@ -232,6 +250,7 @@ class PushAPI:
     ) -> None:
         self.store = store
         self.layout = store.layout
+        self._catalog = Catalog(store)  # the names downloads are served under
         self.uploads = uploads
         self._reactor = reactor
         self._token = api_token
@@ -276,6 +295,7 @@ class PushAPI:
         if m is not None:
             name = m.group(1)
             _check_name(name)
+            self._check_pushed_name(name)
             if method != b"POST":
                 raise OciError("UNSUPPORTED", "start an upload with POST")
             return self._run(request, self._start(request, name, arg))
@@ -298,6 +318,7 @@ class PushAPI:
         if i > 0:
             name, ref = rest[:i], rest[i + len("/manifests/") :]
             _check_name(name)
+            self._check_pushed_name(name)
             if method != b"PUT":
                 raise OciError(
                     "UNSUPPORTED", "manifests are removed with DELETE /content/<base64 of the URL>"
@@ -310,6 +331,12 @@ class PushAPI:
                 raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")
             return self._run(request, self._put_manifest(request, name, tag, ref_digest))
         raise OciError("UNSUPPORTED", "this registry does not delete through /v2")
+
+    def _check_pushed_name(self, name: str) -> None:
+        """Refuse a name that is, or may become, the name of downloaded content."""
+        reason = self._catalog.push_conflict(name)
+        if reason is not None:
+            raise OciError("DENIED", f"{reason}; push under another name")
 
     # -- answers -------------------------------------------------------------------
 
@@ -469,6 +496,9 @@ class PushAPI:
             # check and the entry that keeps it.
             is_index = media_type in artifact.INDEX_MEDIA_TYPES
             await store.blob_lock.run(self._thread, check_present, self.layout, required, is_index)
+            manifest = Descriptor(media_type, digest, len(data))
+            # Before the manifest is stored: a refused one leaves nothing behind.
+            present = await self._thread(closure, self.layout, manifest, required)
             scratch = self.layout.ingest_dir / "small"
 
             def put() -> Deferred[Digest]:
@@ -477,8 +507,6 @@ class PushAPI:
             await store.blob_lock.run(put)
             store.hold(digest)
             held.append(digest)
-            manifest = Descriptor(media_type, digest, len(data))
-            present = await self._thread(closure, self.layout, manifest, required)
             url, reference = push_url(name, tag, digest)
             entry = new_entry(
                 url,

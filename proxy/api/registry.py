@@ -47,7 +47,7 @@ from proxy.api.fill import FillReader
 from proxy.api.ranges import Unsatisfiable, answer_range, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
-from proxy.cache.layout import Layout
+from proxy.cache.layout import Layout, NotAManifest
 from proxy.logs import display_path, log_access
 from proxy.mirror import Denied, Mirror
 from proxy.naming import NAME_RE, TAG_RE
@@ -74,7 +74,6 @@ OCI_STATUS = {
 }
 _DIGEST_GRAMMAR_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
-MAX_MANIFEST = 4 * 1024 * 1024
 API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
 
 
@@ -456,17 +455,15 @@ class RegistryAPI:
 
     def _read_manifest(self, digest: Digest, known: str | None) -> tuple[bytes, str]:
         """(bytes, media type) of a manifest blob; blocking (runs in a thread)."""
-        path = self.layout.blob_path(digest)
+        not_manifest = OciError("MANIFEST_UNKNOWN", f"{digest} is not a manifest")
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_MANIFEST + 1)
+            data = self.layout.read_manifest(digest)
         except FileNotFoundError:
             raise OciError("MANIFEST_UNKNOWN", f"{digest} is not in this cache") from None
-        not_manifest = OciError("MANIFEST_UNKNOWN", f"{digest} is not a manifest")
-        if len(data) > MAX_MANIFEST:
-            raise not_manifest
+        except NotAManifest:
+            raise not_manifest from None
         try:
-            doc = json.loads(data)
+            doc = artifact.load_json(data)
         except ValueError:
             raise not_manifest from None
         if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:

@@ -50,6 +50,15 @@ def file_manifest(files: list[Descriptor], artifact_type: str = ARTIFACT_TYPE_FI
     return json.dumps(manifest, indent=2).encode() + b"\n"
 
 
+def load_json(data: bytes) -> Any:
+    """A JSON document (a manifest) from untrusted bytes: ValueError for
+    anything that is not one, nesting too deep for the parser included."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def children(media_type: str, data: bytes) -> list[Descriptor]:
     """Descriptors a manifest or index references (config, layers, manifests).
 
@@ -57,7 +66,7 @@ def children(media_type: str, data: bytes) -> list[Descriptor]:
     """
     if media_type not in MANIFEST_MEDIA_TYPES:
         return []
-    doc = json.loads(data)
+    doc = load_json(data)
     if not isinstance(doc, dict):
         raise ValueError("manifest is not a JSON object")
     out: list[Descriptor] = []

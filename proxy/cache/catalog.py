@@ -11,17 +11,23 @@ An entry's ``reference`` decides it:
 A tag is looked up with the registry the client names (containerd's
 ``?ns=<registry>``); without one, in ``--upstream``'s registry if that is
 set, else wherever the name and tag are unique.
+
+Pushed entries (``oci-push://``) belong to no registry, like downloads, and
+share their names with nothing: a push to a name a download is served under is
+refused (:mod:`proxy.api.push`), and where a download's name is already a
+pushed repository (the push came first), the push keeps the name: the
+download is not served under it (it stays in ``/content``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 
 from proxy.cache import artifact
 from proxy.cache.store import Entry, Store
-from proxy.naming import NAME_RE, TAG_RE
+from proxy.naming import NAME_RE, PUSH_SCHEME, TAG_RE, is_host_name
 
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
@@ -29,6 +35,34 @@ DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.dock
 def normalize_registry(host: str) -> str:
     host = host.lower()
     return "docker.io" if host in DOCKER_HUB_ALIASES else host
+
+
+def is_pushed(entry: Entry) -> bool:
+    return entry.url.startswith(PUSH_SCHEME)
+
+
+def _held_by_pushes(items: list[Served]) -> list[Served]:
+    """``items`` without the downloads named like a pushed repository among them."""
+    pushed = {s.name for s in items if is_pushed(s.entry)}
+    if not pushed:
+        return items
+    return [s for s in items if is_pushed(s.entry) or s.name not in pushed]
+
+
+def push_conflict(name: str, entries: Iterable[Entry]) -> str | None:
+    """Why ``name`` may not be a pushed repository beside ``entries``, or None:
+    its first component is a host (the form of http(s) downloads' names,
+    present or not), or a download is served under it (any tag, any registry)."""
+    if is_host_name(name):
+        return (
+            f"{name[:255]}: a name whose first component is a host (has a '.', or is "
+            "localhost) is the name of downloaded content (<host>[-<port>]/<path>)"
+        )
+    for entry in entries:
+        s = served(entry) if not is_pushed(entry) else None
+        if s is not None and s.name == name:
+            return f"{name}: this name belongs to downloaded content in the cache"
+    return None
 
 
 @attrs.frozen
@@ -86,8 +120,12 @@ class Catalog:
             registry = normalize_registry(ns)
             return [s for s in items if s.registry == registry]
         if self._upstream is not None:
-            return [s for s in items if s.registry in (self._upstream, None)]
-        return items
+            return _held_by_pushes([s for s in items if s.registry in (self._upstream, None)])
+        return _held_by_pushes(items)
+
+    def push_conflict(self, name: str) -> str | None:
+        """Why ``name`` may not be pushed to (see :func:`push_conflict`), or None."""
+        return push_conflict(name, self._store.entries())
 
     def resolve(self, name: str, tag: str, ns: str | None) -> Entry | None:
         """The entry serving ``name:tag``, or None (unknown or ambiguous)."""
@@ -98,7 +136,7 @@ class Catalog:
             # even when --upstream names another registry.
             hits = [
                 s
-                for s in everything
+                for s in _held_by_pushes(everything)
                 if s.name == name and s.tag == tag and s.entry.url.startswith("ollama://")
             ]
         digests = {s.entry.descriptor.digest for s in hits}

@@ -61,6 +61,7 @@ import itertools
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,16 @@ import attrs
 
 from proxy import faults
 from proxy.cache.durable import Syncer, fsync_dir, fsync_file
-from proxy.types import Digest
+from proxy.types import MAX_MANIFEST, Digest
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 _INGEST_KEY_RE = re.compile(r"(?:sha256-)?[a-f0-9]{64}|upload-[a-f0-9]{32}")
 _tmp_counter = itertools.count()
+
+
+class NotAManifest(ValueError):
+    """A blob read as a manifest is larger than a manifest may be, or is not a
+    regular file: it is not one (and it is not read)."""
 
 
 class CacheLocked(Exception):
@@ -293,6 +299,26 @@ class Layout:
             return self.blob_path(digest).stat().st_size
         except FileNotFoundError:
             return None
+
+    def read_manifest(self, digest: Digest) -> bytes:
+        """The bytes of a blob read as a manifest (or any JSON document named by
+        a descriptor); blocking. Its size is checked before anything is read,
+        and at most ``MAX_MANIFEST`` + 1 bytes are: NotAManifest (a ValueError)
+        when it is larger, FileNotFoundError when it is absent."""
+        fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise NotAManifest(f"blob {digest} is not a regular file")
+            if info.st_size > MAX_MANIFEST:
+                raise NotAManifest(
+                    f"blob {digest} has {info.st_size} bytes, more than a manifest may "
+                    f"({MAX_MANIFEST})"
+                )
+            data = f.read(MAX_MANIFEST + 1)
+        if len(data) > MAX_MANIFEST:  # it grew since the fstat (not a blob of ours)
+            raise NotAManifest(f"blob {digest} is larger than a manifest may be ({MAX_MANIFEST})")
+        return data
 
     def commit_file(self, src: Path, digest: Digest, synced: bool = False) -> bool:
         """Move a verified file into ``blobs/``: fsync'd before the rename

@@ -177,7 +177,7 @@ class Store:
             seen[d.digest] = d
             if d.media_type in artifact.MANIFEST_MEDIA_TYPES and self.layout.has_blob(d.digest):
                 try:
-                    data = self.layout.blob_path(d.digest).read_bytes()
+                    data = self.layout.read_manifest(d.digest)
                     todo.extend(artifact.children(d.media_type, data))
                 except ValueError as e:
                     log.warning("blob %s is not a readable manifest: %s", d.digest, e)
@@ -422,6 +422,7 @@ class Store:
         blobs are all in blobs/ by now; a descriptor without this server's
         URL annotation gets ``oci-layout:<ref.name or digest>`` as its URL.
         Raise BadRequest (adding nothing) if one is unusable."""
+        from proxy.cache.catalog import is_pushed, push_conflict, served
         from proxy.cache.verify import needed
 
         entries: list[Entry] = []
@@ -435,13 +436,23 @@ class Store:
                 ann[ANNOTATION_URL] = f"oci-layout:{ann.get(ANNOTATION_REF_NAME) or desc.digest}"
                 ann.setdefault(ANNOTATION_KIND, "image")
             desc = attrs.evolve(desc, annotations=ann)
-            for digest, required in needed(self.layout, desc, ann[ANNOTATION_KIND]):
+            invalid: list[tuple[Digest, str]] = []
+            for digest, required in needed(self.layout, desc, ann[ANNOTATION_KIND], invalid):
                 if required and not self.layout.has_blob(digest):
                     raise BadRequest(f"{ann[ANNOTATION_URL]} needs {digest}, not in the bundle")
+            if invalid:
+                raise BadRequest(f"{ann[ANNOTATION_URL]}: {invalid[0][1]}")
             entry = self._load_own(desc)
             if entry is None:
                 raise BadRequest(f"{ann[ANNOTATION_URL]}: not an entry this server can serve")
             entries.append(entry)
+        # An imported push is held to the rule of pushes (proxy.naming).
+        everything = [*self._entries.values(), *entries]
+        for entry in entries:
+            s = served(entry) if is_pushed(entry) else None
+            reason = push_conflict(s.name, everything) if s is not None else None
+            if reason is not None:
+                raise BadRequest(f"{entry.url}: {reason}")
         for entry in entries:
             self._set(entry)
         return self._persist().addCallback(lambda _: entries)

@@ -9,6 +9,8 @@ What it checks, the guarantees of :mod:`proxy.cache.layout`:
   present, with the config and layers of every present manifest (``missing``).
   Absent children of an image index are allowed (other platforms are not
   fetched); so are the layers of a mirror's tag-only fill (kind ``mirror``).
+  A blob named as a manifest is read only if it is no larger than a manifest
+  may be (``manifest`` otherwise: it is not one, and is not followed).
 
 Reading needs no lock, so it runs beside a live server. ``quarantine`` moves
 corrupt blobs to ``<cache>/quarantine/`` (never served) and drops the
@@ -31,7 +33,7 @@ import attrs
 
 from proxy.cache import artifact
 from proxy.cache.durable import fsync_dir
-from proxy.cache.layout import Layout
+from proxy.cache.layout import Layout, NotAManifest
 from proxy.types import ANNOTATION_KIND, ANNOTATION_REF_NAME, ANNOTATION_URL, Descriptor, Digest
 
 _HEX_RE = re.compile(r"[a-f0-9]{64}")
@@ -41,7 +43,7 @@ _HEX_RE = re.compile(r"[a-f0-9]{64}")
 class Problem:
     """One thing wrong with the cache."""
 
-    kind: str  # corrupt | unreadable | stray | missing | index
+    kind: str  # corrupt | unreadable | stray | missing | manifest | index
     path: str
     detail: str
 
@@ -125,8 +127,12 @@ def _entry_name(raw: dict[str, Any]) -> str:
     return str(ann.get(ANNOTATION_URL) or ann.get(ANNOTATION_REF_NAME) or raw.get("digest"))
 
 
-def needed(layout: Layout, desc: Descriptor, kind: str) -> Iterator[tuple[Digest, bool]]:
-    """Every blob ``desc`` reaches: (digest, must be present)."""
+def needed(
+    layout: Layout, desc: Descriptor, kind: str, invalid: list[tuple[Digest, str]] | None = None
+) -> Iterator[tuple[Digest, bool]]:
+    """Every blob ``desc`` reaches: (digest, must be present). A blob named as
+    a manifest but larger than a manifest may be is not read (nor followed):
+    it is added to ``invalid`` with the reason."""
     todo: list[tuple[Descriptor, bool]] = [(desc, True)]
     seen: set[Digest] = set()
     while todo:
@@ -138,7 +144,11 @@ def needed(layout: Layout, desc: Descriptor, kind: str) -> Iterator[tuple[Digest
         if d.media_type not in artifact.MANIFEST_MEDIA_TYPES or not layout.has_blob(d.digest):
             continue
         try:
-            children = artifact.children(d.media_type, layout.blob_path(d.digest).read_bytes())
+            children = artifact.children(d.media_type, layout.read_manifest(d.digest))
+        except NotAManifest as e:
+            if invalid is not None:
+                invalid.append((d.digest, str(e)))
+            continue
         except (OSError, ValueError):
             continue  # its own hash check reports it
         is_index = d.media_type in artifact.INDEX_MEDIA_TYPES
@@ -162,12 +172,17 @@ def check_index(layout: Layout) -> tuple[list[Problem], dict[str, set[Digest]]]:
         name = _entry_name(raw)
         kind = desc.annotations.get(ANNOTATION_KIND, "")
         needs[name] = set()
-        for digest, required in needed(layout, desc, kind):
+        invalid: list[tuple[Digest, str]] = []
+        for digest, required in needed(layout, desc, kind, invalid):
             needs[name].add(digest)
             if required and not layout.has_blob(digest):
                 problems.append(
                     Problem("missing", str(layout.blob_path(digest)), f"needed by {name}")
                 )
+        for digest, reason in invalid:
+            problems.append(
+                Problem("manifest", str(layout.blob_path(digest)), f"needed by {name}: {reason}")
+            )
     return problems, needs
 
 

@@ -15,7 +15,6 @@ over plain HTTP; all others over HTTPS.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any
 
@@ -33,6 +32,7 @@ from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header, upstream_error
 from proxy.types import (
     ANNOTATION_TITLE,
+    MAX_MANIFEST,
     MEDIA_TYPE_IMAGE_INDEX,
     MEDIA_TYPE_IMAGE_MANIFEST,
     MEDIA_TYPE_OCTET,
@@ -49,7 +49,6 @@ MANIFEST_TYPES = frozenset({MEDIA_TYPE_IMAGE_MANIFEST, DOCKER_MANIFEST})
 ACCEPT = ", ".join(
     [MEDIA_TYPE_IMAGE_MANIFEST, MEDIA_TYPE_IMAGE_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
 ).encode()
-MAX_MANIFEST = 4 * 1024 * 1024
 ANNOTATION_PLATFORM = "io.nekko.storage-manager.platform"
 
 
@@ -154,7 +153,7 @@ class OciFetcher:
         if reported is not None and reported != str(digest):
             raise BadContent(f"manifest digest {digest} differs from the reported {reported}")
         try:
-            doc = json.loads(data)
+            doc = artifact.load_json(data)
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
         except ValueError as e:
