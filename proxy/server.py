@@ -240,9 +240,11 @@ def build(config: Config, reactor: Any) -> Server:
             after_push=downloads.evict_soon if limit is not None else None,
         )
         log.info("push enabled on /v2%s", " (with the API token)" if config.api_token else "")
-    site = LoggingSite(  # type: ignore[no-untyped-call]
-        Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))
-    )
+    root = Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))
+    site = LoggingSite(root)  # type: ignore[no-untyped-call]
+    # Bodies are admitted (or refused) from the request head, before they are read.
+    site.admission = root.access
+    site.spool_dir = str(layout.ingest_dir)
     if not (config.protect_reads and config.api_token is not None):
         # HEAD and small GETs of cached blobs skip twisted.web (proxy.api.channel);
         # with protected reads every request goes through Root's token check.
