@@ -167,6 +167,9 @@ class PlainHTTPChannel(HTTPChannel):
         self.dataReceived = self._drop  # type: ignore[method-assign]
         self.clearLineBuffer()  # type: ignore[no-untyped-call]
         self.setTimeout(None)  # type: ignore[no-untyped-call]
+        content = getattr(request, "content", None)
+        if content is not None:
+            content.close()  # what a cut-off body had sent: not kept a moment longer
         transport: Any = self.transport
         method: bytes = getattr(self, "_command", b"-")
         target: bytes = getattr(self, "_path", b"-")
