@@ -112,7 +112,12 @@ class PlainHTTPChannel(HTTPChannel):
             if not data:
                 self.resetTimeout()  # type: ignore[no-untyped-call]
                 return
-        if self._head_call is None and self.line_mode and not self._handlingRequest:
+        if (
+            self._head_call is None
+            and self.line_mode
+            and not self._handlingRequest
+            and b"\r\n\r\n" not in data  # a head that arrives whole needs no clock
+        ):
             # A request head starts: it has HEAD_TIMEOUT from now, however it dribbles.
             self._head_call = self.callLater(self.head_timeout, self._head_too_slow)  # type: ignore[no-untyped-call]
         super().dataReceived(data)  # type: ignore[no-untyped-call]

@@ -7,7 +7,8 @@ Prometheus text (:mod:`proxy.metrics`); ``/admin/`` →
 ``/readyz`` → health checks (always open: they are what probes call);
 ``/hf`` → :class:`proxy.api.hfmirror.HfMirror` (a Hugging Face Hub mirror).
 With an API token, changes always need it, and with ``protect_reads`` every
-``/content``, ``/v2`` and ``/hf`` request does (see :mod:`proxy.api.access`).
+``/content``, ``/v2`` and ``/hf`` request does; one rule, shared with the
+channel that judges request bodies, decides it (:mod:`proxy.api.admission`).
 An absolute-form target (``GET http://<registry>/v2/...``, a forward-proxy request) goes to the
 registry API with ``<registry>`` as its namespace; any other proxy request is
 502, so a client with fallback goes to the origin itself. Everything else is
