@@ -14,8 +14,10 @@ import contextlib
 import json
 import logging
 import sys
+import tempfile
 import time
-from typing import Any
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.python.threadable import isInIOThread
@@ -25,6 +27,9 @@ from twisted.web.server import Request, Site
 from proxy.api.channel import PlainHTTPChannel
 from proxy.metrics import observe_request
 from proxy.redact import redact_url
+
+if TYPE_CHECKING:
+    from proxy.api.admission import Access, Limit
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -149,15 +154,41 @@ def display_path(raw: bytes) -> str:
     return path
 
 
+IN_MEMORY = 100_000  # twisted.web's own threshold: smaller bodies stay in memory
+
+
 class TimedRequest(Request):
-    """A request that remembers when it started."""
+    """A request that remembers when it started, and keeps its body within
+    the limit the channel admitted it with (:mod:`proxy.api.admission`)."""
 
     started_at: float | None = None
+    body_limit: Limit | None = None  # set by the channel before gotLength
+    _received = 0
 
     def gotLength(self, length: int | None) -> None:
         # Called once the request line and headers are in: the request's start.
         self.started_at = time.monotonic()
-        super().gotLength(length)  # type: ignore[no-untyped-call]
+        limit = self.body_limit
+        small = limit is not None and limit.max_bytes is not None and limit.max_bytes < IN_MEMORY
+        if (length is not None and length < IN_MEMORY) or small:
+            self.content = BytesIO()
+            return
+        # A large body (a push, an import): on the cache's disk, not in /tmp.
+        spool = getattr(getattr(self.channel, "site", None), "spool_dir", None)
+        self.content = tempfile.TemporaryFile(dir=spool)  # noqa: SIM115  # closed with the request
+
+    def handleContentChunk(self, data: bytes) -> None:
+        limit = self.body_limit
+        if limit is not None and limit.max_bytes is not None:
+            # Only a chunked body can pass it: a Content-Length was checked before.
+            self._received += len(data)
+            if self._received > limit.max_bytes:
+                channel: Any = self.channel
+                if channel is not None:
+                    channel.body_too_large(self)
+                return
+        assert self.content is not None
+        self.content.write(data)
 
 
 class LoggingSite(Site):
@@ -170,6 +201,10 @@ class LoggingSite(Site):
     # Set by the server: answers HEAD and small GETs of cached blobs without
     # twisted.web's request machinery (see proxy.api.channel); None: off.
     fast_blobs: Any = None
+    # Set by the server: which request bodies are taken (None: all, as
+    # twisted.web does), and where large ones are spooled (None: /tmp).
+    admission: Access | None = None
+    spool_dir: str | None = None
 
     def log(self, request: http.Request) -> None:
         started = request.started_at if isinstance(request, TimedRequest) else None

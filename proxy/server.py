@@ -258,6 +258,9 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     if site is None:
         site = new_site()
     site.resource = root
+    # Bodies are admitted (or refused) from the request head, before they are read.
+    site.admission = root.access
+    site.spool_dir = str(layout.ingest_dir)
     if not (config.protect_reads and config.api_token is not None):
         # HEAD and small GETs of cached blobs skip twisted.web (proxy.api.channel);
         # with protected reads every request goes through Root's token check.

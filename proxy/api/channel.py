@@ -16,17 +16,34 @@ piece is offered to it first; it answers synchronously or declines, and a
 declined request (anything unusual: another route, a miss, a body,
 ``Connection`` or conditional headers, ...) goes through twisted.web exactly
 as before, as does everything after it until the connection is idle again.
+
+Request heads and bodies: a request head must be complete within
+:data:`HEAD_TIMEOUT` of its first byte (twisted.web's idle timeout restarts
+at every read, so a byte every 50 s would keep a connection forever), else
+408 and close. Once the head is in, before any body byte is read, the site's
+:class:`proxy.api.admission.Access` decides whether the body may come and
+how large it may be; a refused one is answered at once and never read
+(see :mod:`proxy.api.admission`), and a chunked body that passes its limit is
+cut off the same way.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Protocol
+import time
+from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from proxy.api.access import authorized
 from proxy.api.blobs import transport_drained
+
+if TYPE_CHECKING:
+    from proxy.api.admission import Access, Refusal
 
 _TLS_HANDSHAKE = 0x16
 _ANSWER = (
@@ -34,6 +51,20 @@ _ANSWER = (
     b"Client sent an HTTPS request to an HTTP server.\n"
 )
 MAX_FAST_HEAD = 8192  # a longer request head goes the ordinary way
+
+
+def _head_timeout() -> float:
+    """Seconds a request head may take, at most 60; ``NEKKO_HEAD_TIMEOUT``
+    lowers it (for tests, as ``NEKKO_FAULT_PAUSE`` arms fault points)."""
+    try:
+        seconds = float(os.environ.get("NEKKO_HEAD_TIMEOUT", "60"))
+    except ValueError:
+        seconds = 60.0
+    return min(seconds, 60.0) if seconds > 0 else 60.0
+
+
+HEAD_TIMEOUT = _head_timeout()
+LINGER = 2.0  # seconds a refused body is read and dropped, so the answer is not lost to a reset
 
 
 class FastAnswer(Protocol):
@@ -46,13 +77,27 @@ class FastAnswer(Protocol):
 class PlainHTTPChannel(HTTPChannel):
     _first = True
     fast: FastAnswer | None = None
+    admission: Access | None = None
     peer_host = "unix"
+    head_timeout = HEAD_TIMEOUT
+    _head_call: IDelayedCall | None = None
+    _linger: IDelayedCall | None = None
+    _refused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
-        self.fast = getattr(getattr(self, "site", None), "fast_blobs", None)
+        site = getattr(self, "site", None)
+        self.fast = getattr(site, "fast_blobs", None)
+        self.admission = getattr(site, "admission", None)
         assert self.transport is not None
         self.peer_host = getattr(self.transport.getPeer(), "host", None) or "unix"
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for call in (self._head_call, self._linger):
+            if call is not None and call.active():
+                call.cancel()
+        self._head_call = self._linger = None
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:
         if self._first and data:
@@ -67,7 +112,95 @@ class PlainHTTPChannel(HTTPChannel):
             if not data:
                 self.resetTimeout()  # type: ignore[no-untyped-call]
                 return
+        if (
+            self._head_call is None
+            and self.line_mode
+            and not self._handlingRequest
+            and b"\r\n\r\n" not in data  # a head that arrives whole needs no clock
+        ):
+            # A request head starts: it has HEAD_TIMEOUT from now, however it dribbles.
+            self._head_call = self.callLater(self.head_timeout, self._head_too_slow)  # type: ignore[no-untyped-call]
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def _head_too_slow(self) -> None:
+        self._head_call = None
+        from proxy.api.admission import timed_out
+
+        self.refuse(timed_out(self.head_timeout))
+
+    def allHeadersReceived(self) -> None:
+        """The head is in: stop its clock, and, when a body follows, decide
+        before reading it whether it may come (see proxy.api.admission)."""
+        call = self._head_call
+        if call is not None:
+            self._head_call = None
+            if call.active():
+                call.cancel()
+        access = self.admission
+        if self.length != 0 and access is not None:
+            from proxy.api.admission import Refusal
+
+            request: Any = self.requests[-1]
+            verdict = access.admit(
+                self._command, self._path, lambda: authorized(request, access.token)
+            )
+            if isinstance(verdict, Refusal):
+                self.refuse(verdict, request)
+                return
+            if self.length is not None and not verdict.allows(self.length):
+                self.refuse(verdict.over, request)
+                return
+            request.body_limit = verdict
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def allContentReceived(self) -> None:
+        if not self._refused:  # a body cut off: the end of its chunks changes nothing
+            super().allContentReceived()  # type: ignore[no-untyped-call]
+
+    def body_too_large(self, request: Any) -> None:
+        """A body without a length passed its limit (``request.body_limit``)."""
+        self.refuse(request.body_limit.over, request)
+
+    def refuse(self, refusal: Refusal, request: Any = None) -> None:
+        """Answer ``refusal`` now, without reading the request's body: what
+        arrives after it is dropped; the write side is closed once the answer
+        is out, and the connection a little later (closing it while body
+        bytes are still unread would reset it and could lose the answer)."""
+        if self._refused:
+            return
+        self._refused = True
+        self.dataReceived = self._drop  # type: ignore[method-assign]
+        self.clearLineBuffer()  # type: ignore[no-untyped-call]
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        content = getattr(request, "content", None)
+        if content is not None:
+            content.close()  # what a cut-off body had sent: not kept a moment longer
+        transport: Any = self.transport
+        method: bytes = getattr(self, "_command", b"-")
+        target: bytes = getattr(self, "_path", b"-")
+        answer = refusal.response(method)
+        transport.write(answer)
+        from proxy.logs import display_path, log_access
+
+        started = getattr(request, "started_at", None)
+        log_access(
+            self.peer_host,
+            method.decode("latin-1"),
+            display_path(target),
+            getattr(self, "_version", b"HTTP/1.1").decode("latin-1"),
+            refusal.status,
+            len(answer) - answer.index(b"\r\n\r\n") - 4,
+            time.monotonic() - started if started is not None else 0.0,
+        )
+        try:
+            transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            transport.loseConnection()
+            return
+        self._linger = self.callLater(LINGER, transport.abortConnection)  # type: ignore[no-untyped-call]
+
+    def _drop(self, data: bytes) -> None:
+        """Bytes after a refusal: read (so the peer is not reset), never kept."""
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header line longer than ``MAX_LENGTH``: answer

@@ -52,7 +52,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
-from proxy.api.access import REALM, authorized
+from proxy.api.admission import is_push
 from proxy.api.registry import (
     API_VERSION,
     OciError,
@@ -262,18 +262,15 @@ class PushAPI:
     def handles(self, method: bytes, path: bytes) -> bool:
         """Whether a /v2 request is a push request (everything but reads, and
         the upload-status GET), or, with a token, the ``/v2/`` ping."""
-        if method not in (b"GET", b"HEAD") or b"/blobs/uploads/" in path:
-            return True
-        return self._token is not None and path in (b"/v2", b"/v2/")
+        return is_push(method, path, self._token is not None)
 
     def render(self, request: Any, path: bytes) -> Any:
-        """Route a push request; OciError for what is refused at once."""
-        if not authorized(request, self._token):
-            request.setHeader(b"WWW-Authenticate", REALM)
-            # The ping too: skopeo and containerd decide from the ping's answer
-            # whether to send credentials at all. Reads themselves stay open
-            # (they ignore the empty Basic an anonymous client then sends).
-            raise OciError("UNAUTHORIZED", "pushing to this registry needs the API token")
+        """Route a push request; OciError for what is refused at once.
+
+        The token was checked before (by :class:`proxy.api.root.Root`, and for
+        a body before it was read, by the channel): both ask
+        :meth:`proxy.api.admission.Access.refusal`, which counts every push
+        request, the ping included, as needing it."""
         if path in (b"/v2", b"/v2/") and request.method in (b"GET", b"HEAD"):
             request.setHeader(b"Content-Type", b"application/json")
             request.setHeader(*API_VERSION)

@@ -7,7 +7,8 @@ Prometheus text (:mod:`proxy.metrics`); ``/admin/`` →
 ``/readyz`` → health checks (always open: they are what probes call);
 ``/hf`` → :class:`proxy.api.hfmirror.HfMirror` (a Hugging Face Hub mirror).
 With an API token, changes always need it, and with ``protect_reads`` every
-``/content``, ``/v2`` and ``/hf`` request does (see :mod:`proxy.api.access`).
+``/content``, ``/v2`` and ``/hf`` request does; one rule, shared with the
+channel that judges request bodies, decides it (:mod:`proxy.api.admission`).
 An absolute-form target (``GET http://<registry>/v2/...``, a forward-proxy request) goes to the
 registry API with ``<registry>`` as its namespace; any other proxy request is
 502, so a client with fallback goes to the origin itself. Everything else is
@@ -26,12 +27,13 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import BadHost
 
 from proxy import metrics
-from proxy.api.access import REALM, authorized
+from proxy.api.access import authorized
 from proxy.api.admin import AdminAPI
+from proxy.api.admission import Access, Route, route_of
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
 from proxy.api.hfmirror import HfMirror
-from proxy.api.registry import OciError, RegistryAPI, error_body, query_args
+from proxy.api.registry import RegistryAPI, query_args
 
 
 class Root(Resource):
@@ -48,7 +50,13 @@ class Root(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self._admin = admin
         self._api_token = api_token
-        self._protect_reads = protect_reads and api_token is not None
+        # Who needs the token, and what bodies are taken (shared with the channel).
+        self.access = Access(
+            api_token,
+            protect_reads and api_token is not None,
+            push=registry.push is not None,
+            admin=admin is not None,
+        )
         self._content = content.app.resource()
         self._registry = registry
         self._layout = content.layout
@@ -56,18 +64,17 @@ class Root(Resource):
 
     def render(self, request: IRequest) -> Any:
         path: bytes = request.path
-        if path.startswith(b"/v2"):
-            if path == b"/v2" or path.startswith(b"/v2/"):
-                if self._denied(request):
-                    return self._challenge_oci(request)
-                return self._registry.render(request, path)
-        elif path.startswith((b"http://", b"https://")):
-            if self._denied(request):
-                return self._challenge_oci(request)
+        route = route_of(path, self._admin is not None)
+        refused = self.access.refusal(
+            route, request.method, path, lambda: authorized(request, self._api_token)
+        )
+        if refused is not None:
+            return refused.render(request)
+        if route is Route.REGISTRY:
+            return self._registry.render(request, path)
+        if route is Route.PROXY:
             return self._forward_proxy(request, path)
-        if path == b"/content" or path.startswith(b"/content/"):
-            if self._denied(request, changes=True):
-                return self._challenge_json(request)
+        if route is Route.CONTENT:
             try:
                 unquote_to_bytes(path).decode("utf-8")
             except UnicodeDecodeError:
@@ -78,17 +85,11 @@ class Root(Resource):
             except BadHost:
                 # Klein hands the Host header to werkzeug, which refuses some.
                 return json_error(request, 400, "BAD_REQUEST", "invalid Host header")
-        if path == b"/hf" or path.startswith(b"/hf/"):
-            if self._denied(request):
-                return self._challenge_json(request)
+        if route is Route.HF:
             return self._hf.render(request, path)
-        if path.startswith(b"/admin/") and self._admin is not None:
-            if self._denied(request, changes=True):
-                return self._challenge_json(request)
+        if route is Route.ADMIN and self._admin is not None:
             return self._admin.render(request, path)
-        if path == b"/metrics":
-            if self._denied(request):
-                return self._challenge_json(request)
+        if route is Route.METRICS:
             body, ctype = metrics.exposition()
             request.setHeader(b"Content-Type", ctype)
             return body
@@ -105,26 +106,6 @@ class Root(Resource):
             ok = all(checks.values())
             return self._json(request, 200 if ok else 503, {"ready": ok, "checks": checks})
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
-
-    def _denied(self, request: IRequest, changes: bool = False) -> bool:
-        """Whether the request lacks a token it needs: reads need it with
-        ``--protect-reads``; on ``changes`` routes, anything but GET/HEAD
-        needs it whenever a token is set."""
-        writes = changes and request.method not in (b"GET", b"HEAD")
-        return (self._protect_reads or writes) and not authorized(request, self._api_token)
-
-    @staticmethod
-    def _challenge_json(request: IRequest) -> bytes:
-        request.setHeader(b"WWW-Authenticate", REALM)
-        return json_error(request, 401, "UNAUTHORIZED", "this needs the API token")
-
-    @staticmethod
-    def _challenge_oci(request: IRequest) -> bytes:
-        """401 the way registry clients expect it: they answer a Basic
-        challenge with the credentials they were given (the token as password)."""
-        request.setHeader(b"WWW-Authenticate", REALM)
-        body = error_body(request, OciError("UNAUTHORIZED", "this registry needs the API token"))
-        return b"" if request.method == b"HEAD" else body
 
     def _forward_proxy(self, request: Any, target: bytes) -> Any:
         try:

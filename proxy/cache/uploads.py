@@ -8,11 +8,13 @@ downloads commit) only when its sha256 is the ``?digest=`` the client named;
 on a mismatch the directory is removed and nothing is kept.
 
 Request bodies: twisted.web reads a request's whole body before the resource
-renders it, into memory below 100 kB and into an anonymous temporary file
-above (see ``twisted.web.http._getContentFile``). That buffering is
-twisted.web's; this module then copies the body from that file into the
-upload in a worker thread, a chunk at a time, so a body is never held in
-memory whole and the reactor thread never reads or hashes it.
+renders it, into memory below 100 kB and above into an anonymous temporary
+file, which this server opens in the cache's ``ingest/`` (see
+``proxy.logs.TimedRequest``; a push body is only read at all once the channel
+admitted it, :mod:`proxy.api.admission`). This module then copies the body
+from that file into the upload in a worker thread, a chunk at a time, so a
+body is never held in memory whole and the reactor thread never reads or
+hashes it.
 
 State: the upload's name, its lock and its open :class:`IngestFile` (offset
 and running hash) live in memory; after a restart an upload whose directory
