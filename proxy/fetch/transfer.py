@@ -29,6 +29,7 @@ import attrs
 import treq
 import treq.client
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
@@ -242,8 +243,8 @@ class HttpClient:
                 cause = e.reasons[0].value
             if isinstance(cause, StorageError):
                 raise cause from None
-            if isinstance(cause, SSL.Error):
-                # Certificate or protocol problems do not go away on retry.
+            if isinstance(cause, (SSL.Error, VerificationError)):
+                # Certificate (also its name) or protocol problems do not go away on retry.
                 raise UpstreamUnreachable(f"TLS with {netloc} failed: {cause}") from None
             raise Retryable(UpstreamUnreachable(f"{netloc}: {cause}")) from None
 

@@ -9,7 +9,7 @@ protocol is TLS with the origin, verified against the origin's name: the
 proxy sees only encrypted bytes.
 
 A refusal is an error that names the proxy (redacted) and its answer; a 407
-says to check the proxy's credentials.
+(or the 401 some proxies send instead) says to check the proxy's credentials.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ MAX_ANSWER = 16 * 1024  # bytes of status line and headers a proxy may send
 def proxy_refused(proxy: ProxyServer, what: str, status: int, phrase: str) -> StorageError:
     """The error for a proxy's non-2xx answer to ``what``."""
     msg = f"proxy {proxy.redacted()} answered {status} {phrase} to {what}"
-    if status == 407:
+    if status in (401, 407):  # tinyproxy answers wrong credentials with 401
         hint = "check the credentials in the proxy URL" if proxy.username else "it needs"
         if not proxy.username:
             hint += " credentials: http://user:password@host:port in HTTPS_PROXY/HTTP_PROXY"
@@ -46,7 +46,7 @@ class _Connect(Protocol):
 
     def __init__(self, endpoint: ConnectTunnelEndpoint, factory: IProtocolFactory) -> None:
         self.endpoint = endpoint
-        self.factory = factory
+        self.tunnelled = factory
         self.ready: Deferred[IProtocol] = Deferred(lambda _d: self._abort())
         self.inner: IProtocol | None = None
         self._buffer = b""
@@ -84,7 +84,7 @@ class _Connect(Protocol):
             self._fail(proxy_refused(self.endpoint.proxy, what, int(code), phrase))
             return
         self._buffer = b""
-        inner = self.factory.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
+        inner = self.tunnelled.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
         if inner is None:
             self._fail(UpstreamUnreachable(f"{self._who()}: no protocol for the tunnel"))
             return
