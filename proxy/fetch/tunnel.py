@@ -84,12 +84,14 @@ class _Connect(Protocol):
             self._fail(proxy_refused(self.endpoint.proxy, what, int(code), phrase))
             return
         self._buffer = b""
-        inner = self.tunnelled.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
+        transport = self.transport
+        assert transport is not None
+        inner = self.tunnelled.buildProtocol(transport.getPeer())
         if inner is None:
             self._fail(UpstreamUnreachable(f"{self._who()}: no protocol for the tunnel"))
             return
         self.inner = inner
-        inner.makeConnection(self.transport)
+        inner.makeConnection(transport)
         if rest:
             inner.dataReceived(rest)
         self.ready.callback(inner)
