@@ -11,10 +11,10 @@ fe80::/10, also IPv4-mapped; AWS's IPv6 metadata address fd00:ec2::254 and
 Alibaba Cloud's 100.100.100.200), the unspecified address and multicast.
 When ``allow_hosts`` is set, only those hosts are reached -- loopback too
 only when listed. An entry is a host (any port) or ``host:port`` (``[v6]:port``);
-``*.example.com`` (also with a port) matches every name below ``example.com``
-at any depth but not ``example.com`` itself, as a certificate wildcard or
-curl's ``NO_PROXY`` suffix would not either; any other ``*`` is refused at
-startup (:func:`check_allow_entry`).
+``*.example.com`` (also with a port) is a suffix match: every name below
+``example.com`` at any depth, not ``example.com`` itself (the name the entry
+writes is not below itself; list both for both); any other ``*`` is refused
+at startup (:func:`check_allow_entry`), never silently unmatched.
 
 Through a forward proxy (:mod:`proxy.fetch.proxyenv`) the rules apply to the
 final target, never to the proxy: the URL's host is checked against
