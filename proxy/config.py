@@ -16,6 +16,9 @@ from typing import Any
 
 import attrs
 
+from proxy.fetch.proxyenv import ProxyConfig, ProxyConfigError
+from proxy.fetch.reach import check_allow_entry
+
 DEFAULT_CACHE_DIR = "/var/lib/nekko/cache"
 DEFAULT_ADDRESS = "localhost:8050"
 
@@ -79,6 +82,15 @@ def _hosts(text: str) -> frozenset[str]:
     return frozenset(h.strip().lower() for h in text.split(",") if h.strip())
 
 
+def _allowed_hosts(name: str, text: str) -> frozenset[str]:
+    hosts = _hosts(text)
+    for entry in sorted(hosts):
+        problem = check_allow_entry(entry)
+        if problem is not None:
+            raise ConfigError(f"{name}: {problem}")
+    return hosts
+
+
 @attrs.frozen
 class SizeLimit:
     """``--max-cache-size``: bytes, or a share of the cache's filesystem."""
@@ -135,6 +147,7 @@ class Config:
     log_format: str = "text"
     sync_commits: bool = False  # fsync each blob before its commit, not just after
     buffered_writes: bool = False  # write downloads through the page cache (no O_DIRECT)
+    proxies: ProxyConfig = attrs.field(factory=ProxyConfig)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
 
 
 # flag dest -> (environment variable, default as text)
@@ -248,6 +261,10 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     name_l, log_format = pick("log_format")
     if log_format.strip().lower() not in ("text", "json"):
         raise ConfigError(f"{name_l} must be text or json, not {log_format!r}")
+    try:
+        proxies = ProxyConfig.from_env(env)
+    except ProxyConfigError as e:
+        raise ConfigError(str(e)) from None
     return Config(
         # Absolute from here on: every path in answers, logs and output is.
         cache_dir=Path(os.path.abspath(Path(cache_dir).expanduser())),
@@ -256,7 +273,7 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         max_downloads=_int(name_md, max_downloads, minimum=1),
         max_cache_size=limit,
         low_watermark=float(m.group(1)) / 100,
-        allow_upstream=_hosts(pick("allow_upstream")[1]),
+        allow_upstream=_allowed_hosts(*pick("allow_upstream")),
         insecure_registries=_hosts(pick("insecure_registry")[1]),
         upstream=pick("upstream")[1].strip().lower() or None,
         mirror=flag("mirror"),
@@ -273,4 +290,5 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         log_format=log_format.strip().lower(),
         sync_commits=flag("sync_commits"),
         buffered_writes=flag("buffered_writes"),
+        proxies=proxies,
     )

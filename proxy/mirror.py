@@ -35,6 +35,7 @@ from proxy.fetch.auth import RegistryAuth
 from proxy.fetch.base import Credentials, FetchRequest
 from proxy.fetch.oci import ACCEPT, OciFetcher
 from proxy.fetch.ociref import ImageReference
+from proxy.fetch.reach import entry_matches
 from proxy.fetch.transfer import Retryable, header
 from proxy.types import Digest
 
@@ -73,9 +74,15 @@ class Mirror:
         registry = normalize_registry(ns) if ns else self.upstream
         if registry is None:
             return None
-        if registry not in self.allowed:
+        if registry not in self.allowed and not self._wildcard_allows(registry):
             raise Denied(f"{registry} is not an upstream of this mirror")
         return registry
+
+    def _wildcard_allows(self, registry: str) -> bool:
+        """``--allow-upstream`` ``*.example.com`` entries cover the registries below them."""
+        host, _, port = registry.rpartition(":") if registry.count(":") == 1 else (registry, "", "")
+        number = int(port) if port.isdigit() else None
+        return any(entry_matches(e, host, number) for e in self.allowed if e.startswith("*."))
 
     def _ref(
         self, registry: str, name: str, tag: str | None, digest: Digest | None

@@ -155,7 +155,11 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
             attempts=config.retries + 1,
             backoff=config.retry_backoff,
         ),
+        proxies=config.proxies,
     )
+    proxy_line = config.proxies.describe()
+    if proxy_line is not None:
+        log.info("%s", proxy_line)
     http = HttpFetcher(client, layout)
     oci = OciFetcher(client, layout, insecure=config.insecure_registries)
     oci_blob = OciBlobFetcher(client, layout, insecure=config.insecure_registries)

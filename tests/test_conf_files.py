@@ -15,8 +15,10 @@ from proxy import config
 from proxy.cli import make_parser
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-# Variables read by the libraries the object-store downloaders follow.
-FOREIGN = re.compile(r"(AWS_[A-Z_]+|STORAGE_EMULATOR_HOST|AZURE_STORAGE_CONNECTION_STRING)")
+# Variables read by the libraries the object-store downloaders follow, and the proxy ones.
+FOREIGN = re.compile(
+    r"(AWS_[A-Z_]+|STORAGE_EMULATOR_HOST|AZURE_STORAGE_CONNECTION_STRING|HTTPS?_PROXY|NO_PROXY)"
+)
 
 
 def env_file() -> tuple[dict[str, str], list[str]]:

@@ -10,7 +10,18 @@ Refused always: link-local and cloud metadata addresses (169.254.0.0/16,
 fe80::/10, also IPv4-mapped; AWS's IPv6 metadata address fd00:ec2::254 and
 Alibaba Cloud's 100.100.100.200), the unspecified address and multicast.
 When ``allow_hosts`` is set, only those hosts are reached -- loopback too
-only when listed. An entry is a host (any port) or ``host:port`` (``[v6]:port``).
+only when listed. An entry is a host (any port) or ``host:port`` (``[v6]:port``);
+``*.example.com`` (also with a port) is a suffix match: every name below
+``example.com`` at any depth, not ``example.com`` itself (the name the entry
+writes is not below itself; list both for both); any other ``*`` is refused
+at startup (:func:`check_allow_entry`), never silently unmatched.
+
+Through a forward proxy (:mod:`proxy.fetch.proxyenv`) the rules apply to the
+final target, never to the proxy: the URL's host is checked against
+``allow_hosts`` and, when it is an address or a name this node can resolve,
+its addresses against the refused ones. A name the node cannot resolve goes
+to the proxy as it is (in many networks only the proxy resolves outside
+names); the proxy resolves it then.
 """
 
 from __future__ import annotations
@@ -79,11 +90,7 @@ class ReachPolicy:
             raise TargetDenied(f"host {host!r} is not in --allow-upstream")
 
     def _listed(self, host: str, port: int | None) -> bool:
-        for entry in self.allow_hosts:
-            e_host, e_port = _split_entry(entry)
-            if e_host == host and (e_port is None or port is None or e_port == port):
-                return True
-        return False
+        return any(entry_matches(entry, host, port) for entry in self.allow_hosts)
 
     def check_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> None:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -104,6 +111,58 @@ def _split_entry(entry: str) -> tuple[str, int | None]:
     else:
         host, port = entry, ""
     return host, int(port) if port.isdigit() else None
+
+
+def entry_matches(entry: str, host: str, port: int | None) -> bool:
+    """Whether ``--allow-upstream`` ``entry`` covers ``host`` (lowercase, no
+    brackets) on ``port`` (None: any port of the entry will do)."""
+    e_host, e_port = _split_entry(entry)
+    if e_port is not None and port is not None and e_port != port:
+        return False
+    host = host.rstrip(".")
+    if e_host.startswith("*."):
+        return host.endswith(e_host[1:]) and len(host) > len(e_host) - 1
+    return e_host == host
+
+
+def check_allow_entry(entry: str) -> str | None:
+    """Why ``entry`` cannot be an ``--allow-upstream`` entry, or None if it can."""
+    e_host, e_port = _split_entry(entry)
+    if "/" in entry:
+        return f"{entry!r}: a host or host:port, not a URL"
+    if not e_host:
+        return f"{entry!r}: no host"
+    if e_port is None and entry.count(":") == 1 and not entry.startswith("["):
+        return f"{entry!r}: the port must be a number"
+    if "*" in e_host:
+        rest = e_host[2:] if e_host.startswith("*.") else ""
+        if not rest or "*" in rest or rest.startswith(".") or _as_ip(rest) is not None:
+            return (
+                f"{entry!r}: a wildcard is only a leading '*.' before a domain "
+                "(*.example.com matches a.example.com, not example.com)"
+            )
+    return None
+
+
+async def checked_addresses(
+    policy: ReachPolicy, host: str, port: int, *, through_proxy: bool = False
+) -> list[tuple[socket.AddressFamily, str]]:
+    """The addresses of ``host`` once the policy allows it (raises
+    :class:`TargetDenied` otherwise). ``through_proxy``: a name that does not
+    resolve here is no error, the proxy resolves it (then no addresses)."""
+    policy.check_host(host, port)
+    ip = _as_ip(host)
+    if ip is not None:
+        return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))]
+    try:
+        addrs = await deferToThread(_resolve, host, port)
+    except UpstreamUnreachable:
+        if through_proxy:
+            return []
+        raise
+    for _family, addr in addrs:
+        policy.check_address(ipaddress.ip_address(addr), host)
+    return addrs
 
 
 def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, str]]:
@@ -133,14 +192,7 @@ class GuardedEndpoint:
         return Deferred.fromCoroutine(self._connect(protocolFactory))
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
-        self.policy.check_host(self.host, self.port)
-        ip = _as_ip(self.host)
-        if ip is not None:
-            addrs = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip))]
-        else:
-            addrs = await deferToThread(_resolve, self.host, self.port)
-        for _family, addr in addrs:
-            self.policy.check_address(ipaddress.ip_address(addr), self.host)
+        addrs = await checked_addresses(self.policy, self.host, self.port)
         last: Exception | None = None
         for family, addr in addrs:
             ep: IStreamClientEndpoint

@@ -29,12 +29,13 @@ import attrs
 import treq
 import treq.client
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
@@ -51,7 +52,9 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.fetch.base import BlobProgress, Job
-from proxy.fetch.reach import GuardedEndpointFactory, ReachPolicy
+from proxy.fetch.outbound import OutboundAgent
+from proxy.fetch.proxyenv import ProxyConfig
+from proxy.fetch.reach import ReachPolicy
 from proxy.fetch.stream import BodyCut, stream_body
 from proxy.metrics import INGESTED
 from proxy.redact import redact_url
@@ -127,7 +130,8 @@ def upstream_error(url: str, response: Any, body: bytes = b"") -> UpstreamError:
 
 
 class HttpClient:
-    """Outbound HTTP for the fetchers (treq over the guarded agent)."""
+    """Outbound HTTP for the fetchers (treq over :class:`OutboundAgent`: the
+    reach guard, and the environment's forward proxy)."""
 
     def __init__(
         self,
@@ -135,6 +139,7 @@ class HttpClient:
         policy: ReachPolicy,
         options: TransferOptions | None = None,
         pool: HTTPConnectionPool | None = None,
+        proxies: ProxyConfig | None = None,
     ) -> None:
         self.reactor = reactor
         self.policy = policy
@@ -142,8 +147,8 @@ class HttpClient:
         if pool is None:
             pool = HTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = 8
-        agent = Agent.usingEndpointFactory(
-            reactor, GuardedEndpointFactory(reactor, policy, self.options.connect_timeout), pool
+        agent = OutboundAgent(
+            reactor, policy, proxies or ProxyConfig(), pool, self.options.connect_timeout
         )
         self._treq = treq.client.HTTPClient(agent)
 
@@ -238,8 +243,8 @@ class HttpClient:
                 cause = e.reasons[0].value
             if isinstance(cause, StorageError):
                 raise cause from None
-            if isinstance(cause, SSL.Error):
-                # Certificate or protocol problems do not go away on retry.
+            if isinstance(cause, (SSL.Error, VerificationError)):
+                # Certificate (also its name) or protocol problems do not go away on retry.
                 raise UpstreamUnreachable(f"TLS with {netloc} failed: {cause}") from None
             raise Retryable(UpstreamUnreachable(f"{netloc}: {cause}")) from None
 
