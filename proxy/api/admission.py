@@ -14,7 +14,7 @@ every request: one place decides whether a route needs the token.
 Routes and their bodies (``GET``/``HEAD`` and everything else not listed:
 at most :data:`SMALL_BODY` bytes)::
 
-    POST /content                            JSON, MAX_BODY (64 KiB; over: 400)
+    POST /content                            JSON, MAX_BODY (64 KiB; over: 413)
     POST /admin/pin                          JSON, 64 KiB (over: 400)
     POST /admin/import                       unbounded, spooled into ingest/
     PUT  /v2/<name>/manifests/<ref>          MAX_MANIFEST (4 MiB, as distribution)
@@ -217,18 +217,13 @@ class Access:
             elif method in (b"POST", b"PATCH", b"PUT") and b"/blobs/uploads" in path:
                 return Limit(None, _too_large(0, oci))
         elif route is Route.CONTENT and method == b"POST" and path in (b"/content", b"/content/"):
-            return Limit(MAX_BODY, _bad_json(MAX_BODY))
+            return Limit(MAX_BODY, _too_large(MAX_BODY, False))
         elif route is Route.ADMIN and method == b"POST":
             if path == b"/admin/import":
                 return Limit(None, _too_large(0, oci))
             if path == b"/admin/pin":
-                return Limit(PIN_BODY, _bad_json(PIN_BODY))
+                return Limit(PIN_BODY, _too_large(PIN_BODY, False))
         return Limit(size, _too_large(size, oci))
-
-
-def _bad_json(size: int) -> Refusal:
-    """A JSON body over its limit: the 400 these routes answer (README)."""
-    return Refusal(400, "BAD_REQUEST", f"body larger than {size} bytes", False)
 
 
 def _too_large(size: int, oci: bool) -> Refusal:

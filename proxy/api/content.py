@@ -284,7 +284,7 @@ class ContentAPI:
     async def post(self, request: IRequest) -> bytes:
         raw = request.content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY:
-            return json_error(request, 400, "BAD_REQUEST", f"body larger than {MAX_BODY} bytes")
+            return json_error(request, 413, "TOO_LARGE", f"body larger than {MAX_BODY} bytes")
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
