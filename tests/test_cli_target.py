@@ -368,3 +368,16 @@ def test_a_name_or_a_path_given_as_a_url_gets_a_suggestion(tmp_path: Path) -> No
         assert r.status_code == 400 and "did you mean" not in r.text
     r = run_cli("pull", "alpine:3", "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 1 and "oci://docker.io/library/alpine:3" in r.stderr
+
+
+def test_verify_prints_status_lines_without_a_terminal(tmp_path: Path, source: Source) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    source.add_file("/v.bin", data)
+    cache = tmp_path / "c"
+    assert run_cli("pull", source.url("/v.bin"), "--cache-dir", str(cache)).returncode == 0
+    r = run_cli("verify", "--cache-dir", str(cache))
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"verify {cache}: started"
+    assert re.fullmatch(rf"verify {cache}: 3\.0 MiB of 3\.0 MiB \(100%\), .*/s", lines[-1])
+    assert "━" not in r.stderr and not run_cli("verify", "--cache-dir", str(cache), "--json").stderr

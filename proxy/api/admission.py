@@ -15,7 +15,7 @@ Routes and their bodies (``GET``/``HEAD`` and everything else not listed:
 at most :data:`SMALL_BODY` bytes)::
 
     POST /content                            JSON, MAX_BODY (64 KiB; over: 413)
-    POST /admin/pin                          JSON, 64 KiB (over: 400)
+    POST /admin/pin                          JSON, 64 KiB (over: 413)
     POST /admin/import                       unbounded, spooled into ingest/
     PUT  /v2/<name>/manifests/<ref>          MAX_MANIFEST (4 MiB, as distribution)
     POST /v2/<name>/blobs/uploads/           unbounded, spooled into ingest/
