@@ -11,13 +11,14 @@ interrupted (their partial bytes wait in ``ingest/`` to be resumed).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import (
@@ -28,7 +29,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.python.failure import Failure
 
 from proxy import metrics
@@ -54,6 +55,7 @@ from proxy.fetch.base import (
     parse_credentials,
     split_userinfo,
 )
+from proxy.fetch.file import FileFetcher
 from proxy.redact import redact_url, strip_signing
 from proxy.types import (
     ANNOTATION_PINNED,
@@ -500,14 +502,23 @@ class Downloads:
 
     # -- eviction --------------------------------------------------------------------
 
-    def make_room(self, nbytes: int) -> Deferred[None]:
-        """Room for ``nbytes`` more; DiskFull when even evicting cannot make it."""
-        return Deferred.fromCoroutine(self._make_room(nbytes))
+    def make_room(self, nbytes: int, only_if_it_fits: bool = False) -> Deferred[None]:
+        """Room for ``nbytes`` more; DiskFull when even evicting cannot make it
+        (``only_if_it_fits``: then nothing is evicted either)."""
+        return Deferred.fromCoroutine(self._make_room(nbytes, only_if_it_fits))
 
-    async def _make_room(self, nbytes: int) -> None:
+    async def _make_room(self, nbytes: int, only_if_it_fits: bool = False) -> None:
         limit = self._limit() if self._limit is not None else None
         if limit is None:
             return
+        if only_if_it_fits:
+            now: Usage = await self._thread(usage, self.store.layout, set())
+            evictable = await self._thread(self._evictable_bytes, self._evictable())
+            if now.total_bytes - evictable + nbytes > limit:
+                raise DiskFull(
+                    f"{nbytes} more bytes do not fit in the cache's limit of {limit} bytes "
+                    f"({now.total_bytes} in use, {evictable} of them evictable)"
+                )
         used = await self.evict(nbytes)
         if used + nbytes > limit:
             raise DiskFull(
@@ -518,6 +529,28 @@ class Downloads:
     def evict_soon(self) -> None:
         d = Deferred.fromCoroutine(self.evict(0))
         d.addErrback(lambda f: log.error("eviction failed", exc_info=f.value))
+
+    def _may_evict(self, entry: Entry) -> bool:
+        """The eviction rules: never pinned entries, entries of the Go
+        storage-manager, entries downloading, entries an answer is reading."""
+        return not (
+            entry.pinned
+            or entry.legacy
+            or entry.url in self._running
+            or self.store.being_read(entry)
+            or self.store.get(entry.url) is not entry
+        )
+
+    def _evictable(self) -> set[Digest]:
+        """The blobs that evicting every evictable entry would free."""
+        entries = [e for e in self.store.entries() if self._may_evict(e)]
+        keep = self.store.referenced(excluding={e.url for e in entries})
+        return {d for e in entries for d in e.blobs} - keep
+
+    def _evictable_bytes(self, blobs: set[Digest]) -> int:
+        """Their bytes (blocking)."""
+        layout = self.store.layout
+        return sum(layout.blob_size(d) or 0 for d in blobs)
 
     async def evict(self, extra: int = 0) -> int:
         """If the cache (plus ``extra`` bytes to come) is over its limit,
@@ -538,13 +571,7 @@ class Downloads:
             for entry in self.store.lru():
                 if used <= target:
                     break
-                if (
-                    entry.pinned
-                    or entry.legacy
-                    or entry.url in self._running
-                    or self.store.being_read(entry)
-                    or self.store.get(entry.url) is not entry
-                ):
+                if not self._may_evict(entry):
                     continue
                 freed = await self.store.remove(entry.url)
                 used -= freed
@@ -565,19 +592,41 @@ class Downloads:
 
     # -- import ------------------------------------------------------------------------
 
-    async def layout_at(self, request: FetchRequest) -> str | None:
-        """The local path of a ``file://`` POST when it names an OCI image
-        layout (a directory or a tar) that may be read, else None."""
+    async def layout_at(self, request: FetchRequest) -> bundle.LocalLayout | None:
+        """The OCI image layout (a directory or a tar) a ``file://`` POST
+        names, opened once at its resolved path and checked again once open
+        (--allow-file-import, never the cache itself), else None. The caller
+        hands it to :meth:`import_bundle`, which closes it."""
         fetcher = self.fetcher_for(request)
-        fetcher.validate(request)  # --allow-file-import, never the cache itself
-        local = unquote(urlsplit(request.url).path)
-        found: bool = await self._thread(bundle.is_layout, local)
-        return local if found else None
+        fetcher.validate(request)
+        if not isinstance(fetcher, FileFetcher):
+            return None
+        path = fetcher.parse(request.url)
 
-    async def import_bundle(self, source: Any) -> tuple[list[Entry], int, int]:
+        def probe() -> bundle.LocalLayout | None:
+            fd = fetcher.open_checked(path)
+            if fd is None:
+                return None
+            try:
+                found = bundle.local_layout(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if found is None:
+                os.close(fd)
+            return found
+
+        found: bundle.LocalLayout | None = await self._thread(probe)
+        return found
+
+    async def import_bundle(
+        self, source: IO[bytes] | bundle.LocalLayout
+    ) -> tuple[list[Entry], int, int]:
         """Load an OCI layout (see :mod:`proxy.cache.bundle`) from a tar stream
-        or a local path (a layout directory or tar): every blob verified, the
-        ones already here skipped; fire with (entries, blobs added, skipped)."""
+        or a local layout (which it closes): every blob verified, the ones
+        already here skipped, the new ones within the cache's limit (507
+        ``DISK_FULL`` otherwise, nothing kept); fire with (entries, blobs
+        added, skipped)."""
         layout = self.store.layout
         directory = layout.ingest_dir / f"import-{uuid.uuid4().hex}"
         self._importing.add(directory.name)  # gc leaves it alone
@@ -585,12 +634,40 @@ class Downloads:
             return await self._import(source, directory)
         finally:
             self._importing.discard(directory.name)
+            if isinstance(source, bundle.LocalLayout):
+                source.close()
 
-    async def _import(self, source: Any, directory: Path) -> tuple[list[Entry], int, int]:
+    def _import_room(self) -> bundle.Room:
+        """What :func:`bundle.stage` calls (in its thread) before staging a new
+        blob: room under --max-cache-size, made by the eviction rules of any
+        download (:meth:`make_room`) and only when the blob then fits; without
+        a limit, the free space of the filesystem."""
+        reactor = self._reactor
+        root = self.store.layout.ingest_dir
+
+        def room(nbytes: int) -> None:
+            if self._limit is None or self._limit() is None:
+                free = shutil.disk_usage(root).free
+                if nbytes > free:
+                    raise DiskFull(f"{nbytes} more bytes do not fit: {free} bytes free on disk")
+                return
+            made: Callable[[int], Any] = self._room_for_import  # mypy: Deferred[None]
+            blockingCallFromThread(reactor, made, nbytes)
+
+        return room
+
+    def _room_for_import(self, nbytes: int) -> Deferred[None]:
+        return self.make_room(nbytes, only_if_it_fits=True)
+
+    async def _import(
+        self, source: IO[bytes] | bundle.LocalLayout, directory: Path
+    ) -> tuple[list[Entry], int, int]:
         layout = self.store.layout
-        stage = bundle.stage_path if isinstance(source, str) else bundle.stage
-        staged: bundle.Staged = await self._thread(stage, layout, source, directory)
+        staged: bundle.Staged = await self._thread(
+            bundle.stage, layout, source, directory, self._import_room()
+        )
         held: list[Digest] = []
+        added: list[Digest] = []
         try:
             await self.store.blob_lock.acquire()
             try:
@@ -598,10 +675,18 @@ class Downloads:
                     self.store.hold(d)
                     held.append(d)
                 for d in staged.new:
-                    await self._thread(layout.commit_file, directory / d.hex, d)
+                    if await self._thread(layout.commit_file, directory / d.hex, d):
+                        added.append(d)
             finally:
                 self.store.blob_lock.release()
-            entries = await self.store.adopt(staged.index["manifests"])
+            try:
+                entries = await self.store.adopt(staged.index["manifests"])
+            except BaseException:
+                for d in held:
+                    self.store.release(d)
+                held.clear()
+                await self._drop_unreferenced(added)
+                raise
         finally:
             for d in held:
                 self.store.release(d)
@@ -614,6 +699,16 @@ class Downloads:
             len(staged.present),
         )
         return entries, len(staged.new), len(staged.present)
+
+    async def _drop_unreferenced(self, digests: list[Digest]) -> None:
+        """Remove the blobs a refused import committed that nothing uses."""
+
+        def locked() -> Deferred[int]:
+            orphans = set(digests) - self.store.referenced()
+            layout = self.store.layout
+            return self._thread(lambda: sum(layout.remove_blob(d) for d in orphans))
+
+        await self.store.blob_lock.run(locked)
 
     # -- GC ------------------------------------------------------------------------
 
