@@ -663,17 +663,25 @@ class Downloads:
         self, source: IO[bytes] | bundle.LocalLayout, directory: Path
     ) -> tuple[list[Entry], int, int]:
         layout = self.store.layout
-        staged: bundle.Staged = await self._thread(
-            bundle.stage, layout, source, directory, self._import_room()
-        )
+        reactor = self._reactor
         held: list[Digest] = []
         added: list[Digest] = []
+
+        def hold(digest: Digest) -> None:  # on the reactor
+            self.store.hold(digest)
+            held.append(digest)
+
+        def keep(digest: Digest) -> None:  # in the staging thread
+            blockingCallFromThread(reactor, hold, digest)
+
         try:
+            staged: bundle.Staged = await self._thread(
+                bundle.stage, layout, source, directory, self._import_room(), keep
+            )
             await self.store.blob_lock.acquire()
             try:
-                for d in (*staged.present, *staged.new):
-                    self.store.hold(d)
-                    held.append(d)
+                for d in staged.new:
+                    hold(d)
                 for d in staged.new:
                     if await self._thread(layout.commit_file, directory / d.hex, d):
                         added.append(d)

@@ -139,6 +139,7 @@ def stage(
     source: IO[bytes] | LocalLayout,
     directory: Path,
     room: Room | None = None,
+    keep: Callable[[Digest], None] | None = None,
 ) -> Staged:
     """Read a layout -- a tar stream, or a local layout (directory or tar) --
     into ``directory``, verifying every blob; raise BadRequest / BadContent /
@@ -146,15 +147,16 @@ def stage(
 
     Bounded: index.json (MAX_INDEX), oci-layout, tar headers and the member
     count are capped, each new blob is announced to ``room`` before a byte of
-    it is written, and a blob the cache has is skipped only at its own size."""
+    it is written, and a blob the cache has is skipped only at its own size
+    (and handed to ``keep``, which holds it so no eviction removes it)."""
     directory.mkdir(parents=True, exist_ok=False)
     try:
         if isinstance(source, LocalLayout) and not source.directory:
             with open(source.fd, "rb", closefd=False) as f:
                 f.seek(0)
-                return _stage(layout, _tar_members(f), directory, room)
+                return _stage(layout, _tar_members(f), directory, room, keep)
         members = _dir_members(source) if isinstance(source, LocalLayout) else _tar_members(source)
-        return _stage(layout, members, directory, room)
+        return _stage(layout, members, directory, room, keep)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -255,6 +257,7 @@ def _stage(
     members: Iterator[tuple[str, int, IO[bytes] | None]],
     directory: Path,
     room: Room | None,
+    keep: Callable[[Digest], None] | None,
 ) -> Staged:
     index: dict[str, Any] | None = None
     layout_seen = False
@@ -284,6 +287,8 @@ def _stage(
                 if have is not None:
                     if have != size:
                         raise BadRequest(f"blob {digest} is {size} bytes in the bundle, not {have}")
+                    if keep is not None:
+                        keep(digest)
                     present.append(digest)
                     continue  # the stream moves past it
                 if room is not None:
