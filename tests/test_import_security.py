@@ -328,22 +328,24 @@ def test_an_import_evicts_by_the_usual_rules_only_when_it_then_fits(
 
 def test_a_huge_index_json_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    members = hf_bundle()
-    members["index.json"] = b'{"manifests": [' + b"{}," * (24 * 1024 * 1024) + b"{}]}"
-    packed = tar_of(members, "gz")
+    # 60 MiB of "{}," (under the old 64 MiB cap): about 60 KB gzipped, and
+    # 1.5 GB of Python objects once parsed.
+    huge = hf_bundle()
+    huge["index.json"] = b'{"manifests": [' + b"{}," * (20 * 1024 * 1024) + b"{}]}"
+    # Under the size cap, but millions of objects all the same.
     many = hf_bundle()
     many["index.json"] = b'{"manifests": [' + b"[]," * (4 * 1024 * 1024) + b"[]]}"
     with ServerProcess(cache) as srv, srv.client() as c:
         assert srv.proc is not None
         base = _vm_hwm(srv.proc.pid)
         before = state_of(cache)
-        for body in (packed, tar_of(many, "gz")):
+        for body in (tar_of(huge, "gz"), tar_of(many, "gz")):
+            assert len(body) < 1024 * 1024
             r = c.post("/admin/import", content=body)
+            assert _vm_hwm(srv.proc.pid) - base < 200 * 1024 * 1024
             assert r.status_code == 400, r.text
             assert "index.json" in r.json()["error"]["message"]
         assert state_of(cache) == before
-        # A 72 MB index used to take the server well past a gigabyte.
-        assert _vm_hwm(srv.proc.pid) - base < 200 * 1024 * 1024
 
 
 def test_tar_extended_headers_are_bounded(tmp_path: Path) -> None:
