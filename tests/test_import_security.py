@@ -48,7 +48,7 @@ from proxy.types import (
     Digest,
 )
 from tests.conftest import b64
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, run_cli
 from tests.support.source import Source
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -166,6 +166,13 @@ def test_a_bundle_with_a_bad_name_is_refused_and_writes_nothing(tmp_path: Path) 
         link = cache.joinpath(*SNAPSHOTS, COMMIT, "config.json")
         assert link.is_symlink() and link.read_bytes() == b'{"model": "tiny"}\n'
         assert cache.joinpath(*SNAPSHOTS[:-1], "refs", "main").read_text() == COMMIT
+    # `storage-manager import` (a private server here) says why, and adds nothing.
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(tar_of(hf_bundle(commit=escape(cache, SNAPSHOTS, target / "cli"))))
+    before = state_of(cache)
+    r = run_cli("import", str(bad), "--cache-dir", str(cache))
+    assert r.returncode != 0 and "hf.commit" in r.stderr and "is not valid" in r.stderr, r.stderr
+    assert state_of(cache) == before
     assert files_under(target) == []
 
 

@@ -193,14 +193,23 @@ def annotations_problem(annotations: Mapping[str, str]) -> str | None:
     return _problem(annotations, _DESCRIPTOR_CHECKS)
 
 
-def entry_problem(entry: Entry) -> str | None:
+def _is_hf(entry: Entry) -> bool:
+    ann = entry.descriptor.annotations
+    return entry.kind == "hf" or ANNOTATION_HF_REPO in ann or ANNOTATION_HF_COMMIT in ann
+
+
+def entry_problem(entry: Entry, every_title: bool = True) -> str | None:
     """What is wrong with an entry's names (None: nothing): its descriptor's
-    annotations, its reference, and every file's annotations."""
+    annotations, its reference, and its files' annotations -- of every entry
+    (``every_title``: an import), or only of the hf entries whose titles
+    become paths in the views and /hf (an index.json loaded at startup, where
+    another entry's odd title is a name shown, never a path)."""
     found = annotations_problem(entry.descriptor.annotations)
     if found is None and not is_ref_name(entry.reference):
         found = f"reference {entry.reference[:100]!r} is not valid"
-    for f in entry.files:
-        if found is not None:
-            break
-        found = _problem(f.annotations, _FILE_CHECKS)
+    if every_title or _is_hf(entry):
+        for f in entry.files:
+            if found is not None:
+                break
+            found = _problem(f.annotations, _FILE_CHECKS)
     return found

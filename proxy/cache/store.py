@@ -156,7 +156,7 @@ class Store:
                 entry = self._load_legacy(desc, raw)
             else:
                 entry = None
-            if entry is not None and (problem := grammar.entry_problem(entry)) is not None:
+            if entry is not None and (problem := grammar.entry_problem(entry, False)) is not None:
                 # Never served nor given a view; kept for whatever wrote it.
                 log.warning(
                     "index.json: keeping the descriptor of %r as is, not as an entry: %s",
