@@ -502,15 +502,17 @@ class Downloads:
 
     # -- eviction --------------------------------------------------------------------
 
-    def make_room(self, nbytes: int, only_if_it_fits: bool = False) -> Deferred[None]:
-        """Room for ``nbytes`` more; DiskFull when even evicting cannot make it
-        (``only_if_it_fits``: then nothing is evicted either)."""
-        return Deferred.fromCoroutine(self._make_room(nbytes, only_if_it_fits))
+    def make_room(self, nbytes: int) -> Deferred[None]:
+        """Room for ``nbytes`` more; DiskFull when even evicting cannot make it."""
+        return Deferred.fromCoroutine(self._make_room(nbytes)).addCallback(lambda _: None)
 
-    async def _make_room(self, nbytes: int, only_if_it_fits: bool = False) -> None:
+    async def _make_room(self, nbytes: int, only_if_it_fits: bool = False) -> int | None:
+        """:meth:`make_room` (``only_if_it_fits``: nothing is evicted either
+        when even evicting all it may would not make room); the bytes left
+        under the limit afterwards (None: no limit)."""
         limit = self._limit() if self._limit is not None else None
         if limit is None:
-            return
+            return None
         if only_if_it_fits:
             now: Usage = await self._thread(usage, self.store.layout, set())
             evictable = await self._thread(self._evictable_bytes, self._evictable())
@@ -525,6 +527,7 @@ class Downloads:
                 f"{nbytes} more bytes do not fit in the cache's limit of {limit} bytes "
                 f"({used} in use, the rest pinned, being read or downloading)"
             )
+        return limit - used - nbytes
 
     def evict_soon(self) -> None:
         d = Deferred.fromCoroutine(self.evict(0))
@@ -641,23 +644,29 @@ class Downloads:
         """What :func:`bundle.stage` calls (in its thread) before staging a new
         blob: room under --max-cache-size, made by the eviction rules of any
         download (:meth:`make_room`) and only when the blob then fits; without
-        a limit, the free space of the filesystem."""
+        a limit, the free space of the filesystem. The room found is used up
+        before the cache is looked at again (one walk for many small blobs)."""
         reactor = self._reactor
         root = self.store.layout.ingest_dir
+        left = 0
 
         def room(nbytes: int) -> None:
+            nonlocal left
+            if nbytes <= left:
+                left -= nbytes
+                return
             if self._limit is None or self._limit() is None:
                 free = shutil.disk_usage(root).free
                 if nbytes > free:
                     raise DiskFull(f"{nbytes} more bytes do not fit: {free} bytes free on disk")
                 return
-            made: Callable[[int], Any] = self._room_for_import  # mypy: Deferred[None]
-            blockingCallFromThread(reactor, made, nbytes)
+            made: Callable[[int], Any] = self._room_for_import  # mypy: Deferred[int | None]
+            left = blockingCallFromThread(reactor, made, nbytes) or 0
 
         return room
 
-    def _room_for_import(self, nbytes: int) -> Deferred[None]:
-        return self.make_room(nbytes, only_if_it_fits=True)
+    def _room_for_import(self, nbytes: int) -> Deferred[int | None]:
+        return Deferred.fromCoroutine(self._make_room(nbytes, only_if_it_fits=True))
 
     async def _import(
         self, source: IO[bytes] | bundle.LocalLayout, directory: Path

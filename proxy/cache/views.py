@@ -154,7 +154,7 @@ def sync(layout: Layout, entries: list[Entry]) -> None:
                 continue
             try:
                 _prune(top, name, keep, repos)
-            except OSError as e:
+            except (OSError, RecursionError) as e:  # a tree deeper than ours: left as is
                 log.warning("hub cache view: cannot tidy %s: %s", name, e)
     finally:
         os.close(top)
