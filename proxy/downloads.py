@@ -18,8 +18,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import (
@@ -30,7 +30,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.python.failure import Failure
 
 from proxy import metrics
@@ -56,6 +56,7 @@ from proxy.fetch.base import (
     parse_credentials,
     split_userinfo,
 )
+from proxy.fetch.file import FileFetcher
 from proxy.redact import redact_url, strip_signing
 from proxy.types import (
     ANNOTATION_PINNED,
@@ -533,22 +534,56 @@ class Downloads:
 
     def make_room(self, nbytes: int) -> Deferred[None]:
         """Room for ``nbytes`` more; DiskFull when even evicting cannot make it."""
-        return Deferred.fromCoroutine(self._make_room(nbytes))
+        return Deferred.fromCoroutine(self._make_room(nbytes)).addCallback(lambda _: None)
 
-    async def _make_room(self, nbytes: int) -> None:
+    async def _make_room(self, nbytes: int, only_if_it_fits: bool = False) -> int | None:
+        """:meth:`make_room` (``only_if_it_fits``: nothing is evicted either
+        when even evicting all it may would not make room); the bytes left
+        under the limit afterwards (None: no limit)."""
         limit = self._limit() if self._limit is not None else None
         if limit is None:
-            return
+            return None
+        if only_if_it_fits:
+            now: Usage = await self._thread(usage, self.store.layout, set())
+            evictable = await self._thread(self._evictable_bytes, self._evictable())
+            if now.total_bytes - evictable + nbytes > limit:
+                raise DiskFull(
+                    f"{nbytes} more bytes do not fit in the cache's limit of {limit} bytes "
+                    f"({now.total_bytes} in use, {evictable} of them evictable)"
+                )
         used = await self.evict(nbytes)
         if used + nbytes > limit:
             raise DiskFull(
                 f"{nbytes} more bytes do not fit in the cache's limit of {limit} bytes "
                 f"({used} in use, the rest pinned, being read or downloading)"
             )
+        return limit - used - nbytes
 
     def evict_soon(self) -> None:
         d = Deferred.fromCoroutine(self.evict(0))
         d.addErrback(lambda f: log.error("eviction failed", exc_info=f.value))
+
+    def _may_evict(self, entry: Entry) -> bool:
+        """The eviction rules: never pinned entries, entries of the Go
+        storage-manager, entries downloading, entries an answer is reading."""
+        return not (
+            entry.pinned
+            or entry.legacy
+            or entry.url in self._running
+            or self.store.being_read(entry)
+            or self.store.get(entry.url) is not entry
+        )
+
+    def _evictable(self) -> set[Digest]:
+        """The blobs that evicting every evictable entry would free."""
+        entries = [e for e in self.store.entries() if self._may_evict(e)]
+        keep = self.store.referenced(excluding={e.url for e in entries})
+        return {d for e in entries for d in e.blobs} - keep
+
+    def _evictable_bytes(self, blobs: set[Digest]) -> int:
+        """Their bytes (blocking)."""
+        layout = self.store.layout
+        return sum(layout.blob_size(d) or 0 for d in blobs)
 
     async def evict(self, extra: int = 0) -> int:
         """If the cache (plus ``extra`` bytes to come) is over its limit,
@@ -569,13 +604,7 @@ class Downloads:
             for entry in self.store.lru():
                 if used <= target:
                     break
-                if (
-                    entry.pinned
-                    or entry.legacy
-                    or entry.url in self._running
-                    or self.store.being_read(entry)
-                    or self.store.get(entry.url) is not entry
-                ):
+                if not self._may_evict(entry):
                     continue
                 freed = await self.store.remove(entry.url)
                 used -= freed
@@ -596,19 +625,41 @@ class Downloads:
 
     # -- import ------------------------------------------------------------------------
 
-    async def layout_at(self, request: FetchRequest) -> str | None:
-        """The local path of a ``file://`` POST when it names an OCI image
-        layout (a directory or a tar) that may be read, else None."""
+    async def layout_at(self, request: FetchRequest) -> bundle.LocalLayout | None:
+        """The OCI image layout (a directory or a tar) a ``file://`` POST
+        names, opened once at its resolved path and checked again once open
+        (--allow-file-import, never the cache itself), else None. The caller
+        hands it to :meth:`import_bundle`, which closes it."""
         fetcher = self.fetcher_for(request)
-        fetcher.validate(request)  # --allow-file-import, never the cache itself
-        local = unquote(urlsplit(request.url).path)
-        found: bool = await self._thread(bundle.is_layout, local)
-        return local if found else None
+        fetcher.validate(request)
+        if not isinstance(fetcher, FileFetcher):
+            return None
+        path = fetcher.parse(request.url)
 
-    async def import_bundle(self, source: Any) -> tuple[list[Entry], int, int]:
+        def probe() -> bundle.LocalLayout | None:
+            fd = fetcher.open_checked(path)
+            if fd is None:
+                return None
+            try:
+                found = bundle.local_layout(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if found is None:
+                os.close(fd)
+            return found
+
+        found: bundle.LocalLayout | None = await self._thread(probe)
+        return found
+
+    async def import_bundle(
+        self, source: IO[bytes] | bundle.LocalLayout
+    ) -> tuple[list[Entry], int, int]:
         """Load an OCI layout (see :mod:`proxy.cache.bundle`) from a tar stream
-        or a local path (a layout directory or tar): every blob verified, the
-        ones already here skipped; fire with (entries, blobs added, skipped)."""
+        or a local layout (which it closes): every blob verified, the ones
+        already here skipped, the new ones within the cache's limit (507
+        ``DISK_FULL`` otherwise, nothing kept); fire with (entries, blobs
+        added, skipped)."""
         layout = self.store.layout
         directory = layout.ingest_dir / f"import-{uuid.uuid4().hex}"
         self._importing.add(directory.name)  # gc leaves it alone
@@ -616,23 +667,73 @@ class Downloads:
             return await self._import(source, directory)
         finally:
             self._importing.discard(directory.name)
+            if isinstance(source, bundle.LocalLayout):
+                source.close()
 
-    async def _import(self, source: Any, directory: Path) -> tuple[list[Entry], int, int]:
+    def _import_room(self) -> bundle.Room:
+        """What :func:`bundle.stage` calls (in its thread) before staging a new
+        blob: room under --max-cache-size, made by the eviction rules of any
+        download (:meth:`make_room`) and only when the blob then fits; without
+        a limit, the free space of the filesystem. The room found is used up
+        before the cache is looked at again (one walk for many small blobs)."""
+        reactor = self._reactor
+        root = self.store.layout.ingest_dir
+        left = 0
+
+        def room(nbytes: int) -> None:
+            nonlocal left
+            if nbytes <= left:
+                left -= nbytes
+                return
+            if self._limit is None or self._limit() is None:
+                free = shutil.disk_usage(root).free
+                if nbytes > free:
+                    raise DiskFull(f"{nbytes} more bytes do not fit: {free} bytes free on disk")
+                return
+            made: Callable[[int], Any] = self._room_for_import  # mypy: Deferred[int | None]
+            left = blockingCallFromThread(reactor, made, nbytes) or 0
+
+        return room
+
+    def _room_for_import(self, nbytes: int) -> Deferred[int | None]:
+        return Deferred.fromCoroutine(self._make_room(nbytes, only_if_it_fits=True))
+
+    async def _import(
+        self, source: IO[bytes] | bundle.LocalLayout, directory: Path
+    ) -> tuple[list[Entry], int, int]:
         layout = self.store.layout
-        stage = bundle.stage_path if isinstance(source, str) else bundle.stage
-        staged: bundle.Staged = await self._thread(stage, layout, source, directory)
+        reactor = self._reactor
         held: list[Digest] = []
+        added: list[Digest] = []
+
+        def hold(digest: Digest) -> None:  # on the reactor
+            self.store.hold(digest)
+            held.append(digest)
+
+        def keep(digest: Digest) -> None:  # in the staging thread
+            blockingCallFromThread(reactor, hold, digest)
+
         try:
+            staged: bundle.Staged = await self._thread(
+                bundle.stage, layout, source, directory, self._import_room(), keep
+            )
             await self.store.blob_lock.acquire()
             try:
-                for d in (*staged.present, *staged.new):
-                    self.store.hold(d)
-                    held.append(d)
                 for d in staged.new:
-                    await self._thread(layout.commit_file, directory / d.hex, d)
+                    hold(d)
+                for d in staged.new:
+                    if await self._thread(layout.commit_file, directory / d.hex, d):
+                        added.append(d)
             finally:
                 self.store.blob_lock.release()
-            entries = await self.store.adopt(staged.index["manifests"])
+            try:
+                entries = await self.store.adopt(staged.index["manifests"])
+            except BaseException:
+                for d in held:
+                    self.store.release(d)
+                held.clear()
+                await self._drop_unreferenced(added)
+                raise
         finally:
             for d in held:
                 self.store.release(d)
@@ -645,6 +746,16 @@ class Downloads:
             len(staged.present),
         )
         return entries, len(staged.new), len(staged.present)
+
+    async def _drop_unreferenced(self, digests: list[Digest]) -> None:
+        """Remove the blobs a refused import committed that nothing uses."""
+
+        def locked() -> Deferred[int]:
+            orphans = set(digests) - self.store.referenced()
+            layout = self.store.layout
+            return self._thread(lambda: sum(layout.remove_blob(d) for d in orphans))
+
+        await self.store.blob_lock.run(locked)
 
     # -- GC ------------------------------------------------------------------------
 

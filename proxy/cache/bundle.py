@@ -27,12 +27,13 @@ import shutil
 import stat
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
+from proxy.cache import grammar
 from proxy.cache.layout import OCI_LAYOUT, Layout
 from proxy.cache.store import Entry
 from proxy.errors import BadContent, BadRequest
@@ -40,7 +41,51 @@ from proxy.types import Digest
 
 _BLOB_RE = re.compile(r"(?:\./)?blobs/sha256/([a-f0-9]{64})")
 CHUNK = 4 * 1024 * 1024
-MAX_INDEX = 64 * 1024 * 1024
+# Bounds on what a bundle may make this process read or hold (a compressed
+# tar can expand a thousandfold; a JSON document tenfold in memory).
+MAX_INDEX = 16 * 1024 * 1024  # index.json bytes
+MAX_INDEX_CONTAINERS = 200_000  # objects and arrays in index.json
+MAX_OCI_LAYOUT = 4096
+MAX_MEMBERS = 100_000  # tar members (or files of a layout directory)
+MAX_HEADER = 1024 * 1024  # one pax / GNU long-name header
+MAX_HEADERS = 64 * 1024 * 1024  # all of them
+
+# Called with the bytes of each new blob before it is staged; raises DiskFull
+# (507) when they would not fit in the cache.
+Room = Callable[[int], None]
+
+
+@attrs.frozen
+class LocalLayout:
+    """An OCI layout on this machine, opened once (``file://`` imports): a
+    descriptor of the layout directory or of the tar file, so what is read is
+    what was checked, whatever happens to the path afterwards."""
+
+    fd: int
+    directory: bool
+    shown: str  # the path as the client gave it, for messages
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses pax and GNU long-name headers over MAX_HEADER (tarfile reads
+    them into memory whole), and more than MAX_HEADERS of them in all."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+            tarfile.XHDTYPE,
+            tarfile.XGLTYPE,
+            tarfile.SOLARIS_XHDTYPE,
+        ):
+            total = getattr(tarfile_, "_sm_header_bytes", 0) + self.size
+            if self.size > MAX_HEADER or total > MAX_HEADERS:
+                raise tarfile.HeaderError("extended tar header too large")
+            tarfile_._sm_header_bytes = total  # type: ignore[attr-defined]
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -89,55 +134,72 @@ class Staged:
     present: tuple[Digest, ...]  # already in the cache: skipped
 
 
-def stage(layout: Layout, source: IO[bytes] | Path, directory: Path) -> Staged:
-    """Read a layout -- a tar stream, or a layout directory -- into
-    ``directory``, verifying every blob; raise BadRequest / BadContent (and
-    leave nothing) on a bad bundle."""
+def stage(
+    layout: Layout,
+    source: IO[bytes] | LocalLayout,
+    directory: Path,
+    room: Room | None = None,
+    keep: Callable[[Digest], None] | None = None,
+) -> Staged:
+    """Read a layout -- a tar stream, or a local layout (directory or tar) --
+    into ``directory``, verifying every blob; raise BadRequest / BadContent /
+    DiskFull (and leave nothing) on a bad bundle or one that does not fit.
+
+    Bounded: index.json (MAX_INDEX), oci-layout, tar headers and the member
+    count are capped, each new blob is announced to ``room`` before a byte of
+    it is written, and a blob the cache has is skipped only at its own size
+    (and handed to ``keep``, which holds it so no eviction removes it)."""
     directory.mkdir(parents=True, exist_ok=False)
     try:
-        return _stage(layout, source, directory)
+        if isinstance(source, LocalLayout) and not source.directory:
+            with open(source.fd, "rb", closefd=False) as f:
+                f.seek(0)
+                return _stage(layout, _tar_members(f), directory, room, keep)
+        members = _dir_members(source) if isinstance(source, LocalLayout) else _tar_members(source)
+        return _stage(layout, members, directory, room, keep)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
 
-def is_layout(path: str) -> bool:
-    """Whether ``path`` is an OCI image layout: a directory with ``oci-layout``,
-    or a tar that holds one at its top."""
-    p = Path(path)
-    if p.is_dir():
-        return (p / "oci-layout").is_file() and (p / "index.json").is_file()
-    if not p.is_file():
-        return False
+def local_layout(fd: int, shown: str) -> LocalLayout | None:
+    """The layout ``fd`` opens (a directory with ``oci-layout`` and
+    ``index.json``, or an uncompressed tar holding ``oci-layout`` at its top),
+    or None when it is not one. Blocking; ``fd`` stays open either way."""
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        for name in ("oci-layout", "index.json"):
+            try:
+                if not stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    return None
+            except OSError:
+                return None
+        return LocalLayout(fd, True, shown)
+    if not stat.S_ISREG(st.st_mode):
+        return None
     try:
-        with open(p, "rb") as f:
-            head = f.read(512)
+        head = os.pread(fd, 512, 0)
         # Only an uncompressed tar (ustar/GNU magic): never decompress to find out.
         if len(head) < 512 or head[257:262] != b"ustar":
-            return False
-        with tarfile.open(p, mode="r:") as tar:  # headers only: data is seeked past
-            for n, member in enumerate(tar):
+            return None
+        with (
+            open(fd, "rb", closefd=False) as f,
+            tarfile.open(fileobj=f, mode="r:", tarinfo=_BoundedTarInfo) as tar,
+        ):
+            for n, member in enumerate(tar):  # headers only: data is seeked past
                 if member.name.removeprefix("./") == "oci-layout":
-                    return True
+                    return LocalLayout(fd, False, shown)
                 if n >= 10_000:
                     break
     except (tarfile.TarError, OSError):
-        return False
-    return False
-
-
-def stage_path(layout: Layout, path: str, directory: Path) -> Staged:
-    """:func:`stage` of a layout directory or a layout tar on disk."""
-    if Path(path).is_dir():
-        return stage(layout, Path(path), directory)
-    with open(path, "rb") as f:
-        return stage(layout, f, directory)
+        return None
+    return None
 
 
 def _tar_members(stream: IO[bytes]) -> Iterator[tuple[str, int, IO[bytes] | None]]:
     """(name, size, file or None for a directory) of a tar stream, in order."""
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - closed below
+        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)  # noqa: SIM115
     except tarfile.TarError as e:
         raise BadRequest(f"not a tar archive: {e}") from None
     with tar:
@@ -150,49 +212,88 @@ def _tar_members(stream: IO[bytes]) -> Iterator[tuple[str, int, IO[bytes] | None
             yield member.name, member.size, tar.extractfile(member)
 
 
-def _dir_members(root: Path) -> Iterator[tuple[str, int, IO[bytes] | None]]:
-    """The same for a layout directory (symlinks are not followed)."""
-    for dirpath, dirs, files in os.walk(root):
+def _dir_members(source: LocalLayout) -> Iterator[tuple[str, int, IO[bytes] | None]]:
+    """The same for a layout directory, read through its descriptor (symlinks
+    are not followed, nothing is looked up by path from outside it)."""
+    for dirpath, dirs, files, dfd in os.fwalk(".", dir_fd=source.fd):
         dirs.sort()
         for name in sorted(files):
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            rel = os.path.normpath(os.path.join(dirpath, name))
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
             with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
                     raise BadRequest(f"{rel[:100]!r}: only regular files belong in a layout")
-                yield rel, os.fstat(f.fileno()).st_size, f
+                yield rel, st.st_size, f
 
 
-def _stage(layout: Layout, source: IO[bytes] | Path, directory: Path) -> Staged:
+def _read_bounded(f: IO[bytes], size: int, limit: int, name: str) -> bytes:
+    if size > limit:
+        raise BadRequest(f"{name} is larger than {limit} bytes")
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BadRequest(f"{name} is larger than {limit} bytes")
+    return data
+
+
+def _parse_index(data: bytes) -> dict[str, Any]:
+    # json holds ~25 bytes per container for each byte of "{}": count them first.
+    if data.count(b"{") + data.count(b"[") > MAX_INDEX_CONTAINERS:
+        raise BadRequest(f"index.json has more than {MAX_INDEX_CONTAINERS} objects")
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        raise BadRequest("index.json is not an OCI image index")
+    for raw in doc["manifests"]:
+        ann = raw.get("annotations") if isinstance(raw, dict) else None
+        if isinstance(ann, dict) and all(isinstance(v, str) for v in ann.values()):
+            problem = grammar.annotations_problem(ann)
+            if problem is not None:
+                raise BadRequest(f"bundle index: {problem}")
+    return doc
+
+
+def _stage(
+    layout: Layout,
+    members: Iterator[tuple[str, int, IO[bytes] | None]],
+    directory: Path,
+    room: Room | None,
+    keep: Callable[[Digest], None] | None,
+) -> Staged:
     index: dict[str, Any] | None = None
     layout_seen = False
     new: list[Digest] = []
     present: list[Digest] = []
-    members = _dir_members(source) if isinstance(source, Path) else _tar_members(source)
+    seen: set[str] = set()
     try:
-        for name, size, f in members:
+        for n, (name, size, f) in enumerate(members):
+            if n >= MAX_MEMBERS:
+                raise BadRequest(f"a layout of more than {MAX_MEMBERS} files")
             name = name.removeprefix("./")
             if f is None:
                 continue
+            if name in seen:
+                raise BadRequest(f"{name[:100]!r} is twice in the bundle")
+            seen.add(name)
             if name == "oci-layout":
-                doc = json.loads(f.read(4096))
+                doc = json.loads(_read_bounded(f, size, MAX_OCI_LAYOUT, name))
                 if not isinstance(doc, dict) or doc.get("imageLayoutVersion") != "1.0.0":
                     raise BadRequest("oci-layout is not imageLayoutVersion 1.0.0")
                 layout_seen = True
             elif name == "index.json":
-                if size > MAX_INDEX:
-                    raise BadRequest("index.json is too large")
-                doc = json.loads(f.read())
-                if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
-                    raise BadRequest("index.json is not an OCI image index")
-                index = doc
+                index = _parse_index(_read_bounded(f, size, MAX_INDEX, name))
             elif m := _BLOB_RE.fullmatch(name):
                 digest = Digest(m.group(1))
-                if layout.has_blob(digest):
+                have = layout.blob_size(digest)
+                if have is not None:
+                    if have != size:
+                        raise BadRequest(f"blob {digest} is {size} bytes in the bundle, not {have}")
+                    if keep is not None:
+                        keep(digest)
                     present.append(digest)
                     continue  # the stream moves past it
-                _copy_verified(f, directory / digest.hex, digest)
+                if room is not None:
+                    room(size)
+                _copy_verified(f, directory / digest.hex, digest, size)
                 new.append(digest)
             else:
                 raise BadRequest(f"{name[:100]!r} does not belong in an OCI layout")
@@ -205,11 +306,17 @@ def _stage(layout: Layout, source: IO[bytes] | Path, directory: Path) -> Staged:
     return Staged(directory, index, tuple(new), tuple(present))
 
 
-def _copy_verified(src: IO[bytes], dst: Path, digest: Digest) -> None:
+def _copy_verified(src: IO[bytes], dst: Path, digest: Digest, size: int) -> None:
+    """Copy exactly ``size`` bytes, hashing them: a file that has more or
+    fewer (a layout file that changes meanwhile) or other bytes is refused."""
     h = hashlib.sha256()
+    done = 0
     with open(dst, "wb") as out:
-        while chunk := src.read(CHUNK):
+        while chunk := src.read(min(CHUNK, size + 1 - done)):
+            done += len(chunk)
+            if done > size:
+                raise BadContent(f"blob {digest} in the bundle is longer than {size} bytes")
             h.update(chunk)
             out.write(chunk)
-    if h.hexdigest() != digest.hex:
+    if done != size or h.hexdigest() != digest.hex:
         raise BadContent(f"blob {digest} in the bundle hashes to sha256:{h.hexdigest()}")

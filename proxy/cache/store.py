@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
-from proxy.cache import artifact
+from proxy.cache import artifact, grammar
 from proxy.cache.layout import Layout
 from proxy.errors import BadRequest, Conflict
 from proxy.naming import reference_for_url
@@ -156,6 +156,14 @@ class Store:
                 entry = self._load_legacy(desc, raw)
             else:
                 entry = None
+            if entry is not None and (problem := grammar.entry_problem(entry, False)) is not None:
+                # Never served nor given a view; kept for whatever wrote it.
+                log.warning(
+                    "index.json: keeping the descriptor of %r as is, not as an entry: %s",
+                    entry.url[:200],
+                    problem,
+                )
+                entry = None
             if entry is None or entry.url in self._entries:
                 self._foreign.append(raw)
                 self._foreign_blobs |= set(self._closure(desc))
@@ -272,10 +280,14 @@ class Store:
         if self._held[digest] <= 0:
             del self._held[digest]
 
-    def referenced(self, exclude: str | None = None) -> set[Digest]:
+    def referenced(
+        self, exclude: str | None = None, *, excluding: Collection[str] = ()
+    ) -> set[Digest]:
+        """Blobs in use: by foreign descriptors, held, and by every entry but
+        ``exclude`` and those in ``excluding``."""
         refs = set(self._foreign_blobs) | set(self._held)
         for url, e in self._entries.items():
-            if url != exclude:
+            if url != exclude and url not in excluding:
                 refs |= e.blobs
         return refs
 
@@ -432,6 +444,9 @@ class Store:
             except (ValueError, TypeError, AttributeError) as e:
                 raise BadRequest(f"bundle index: bad descriptor: {e}") from None
             ann = dict(desc.annotations)
+            problem = grammar.annotations_problem(ann)
+            if problem is not None:
+                raise BadRequest(f"bundle index: {problem}")
             if ANNOTATION_URL not in ann:
                 ann[ANNOTATION_URL] = f"oci-layout:{ann.get(ANNOTATION_REF_NAME) or desc.digest}"
                 ann.setdefault(ANNOTATION_KIND, "image")
@@ -445,6 +460,9 @@ class Store:
             entry = self._load_own(desc)
             if entry is None:
                 raise BadRequest(f"{ann[ANNOTATION_URL]}: not an entry this server can serve")
+            problem = grammar.entry_problem(entry)
+            if problem is not None:
+                raise BadRequest(f"{ann[ANNOTATION_URL][:200]}: {problem}")
             entries.append(entry)
         # An imported push is held to the rule of pushes (proxy.naming).
         everything = [*self._entries.values(), *entries]

@@ -53,6 +53,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
+from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import (
@@ -166,7 +167,7 @@ class FileFetcher:
         if stat.S_ISREG(st.st_mode):
             if path.endswith("/"):
                 raise UpstreamError(f"{path} is not a directory", 404)
-            name = PurePosixPath(path).name
+            name = grammar.safe_name(PurePosixPath(path).name)
             return "file", [LocalFile(name, real, st.st_size)]
         if not stat.S_ISDIR(st.st_mode):
             raise TargetDenied(f"{path} is not a regular file or a directory")
@@ -189,6 +190,8 @@ class FileFetcher:
                 except UnicodeEncodeError:
                     shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                     raise BadRequest(f"{path}: file name {shown!r} is not UTF-8") from None
+                if not grammar.is_title(rel):
+                    raise BadRequest(f"{path}: file name {rel[:200]!r} cannot be a title")
                 target = os.path.realpath(full)
                 self.check_path(target, f"{path.rstrip('/')}/{rel}")
                 try:
@@ -224,6 +227,31 @@ class FileFetcher:
             except OSError:
                 opened = os.path.realpath(item.path)
             self.check_path(opened, item.title)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_checked(self, path: str) -> int | None:
+        """Open what ``path`` names -- a regular file or a directory -- once,
+        at its resolved path without following a last link, and check the
+        opened object's own path (what the kernel reports for the descriptor)
+        against the roots and the cache: later reads go through the
+        descriptor, so a link swapped into the path after this check changes
+        nothing. None when there is nothing (or nothing readable) there.
+        Blocking."""
+        real = os.path.realpath(path)
+        self.check_path(real, path)
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                os.close(fd)
+                return None
+            self.check_path(os.readlink(f"/proc/self/fd/{fd}"), path)
         except BaseException:
             os.close(fd)
             raise

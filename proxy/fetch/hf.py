@@ -35,6 +35,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
+from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadContent, BadRequest, StorageError, UpstreamError
@@ -100,9 +101,13 @@ def parse_hf_url(url: str) -> HfUrl:
     if "@" in name:
         name, revision = name.split("@", 1)
         revision = unquote(revision)
-        if not revision or any(c in revision for c in "\0\r\n") or ".." in revision:
+        if not grammar.is_revision(revision):
             raise BadRequest(f"invalid revision {revision[:80]!r}")
-    if not _COMPONENT_RE.fullmatch(org) or not _COMPONENT_RE.fullmatch(name):
+    if (
+        not _COMPONENT_RE.fullmatch(org)
+        or not _COMPONENT_RE.fullmatch(name)
+        or not grammar.is_repo_id(f"{org}/{name}")
+    ):
         raise BadRequest(f"invalid repository {org[:40]}/{name[:60]}")
     rest = [unquote(s) for s in segments[2:]]
     while rest and rest[-1] == "":
@@ -269,7 +274,9 @@ class HfFetcher:
                     HubFile(
                         path=path,
                         size=e.get("size") if isinstance(e.get("size"), int) else None,
-                        oid=e.get("oid") if isinstance(e.get("oid"), str) else None,
+                        oid=e.get("oid")
+                        if isinstance(e.get("oid"), str) and _COMMIT_RE.fullmatch(e["oid"])
+                        else None,
                         lfs_sha256=sha
                         if isinstance(sha, str) and _SHA256_HEX_RE.fullmatch(sha)
                         else None,
@@ -279,8 +286,7 @@ class HfFetcher:
         if not items:
             raise UpstreamError(f"{what}: the repository has no files", 404)
         for item in items:
-            parts = item.path.split("/")
-            if any(p in ("", ".", "..") for p in parts) or "\\" in item.path:
+            if not grammar.is_title(item.path):
                 raise UpstreamError(f"{what}: the Hub listed an unsafe path {item.path[:100]!r}")
         return commit, sorted(items, key=lambda i: i.path)
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 
+from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadRequest
@@ -23,7 +24,7 @@ from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor, Digest
 def title_from_url(url: str) -> str:
     parts = urlsplit(url)
     name = parts.path.rstrip("/").rsplit("/", 1)[-1]
-    return name or (parts.hostname or "index")
+    return grammar.safe_name(name or (parts.hostname or "index"), "index")
 
 
 class HttpFetcher:

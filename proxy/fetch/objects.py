@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import DeferredList, DeferredSemaphore
 
+from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadRequest, SourceChanged, StorageError, UpstreamError
@@ -42,15 +43,14 @@ def is_prefix(key: str) -> bool:
 
 
 def base_name(key: str) -> str:
-    return key.rsplit("/", 1)[-1]
+    return grammar.safe_name(key.rsplit("/", 1)[-1])
 
 
 def check_names(what: str, prefix: str, names: Sequence[str]) -> None:
     """Refuse a listing whose names, relative to ``prefix``, are not safe file paths."""
     for name in names:
         rel = name[len(prefix) :]
-        parts = rel.split("/")
-        if any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
+        if not grammar.is_title(rel):
             raise UpstreamError(f"{what}: the key {name[:200]!r} is not a safe file path")
 
 
