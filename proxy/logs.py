@@ -2,9 +2,10 @@
 and one access-log line per request with secrets removed; text lines, or
 with ``--log-format json`` one JSON object per line.
 
-The access line shows the /content path with its base64 decoded (so an
-operator reads the URL) and redacted: no userinfo password, no signature or
-token query values, ever.
+The access line shows the path as the site's ``display_path`` spells it
+(:mod:`proxy.web.site`): for /content, its base64 decoded (so an operator
+reads the URL) and redacted: no userinfo password, no signature or token
+query values, ever.
 """
 
 from __future__ import annotations
@@ -14,22 +15,13 @@ import contextlib
 import json
 import logging
 import sys
-import tempfile
 import time
-from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.logger import STDLibLogObserver, globalLogBeginner
 from twisted.python.threadable import isInIOThread
-from twisted.web import http
-from twisted.web.server import Request, Site
 
-from proxy.api.channel import PlainHTTPChannel
 from proxy.metrics import observe_request
-from proxy.redact import redact_url
-
-if TYPE_CHECKING:
-    from proxy.api.admission import Access, Limit
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -135,91 +127,6 @@ def setup(verbose: int, json_lines: bool = False) -> None:
     # Twisted's own chatter (connection setup, factories) only at trace level.
     logging.getLogger("twisted").setLevel(logging.INFO if level <= TRACE else logging.WARNING)
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
-
-
-def display_path(raw: bytes) -> str:
-    """The request path as an operator should read it (decoded, redacted)."""
-    path = raw.decode("latin-1")
-    if path.startswith("/content/") and len(path) > len("/content/"):
-        from proxy.api.content import decode_url
-        from proxy.errors import BadRequest
-
-        try:
-            return "/content/" + redact_url(decode_url(raw.split(b"/content/", 1)[1]))
-        except BadRequest:
-            return path
-    if "?" in path:
-        head, _, _query = path.partition("?")
-        return head + "?" + redact_url("http://x/?" + _query).split("?", 1)[1]
-    return path
-
-
-IN_MEMORY = 100_000  # twisted.web's own threshold: smaller bodies stay in memory
-
-
-class TimedRequest(Request):
-    """A request that remembers when it started, and keeps its body within
-    the limit the channel admitted it with (:mod:`proxy.api.admission`)."""
-
-    started_at: float | None = None
-    body_limit: Limit | None = None  # set by the channel before gotLength
-    _received = 0
-
-    def gotLength(self, length: int | None) -> None:
-        # Called once the request line and headers are in: the request's start.
-        self.started_at = time.monotonic()
-        limit = self.body_limit
-        small = limit is not None and limit.max_bytes is not None and limit.max_bytes < IN_MEMORY
-        if (length is not None and length < IN_MEMORY) or small:
-            self.content = BytesIO()
-            return
-        # A large body (a push, an import): on the cache's disk, not in /tmp.
-        spool = getattr(getattr(self.channel, "site", None), "spool_dir", None)
-        self.content = tempfile.TemporaryFile(dir=spool)  # noqa: SIM115  # closed with the request
-
-    def handleContentChunk(self, data: bytes) -> None:
-        limit = self.body_limit
-        if limit is not None and limit.max_bytes is not None:
-            # Only a chunked body can pass it: a Content-Length was checked before.
-            self._received += len(data)
-            if self._received > limit.max_bytes:
-                channel: Any = self.channel
-                if channel is not None:
-                    channel.body_too_large(self)
-                return
-        assert self.content is not None
-        self.content.write(data)
-
-
-class LoggingSite(Site):
-    """A Site whose access log is one redacted line per request."""
-
-    requestFactory = TimedRequest
-    protocol = PlainHTTPChannel  # type: ignore[assignment]  # HTTP/1.1 only, by choice
-    noisy = False
-
-    # Set by the server: answers HEAD and small GETs of cached blobs without
-    # twisted.web's request machinery (see proxy.api.channel); None: off.
-    fast_blobs: Any = None
-    # Set by the server: which request bodies are taken (None: all, as
-    # twisted.web does), and where large ones are spooled (None: /tmp).
-    admission: Access | None = None
-    spool_dir: str | None = None
-
-    def log(self, request: http.Request) -> None:
-        started = request.started_at if isinstance(request, TimedRequest) else None
-        duration = time.monotonic() - started if started is not None else 0.0
-        client = request.getClientAddress()
-        peer = getattr(client, "host", None) or "unix"
-        log_access(
-            peer,
-            request.method.decode("latin-1"),
-            display_path(request.uri),
-            request.clientproto.decode("latin-1"),
-            request.code,
-            request.sentLength,
-            duration,
-        )
 
 
 def log_access(

@@ -26,6 +26,9 @@ NAME_RE = re.compile(
     r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
 )
 TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
+# A registry host: DNS labels or a bracketed IPv6 literal, and an optional port.
+_LABEL = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
+DOMAIN_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?")
 MAX_NAME = 255
 # The URL scheme of the entries pushed through /v2 (proxy.api.push).
 PUSH_SCHEME = "oci-push://"

@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 
 from proxy import metrics
 from proxy.api.admin import AdminAPI
-from proxy.api.content import ContentAPI
+from proxy.api.content import ContentAPI, display_path
 from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
@@ -28,7 +28,6 @@ from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.cache.uploads import Uploads
 from proxy.config import Address, Config
-from proxy.downloads import Downloads
 from proxy.fetch.azure import AzureFetcher
 from proxy.fetch.base import Credentials, Fetcher
 from proxy.fetch.file import FileFetcher
@@ -40,10 +39,11 @@ from proxy.fetch.ollama import OllamaFetcher
 from proxy.fetch.reach import ReachPolicy, is_loopback_host
 from proxy.fetch.s3 import S3Fetcher, Signer
 from proxy.fetch.transfer import HttpClient, TransferOptions
-from proxy.logs import LoggingSite
-from proxy.mirror import Mirror
+from proxy.service.downloads import Downloads
+from proxy.service.mirror import Mirror
 from proxy.types import Digest
 from proxy.units import human_size, plural
+from proxy.web.site import LoggingSite
 
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
@@ -265,8 +265,9 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     # Bodies are admitted (or refused) from the request head, before they are read.
     site.admission = root.access
     site.spool_dir = str(layout.ingest_dir)
+    site.display_path = display_path
     if not (config.protect_reads and config.api_token is not None):
-        # HEAD and small GETs of cached blobs skip twisted.web (proxy.api.channel);
+        # HEAD and small GETs of cached blobs skip twisted.web (proxy.web.channel);
         # with protected reads every request goes through Root's token check.
         site.fast_blobs = registry.fast_blob
     log.info(

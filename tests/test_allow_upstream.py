@@ -11,7 +11,7 @@ import pytest
 
 from proxy.errors import TargetDenied
 from proxy.fetch.reach import ReachPolicy, check_allow_entry
-from proxy.mirror import Denied, Mirror
+from proxy.service.mirror import Denied, Mirror
 from tests.support.server import ServerProcess, run_cli
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

@@ -27,8 +27,8 @@ from proxy import __version__
 from proxy.api.errors import json_error, render_error
 from proxy.cache.store import Entry
 from proxy.cache.usage import usage
-from proxy.downloads import Downloads
 from proxy.errors import StorageError
+from proxy.service.downloads import Downloads
 
 log = logging.getLogger(__name__)
 DEFAULT_INGEST_AGE = 24 * 3600.0

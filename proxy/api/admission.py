@@ -5,7 +5,7 @@ twisted.web stores a request body (in memory, or in a temporary file above
 100 kB) before any resource sees the request, so a check made while
 rendering comes after the bytes are on disk: a 2 GiB body to ``/healthz``
 would sit in a temporary file first. The channel
-(:mod:`proxy.api.channel`) therefore asks :meth:`Access.admit` as soon as
+(:mod:`proxy.web.channel`) therefore asks :meth:`Access.admit` as soon as
 the headers are in, before the first body byte, and answers a refusal at
 once, with ``Connection: close``, without reading the body. :class:`Root
 <proxy.api.root.Root>` asks :meth:`Access.refusal` the same question for
@@ -31,29 +31,21 @@ running total passes the limit.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from proxy.api.access import REALM
 from proxy.api.content import MAX_BODY
 from proxy.api.errors import json_error
-from proxy.api.registry import API_VERSION, OciError, error_body
+from proxy.api.registry import OciError, error_body
 from proxy.types import MAX_MANIFEST
+from proxy.web.admission import Limit, Refusal
+from proxy.web.auth import REALM
 
 SMALL_BODY = 4096  # what a request that takes no body may still carry
 PIN_BODY = 64 * 1024
 READS = (b"GET", b"HEAD")
-_PHRASES = {
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-}
 
 
 class Route(enum.Enum):
@@ -95,65 +87,6 @@ def is_push(method: bytes, path: bytes, token: bool) -> bool:
     if method not in READS or b"/blobs/uploads/" in path:
         return True
     return token and path in (b"/v2", b"/v2/")
-
-
-@attrs.frozen
-class Refusal:
-    """An answer given instead of running the route: a status, an error
-    code and message, as OCI error JSON (``/v2``) or as the /content JSON."""
-
-    status: int
-    code: str
-    message: str
-    oci: bool
-    challenge: bool = False  # 401 with WWW-Authenticate
-    allow: bytes | None = None  # 405's Allow
-
-    def render(self, request: Any) -> bytes:
-        """Set ``request``'s status and headers; return the body."""
-        if self.challenge:
-            request.setHeader(b"WWW-Authenticate", REALM)
-        if self.allow is not None:
-            request.setHeader(b"Allow", self.allow)
-        if self.oci:
-            body = error_body(request, OciError(self.code, self.message, self.status))
-            return b"" if request.method == b"HEAD" else body
-        return json_error(request, self.status, self.code, self.message)
-
-    def response(self, method: bytes) -> bytes:
-        """The whole HTTP/1.1 answer, for the channel to write before the
-        request exists as a twisted.web request; it closes the connection."""
-        if self.oci:
-            doc: Any = {"errors": [{"code": self.code, "message": self.message, "detail": {}}]}
-        else:
-            doc = {"error": {"code": self.code, "message": self.message}}
-        body = json.dumps(doc).encode() + b"\n"
-        lines = [
-            b"HTTP/1.1 %d %s" % (self.status, _PHRASES.get(self.status, b"Error")),
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % len(body),
-            b"Connection: close",
-        ]
-        if self.oci:
-            lines.append(b"%s: %s" % API_VERSION)
-        if self.challenge:
-            lines.append(b"WWW-Authenticate: " + REALM)
-        if self.allow is not None:
-            lines.append(b"Allow: " + self.allow)
-        head = b"\r\n".join(lines) + b"\r\n\r\n"
-        return head if method == b"HEAD" else head + body
-
-
-@attrs.frozen
-class Limit:
-    """An admitted body: at most ``max_bytes`` (None: no bound; then it is
-    spooled into the cache's ``ingest/``), else ``over`` is the answer."""
-
-    max_bytes: int | None
-    over: Refusal
-
-    def allows(self, length: int) -> bool:
-        return self.max_bytes is None or length <= self.max_bytes
 
 
 @attrs.frozen
@@ -231,7 +164,14 @@ def _too_large(size: int, oci: bool) -> Refusal:
     return Refusal(413, "SIZE_INVALID" if oci else "TOO_LARGE", message, oci)
 
 
-def timed_out(seconds: float) -> Refusal:
-    """The answer to a request head not complete within ``seconds``."""
-    message = f"the request head was not complete within {seconds:g} s"
-    return Refusal(408, "REQUEST_TIMEOUT", message, False)
+def render_refusal(refusal: Refusal, request: Any) -> bytes:
+    """A refusal as the answer of a twisted.web request: status and headers
+    set on ``request``; the body returned."""
+    if refusal.challenge:
+        request.setHeader(b"WWW-Authenticate", REALM)
+    if refusal.allow is not None:
+        request.setHeader(b"Allow", refusal.allow)
+    if refusal.oci:
+        body = error_body(request, OciError(refusal.code, refusal.message, refusal.status))
+        return b"" if request.method == b"HEAD" else body
+    return json_error(request, refusal.status, refusal.code, refusal.message)

@@ -1,6 +1,6 @@
 """The /content API: ask for a URL, see whether it is here, remove it.
 
-Routes translate HTTP to calls on :class:`proxy.downloads.Downloads` and its
+Routes translate HTTP to calls on :class:`proxy.service.downloads.Downloads` and its
 store; they own no state. The URL in the path is base64 (standard or
 URL-safe alphabet, padded or not); it is read from the raw request path so
 ``/`` and ``+`` in the encoding survive routing.
@@ -27,11 +27,11 @@ from werkzeug.exceptions import HTTPException
 from proxy.api.errors import json_error, render_error
 from proxy.cache import views
 from proxy.cache.store import Entry
-from proxy.downloads import Download, Downloads, Interrupted, parse_post
 from proxy.errors import BadRequest, EntryUnknown, StorageError
-from proxy.fetch.base import split_userinfo
-from proxy.redact import strip_signing
+from proxy.redact import redact_url
+from proxy.service.downloads import Download, Downloads, Interrupted, entry_url, parse_post
 from proxy.types import Descriptor
+from proxy.web.site import redacted_path
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -69,8 +69,18 @@ def decode_url(encoded: bytes) -> str:
         raise BadRequest("the path is not base64 of a UTF-8 URL") from None
     if "://" not in url or any(ord(c) < 0x20 for c in url):
         raise BadRequest("the path does not decode to a URL")
-    clean, _ = split_userinfo(url)
-    return strip_signing(clean)
+    return entry_url(url)
+
+
+def display_path(raw: bytes) -> str:
+    """A request target as an operator should read it: a /content path with
+    its URL decoded, and every secret redacted (the access log's spelling)."""
+    if raw.startswith(b"/content/") and len(raw) > len(b"/content/"):
+        try:
+            return "/content/" + redact_url(decode_url(raw.split(b"/content/", 1)[1]))
+        except BadRequest:
+            pass
+    return redacted_path(raw)
 
 
 class ContentAPI:

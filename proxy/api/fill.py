@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -22,12 +22,14 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
-from proxy.api.ranges import answer_range
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout
-from proxy.downloads import Download
-from proxy.fetch.base import BlobProgress
+from proxy.service.downloads import Download
 from proxy.types import Digest
+from proxy.web.ranges import answer_range
+
+if TYPE_CHECKING:
+    from proxy.fetch.base import BlobProgress
 
 log = logging.getLogger(__name__)
 

@@ -42,20 +42,22 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.http import datetimeToString
 from twisted.web.server import NOT_DONE_YET, version
 
-from proxy.api.blobs import SENDFILE_MIN, send_blob
+from proxy.api.content import display_path
 from proxy.api.fill import FillReader
-from proxy.api.ranges import Unsatisfiable, answer_range, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest
-from proxy.logs import display_path, log_access
-from proxy.mirror import Denied, Mirror
+from proxy.logs import log_access
 from proxy.naming import NAME_RE, TAG_RE
+from proxy.service.mirror import Denied, Mirror
 from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
+from proxy.web.admission import OCI_API_VERSION
+from proxy.web.ranges import Unsatisfiable, answer_range, parse_range
+from proxy.web.sendfile import SENDFILE_MIN, send_blob
 
 if TYPE_CHECKING:
-    from proxy.api.channel import PlainHTTPChannel
     from proxy.api.push import PushAPI
+    from proxy.web.channel import PlainHTTPChannel
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +76,10 @@ OCI_STATUS = {
 }
 _DIGEST_GRAMMAR_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
-API_VERSION = (b"Docker-Distribution-Api-Version", b"registry/2.0")
+API_VERSION = OCI_API_VERSION
 
 
-# The fast path (see proxy.api.channel): what it answers, and the request
+# The fast path (see proxy.web.channel): what it answers, and the request
 # headers that make it decline (twisted.web's own handling, or a conditional).
 # (``?ns=`` only picks the registry a miss is filled from: a hit is the same blob.)
 _FAST_TARGET_RE = re.compile(

@@ -5,7 +5,7 @@
 Prometheus text (:mod:`proxy.metrics`); ``/admin/`` →
 :class:`proxy.api.admin.AdminAPI` (gc, du); ``/healthz`` and
 ``/readyz`` → health checks (always open: they are what probes call);
-``/hf`` → :class:`proxy.api.hfmirror.HfMirror` (a Hugging Face Hub mirror).
+``/hf`` → :class:`proxy.api.hub.HfMirror` (a Hugging Face Hub mirror).
 With an API token, changes always need it, and with ``protect_reads`` every
 ``/content``, ``/v2`` and ``/hf`` request does; one rule, shared with the
 channel that judges request bodies, decides it (:mod:`proxy.api.admission`).
@@ -27,13 +27,13 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import BadHost
 
 from proxy import metrics
-from proxy.api.access import authorized
 from proxy.api.admin import AdminAPI
-from proxy.api.admission import Access, Route, route_of
+from proxy.api.admission import Access, Route, render_refusal, route_of
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
-from proxy.api.hfmirror import HfMirror
+from proxy.api.hub import HfMirror
 from proxy.api.registry import RegistryAPI, query_args
+from proxy.web.auth import authorized
 
 
 class Root(Resource):
@@ -69,7 +69,7 @@ class Root(Resource):
             route, request.method, path, lambda: authorized(request, self._api_token)
         )
         if refused is not None:
-            return refused.render(request)
+            return render_refusal(refused, request)
         if route is Route.REGISTRY:
             return self._registry.render(request, path)
         if route is Route.PROXY:

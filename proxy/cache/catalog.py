@@ -22,12 +22,15 @@ download is not served under it (it stays in ``/content``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from proxy.cache import artifact
-from proxy.cache.store import Entry, Store
 from proxy.naming import NAME_RE, PUSH_SCHEME, TAG_RE, is_host_name
+
+if TYPE_CHECKING:
+    from proxy.cache.store import Entry, Store
 
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 

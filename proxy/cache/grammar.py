@@ -32,8 +32,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from proxy.fetch.ociref import DOMAIN_RE
-from proxy.naming import NAME_RE, TAG_RE
+from proxy.naming import DOMAIN_RE, NAME_RE, TAG_RE
 from proxy.types import (
     ANNOTATION_HF_COMMIT,
     ANNOTATION_HF_ENDPOINT,

@@ -10,7 +10,7 @@ on a mismatch the directory is removed and nothing is kept.
 Request bodies: twisted.web reads a request's whole body before the resource
 renders it, into memory below 100 kB and above into an anonymous temporary
 file, which this server opens in the cache's ``ingest/`` (see
-``proxy.logs.TimedRequest``; a push body is only read at all once the channel
+``proxy.web.site.TimedRequest``; a push body is only read at all once the channel
 admitted it, :mod:`proxy.api.admission`). This module then copies the body
 from that file into the upload in a worker thread, a chunk at a time, so a
 body is never held in memory whole and the reactor thread never reads or

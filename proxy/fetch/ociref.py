@@ -20,14 +20,12 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 
 from proxy.errors import BadRequest
-from proxy.naming import NAME_COMPONENT_RE, TAG_RE
+from proxy.naming import DOMAIN_RE, NAME_COMPONENT_RE, TAG_RE
 from proxy.types import Digest, InvalidDigest
 
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 
-_LABEL = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
-DOMAIN_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?")
 _DIGEST_GRAMMAR_RE = re.compile(
     r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 )

@@ -29,7 +29,6 @@ from twisted.internet.defer import Deferred
 
 from proxy.cache.catalog import Catalog, normalize_registry
 from proxy.cache.store import Entry, new_entry
-from proxy.downloads import Download, Downloads
 from proxy.errors import StorageError
 from proxy.fetch.auth import RegistryAuth
 from proxy.fetch.base import Credentials, FetchRequest
@@ -37,6 +36,7 @@ from proxy.fetch.oci import ACCEPT, OciFetcher
 from proxy.fetch.ociref import ImageReference
 from proxy.fetch.reach import entry_matches
 from proxy.fetch.transfer import Retryable, header
+from proxy.service.downloads import Download, Downloads
 from proxy.types import Digest
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ Request heads and bodies: a request head must be complete within
 :data:`HEAD_TIMEOUT` of its first byte (twisted.web's idle timeout restarts
 at every read, so a byte every 50 s would keep a connection forever), else
 408 and close. Once the head is in, before any body byte is read, the site's
-:class:`proxy.api.admission.Access` decides whether the body may come and
-how large it may be; a refused one is answered at once and never read
-(see :mod:`proxy.api.admission`), and a chunked body that passes its limit is
+:class:`~proxy.web.admission.Admission` decides whether the body may come
+and how large it may be; a refused one is answered at once and never read
+(the routes' rules: :mod:`proxy.api.admission`), and a chunked body that passes its limit is
 cut off the same way.
 """
 
@@ -39,11 +39,11 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-from proxy.api.access import authorized
-from proxy.api.blobs import transport_drained
+from proxy.web.auth import authorized
+from proxy.web.sendfile import transport_drained
 
 if TYPE_CHECKING:
-    from proxy.api.admission import Access, Refusal
+    from proxy.web.admission import Admission, Refusal
 
 _TLS_HANDSHAKE = 0x16
 _ANSWER = (
@@ -77,7 +77,7 @@ class FastAnswer(Protocol):
 class PlainHTTPChannel(HTTPChannel):
     _first = True
     fast: FastAnswer | None = None
-    admission: Access | None = None
+    admission: Admission | None = None
     peer_host = "unix"
     head_timeout = HEAD_TIMEOUT
     _head_call: IDelayedCall | None = None
@@ -124,7 +124,7 @@ class PlainHTTPChannel(HTTPChannel):
 
     def _head_too_slow(self) -> None:
         self._head_call = None
-        from proxy.api.admission import timed_out
+        from proxy.web.admission import timed_out
 
         self.refuse(timed_out(self.head_timeout))
 
@@ -138,7 +138,7 @@ class PlainHTTPChannel(HTTPChannel):
                 call.cancel()
         access = self.admission
         if self.length != 0 and access is not None:
-            from proxy.api.admission import Refusal
+            from proxy.web.admission import Refusal
 
             request: Any = self.requests[-1]
             verdict = access.admit(
@@ -180,13 +180,15 @@ class PlainHTTPChannel(HTTPChannel):
         target: bytes = getattr(self, "_path", b"-")
         answer = refusal.response(method)
         transport.write(answer)
-        from proxy.logs import display_path, log_access
+        from proxy.logs import log_access
+
+        show = getattr(getattr(self, "site", None), "display_path", None)
 
         started = getattr(request, "started_at", None)
         log_access(
             self.peer_host,
             method.decode("latin-1"),
-            display_path(target),
+            show(target) if show is not None else target.decode("latin-1"),
             getattr(self, "_version", b"HTTP/1.1").decode("latin-1"),
             refusal.status,
             len(answer) - answer.index(b"\r\n\r\n") - 4,

@@ -46,21 +46,13 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlencode
 
-import attrs
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import NOT_DONE_YET
 
-from proxy.api.blobs import send_blob
-from proxy.api.ranges import answer_range
-from proxy.cache.store import Entry, Store
-from proxy.fetch.hf import parse_hf_url
-from proxy.types import ANNOTATION_HF_COMMIT as A_COMMIT
-from proxy.types import ANNOTATION_HF_LFS as A_LFS
-from proxy.types import ANNOTATION_HF_OID as A_OID
-from proxy.types import ANNOTATION_HF_REPO as A_REPO
-from proxy.types import ANNOTATION_HF_REPO_TYPE as A_REPO_TYPE
-from proxy.types import ANNOTATION_HF_REVISION as A_REVISION
-from proxy.types import ANNOTATION_TITLE, ANNOTATION_URL, Descriptor
+from proxy.cache.store import Store
+from proxy.service.hub import HubError, HubRepos, bad_request, git_trees
+from proxy.web.ranges import answer_range
+from proxy.web.sendfile import send_blob
 
 TREE_PAGE_SIZE = 1000  # entries per tree page, as the Hub pages them
 TREE_EXPAND_PAGE_SIZE = 50  # ... with expand=true
@@ -72,69 +64,12 @@ _OID_RE = re.compile(r"[a-f0-9]{40}")
 _API_TYPES = {"models": "model", "datasets": "dataset"}
 
 
-class HubError(Exception):
-    """An answer the way the Hub gives it: status, ``X-Error-Code``, message."""
-
-    def __init__(
-        self, status: int, code: str | None, message: str, commit: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.commit = commit
-
-
-def _bad(message: str) -> HubError:
-    return HubError(400, None, message)
-
-
-@attrs.frozen
-class HubFile:
-    path: str
-    blob: Descriptor  # the cached file (digest, size)
-    oid: str | None  # git blob sha1 (of the LFS pointer for LFS files)
-    lfs: str | None  # sha256 hex of an LFS file
-
-    @property
-    def etag(self) -> str:
-        return self.lfs or self.oid or self.blob.digest.hex
-
-    def pointer_size(self) -> int:
-        """Size of the git LFS pointer file of this file."""
-        pointer = (
-            "version https://git-lfs.github.com/spec/v1\n"
-            f"oid sha256:{self.lfs}\nsize {self.blob.size}\n"
-        )
-        return len(pointer.encode())
-
-
-@attrs.frozen
-class Snapshot:
-    """What the cache knows of one commit of one repository."""
-
-    repo_type: str
-    repo: str
-    commit: str
-    files: dict[str, HubFile]
-    complete: bool  # some entry holds every file of the commit
-    created: str  # newest entry's creation time
-
-
-def _is_whole_repo(url: str) -> bool:
-    """Whether an hf:// entry URL names a whole repository (no path)."""
-    try:
-        return parse_hf_url(url).path is None
-    except Exception:
-        return False
-
-
 def _safe_path(path: str) -> str:
     if len(path) > MAX_PATH:
-        raise _bad("path too long")
+        raise bad_request("path too long")
     parts = path.split("/")
     if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
-        raise _bad("the path in the repository has empty, '.' or '..' parts")
+        raise bad_request("the path in the repository has empty, '.' or '..' parts")
     return path
 
 
@@ -147,7 +82,7 @@ def _check_revision(revision: str) -> str:
         or revision.startswith("/")
         or revision.endswith("/")
     ):
-        raise _bad(f"invalid revision {revision[:80]!r}")
+        raise bad_request(f"invalid revision {revision[:80]!r}")
     return revision
 
 
@@ -155,38 +90,7 @@ def _segment(raw: str) -> str:
     try:
         return unquote(raw, errors="strict")
     except UnicodeDecodeError:
-        raise _bad("the path is not UTF-8") from None
-
-
-def _git_trees(files: dict[str, HubFile]) -> dict[str, str]:
-    """Git tree ids of every directory ("" is the root), from the files' blob
-    oids, as git computes them (regular files, mode 100644)."""
-    children: dict[str, dict[str, tuple[bool, str]]] = {"": {}}
-    for path in files:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            children.setdefault("/".join(parts[:i]), {})
-    trees: dict[str, str] = {}
-
-    def tree(directory: str) -> str:
-        entries: list[tuple[bytes, bytes]] = []
-        prefix = f"{directory}/" if directory else ""
-        for path, f in files.items():
-            if path.startswith(prefix) and "/" not in path[len(prefix) :]:
-                oid = f.oid if f.oid and _OID_RE.fullmatch(f.oid) else "0" * 40
-                name = path[len(prefix) :].encode()
-                entries.append((name, b"100644 " + name + b"\0" + bytes.fromhex(oid)))
-        for sub in children:
-            if sub and sub.startswith(prefix) and "/" not in sub[len(prefix) :]:
-                name = sub[len(prefix) :].encode()
-                entries.append((name + b"/", b"40000 " + name + b"\0" + bytes.fromhex(tree(sub))))
-        body = b"".join(e for _, e in sorted(entries))
-        oid = hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False).hexdigest()
-        trees[directory] = oid
-        return oid
-
-    tree("")
-    return trees
+        raise bad_request("the path is not UTF-8") from None
 
 
 class HfMirror:
@@ -194,6 +98,7 @@ class HfMirror:
 
     def __init__(self, store: Store, pool: ThreadPool) -> None:
         self.store = store
+        self.repos = HubRepos(store)
         self.pool = pool  # sendfile(2) workers, shared with /v2
 
     # -- dispatch --------------------------------------------------------------
@@ -218,7 +123,7 @@ class HfMirror:
         try:
             text = path.decode("ascii")
         except UnicodeDecodeError:
-            raise _bad("the path is not ASCII (percent-encode it)") from None
+            raise bad_request("the path is not ASCII (percent-encode it)") from None
         raw = text[len("/hf/") :].split("/") if text.startswith("/hf/") else []
         if not raw or raw == [""]:
             raise HubError(404, None, "Not Found")
@@ -266,70 +171,6 @@ class HfMirror:
             return _check_revision("/".join(rest[:3])), rest[3:]
         return _check_revision(_segment(rest[0])), rest[1:]
 
-    # -- what the cache holds --------------------------------------------------
-
-    def _entries(self, repo_type: str, repo: str) -> list[Entry]:
-        out = []
-        for e in self.store.entries():
-            ann = e.descriptor.annotations
-            if (
-                e.kind == "hf"
-                and e.complete
-                and ann.get(A_REPO) == repo
-                and ann.get(A_REPO_TYPE, "model") == repo_type
-                and _COMMIT_RE.fullmatch(ann.get(A_COMMIT, ""))
-            ):
-                out.append(e)
-        return out
-
-    def _snapshot(self, repo_type: str, repo: str, revision: str) -> Snapshot:
-        entries = self._entries(repo_type, repo)
-        if not entries:
-            raise HubError(404, "RepoNotFound", f"Repository {repo} is not cached on this node")
-        if _COMMIT_RE.fullmatch(revision):
-            commit = revision
-        else:
-            named = [e for e in entries if e.descriptor.annotations.get(A_REVISION) == revision]
-            if not named:
-                raise HubError(
-                    404, "RevisionNotFound", f"Invalid rev id: {revision} (not cached on this node)"
-                )
-            newest = max(named, key=lambda e: e.created)
-            commit = newest.descriptor.annotations[A_COMMIT]
-        at = [e for e in entries if e.descriptor.annotations[A_COMMIT] == commit]
-        if not at:
-            raise HubError(
-                404, "RevisionNotFound", f"Invalid rev id: {revision} (not cached on this node)"
-            )
-        whole = [e for e in at if _is_whole_repo(e.descriptor.annotations.get(ANNOTATION_URL, ""))]
-        files: dict[str, HubFile] = {}
-        for e in sorted(whole, key=lambda e: e.created, reverse=True) or at:
-            for f in e.files:
-                title = f.annotations.get(ANNOTATION_TITLE)
-                if not title or title in files:
-                    continue
-                lfs = f.annotations.get(A_LFS)
-                files[title] = HubFile(title, f, f.annotations.get(A_OID), lfs or None)
-            if whole:
-                break  # one whole-repository entry lists the commit exactly
-        return Snapshot(
-            repo_type, repo, commit, files, bool(whole), max(e.created for e in at) or ""
-        )
-
-    @staticmethod
-    def _partial(snap: Snapshot, revision: str) -> HubError:
-        prefix = "datasets/" if snap.repo_type == "dataset" else ""
-        at = "" if revision == "main" else f"@{revision}"
-        # RevisionNotFound: the one error snapshot_download raises even when a
-        # partial local snapshot exists (any other makes it return that folder).
-        return HubError(
-            404,
-            "RevisionNotFound",
-            f"{snap.repo}@{revision} is only partly cached on this node "
-            f"({len(snap.files)} file(s) of commit {snap.commit}); cache the whole "
-            f"repository (POST /content/ with hf://<hub>/{prefix}{snap.repo}{at}) to list it",
-        )
-
     # -- answers ---------------------------------------------------------------
 
     def _error(self, request: Any, e: HubError) -> bytes:
@@ -348,9 +189,9 @@ class HfMirror:
         return json.dumps(body).encode()
 
     def _info(self, request: Any, repo_type: str, repo: str, revision: str) -> bytes:
-        snap = self._snapshot(repo_type, repo, revision)
+        snap = self.repos.snapshot(repo_type, repo, revision)
         if not snap.complete:
-            raise self._partial(snap, revision)
+            raise self.repos.partial(snap, revision)
         args: dict[bytes, list[bytes]] = request.args or {}
         blobs = args.get(b"blobs", [b""])[0].lower() in (b"1", b"true")
         siblings: list[dict[str, Any]] = []
@@ -390,10 +231,10 @@ class HfMirror:
         return self._json(request, info)
 
     def _tree(self, request: Any, repo_type: str, repo: str, revision: str, sub: str) -> bytes:
-        snap = self._snapshot(repo_type, repo, revision)
+        snap = self.repos.snapshot(repo_type, repo, revision)
         if not snap.complete:
-            raise self._partial(snap, revision)
-        trees = _git_trees(snap.files)
+            raise self.repos.partial(snap, revision)
+        trees = git_trees(snap.files)
         if sub and sub not in trees:
             raise HubError(404, "EntryNotFound", f"{sub} does not exist on {revision}")
         args: dict[bytes, list[bytes]] = request.args or {}
@@ -433,9 +274,9 @@ class HfMirror:
         try:
             start = int(base64.urlsafe_b64decode(cursor).decode("ascii")) if cursor else 0
         except (ValueError, binascii.Error):
-            raise _bad("Invalid cursor") from None
+            raise bad_request("Invalid cursor") from None
         if start < 0:
-            raise _bad("Invalid cursor")
+            raise bad_request("Invalid cursor")
         if start + page_size < len(items):
             params = {
                 k.decode("latin-1"): v[0].decode("latin-1")
@@ -449,7 +290,7 @@ class HfMirror:
         return self._json(request, items[start : start + page_size])
 
     def _resolve(self, request: Any, repo_type: str, repo: str, revision: str, path: str) -> Any:
-        snap = self._snapshot(repo_type, repo, revision)
+        snap = self.repos.snapshot(repo_type, repo, revision)
         f = snap.files.get(path)
         if f is None:
             if snap.complete:

@@ -74,6 +74,12 @@ log = logging.getLogger(__name__)
 MAX_URL = 8192
 
 
+def entry_url(url: str) -> str:
+    """The URL an entry is known by: no userinfo, no signature of a
+    pre-signed URL (the same for every fresh signature)."""
+    return strip_signing(split_userinfo(url)[0])
+
+
 def parse_post(body: Any) -> FetchRequest:
     """Validate a POST /content body (already JSON-decoded)."""
     if not isinstance(body, dict):
@@ -108,7 +114,7 @@ def parse_post(body: Any) -> FetchRequest:
     pin = body.get("pin")
     if pin is not None and not isinstance(pin, bool):
         raise BadRequest("pin must be true or false")
-    key = strip_signing(clean)
+    key = entry_url(clean)
     return FetchRequest(
         url=key,
         credentials=credentials,
