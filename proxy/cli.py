@@ -30,146 +30,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help=f"cache directory (env CACHE_DIR, default {config_mod.DEFAULT_CACHE_DIR})",
-    )
-    p.add_argument(
-        "--address",
-        metavar="ADDR",
-        help="host:port, or unix:/path / a path with '/' for a Unix socket "
-        f"(env NEKKO_ADDRESS, default {config_mod.DEFAULT_ADDRESS})",
-    )
-    p.add_argument(
-        "--verbose",
-        metavar="N",
-        nargs="?",
-        const="1",
-        help="log level: 0 info, 1 debug, 2 trace (env VERBOSE, default 0)",
-    )
-    p.add_argument(
-        "--log-format",
-        metavar="FORMAT",
-        help="text (default) or json: one JSON object per line (env NEKKO_LOG_FORMAT)",
-    )
-    p.add_argument(
-        "--max-downloads",
-        metavar="N",
-        help="concurrent downloads (env NEKKO_MAX_DOWNLOADS, default 4)",
-    )
-    p.add_argument(
-        "--max-cache-size",
-        metavar="SIZE",
-        help="evict least recently used entries above this: bytes (500M, 50G) or a share "
-        "of the filesystem (80%%) (env NEKKO_MAX_CACHE_SIZE, default unlimited)",
-    )
-    p.add_argument(
-        "--cache-low-watermark",
-        metavar="PERCENT",
-        help="eviction frees space down to this share of --max-cache-size "
-        "(env NEKKO_CACHE_LOW_WATERMARK, default 90%%)",
-    )
-    p.add_argument(
-        "--allow-upstream",
-        metavar="HOSTS",
-        help="comma-separated hosts (host or host:port) downloads, redirects and mirror fills "
-        "may reach, loopback included; default any public host (env NEKKO_ALLOW_UPSTREAM)",
-    )
-    p.add_argument(
-        "--upstream",
-        metavar="REGISTRY",
-        help="registry whose tags /v2 serves when a request names none with ?ns= "
-        "(env NEKKO_UPSTREAM)",
-    )
-    p.add_argument(
-        "--api-token",
-        metavar="TOKEN",
-        help="require this token for POST and DELETE on /content, as a Bearer token or "
-        "the Basic password (env NEKKO_API_TOKEN; prefer the environment)",
-    )
-    p.add_argument(
-        "--protect-reads",
-        action="store_const",
-        const="1",
-        help="with --api-token, every /content and /v2 request needs the token too "
-        "(env NEKKO_PROTECT_READS=1; default off: reads are open)",
-    )
-    p.add_argument(
-        "--mirror",
-        action="store_const",
-        const="1",
-        help="pull-through mirror: fill /v2 misses from the upstream registry "
-        "(env NEKKO_MIRROR=1; default off: serve the cache only)",
-    )
-    p.add_argument(
-        "--allow-push",
-        action="store_const",
-        const="1",
-        help="accept pushes on /v2 (blob uploads, manifests), with --api-token only with "
-        "the token (env NEKKO_ALLOW_PUSH=1; default off: /v2 is read-only)",
-    )
-    p.add_argument(
-        "--manifest-ttl",
-        metavar="SECONDS",
-        help="mirror: how long a manifest by tag is served before it is revalidated "
-        "(env NEKKO_MANIFEST_TTL, default 60)",
-    )
-    p.add_argument(
-        "--registry-credentials",
-        metavar="HOST=SECRET,...",
-        help="mirror: credentials per upstream registry, a token or user:password "
-        "(env NEKKO_REGISTRY_CREDENTIALS; prefer the environment: flags show in ps)",
-    )
-    p.add_argument(
-        "--insecure-registry",
-        metavar="HOSTS",
-        help="comma-separated registries (host or host:port) reached over plain HTTP; "
-        "loopback always is (env NEKKO_INSECURE_REGISTRIES)",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        metavar="SECONDS",
-        help="abort a download whose body sends nothing this long "
-        "(env NEKKO_IDLE_TIMEOUT, default 60)",
-    )
-    p.add_argument(
-        "--retries",
-        metavar="N",
-        help="retries of a failed transfer, resuming each time (env NEKKO_RETRIES, default 3)",
-    )
-    p.add_argument(
-        "--allow-file-import",
-        metavar="DIRS",
-        help="comma-separated directories that file:// URLs may import from; default none: "
-        "file:// is refused (env NEKKO_ALLOW_FILE_IMPORT)",
-    )
-    p.add_argument(
-        "--s3-addressing-style",
-        metavar="STYLE",
-        help="s3://: auto, path (MinIO and most S3-compatible stores) or virtual "
-        "(env NEKKO_S3_ADDRESSING_STYLE, default auto)",
-    )
-    p.add_argument(
-        "--retry-backoff",
-        metavar="SECONDS",
-        help="pause before the first retry, doubled for each next one "
-        "(env NEKKO_RETRY_BACKOFF, default 0.5)",
-    )
-    p.add_argument(
-        "--sync-commits",
-        action="store_const",
-        const="1",
-        help="fsync each downloaded blob before it is committed and answered, not just "
-        "after (env NEKKO_SYNC_COMMITS=1)",
-    )
-    p.add_argument(
-        "--buffered-writes",
-        action="store_const",
-        const="1",
-        help="write downloads and uploads through the page cache; by default they go past "
-        "it (O_DIRECT) where the filesystem allows (env NEKKO_BUFFERED_WRITES=1)",
-    )
+    """The server's flags, one per row of :data:`proxy.config.OPTIONS`."""
+    for option in config_mod.OPTIONS:
+        if option.metavar is None:
+            p.add_argument(
+                f"--{option.flag}",
+                action="store_const",
+                const="1",
+                help=config_mod.help_text(option),
+            )
+        elif option.dest == "verbose":
+            p.add_argument(
+                "--verbose", metavar="N", nargs="?", const="1", help=config_mod.help_text(option)
+            )
+        else:
+            p.add_argument(
+                f"--{option.flag}", metavar=option.metavar, help=config_mod.help_text(option)
+            )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -328,7 +205,7 @@ def _given(args: argparse.Namespace, dest: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k in config_mod.ENV or k == "insecure_registry"}
+    flags = {k: v for k, v in vars(args).items() if k in config_mod.ENV}
     try:
         cfg = config_mod.build(flags)
     except config_mod.ConfigError as e:

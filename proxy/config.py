@@ -1,5 +1,10 @@
 """One attrs :class:`Config` from flags, then environment, then defaults.
 
+Every option is one row of :data:`OPTIONS`: its flag, its environment
+variable, its default, its help text and the parser of its value. The
+command line's flags (:mod:`proxy.cli`), the environment names, the defaults
+and the README's configuration table (checked by a test) all come from it.
+
 The three options of the original binary keep their names and defaults
 exactly (``--cache-dir``/``CACHE_DIR``, ``--address``/``NEKKO_ADDRESS``,
 ``--verbose``/``VERBOSE``); the rest follow ``DESIGN.md``. Every value is
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,171 +129,388 @@ class SizeLimit:
 
 @attrs.frozen
 class Config:
-    cache_dir: Path = Path(DEFAULT_CACHE_DIR)
-    address: Address = Address("localhost", 8050)
-    verbose: int = 0
-    max_downloads: int = 4
-    max_cache_size: SizeLimit | None = None
-    low_watermark: float = 0.9  # eviction frees down to this share of the limit
-    allow_upstream: frozenset[str] = frozenset()
-    insecure_registries: frozenset[str] = frozenset()
-    upstream: str | None = None
-    mirror: bool = False
-    allow_push: bool = False  # the /v2 push endpoints
-    api_token: str | None = attrs.field(default=None, repr=False)
-    protect_reads: bool = False
-    manifest_ttl: float = 60.0
-    registry_credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
-    idle_timeout: float = 60.0
-    retries: int = 3
-    retry_backoff: float = 0.5
-    file_roots: tuple[Path, ...] = ()
-    s3_addressing_style: str = "auto"
-    log_format: str = "text"
-    sync_commits: bool = False  # fsync each blob before its commit, not just after
-    buffered_writes: bool = False  # write downloads through the page cache (no O_DIRECT)
+    """The server's settings, built by :func:`build` from :data:`OPTIONS`
+    (the defaults live there, once)."""
+
+    cache_dir: Path
+    address: Address
+    verbose: int
+    log_format: str
+    max_downloads: int
+    max_cache_size: SizeLimit | None
+    low_watermark: float  # eviction frees down to this share of the limit
+    allow_upstream: frozenset[str]
+    upstream: str | None
+    api_token: str | None = attrs.field(repr=False)
+    protect_reads: bool
+    mirror: bool
+    allow_push: bool  # the /v2 push endpoints
+    manifest_ttl: float
+    registry_credentials: dict[str, str] = attrs.field(repr=False)
+    insecure_registries: frozenset[str]
+    idle_timeout: float
+    retries: int
+    file_roots: tuple[Path, ...]
+    s3_addressing_style: str
+    retry_backoff: float
+    sync_commits: bool  # fsync each blob before its commit, not just after
+    buffered_writes: bool  # write downloads through the page cache (no O_DIRECT)
     proxies: ProxyConfig = attrs.field(factory=ProxyConfig)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
 
 
-# flag dest -> (environment variable, default as text)
-ENV: dict[str, tuple[str, str]] = {
-    "cache_dir": ("CACHE_DIR", DEFAULT_CACHE_DIR),
-    "address": ("NEKKO_ADDRESS", DEFAULT_ADDRESS),
-    "verbose": ("VERBOSE", "0"),
-    "max_downloads": ("NEKKO_MAX_DOWNLOADS", "4"),
-    "max_cache_size": ("NEKKO_MAX_CACHE_SIZE", ""),
-    "cache_low_watermark": ("NEKKO_CACHE_LOW_WATERMARK", "90%"),
-    "allow_upstream": ("NEKKO_ALLOW_UPSTREAM", ""),
-    "insecure_registry": ("NEKKO_INSECURE_REGISTRIES", ""),
-    "upstream": ("NEKKO_UPSTREAM", ""),
-    "mirror": ("NEKKO_MIRROR", "0"),
-    "allow_push": ("NEKKO_ALLOW_PUSH", "0"),
-    "api_token": ("NEKKO_API_TOKEN", ""),
-    "protect_reads": ("NEKKO_PROTECT_READS", "0"),
-    "manifest_ttl": ("NEKKO_MANIFEST_TTL", "60"),
-    "registry_credentials": ("NEKKO_REGISTRY_CREDENTIALS", ""),
-    "idle_timeout": ("NEKKO_IDLE_TIMEOUT", "60"),
-    "retries": ("NEKKO_RETRIES", "3"),
-    "retry_backoff": ("NEKKO_RETRY_BACKOFF", "0.5"),
-    "allow_file_import": ("NEKKO_ALLOW_FILE_IMPORT", ""),
-    "s3_addressing_style": ("NEKKO_S3_ADDRESSING_STYLE", "auto"),
-    "log_format": ("NEKKO_LOG_FORMAT", "text"),
-    "sync_commits": ("NEKKO_SYNC_COMMITS", "0"),
-    "buffered_writes": ("NEKKO_BUFFERED_WRITES", "0"),
-}
-
-
-def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
-    """Flags (None = not given) beat environment beat defaults."""
-    env = os.environ if environ is None else environ
-
-    def pick(dest: str) -> tuple[str, str]:
-        var, default = ENV[dest]
-        value = flags.get(dest)
-        if value is not None:
-            return f"--{dest.replace('_', '-')}", str(value)
-        if env.get(var, "") != "":
-            return var, env[var]
-        return var, default
-
-    def flag(dest: str) -> bool:
-        name, text = pick(dest)
-        if text.strip().lower() not in _BOOLS:
-            raise ConfigError(f"{name} must be 1 or 0, not {text!r}")
-        return text.strip().lower() in ("1", "true", "yes")
-
-    name, cache_dir = pick("cache_dir")
-    if not cache_dir.strip():
-        raise ConfigError(f"{name} is empty")
-    name, address = pick("address")
+def _seconds(name: str, text: str) -> float:
     try:
-        addr = Address.parse(address)
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+
+
+def _positive_seconds(name: str, text: str) -> float:
+    value = _seconds(name, text)
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _backoff(name: str, text: str) -> float:
+    value = _seconds(name, text)
+    if not 0 <= value <= 3600:
+        raise ConfigError(f"{name} must be from 0 to 3600 seconds")
+    return value
+
+
+def _switch(name: str, text: str) -> bool:
+    if text.strip().lower() not in _BOOLS:
+        raise ConfigError(f"{name} must be 1 or 0, not {text!r}")
+    return text.strip().lower() in ("1", "true", "yes")
+
+
+def _cache_dir(name: str, text: str) -> Path:
+    if not text.strip():
+        raise ConfigError(f"{name} is empty")
+    # Absolute from here on: every path in answers, logs and output is.
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
+def _address(name: str, text: str) -> Address:
+    try:
+        return Address.parse(text)
     except ConfigError as e:
         raise ConfigError(f"{name}: {e}") from None
-    name, verbose = pick("verbose")
-    name_md, max_downloads = pick("max_downloads")
-    name_it, idle = pick("idle_timeout")
-    try:
-        idle_timeout = float(idle)
-    except ValueError:
-        raise ConfigError(f"{name_it} must be a number of seconds, not {idle!r}") from None
-    if idle_timeout <= 0:
-        raise ConfigError(f"{name_it} must be positive")
-    name_r, retries = pick("retries")
-    name_b, backoff_text = pick("retry_backoff")
-    try:
-        backoff = float(backoff_text)
-    except ValueError:
-        raise ConfigError(f"{name_b} must be a number of seconds, not {backoff_text!r}") from None
-    if not 0 <= backoff <= 3600:
-        raise ConfigError(f"{name_b} must be from 0 to 3600 seconds")
-    api_token = pick("api_token")[1] or None
-    protect_reads = flag("protect_reads")
-    if protect_reads and api_token is None:
-        name_p = pick("protect_reads")[0]
-        raise ConfigError(f"{name_p} needs an API token (--api-token or NEKKO_API_TOKEN)")
-    name_t, ttl_text = pick("manifest_ttl")
-    try:
-        ttl = float(ttl_text)
-    except ValueError:
-        raise ConfigError(f"{name_t} must be a number of seconds, not {ttl_text!r}") from None
+
+
+def _watermark(name: str, text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
+    if m is None or not 0 < float(m.group(1)) <= 100:
+        raise ConfigError(f"{name} is a share of --max-cache-size, e.g. 90%, not {text!r}")
+    return float(m.group(1)) / 100
+
+
+def _credentials(name: str, text: str) -> dict[str, str]:
     creds: dict[str, str] = {}
-    for item in pick("registry_credentials")[1].split(","):
+    for item in text.split(","):
         if not item.strip():
             continue
         host, sep, secret = item.strip().partition("=")
         if not sep or not host or not secret:
             raise ConfigError("registry credentials are host=token or host=user:password, ...")
         creds[host.lower()] = secret
-    name_f, roots_text = pick("allow_file_import")
+    return creds
+
+
+def _roots(name: str, text: str) -> tuple[Path, ...]:
     roots = []
-    for item in roots_text.split(","):
+    for item in text.split(","):
         if not item.strip():
             continue
         root = Path(item.strip()).expanduser()
         if not root.is_absolute():
-            raise ConfigError(f"{name_f}: {item.strip()!r} is not an absolute path")
+            raise ConfigError(f"{name}: {item.strip()!r} is not an absolute path")
         roots.append(root)
-    name_s, style = pick("s3_addressing_style")
-    if style.strip().lower() not in ("auto", "path", "virtual"):
-        raise ConfigError(f"{name_s} must be auto, path or virtual, not {style!r}")
-    name_c, size_text = pick("max_cache_size")
-    limit = SizeLimit.parse(name_c, size_text)
-    name_w, low_text = pick("cache_low_watermark")
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", low_text)
-    if m is None or not 0 < float(m.group(1)) <= 100:
-        raise ConfigError(f"{name_w} is a share of --max-cache-size, e.g. 90%, not {low_text!r}")
-    name_l, log_format = pick("log_format")
-    if log_format.strip().lower() not in ("text", "json"):
-        raise ConfigError(f"{name_l} must be text or json, not {log_format!r}")
+    return tuple(roots)
+
+
+def _one_of(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, text: str) -> str:
+        if text.strip().lower() not in choices:
+            listed = ", ".join(choices[:-1]) + " or " + choices[-1]
+            raise ConfigError(f"{name} must be {listed}, not {text!r}")
+        return text.strip().lower()
+
+    return parse
+
+
+@attrs.frozen
+class Option:
+    """One option: ``--<flag>`` on the command line, ``env`` in the
+    environment, ``default`` (text, as it would be written there) otherwise."""
+
+    field: str  # the Config attribute it sets
+    flag: str  # without the leading "--"
+    env: str
+    default: str
+    help: str
+    parse: Callable[[str, str], Any]  # (where it came from, text) -> value
+    metavar: str | None = None  # None: a switch (the flag alone means 1)
+    shown_default: str | None = None  # in --help, when the text is not what to show
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "cache_dir",
+        "cache-dir",
+        "CACHE_DIR",
+        DEFAULT_CACHE_DIR,
+        "cache directory",
+        _cache_dir,
+        "DIR",
+    ),
+    Option(
+        "address",
+        "address",
+        "NEKKO_ADDRESS",
+        DEFAULT_ADDRESS,
+        "host:port, or unix:/path / a path with '/' for a Unix socket",
+        _address,
+        "ADDR",
+    ),
+    Option(
+        "verbose",
+        "verbose",
+        "VERBOSE",
+        "0",
+        "log level: 0 info, 1 debug, 2 trace",
+        lambda n, t: min(_int(n, t), 2),
+        "N",
+    ),
+    Option(
+        "log_format",
+        "log-format",
+        "NEKKO_LOG_FORMAT",
+        "text",
+        "text or json: one JSON object per line",
+        _one_of("text", "json"),
+        "FORMAT",
+    ),
+    Option(
+        "max_downloads",
+        "max-downloads",
+        "NEKKO_MAX_DOWNLOADS",
+        "4",
+        "concurrent downloads",
+        lambda n, t: _int(n, t, minimum=1),
+        "N",
+    ),
+    Option(
+        "max_cache_size",
+        "max-cache-size",
+        "NEKKO_MAX_CACHE_SIZE",
+        "",
+        "evict least recently used entries above this: bytes (500M, 50G) or a share "
+        "of the filesystem (80%)",
+        SizeLimit.parse,
+        "SIZE",
+        "unlimited",
+    ),
+    Option(
+        "low_watermark",
+        "cache-low-watermark",
+        "NEKKO_CACHE_LOW_WATERMARK",
+        "90%",
+        "eviction frees space down to this share of --max-cache-size",
+        _watermark,
+        "PERCENT",
+    ),
+    Option(
+        "allow_upstream",
+        "allow-upstream",
+        "NEKKO_ALLOW_UPSTREAM",
+        "",
+        "comma-separated hosts (host, host:port or *.domain) downloads, redirects and "
+        "mirror fills may reach, loopback included",
+        _allowed_hosts,
+        "HOSTS",
+        "any public host",
+    ),
+    Option(
+        "upstream",
+        "upstream",
+        "NEKKO_UPSTREAM",
+        "",
+        "registry whose tags /v2 serves when a request names none with ?ns=",
+        lambda n, t: t.strip().lower() or None,
+        "REGISTRY",
+        "none",
+    ),
+    Option(
+        "api_token",
+        "api-token",
+        "NEKKO_API_TOKEN",
+        "",
+        "require this token for POST and DELETE on /content, as a Bearer token or the "
+        "Basic password (prefer the environment)",
+        lambda n, t: t or None,
+        "TOKEN",
+        "none",
+    ),
+    Option(
+        "protect_reads",
+        "protect-reads",
+        "NEKKO_PROTECT_READS",
+        "0",
+        "with --api-token, every /content and /v2 request needs the token too",
+        _switch,
+    ),
+    Option(
+        "mirror",
+        "mirror",
+        "NEKKO_MIRROR",
+        "0",
+        "pull-through mirror: fill /v2 misses from the upstream registry",
+        _switch,
+    ),
+    Option(
+        "allow_push",
+        "allow-push",
+        "NEKKO_ALLOW_PUSH",
+        "0",
+        "accept pushes on /v2 (blob uploads, manifests), with --api-token only with the token",
+        _switch,
+    ),
+    Option(
+        "manifest_ttl",
+        "manifest-ttl",
+        "NEKKO_MANIFEST_TTL",
+        "60",
+        "mirror: how long a manifest by tag is served before it is revalidated",
+        _seconds,
+        "SECONDS",
+    ),
+    Option(
+        "registry_credentials",
+        "registry-credentials",
+        "NEKKO_REGISTRY_CREDENTIALS",
+        "",
+        "mirror: credentials per upstream registry, a token or user:password (prefer the "
+        "environment: flags show in ps)",
+        _credentials,
+        "HOST=SECRET,...",
+        "none",
+    ),
+    Option(
+        "insecure_registries",
+        "insecure-registry",
+        "NEKKO_INSECURE_REGISTRIES",
+        "",
+        "comma-separated registries (host or host:port) reached over plain HTTP; loopback "
+        "always is",
+        lambda n, t: _hosts(t),
+        "HOSTS",
+        "none",
+    ),
+    Option(
+        "idle_timeout",
+        "idle-timeout",
+        "NEKKO_IDLE_TIMEOUT",
+        "60",
+        "abort a download whose body sends nothing this long",
+        _positive_seconds,
+        "SECONDS",
+    ),
+    Option(
+        "retries",
+        "retries",
+        "NEKKO_RETRIES",
+        "3",
+        "retries of a failed transfer, resuming each time",
+        _int,
+        "N",
+    ),
+    Option(
+        "file_roots",
+        "allow-file-import",
+        "NEKKO_ALLOW_FILE_IMPORT",
+        "",
+        "comma-separated directories that file:// URLs may import from (else file:// is refused)",
+        _roots,
+        "DIRS",
+        "none",
+    ),
+    Option(
+        "s3_addressing_style",
+        "s3-addressing-style",
+        "NEKKO_S3_ADDRESSING_STYLE",
+        "auto",
+        "s3://: auto, path (MinIO and most S3-compatible stores) or virtual",
+        _one_of("auto", "path", "virtual"),
+        "STYLE",
+    ),
+    Option(
+        "retry_backoff",
+        "retry-backoff",
+        "NEKKO_RETRY_BACKOFF",
+        "0.5",
+        "pause before the first retry, doubled for each next one",
+        _backoff,
+        "SECONDS",
+    ),
+    Option(
+        "sync_commits",
+        "sync-commits",
+        "NEKKO_SYNC_COMMITS",
+        "0",
+        "fsync each downloaded blob before it is committed and answered, not just after",
+        _switch,
+    ),
+    Option(
+        "buffered_writes",
+        "buffered-writes",
+        "NEKKO_BUFFERED_WRITES",
+        "0",
+        "write downloads and uploads through the page cache; by default they go past it "
+        "(O_DIRECT) where the filesystem allows",
+        _switch,
+    ),
+)
+BY_DEST = {o.dest: o for o in OPTIONS}
+# flag dest -> (environment variable, default as text)
+ENV: dict[str, tuple[str, str]] = {o.dest: (o.env, o.default) for o in OPTIONS}
+
+
+def help_text(option: Option) -> str:
+    """An option's --help line: what it does, its variable, its default."""
+    if option.metavar is None:
+        where = f"env {option.env}=1; default off"
+    else:
+        default = option.shown_default or option.default
+        where = f"env {option.env}, default {default}"
+    return f"{option.help} ({where})".replace("%", "%%")
+
+
+def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Flags (None = not given) beat environment beat defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        given = flags.get(option.dest)
+        if given is not None:
+            name, text = f"--{option.flag}", str(given)
+        elif env.get(option.env, "") != "":
+            name, text = option.env, env[option.env]
+        else:
+            name, text = option.env, option.default
+        values[option.field] = option.parse(name, text)
+    if values["protect_reads"] and values["api_token"] is None:
+        name = (
+            "--protect-reads" if flags.get("protect_reads") is not None else "NEKKO_PROTECT_READS"
+        )
+        raise ConfigError(f"{name} needs an API token (--api-token or NEKKO_API_TOKEN)")
     try:
-        proxies = ProxyConfig.from_env(env)
+        values["proxies"] = ProxyConfig.from_env(env)
     except ProxyConfigError as e:
         raise ConfigError(str(e)) from None
-    return Config(
-        # Absolute from here on: every path in answers, logs and output is.
-        cache_dir=Path(os.path.abspath(Path(cache_dir).expanduser())),
-        address=addr,
-        verbose=min(_int(name, verbose), 2),
-        max_downloads=_int(name_md, max_downloads, minimum=1),
-        max_cache_size=limit,
-        low_watermark=float(m.group(1)) / 100,
-        allow_upstream=_allowed_hosts(*pick("allow_upstream")),
-        insecure_registries=_hosts(pick("insecure_registry")[1]),
-        upstream=pick("upstream")[1].strip().lower() or None,
-        mirror=flag("mirror"),
-        allow_push=flag("allow_push"),
-        api_token=api_token,
-        protect_reads=protect_reads,
-        manifest_ttl=ttl,
-        registry_credentials=creds,
-        idle_timeout=idle_timeout,
-        retries=_int(name_r, retries),
-        retry_backoff=backoff,
-        file_roots=tuple(roots),
-        s3_addressing_style=style.strip().lower(),
-        log_format=log_format.strip().lower(),
-        sync_commits=flag("sync_commits"),
-        buffered_writes=flag("buffered_writes"),
-        proxies=proxies,
-    )
+    return Config(**values)

@@ -29,3 +29,25 @@ def test_the_two_commands_are_there() -> None:
         "python3 -m pip install -e '.[test]' && python3 -m pytest"
         in (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     )
+
+
+def test_the_configuration_table_matches_the_options_table() -> None:
+    """Each option's README row names its variable and its default, as config.OPTIONS does."""
+    rows = {
+        line.split("|")[1].strip(): line for line in README.splitlines() if line.startswith("| `--")
+    }
+    wrong = []
+    for option in config.OPTIONS:
+        row = rows.get(f"`--{option.flag}`", "")
+        cells = [c.strip() for c in row.split("|")[2:4]]
+        if len(cells) < 2 or not cells[0].startswith(f"`{option.env}"):
+            wrong.append((option.flag, "variable", cells))
+            continue
+        default = cells[1]
+        if option.metavar is None:
+            ok = default == "off"
+        else:
+            ok = default in (f"`{option.default}`", option.shown_default)
+        if not ok:
+            wrong.append((option.flag, "default", default))
+    assert wrong == []
