@@ -123,6 +123,43 @@ def new_site() -> LoggingSite:
 def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Server:
     """Open the cache (taking its lock) and build every part into ``site``
     (a new one if None); nothing listens yet, unless the caller bound ``site``."""
+    layout, lock_fd = _open_cache(config)
+    store = Store(layout, reactor)
+    try:
+        store.load()
+    except ValueError as e:
+        raise StartupError(f"cannot read {layout.index_path}: {e}") from None
+    fetchers = _fetchers(config, reactor, layout)
+    downloads = _downloads(config, reactor, store, fetchers)
+    _keep_state(reactor, layout, store, downloads)
+    views.sync(layout, store.entries())
+    registry = _registry(config, reactor, store, downloads, fetchers["oci"])
+    root = Root(
+        ContentAPI(downloads),
+        registry,
+        config.api_token,
+        config.protect_reads,
+        AdminAPI(downloads),
+    )
+    site = _wire(site or new_site(), root, layout)
+    if not (config.protect_reads and config.api_token is not None):
+        # HEAD and small GETs of cached blobs skip twisted.web (proxy.web.channel);
+        # with protected reads every request goes through Root's token check.
+        site.fast_blobs = registry.fast_blob
+    log.info(
+        "cache %s: %s, %s",
+        layout.root,
+        plural(len(store.entries()), "entry", "entries"),
+        plural(
+            len([u for u in downloads.urls() if downloads.interrupted(u)]), "interrupted download"
+        ),
+    )
+    return Server(config, layout, store, downloads, site, lock_fd)
+
+
+def _open_cache(config: Config) -> tuple[Layout, int]:
+    """The cache's layout, created if new, its lock taken, what a crash left
+    behind settled; and the lock's descriptor."""
     if config.cache_dir.exists() and not config.cache_dir.is_dir():
         raise StartupError(f"cache directory {config.cache_dir} is a file, not a directory")
     layout = Layout(config.cache_dir, direct_writes=not config.buffered_writes)
@@ -134,22 +171,19 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     except PermissionError as e:
         raise StartupError(f"cannot use cache directory {config.cache_dir}: {e.strerror}") from None
     except OSError as e:
-        if e.__class__.__name__ == "CacheLocked":
-            raise
         raise StartupError(f"cannot use cache directory {config.cache_dir}: {e}") from None
     for p in layout.remove_stray_temp_files():
         log.info("removed stray temporary file %s", p)
     layout = _choose_writes(layout)
     settle_unsynced(layout)
-    store = Store(layout, reactor)
-    try:
-        store.load()
-    except ValueError as e:
-        raise StartupError(f"cannot read {layout.index_path}: {e}") from None
-    policy = ReachPolicy(allow_hosts=config.allow_upstream)
+    return layout, lock_fd
+
+
+def _fetchers(config: Config, reactor: Any, layout: Layout) -> dict[str, Fetcher]:
+    """One fetcher per URL scheme, all on one HTTP client (reach rules, proxies)."""
     client = HttpClient(
         reactor,
-        policy,
+        ReachPolicy(allow_hosts=config.allow_upstream),
         TransferOptions(
             idle_timeout=config.idle_timeout,
             attempts=config.retries + 1,
@@ -161,29 +195,34 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     if proxy_line is not None:
         log.info("%s", proxy_line)
     http = HttpFetcher(client, layout)
-    oci = OciFetcher(client, layout, insecure=config.insecure_registries)
-    oci_blob = OciBlobFetcher(client, layout, insecure=config.insecure_registries)
-    ollama = OllamaFetcher(client, layout, insecure=config.insecure_registries)
     hf = HfFetcher(client, layout)
-    fetchers: dict[str, Fetcher] = {
+    insecure = config.insecure_registries
+    return {
         "http": http,
         "https": http,
-        "oci": oci,
-        "ollama": ollama,
+        "oci": OciFetcher(client, layout, insecure=insecure),
+        "ollama": OllamaFetcher(client, layout, insecure=insecure),
         "hf": hf,
         "huggingface": hf,
-        "oci-blob": oci_blob,
+        "oci-blob": OciBlobFetcher(client, layout, insecure=insecure),
         "file": FileFetcher(reactor, layout, config.file_roots),
         "s3": S3Fetcher(client, layout, Signer(config.s3_addressing_style)),
         "gs": GcsFetcher(client, layout),
         "azure": AzureFetcher(client, layout),
     }
+
+
+def _downloads(
+    config: Config, reactor: Any, store: Store, fetchers: dict[str, Fetcher]
+) -> Downloads:
+    """Downloads, with the cache's size limit (checked every EVICT_INTERVAL)."""
     limit = config.max_cache_size
+    root = store.layout.root
 
     def cache_limit() -> int | None:
         if limit is None:
             return None
-        fs = os.statvfs(layout.root)
+        fs = os.statvfs(root)
         return limit.resolve(fs.f_blocks * fs.f_frsize)
 
     downloads = Downloads(
@@ -195,11 +234,6 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         low_watermark=config.low_watermark,
     )
     downloads.scan_ingest()
-    # Last uses reach disk in batches (and once more at shutdown).
-    saver = LoopingCall(store.save_last_used)
-    saver.clock = reactor
-    saver.start(LAST_USED_INTERVAL, now=False)
-    reactor.addSystemEventTrigger("before", "shutdown", store.save_last_used)
     if limit is not None:
         evictor = LoopingCall(downloads.evict_soon)
         evictor.clock = reactor
@@ -209,6 +243,15 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
             human_size(cache_limit()),
             config.low_watermark * 100,
         )
+    return downloads
+
+
+def _keep_state(reactor: Any, layout: Layout, store: Store, downloads: Downloads) -> None:
+    """Last uses saved in batches, blobs fsync'd at a clean stop, metrics bound."""
+    saver = LoopingCall(store.save_last_used)
+    saver.clock = reactor
+    saver.start(LAST_USED_INTERVAL, now=False)
+    reactor.addSystemEventTrigger("before", "shutdown", store.save_last_used)
     syncer = layout.syncer
     if syncer is not None:
         # A clean stop leaves every blob on disk (a bounded wait: markers cover the rest).
@@ -221,14 +264,19 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         store.referenced_bytes,
         syncer.pending if syncer is not None else (lambda: 0),
     )
-    views.sync(layout, store.entries())
-    content = ContentAPI(downloads)
+
+
+def _registry(
+    config: Config, reactor: Any, store: Store, downloads: Downloads, oci: Fetcher
+) -> RegistryAPI:
+    """/v2: the cache, the mirror's fills with --mirror, pushes with --allow-push."""
     pool = ThreadPool(minthreads=0, maxthreads=32, name="sendfile")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     catalog = Catalog(store, upstream=config.upstream)
     mirror = None
     if config.mirror:
+        assert isinstance(oci, OciFetcher)
         creds = {
             host: Credentials(base64.b64encode(secret.encode()).decode(), "Basic")
             if ":" in secret
@@ -248,37 +296,26 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
             "mirror mode: filling from %s",
             ", ".join(sorted(mirror.allowed)) or "no registry (set --upstream)",
         )
-    registry = RegistryAPI(layout, catalog, pool, mirror)
+    registry = RegistryAPI(store.layout, catalog, pool, mirror)
     if config.allow_push:
         registry.push = PushAPI(
             store,
             Uploads(store, reactor),
             reactor,
             config.api_token,
-            after_push=downloads.evict_soon if limit is not None else None,
+            after_push=downloads.evict_soon if config.max_cache_size is not None else None,
         )
         log.info("push enabled on /v2%s", " (with the API token)" if config.api_token else "")
-    root = Root(content, registry, config.api_token, config.protect_reads, AdminAPI(downloads))
-    if site is None:
-        site = new_site()
+    return registry
+
+
+def _wire(site: LoggingSite, root: Root, layout: Layout) -> LoggingSite:
     site.resource = root
     # Bodies are admitted (or refused) from the request head, before they are read.
     site.admission = root.access
     site.spool_dir = str(layout.ingest_dir)
     site.display_path = display_path
-    if not (config.protect_reads and config.api_token is not None):
-        # HEAD and small GETs of cached blobs skip twisted.web (proxy.web.channel);
-        # with protected reads every request goes through Root's token check.
-        site.fast_blobs = registry.fast_blob
-    log.info(
-        "cache %s: %s, %s",
-        layout.root,
-        plural(len(store.entries()), "entry", "entries"),
-        plural(
-            len([u for u in downloads.urls() if downloads.interrupted(u)]), "interrupted download"
-        ),
-    )
-    return Server(config, layout, store, downloads, site, lock_fd)
+    return site
 
 
 def listen_tcp(addr: Address, site: LoggingSite, reactor: Any) -> Any:
