@@ -58,6 +58,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _server_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_serve_and_verify(sub)
+    _add_pull(sub)
+    _add_entry_commands(sub)
+    _add_upkeep_commands(sub)
+    _add_bundle_commands(sub)
+    return parser
+
+
+def _add_serve_and_verify(sub: Any) -> None:
+    """``serve`` and ``verify``."""
     serve = sub.add_parser(
         "serve",
         help="run the server (the default)",
@@ -78,6 +88,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="move corrupt blobs to <cache>/quarantine/ and drop the entries that need them "
         "from index.json, so the next POST fetches them again",
     )
+
+
+def _add_pull(sub: Any) -> None:
+    """``pull``."""
     pull = sub.add_parser(
         "pull",
         help="download a URL into the cache, with a progress bar",
@@ -107,6 +121,10 @@ def make_parser() -> argparse.ArgumentParser:
         "follow it with inspect, cancel it with rm)",
     )
     _client_flags(pull)
+
+
+def _add_entry_commands(sub: Any) -> None:
+    """``ls``, ``inspect``, ``rm``, ``pin``, ``unpin``."""
     ls = sub.add_parser(
         "ls", help="list the cached entries", description="List the entries of the cache."
     )
@@ -120,6 +138,10 @@ def make_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("targets", nargs="+", metavar="TARGET", help=_TARGET_HELP)
         _client_flags(p)
+
+
+def _add_upkeep_commands(sub: Any) -> None:
+    """``gc`` and ``du``."""
     gc = sub.add_parser(
         "gc",
         help="remove unreferenced blobs and stale partial downloads, report bytes freed",
@@ -139,6 +161,10 @@ def make_parser() -> argparse.ArgumentParser:
         "du", help="disk usage of the cache", description="Show what the cache holds on disk."
     )
     _client_flags(du)
+
+
+def _add_bundle_commands(sub: Any) -> None:
+    """``export`` and ``import``."""
     export = sub.add_parser(
         "export",
         help="write entries to an OCI image layout tarball (skopeo oci-archive:, oras, umoci)",
@@ -155,7 +181,6 @@ def make_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("bundle", metavar="FILE", help="the OCI image layout tar to load")
     _client_flags(imp)
-    return parser
 
 
 _TARGET_HELP = "an entry: its URL, its reference (as ls shows it) or its digest; several at once"
