@@ -438,16 +438,16 @@ class Downloads:
         self._interrupted.pop(url, None)
         for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
-        primary = entry.primary
         metrics.DOWNLOADS.labels(scheme, "stored").observe(time.monotonic() - started)
         if self._limit is not None:
             # Over the limit now (sizes were not all known ahead): evict others.
             self.evict_soon()
         log.info(
-            "stored %s as %s (%d bytes in %.2f s)",
+            "stored %s as %s (%d files, %d bytes in %.2f s)",
             redact_url(url),
-            primary.digest,
-            primary.size,
+            entry.primary.digest,
+            len(entry.files),
+            entry.size,
             time.monotonic() - started,
         )
         job.settle((entry, True))
@@ -467,7 +467,7 @@ class Downloads:
             result.kind,
             manifest,
             list(result.files),
-            result.primary,
+            result.primary or manifest,  # a set of files: the manifest names it
             blobs=blobs,
             reference=result.reference,
             annotations={

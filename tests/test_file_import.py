@@ -161,7 +161,7 @@ def test_directory_with_subfolders(srv: ServerProcess, root: Path, cache_dir: Pa
                 assert b["digest"] == sha(expected[b["title"]])
                 assert Path(b["path"]).read_bytes() == expected[b["title"]]
             assert body["kind"] == "file"
-            assert body["digest"] == body["blobs"][0]["digest"]  # the first file, as hf
+            assert body["digest"] == body["manifestDigest"]  # a set of files: its manifest
             manifest = json.loads(blob_file(cache_dir, body["manifestDigest"]).read_bytes())
             assert manifest["artifactType"] == ARTIFACT_TYPE_DIRECTORY
             assert [

@@ -107,8 +107,10 @@ class ContentAPI:
             "url": entry.url,
             "digest": str(entry.primary.digest),
             "state": state,
-            "size": entry.primary.size,
-            "bytesDone": entry.primary.size if entry.complete else 0,
+            # The whole entry: every file in "blobs" (for one file, that file).
+            "size": entry.size,
+            "bytesDone": entry.size if entry.complete else 0,
+            "fileCount": len(entry.files),
             "mediaType": entry.primary.media_type,
             "path": self._path(entry.primary),
             "manifestDigest": None if entry.legacy else str(entry.descriptor.digest),

@@ -174,7 +174,7 @@ class HfFetcher:
         }
         return FetchResult(
             files=tuple(files),
-            primary=files[0],
+            primary=files[0] if ref.path is not None else None,
             kind=self.kind,
             annotations=annotations,
             artifact_type=ARTIFACT_TYPE,

@@ -206,7 +206,7 @@ async def all_objects(
     files = await download_all(objects, one, parallel)
     return FetchResult(
         files=tuple(files),
-        primary=files[0],
+        primary=None,  # a set of objects: the entry's manifest
         kind=kind,
         annotations=annotations,
         artifact_type=artifact_type,
