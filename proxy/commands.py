@@ -104,6 +104,7 @@ def pull(
         b = answer.body
         verb = "stored" if answer.status == 201 else "already cached"
         print(f"{verb}: {b['url']}\n  digest {b['digest']}\n  path   {b.get('path', '')}")
+        _print_files(b)
     return OK
 
 
@@ -203,9 +204,19 @@ def inspect(client: Client, target: str, as_json: bool) -> int:
             if e.get(key):
                 print(f"  {key:<15}{e[key]}")
         print(f"  {'size':<15}{_size(e.get('size'))} ({e.get('bytesDone', 0)} done)")
-        for b in e.get("blobs", []):
-            print(f"  - {b.get('title') or ''} {b.get('digest')} {_size(b.get('size'))}")
+        _print_files(e, all_files=True)
     return OK
+
+
+def _print_files(entry: dict[str, Any], all_files: bool = False) -> None:
+    """The entry's total and, when it has several (or ``all_files``), each file."""
+    blobs = entry.get("blobs") or []
+    count = entry.get("fileCount", len(blobs))
+    if not all_files:
+        print(f"  size   {_size(entry.get('size'))} in {count} file{'s' if count != 1 else ''}")
+    if count > 1 or all_files:
+        for b in blobs:
+            print(f"  - {b.get('title') or ''} {b.get('digest')} {_size(b.get('size'))}")
 
 
 # -- rm / gc / du -------------------------------------------------------------

@@ -87,9 +87,11 @@ def test_a_directory_is_one_entry_with_its_total(
         check_directory_answer(listed[url], cache_dir)
         table = cli(srv, "ls")
         assert _size(sum(len(d) for d in FILES.values())) in table  # the whole directory
-        shown = cli(srv, "inspect", url)
-        for name, data in FILES.items():
-            assert f"{name} {sha(data)}" in shown
+        for command in ("inspect", "pull"):
+            shown = cli(srv, command, url)
+            for name, data in FILES.items():
+                assert f"{name} {sha(data)} {_size(len(data))}" in shown
+        assert f"{_size(sum(len(d) for d in FILES.values()))} in 3 files" in shown
     # The same after a restart (the entry as read back from index.json).
     with ServerProcess(cache_dir, *args) as srv, srv.client() as c:
         check_directory_answer(c.get(f"/content/{b64(url)}").json(), cache_dir)
