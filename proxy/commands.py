@@ -150,17 +150,23 @@ def ls(client: Client, as_json: bool) -> int:
         _dump(entries)
         return OK
     table = Table(box=None, header_style="bold")
-    for col in ("URL", "REFERENCE", "DIGEST", "SIZE", "STATE", "LAST USED"):
+    columns = ["URL", "REFERENCE", "DIGEST", "SIZE", "STATE", "LAST USED"]
+    failed = any(e.get("error") for e in entries)
+    for col in [*columns, "ERROR"] if failed else columns:  # ERROR only when one failed
         table.add_column(col, overflow="fold")
     for e in entries:
-        table.add_row(
+        row = [
             e.get("url", ""),
             e.get("reference") or "",
             (e.get("digest") or "")[:19],
             _size(e.get("size")),
             e.get("state", ""),
-            e.get("lastUsed") or e.get("created") or "",
-        )
+            e.get("lastUsed") or e.get("created") or e.get("failedAt") or "",
+        ]
+        if failed:
+            error = e.get("error") or {}
+            row.append(f"{error['code']}: {error['message']}" if error else "")
+        table.add_row(*row)
     Console(width=max(160, Console().width)).print(table)
     return OK
 

@@ -46,6 +46,7 @@ from proxy.errors import (
     StorageError,
     UnsupportedScheme,
 )
+from proxy.failures import Failed, Failures
 from proxy.fetch.base import (
     Fetcher,
     FetchRequest,
@@ -279,6 +280,7 @@ class Downloads:
         self.fetchers = dict(fetchers)
         self._running: dict[str, Download] = {}
         self._interrupted: dict[str, Interrupted] = {}
+        self.failures = Failures()  # the last error of each failed download
         self._slots = DeferredSemaphore(max_downloads)
         self._views_lock = DeferredLock()
         self._limit = limit  # bytes the cache may use (None: no limit)
@@ -324,6 +326,12 @@ class Downloads:
             return None
         return self._interrupted.get(url)
 
+    def failed(self, url: str) -> Failed | None:
+        """The last error of ``url``'s download, unless it runs again."""
+        if url in self._running:
+            return None
+        return self.failures.get(url)
+
     def active(self) -> int:
         """Downloads running or waiting for a slot."""
         return len(self._running)
@@ -332,7 +340,21 @@ class Downloads:
         urls = dict.fromkeys(e.url for e in self.store.entries())
         urls.update(dict.fromkeys(self._running))
         urls.update(dict.fromkeys(self._interrupted))
+        urls.update(dict.fromkeys(self.failures.urls()))
         return list(urls)
+
+    def log_interrupted(self) -> None:
+        """Say which downloads a stop interrupts (at shutdown, before they are cut)."""
+        for url, job in self._running.items():
+            total = job.progress.total
+            log.warning(
+                "stopping: the download of %s is interrupted (%s, %d%s bytes done); "
+                "the bytes kept resume on its next POST",
+                redact_url(url),
+                job.state,
+                job.progress.done,
+                f" of {total}" if total is not None else "",
+            )
 
     # -- POST ------------------------------------------------------------------
 
@@ -384,6 +406,7 @@ class Downloads:
             return job
         fetcher = fetcher or self.fetcher_for(request)
         job = Download(request, self.store, self._reactor)
+        self.failures.forget(request.url)  # retried: its last error is history
         if self._limit is not None:
             job.make_room = self.make_room
         self._running[request.url] = job
@@ -429,8 +452,12 @@ class Downloads:
             metrics.UPSTREAM_ERRORS.labels(scheme, code).inc()
             if isinstance(failure.value, StorageError):
                 log.warning("download of %s failed: %s", redact_url(url), failure.value.message)
+                message = failure.value.message
             else:
                 log.error("download of %s failed", redact_url(url), exc_info=failure.value)
+                message = "internal error (see the server log)"
+            if not job.cancelled:  # a DELETE removed it: nothing to remember
+                self.failures.record(url, code if code != "INTERNAL" else "INTERNAL_ERROR", message)
             job.settle(failure)
             return
         job.release()
@@ -693,6 +720,8 @@ class Downloads:
             await self.sync_views()
         ingest = IngestFile(self.store.layout, ingest_key(url))
         if self._interrupted.pop(url, None) is not None:
+            found = True
+        if self.failures.forget(url):
             found = True
         partial = await self._thread(ingest.bytes_on_disk)
         if await self._thread(lambda: ingest.dir.exists()):

@@ -142,8 +142,9 @@ class FetchResult:
 
     ``files`` are the blobs of the entry and ``primary`` the one /content calls
     ``digest``; None for a set of files (a directory, a repository, a prefix):
-    then ``digest`` is the entry's manifest, as for an image. When ``manifest`` is None the files are plain files (titled
-    layers) and the entry gets an artifact manifest; otherwise the fetcher
+    then ``digest`` is the entry's manifest, as for an image. When ``manifest``
+    is None the files are plain files (titled layers) and the entry gets an
+    artifact manifest; otherwise the fetcher
     stored the manifest itself (an image, an index) and ``reference`` names it.
     """
 

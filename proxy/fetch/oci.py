@@ -36,7 +36,15 @@ from proxy.fetch.auth import RegistryAuth
 from proxy.fetch.base import FetchRequest, FetchResult, Job
 from proxy.fetch.ociref import ImageReference, Platform, parse_oci_url
 from proxy.fetch.reach import is_loopback_host
-from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header, upstream_error
+from proxy.fetch.transfer import (
+    HttpClient,
+    Retryable,
+    Wanted,
+    download,
+    gave_up,
+    header,
+    upstream_error,
+)
 from proxy.types import (
     ANNOTATION_TITLE,
     MEDIA_TYPE_IMAGE_INDEX,
@@ -153,7 +161,7 @@ class OciFetcher:
                 break
             except Retryable as r:
                 if attempt == 2:
-                    raise r.cause from None
+                    raise gave_up(r.cause, attempt + 1) from None
                 await self.client.sleep(self.client.options.pause(attempt), job)
         if response.code != 200:
             raise upstream_error(url, response, data)
@@ -273,7 +281,7 @@ class OciFetcher:
                 break
             except Retryable as r:
                 if attempt == 2:
-                    raise r.cause from None
+                    raise gave_up(r.cause, attempt + 1) from None
                 await self.client.sleep(self.client.options.pause(attempt), job)
         if response.code != 200:
             raise upstream_error(url, response, data)
