@@ -189,7 +189,8 @@ class ContentAPI:
         it = self.downloads.interrupted(url)
         failed = self.downloads.failed(url)
         if failed is not None:
-            return 206, self.describe_failed(failed, it)
+            # 404 when nothing is kept (its body is also a valid error answer), else 206.
+            return (206 if it is not None else 404), self.describe_failed(failed, it)
         if it is not None:
             return 206, self.describe_interrupted(it)
         if entry is not None:
