@@ -113,3 +113,22 @@ def test_a_stop_logs_the_downloads_it_interrupts(cache_dir: Path, source: Source
             time.sleep(0.1)
     log = srv.log()
     assert f"the download of {url} is interrupted (downloading, 300000 of {len(data)}" in log
+
+
+def test_a_failure_that_kept_bytes_is_interrupted_with_its_error(
+    cache_dir: Path, source: Source
+) -> None:
+    data = bytes(range(256)) * 1024
+    source.add_file("/cut.bin", data)
+    source.cut_after("/cut.bin", 100_000)
+    url = source.url("/cut.bin")
+    with ServerProcess(cache_dir, "--retries", "0") as srv, srv.client() as c:
+        assert c.post("/content/", json={"url": url}).status_code == 502
+        r = c.get(f"/content/{b64(url)}")
+        assert r.status_code == 206, r.text
+        body = r.json()
+        assert (body["state"], body["bytesDone"]) == ("interrupted", 100_000)
+        assert body["error"]["code"] == "UPSTREAM_UNREACHABLE"
+        assert "ERROR" in ls(srv) and "UPSTREAM_UNREACHABLE" in ls(srv)
+        assert c.post("/content/", json={"url": url}).status_code == 201  # resumed
+        assert "error" not in c.get(f"/content/{b64(url)}").json()

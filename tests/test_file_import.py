@@ -266,7 +266,12 @@ def test_refused_paths(srv: ServerProcess, root: Path, tmp_path: Path, cache_dir
         empty = c.post("/content/", json={"url": file_url(root / "empty")})
         assert error(empty)[:2] == (404, "UPSTREAM_NOT_FOUND")
         assert "no regular files" in error(empty)[2]
-        assert c.get("/content/").json()["entries"] == []
+        # Nothing stored: only the refusals are remembered, with their errors.
+        listed = c.get("/content/").json()["entries"]
+        assert {(e["state"], e["digest"], e["size"]) for e in listed} == {("failed", None, None)}
+        codes = {e["url"]: e["error"]["code"] for e in listed}
+        assert codes[file_url(root / "missing")] == "UPSTREAM_NOT_FOUND"
+        assert set(codes.values()) == {"DENIED", "UPSTREAM_NOT_FOUND"}
     assert blob_names(cache_dir) == names
     assert (cache_dir / "index.json").read_bytes() == index
     assert ingest_files(cache_dir) == []

@@ -166,17 +166,22 @@ class ContentAPI:
         }
 
     def describe_failed(self, failed: Failed, it: Interrupted | None) -> dict[str, Any]:
-        """A download that failed: its last error, and the bytes it kept for a retry."""
-        return {
-            "url": failed.url,
-            "digest": None,
-            "state": "failed",
-            "error": {"code": failed.code, "message": failed.message},
-            "failedAt": _rfc3339(failed.at),
-            "size": it.total if it is not None else None,
-            "bytesDone": it.bytes_done if it is not None else 0,
-            "blobs": [],
-        }
+        """A download that failed: its last error; ``interrupted`` when it kept
+        bytes a retry resumes from, else ``failed``."""
+        base = (
+            self.describe_interrupted(it)
+            if it is not None
+            else {
+                "url": failed.url,
+                "digest": None,
+                "state": "failed",
+                "size": None,
+                "bytesDone": 0,
+                "blobs": [],
+            }
+        )
+        error = {"code": failed.code, "message": failed.message}
+        return {**base, "error": error, "failedAt": _rfc3339(failed.at)}
 
     def describe(self, url: str) -> tuple[int, dict[str, Any]] | None:
         """The answer about ``url`` (a read: it does not count as a use)."""
