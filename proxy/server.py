@@ -200,6 +200,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     saver.clock = reactor
     saver.start(LAST_USED_INTERVAL, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", store.save_last_used)
+    reactor.addSystemEventTrigger("before", "shutdown", downloads.log_interrupted)
     if limit is not None:
         evictor = LoopingCall(downloads.evict_soon)
         evictor.clock = reactor
