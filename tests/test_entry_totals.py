@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from proxy.commands import _size
+from proxy.units import human_size as _size
 from proxy.fetch.ociref import Platform
 from tests.conftest import b64
 from tests.support.images import Blobs, push_image_tree, random_bytes
