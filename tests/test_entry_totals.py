@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from proxy.units import human_size as _size
 from proxy.fetch.ociref import Platform
+from proxy.units import human_size as _size
 from tests.conftest import b64
 from tests.support.images import Blobs, push_image_tree, random_bytes
 from tests.support.registry import Registry
