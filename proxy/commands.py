@@ -153,6 +153,7 @@ def pull(
         b = answer.body
         verb = "stored" if answer.status == 201 else "already cached"
         print(f"{verb}: {b['url']}\n  digest {b['digest']}\n  path   {b.get('path', '')}")
+        _print_files(b)
     return OK
 
 
@@ -279,17 +280,23 @@ def ls(client: Client, as_json: bool) -> int:
         _dump(entries)
         return OK
     table = Table(box=None, header_style="bold")
-    for col in ("URL", "REFERENCE", "DIGEST", "SIZE", "STATE", "LAST USED"):
+    columns = ["URL", "REFERENCE", "DIGEST", "SIZE", "STATE", "LAST USED"]
+    failed = any(e.get("error") for e in entries)
+    for col in [*columns, "ERROR"] if failed else columns:  # ERROR only when one failed
         table.add_column(col, overflow="fold")
     for e in entries:
-        table.add_row(
+        row = [
             e.get("url", ""),
             e.get("reference") or "",
             (e.get("digest") or "")[:19],
             human_size(e.get("size")),
             e.get("state", ""),
-            e.get("lastUsed") or e.get("created") or "",
-        )
+            e.get("lastUsed") or e.get("created") or e.get("failedAt") or "",
+        ]
+        if failed:
+            error = e.get("error") or {}
+            row.append(f"{error['code']}: {error['message']}" if error else "")
+        table.add_row(*row)
     Console(width=max(160, Console().width)).print(table)
     return OK
 
@@ -400,8 +407,18 @@ def _print_entry(e: dict[str, Any]) -> None:
     if isinstance(e.get("error"), dict):
         print(f"  {'error':<15}{e['error'].get('code')}: {e['error'].get('message')}")
     print(f"  {'size':<15}{human_size(e.get('size'))} ({human_size(e.get('bytesDone') or 0)} done)")
-    for b in e.get("blobs", []):
-        print(f"  - {b.get('title') or ''} {b.get('digest')} {human_size(b.get('size'))}")
+    _print_files(e, all_files=True)
+
+
+def _print_files(entry: dict[str, Any], all_files: bool = False) -> None:
+    """The entry's total and, when it has several (or ``all_files``), each file."""
+    blobs = entry.get("blobs") or []
+    count = entry.get("fileCount", len(blobs))
+    if not all_files:
+        print(f"  size   {human_size(entry.get('size'))} in {plural(count, 'file')}")
+    if count > 1 or all_files:
+        for b in blobs:
+            print(f"  - {b.get('title') or ''} {b.get('digest')} {human_size(b.get('size'))}")
 
 
 # -- rm / gc / du -------------------------------------------------------------

@@ -59,6 +59,14 @@ class UpstreamError(StorageError):
             self.code = "UPSTREAM_NOT_FOUND"
 
 
+class PlatformUnavailable(UpstreamError):
+    """The image has no manifest for the platform asked for (``?platform=``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 404)
+        self.code = "PLATFORM_UNAVAILABLE"
+
+
 class SourceChanged(UpstreamError):
     """The source (an object in a store) changed while it was being fetched."""
 

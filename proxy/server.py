@@ -252,6 +252,7 @@ def _keep_state(reactor: Any, layout: Layout, store: Store, downloads: Downloads
     saver.clock = reactor
     saver.start(LAST_USED_INTERVAL, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", store.save_last_used)
+    reactor.addSystemEventTrigger("before", "shutdown", downloads.log_interrupted)
     syncer = layout.syncer
     if syncer is not None:
         # A clean stop leaves every blob on disk (a bounded wait: markers cover the rest).

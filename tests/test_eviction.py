@@ -23,7 +23,13 @@ def blob(cache: Path, data: bytes) -> Path:
 
 
 def here(c: object, url: str) -> bool:
+    """Whether it is cached (a look: not a use)."""
     return c.get(f"/content/{b64(url)}").status_code == 200  # type: ignore[attr-defined]
+
+
+def use(c: object, url: str) -> bool:
+    """Ask for a cached entry again (a use, as a client's POST is)."""
+    return c.post("/content/", json={"url": url}).status_code == 200  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -41,7 +47,7 @@ def test_lru_eviction_pins_and_restarts(cache_dir: Path, source: Source, files: 
     with ServerProcess(cache_dir, *args) as srv, srv.client() as c:
         for name in ("a", "b"):
             assert c.post("/content/", json={"url": url[name]}).status_code == 201
-        assert here(c, url["a"])  # a is now used more recently than b
+        assert use(c, url["a"])  # a is now used more recently than b
         # c needs room: b, the least recently used, goes; a stays.
         assert c.post("/content/", json={"url": url["c"]}).status_code == 201
         assert not here(c, url["b"]) and here(c, url["a"]) and here(c, url["c"])
@@ -62,7 +68,7 @@ def test_lru_eviction_pins_and_restarts(cache_dir: Path, source: Source, files: 
         # Unpinned, a is the oldest: the next one evicts it.
         r = c.post("/admin/pin", json={"url": url["a"], "pin": False})
         assert r.status_code == 200 and r.json() == {"url": url["a"], "pinned": False}
-        assert here(c, url["e"])  # e is used after a
+        assert use(c, url["e"])  # e is used after a
         assert c.post("/content/", json={"url": url["b"]}).status_code == 201
         assert not here(c, url["a"]) and here(c, url["e"]) and here(c, url["b"])
         metrics = c.get("/metrics").text

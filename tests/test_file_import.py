@@ -161,7 +161,7 @@ def test_directory_with_subfolders(srv: ServerProcess, root: Path, cache_dir: Pa
                 assert b["digest"] == sha(expected[b["title"]])
                 assert Path(b["path"]).read_bytes() == expected[b["title"]]
             assert body["kind"] == "file"
-            assert body["digest"] == body["blobs"][0]["digest"]  # the first file, as hf
+            assert body["digest"] == body["manifestDigest"]  # a set of files: its manifest
             manifest = json.loads(blob_file(cache_dir, body["manifestDigest"]).read_bytes())
             assert manifest["artifactType"] == ARTIFACT_TYPE_DIRECTORY
             assert [
@@ -266,7 +266,12 @@ def test_refused_paths(srv: ServerProcess, root: Path, tmp_path: Path, cache_dir
         empty = c.post("/content/", json={"url": file_url(root / "empty")})
         assert error(empty)[:2] == (404, "UPSTREAM_NOT_FOUND")
         assert "no regular files" in error(empty)[2]
-        assert c.get("/content/").json()["entries"] == []
+        # Nothing stored: only the refusals are remembered, with their errors.
+        listed = c.get("/content/").json()["entries"]
+        assert {(e["state"], e["digest"], e["size"]) for e in listed} == {("failed", None, None)}
+        codes = {e["url"]: e["error"]["code"] for e in listed}
+        assert codes[file_url(root / "missing")] == "UPSTREAM_NOT_FOUND"
+        assert set(codes.values()) == {"DENIED", "UPSTREAM_NOT_FOUND"}
     assert blob_names(cache_dir) == names
     assert (cache_dir / "index.json").read_bytes() == index
     assert ingest_files(cache_dir) == []

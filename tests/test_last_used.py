@@ -1,6 +1,6 @@
-"""When each entry was last used: a /content GET or POST of it, or a /v2 read
-of any of its blobs; kept across restarts (last-used.json, written in batches
-and at shutdown)."""
+"""When each entry was last used: a /content POST of it, or a /v2 read of any
+of its blobs (a GET of its answer, as ``inspect`` does, is a look, not a use);
+kept across restarts (last-used.json, written in batches and at shutdown)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def test_last_use_follows_reads_and_survives_a_restart(cache_dir: Path, source: 
         digest_b = c.post("/content/", json={"url": b}).json()["digest"]
         assert first["lastUsed"] is not None
         time.sleep(1.1)
-        used_a = c.get(f"/content/{b64(a)}").json()["lastUsed"]
+        assert c.get(f"/content/{b64(a)}").json()["lastUsed"] == first["lastUsed"]
+        used_a = c.post("/content/", json={"url": a}).json()["lastUsed"]
         assert used_a > first["lastUsed"]
         time.sleep(1.1)
         before = {e["url"]: e["lastUsed"] for e in c.get("/content/").json()["entries"]}

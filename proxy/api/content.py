@@ -30,6 +30,7 @@ from proxy.cache.store import Entry
 from proxy.errors import BadRequest, EntryUnknown, StorageError
 from proxy.redact import redact_url
 from proxy.service.downloads import Download, Downloads, Interrupted, entry_url, parse_post
+from proxy.service.failures import Failed
 from proxy.types import Descriptor
 from proxy.web.site import redacted_path
 
@@ -117,8 +118,10 @@ class ContentAPI:
             "url": entry.url,
             "digest": str(entry.primary.digest),
             "state": state,
-            "size": entry.primary.size,
-            "bytesDone": entry.primary.size if entry.complete else 0,
+            # The whole entry: every file in "blobs" (for one file, that file).
+            "size": entry.size,
+            "bytesDone": entry.size if entry.complete else 0,
+            "fileCount": len(entry.files),
             "mediaType": entry.primary.media_type,
             "path": self._path(entry.primary),
             "manifestDigest": None if entry.legacy else str(entry.descriptor.digest),
@@ -173,18 +176,37 @@ class ContentAPI:
             "blobs": [],
         }
 
-    def describe(self, url: str, use: bool = False) -> tuple[int, dict[str, Any]] | None:
-        """The answer about ``url``; ``use``: a client asked for this entry
-        (it counts as a use, for eviction)."""
+    def describe_failed(self, failed: Failed, it: Interrupted | None) -> dict[str, Any]:
+        """A download that failed: its last error; ``interrupted`` when it kept
+        bytes a retry resumes from, else ``failed``."""
+        base = (
+            self.describe_interrupted(it)
+            if it is not None
+            else {
+                "url": failed.url,
+                "digest": None,
+                "state": "failed",
+                "size": None,
+                "bytesDone": 0,
+                "blobs": [],
+            }
+        )
+        error = {"code": failed.code, "message": failed.message}
+        return {**base, "error": error, "failedAt": _rfc3339(failed.at)}
+
+    def describe(self, url: str) -> tuple[int, dict[str, Any]] | None:
+        """The answer about ``url`` (a read: it does not count as a use)."""
         entry = self.downloads.store.get(url)
         if entry is not None and entry.complete:
-            if use:
-                self.downloads.store.touch(url)
             return 200, self.describe_entry(entry)
         job = self.downloads.running(url)
         if job is not None:
             return 206, self.describe_download(job)
         it = self.downloads.interrupted(url)
+        failed = self.downloads.failed(url)
+        if failed is not None:
+            # 404 when nothing is kept (its body is also a valid error answer), else 206.
+            return (206 if it is not None else 404), self.describe_failed(failed, it)
         if it is not None:
             return 206, self.describe_interrupted(it)
         if entry is not None:
@@ -235,7 +257,7 @@ class ContentAPI:
     @app.route("/content/<path:_encoded>", methods=["GET", "HEAD"])
     def get(self, request: IRequest, _encoded: str) -> Any:
         url = decode_url(self._encoded(request))
-        found = self.describe(url, use=True)
+        found = self.describe(url)
         if found is None:
             raise EntryUnknown(f"{url} is not in the cache")
         watch = request.args.get(b"watch", [b"0"])[0] not in (b"0", b"", b"false")

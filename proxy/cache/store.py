@@ -63,6 +63,11 @@ class Entry:
     raw: dict[str, Any] | None = attrs.field(default=None, eq=False)
 
     @property
+    def size(self) -> int:
+        """Bytes of all its files (``files``): what /content reports as ``size``."""
+        return sum(f.size for f in self.files)
+
+    @property
     def pinned(self) -> bool:
         return self.descriptor.annotations.get(ANNOTATION_PINNED) == "true"
 
@@ -203,9 +208,13 @@ class Store:
             files = [c for c in closure.values() if artifact.title_of(c) is not None]
         else:
             files = [c for c in closure.values() if self.layout.has_blob(c.digest)]
-        primary: Descriptor | None = files[0] if kind in FILE_KINDS and files else desc
+        # A set of files (a directory, a repository, a prefix) is named by its manifest.
+        many = kind in FILE_KINDS and len(files) > 1
+        primary: Descriptor | None = files[0] if kind in FILE_KINDS and files and not many else desc
         recorded = ann.get(ANNOTATION_PRIMARY)
-        if recorded is not None:
+        if recorded == str(desc.digest):
+            primary = desc
+        elif recorded is not None and not many:
             primary = next((f for f in files if str(f.digest) == recorded), None)
         if primary is None:
             log.warning("entry %s: manifest %s names no files; kept as is", url, desc.digest)

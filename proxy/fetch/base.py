@@ -141,13 +141,15 @@ class FetchResult:
     """What a fetcher stored.
 
     ``files`` are the blobs of the entry and ``primary`` the one /content calls
-    ``digest``. When ``manifest`` is None the files are plain files (titled
-    layers) and the entry gets an artifact manifest; otherwise the fetcher
+    ``digest``; None for a set of files (a directory, a repository, a prefix):
+    then ``digest`` is the entry's manifest, as for an image. When ``manifest``
+    is None the files are plain files (titled layers) and the entry gets an
+    artifact manifest; otherwise the fetcher
     stored the manifest itself (an image, an index) and ``reference`` names it.
     """
 
     files: tuple[Descriptor, ...]
-    primary: Descriptor
+    primary: Descriptor | None
     kind: str
     manifest: Descriptor | None = None
     reference: str | None = None

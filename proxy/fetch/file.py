@@ -349,7 +349,7 @@ class FileFetcher:
             lock.release()
         return FetchResult(
             files=tuple(files),
-            primary=files[0],
+            primary=files[0] if kind == "file" else None,
             kind="file",
             artifact_type=ARTIFACT_TYPE_DIRECTORY if kind == "dir" else None,
         )

@@ -42,7 +42,15 @@ from proxy.errors import BadContent, BadRequest, StorageError, UpstreamError
 from proxy.fetch.base import FetchRequest, FetchResult, Job
 from proxy.fetch.ociref import split_hub_url
 from proxy.fetch.reach import is_loopback_host
-from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header, upstream_error
+from proxy.fetch.transfer import (
+    HttpClient,
+    Retryable,
+    Wanted,
+    download,
+    gave_up,
+    header,
+    upstream_error,
+)
 from proxy.types import ANNOTATION_HF_COMMIT as A_COMMIT
 from proxy.types import ANNOTATION_HF_ENDPOINT as A_ENDPOINT
 from proxy.types import ANNOTATION_HF_LFS as A_LFS
@@ -179,7 +187,7 @@ class HfFetcher:
         }
         return FetchResult(
             files=tuple(files),
-            primary=files[0],
+            primary=files[0] if ref.path is not None else None,
             kind=self.kind,
             annotations=annotations,
             artifact_type=ARTIFACT_TYPE,
@@ -214,7 +222,7 @@ class HfFetcher:
                 break
             except Retryable as r:
                 if attempt == 2:
-                    raise r.cause from None
+                    raise gave_up(r.cause, attempt + 1) from None
                 await self.client.sleep(self.client.options.pause(attempt), job)
         self.client.discard(response)
         if response.code >= 400:

@@ -25,7 +25,7 @@ from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadRequest, SourceChanged, StorageError, UpstreamError
 from proxy.fetch.base import FetchRequest, FetchResult, Job
-from proxy.fetch.transfer import HttpClient, Retryable
+from proxy.fetch.transfer import HttpClient, Retryable, gave_up
 from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ async def small_request(client: HttpClient, job: Job, prepare: Prepare) -> Any:
             )
         except Retryable as r:
             if attempt == attempts - 1:
-                raise r.cause from None
+                raise gave_up(r.cause, attempts) from None
         else:
             if response.code < 500 or attempt == attempts - 1:
                 return response
@@ -206,7 +206,7 @@ async def all_objects(
     files = await download_all(objects, one, parallel)
     return FetchResult(
         files=tuple(files),
-        primary=files[0],
+        primary=None,  # a set of objects: the entry's manifest
         kind=kind,
         annotations=annotations,
         artifact_type=artifact_type,

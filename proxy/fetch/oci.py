@@ -24,12 +24,26 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from proxy.cache import artifact
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
-from proxy.errors import BadContent, BadRequest, StorageError, UpstreamError
+from proxy.errors import (
+    BadContent,
+    BadRequest,
+    PlatformUnavailable,
+    StorageError,
+    UpstreamError,
+)
 from proxy.fetch.auth import RegistryAuth
 from proxy.fetch.base import FetchRequest, FetchResult, Job
 from proxy.fetch.ociref import ImageReference, Platform, parse_oci_url
 from proxy.fetch.reach import is_loopback_host
-from proxy.fetch.transfer import HttpClient, Retryable, Wanted, download, header, upstream_error
+from proxy.fetch.transfer import (
+    HttpClient,
+    Retryable,
+    Wanted,
+    download,
+    gave_up,
+    header,
+    upstream_error,
+)
 from proxy.types import (
     ANNOTATION_TITLE,
     MAX_MANIFEST,
@@ -49,6 +63,10 @@ MANIFEST_TYPES = frozenset({MEDIA_TYPE_IMAGE_MANIFEST, DOCKER_MANIFEST})
 ACCEPT = ", ".join(
     [MEDIA_TYPE_IMAGE_MANIFEST, MEDIA_TYPE_IMAGE_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
 ).encode()
+MAX_CONFIG = 4 * 1024 * 1024  # an image config read to check its platform
+CONFIG_TYPES = frozenset(
+    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
+)
 ANNOTATION_PLATFORM = "io.nekko.storage-manager.platform"
 
 
@@ -142,7 +160,7 @@ class OciFetcher:
                 break
             except Retryable as r:
                 if attempt == 2:
-                    raise r.cause from None
+                    raise gave_up(r.cause, attempt + 1) from None
                 await self.client.sleep(self.client.options.pause(attempt), job)
         if response.code != 200:
             raise upstream_error(url, response, data)
@@ -196,6 +214,9 @@ class OciFetcher:
         except ValueError as e:
             raise BadContent(f"{ref.name}: unusable manifest: {e}") from None
         blobs = [b for b in blobs if b.media_type not in artifact.MANIFEST_MEDIA_TYPES]
+        if ref.platform is not None and len(manifests) == 1:
+            # No index to choose from: the image's config says what platform it is.
+            await self._check_platform(auth, base, ref, ref.platform, current, job)
         for m in manifests:
             await job.put_blob(m.data)
         await self._fetch_blobs(auth, base, ref, blobs, job)
@@ -209,6 +230,63 @@ class OciFetcher:
             reference=ref.name,
             annotations=annotations,
         )
+
+    async def _check_platform(
+        self,
+        auth: RegistryAuth,
+        base: str,
+        ref: ImageReference,
+        platform: Platform,
+        manifest: Manifest,
+        job: Job,
+    ) -> None:
+        """PlatformUnavailable when a single image's config names another platform
+        (as ``docker pull --platform``); a config without one (an artifact) passes."""
+        config = manifest.doc.get("config")
+        try:
+            desc = Descriptor.from_json(config)
+        except ValueError:
+            return
+        if desc.media_type not in CONFIG_TYPES:
+            return
+        if desc.size > MAX_CONFIG:
+            raise UpstreamError(
+                f"{ref.name}: its config ({desc.size} bytes) is too large to check its platform"
+            )
+        data = await self._small_blob(auth, base, ref, desc, job)
+        try:
+            doc = artifact.load_json(data)
+        except ValueError:
+            raise BadContent(f"{ref.name}: config {desc.digest} is not JSON") from None
+        if not isinstance(doc, dict) or not doc.get("architecture") or not doc.get("os"):
+            return
+        found = {k: doc.get(k) for k in ("os", "architecture", "variant") if doc.get(k)}
+        if not platform.matches(found):
+            have = "/".join(str(v) for v in found.values())
+            raise PlatformUnavailable(
+                f"{ref.name} is {have} only: it does not match the specified platform {platform}"
+            )
+        await job.put_blob(data)  # checked: kept, not fetched again
+
+    async def _small_blob(
+        self, auth: RegistryAuth, base: str, ref: ImageReference, desc: Descriptor, job: Job
+    ) -> bytes:
+        """A small blob (a config) in memory, verified against its digest."""
+        url = f"{base}/v2/{ref.repository}/blobs/{desc.digest}"
+        for attempt in range(3):
+            try:
+                response = await self._get(auth, url, job, {})
+                data = await self.client.read_small(response, MAX_CONFIG)
+                break
+            except Retryable as r:
+                if attempt == 2:
+                    raise gave_up(r.cause, attempt + 1) from None
+                await self.client.sleep(self.client.options.pause(attempt), job)
+        if response.code != 200:
+            raise upstream_error(url, response, data)
+        if hashlib.sha256(data).hexdigest() != desc.digest.hex:
+            raise BadContent(f"{ref.name}: config {desc.digest} has another digest; rejected")
+        return data
 
     def _select(self, index: Manifest, platform: Platform, ref: ImageReference) -> Descriptor:
         available = []
@@ -226,9 +304,9 @@ class OciFetcher:
                 )
             if platform.matches(plat):
                 return desc
-        raise UpstreamError(
-            f"{ref.name} has no manifest for {platform} (it has: {', '.join(available) or 'none'})",
-            404,
+        raise PlatformUnavailable(
+            f"{ref.name} does not match the specified platform {platform}: "
+            f"no manifest for it in the index (it has: {', '.join(available) or 'none'})"
         )
 
     async def _fetch_blobs(

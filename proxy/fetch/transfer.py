@@ -81,6 +81,14 @@ class TransferOptions:
         return float(min(self.backoff * 2**attempt, MAX_BACKOFF))
 
 
+def gave_up(error: StorageError, attempts: int) -> StorageError:
+    """``error``, its message saying how many attempts were made before giving up."""
+    if attempts > 1:
+        error.message = f"{error.message} (gave up after {attempts} attempts)"
+        error.args = (error.message,)
+    return error
+
+
 class Retryable(Exception):
     """An attempt failed in a way worth another try (after a pause)."""
 
@@ -378,6 +386,13 @@ async def _attempt(
         await client.thread(ingest.discard)
         raise Retryable(UpstreamError("partial download no longer matches; starting over"))
     elif code == 200:
+        if offset > 0:
+            log.warning(
+                "%s: the source sent the whole content instead of resuming at byte %d; "
+                "starting over from byte 0",
+                redact_url(want.recorded),
+                offset,
+            )
         state = IngestState(
             url=want.recorded,
             etag=header(response, b"ETag"),
@@ -533,7 +548,7 @@ async def _download(
         except Retryable as r:
             await client.thread(ingest.close)
             if attempt >= client.options.attempts:
-                raise r.cause from None
+                raise gave_up(r.cause, attempt) from None
             delay = client.options.pause(attempt - 1)
             log.warning(
                 "%s: %s; retry %d/%d in %.1f s",

@@ -58,6 +58,7 @@ from proxy.fetch.base import (
 )
 from proxy.fetch.file import FileFetcher
 from proxy.redact import redact_url, strip_signing
+from proxy.service.failures import Failed, Failures
 from proxy.types import (
     ANNOTATION_PINNED,
     ARTIFACT_TYPE_FILE,
@@ -317,6 +318,7 @@ class Downloads:
         self.fetchers = dict(fetchers)
         self._running: dict[str, Download] = {}
         self._interrupted: dict[str, Interrupted] = {}
+        self.failures = Failures()  # the last error of each failed download
         self._slots = DeferredSemaphore(max_downloads)
         self._views_lock = DeferredLock()
         self._limit = limit  # bytes the cache may use (None: no limit)
@@ -362,6 +364,12 @@ class Downloads:
             return None
         return self._interrupted.get(url)
 
+    def failed(self, url: str) -> Failed | None:
+        """The last error of ``url``'s download, unless it runs again."""
+        if url in self._running:
+            return None
+        return self.failures.get(url)
+
     def active(self) -> int:
         """Downloads running or waiting for a slot."""
         return len(self._running)
@@ -370,7 +378,21 @@ class Downloads:
         urls = dict.fromkeys(e.url for e in self.store.entries())
         urls.update(dict.fromkeys(self._running))
         urls.update(dict.fromkeys(self._interrupted))
+        urls.update(dict.fromkeys(self.failures.urls()))
         return list(urls)
+
+    def log_interrupted(self) -> None:
+        """Say which downloads a stop interrupts (at shutdown, before they are cut)."""
+        for url, job in self._running.items():
+            total = job.progress.total
+            log.warning(
+                "stopping: the download of %s is interrupted (%s, %d%s bytes done); "
+                "the bytes kept resume on its next POST",
+                redact_url(url),
+                job.state,
+                job.progress.done,
+                f" of {total}" if total is not None else "",
+            )
 
     # -- POST ------------------------------------------------------------------
 
@@ -422,6 +444,7 @@ class Downloads:
             return job
         fetcher = fetcher or self.fetcher_for(request)
         job = Download(request, self.store, self._reactor)
+        self.failures.forget(request.url)  # retried: its last error is history
         if self._limit is not None:
             job.make_room = self.make_room
         self._running[request.url] = job
@@ -467,8 +490,12 @@ class Downloads:
             metrics.UPSTREAM_ERRORS.labels(scheme, code).inc()
             if isinstance(failure.value, StorageError):
                 log.warning("download of %s failed: %s", redact_url(url), failure.value.message)
+                message = failure.value.message
             else:
                 log.error("download of %s failed", redact_url(url), exc_info=failure.value)
+                message = "internal error (see the server log)"
+            if not job.cancelled:  # a DELETE removed it: nothing to remember
+                self.failures.record(url, code if code != "INTERNAL" else "INTERNAL_ERROR", message)
             job.settle(failure)
             return
         job.release()
@@ -476,16 +503,16 @@ class Downloads:
         self._interrupted.pop(url, None)
         for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
-        primary = entry.primary
         metrics.DOWNLOADS.labels(scheme, "stored").observe(time.monotonic() - started)
         if self._limit is not None:
             # Over the limit now (sizes were not all known ahead): evict others.
             self.evict_soon()
         log.info(
-            "stored %s as %s (%d bytes in %.2f s)",
+            "stored %s as %s (%d files, %d bytes in %.2f s)",
             redact_url(url),
-            primary.digest,
-            primary.size,
+            entry.primary.digest,
+            len(entry.files),
+            entry.size,
             time.monotonic() - started,
         )
         job.settle((entry, True))
@@ -505,7 +532,7 @@ class Downloads:
             result.kind,
             manifest,
             list(result.files),
-            result.primary,
+            result.primary or manifest,  # a set of files: the manifest names it
             blobs=blobs,
             reference=result.reference,
             annotations={
@@ -841,6 +868,8 @@ class Downloads:
             await self.sync_views()
         ingest = IngestFile(self.store.layout, ingest_key(url))
         if self._interrupted.pop(url, None) is not None:
+            found = True
+        if self.failures.forget(url):
             found = True
         partial = await self._thread(ingest.bytes_on_disk)
         if await self._thread(lambda: ingest.dir.exists()):
