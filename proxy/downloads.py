@@ -425,8 +425,7 @@ class Downloads:
             if isinstance(failure.value, OSError) and is_disk_full(failure.value):
                 failure = Failure(DiskFull("no space left in the cache"))
             code = failure.value.code if isinstance(failure.value, StorageError) else "INTERNAL"
-            metrics.DOWNLOADS.labels(scheme, "failed").observe(time.monotonic() - started)
-            metrics.UPSTREAM_ERRORS.labels(scheme, code).inc()
+            metrics.observe_download(scheme, "failed", time.monotonic() - started, code)
             if isinstance(failure.value, StorageError):
                 log.warning("download of %s failed: %s", redact_url(url), failure.value.message)
             else:
@@ -439,7 +438,7 @@ class Downloads:
         for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
         primary = entry.primary
-        metrics.DOWNLOADS.labels(scheme, "stored").observe(time.monotonic() - started)
+        metrics.observe_download(scheme, "stored", time.monotonic() - started)
         if self._limit is not None:
             # Over the limit now (sizes were not all known ahead): evict others.
             self.evict_soon()
