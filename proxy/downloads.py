@@ -54,7 +54,8 @@ from proxy.fetch.base import (
     parse_credentials,
     split_userinfo,
 )
-from proxy.redact import redact_url, strip_signing
+from proxy.presigned import entry_key
+from proxy.redact import redact_url
 from proxy.types import (
     ANNOTATION_PINNED,
     ARTIFACT_TYPE_FILE,
@@ -101,7 +102,7 @@ def parse_post(body: Any) -> FetchRequest:
     pin = body.get("pin")
     if pin is not None and not isinstance(pin, bool):
         raise BadRequest("pin must be true or false")
-    key = strip_signing(clean)
+    key = entry_key(clean)
     return FetchRequest(
         url=key,
         credentials=credentials,
