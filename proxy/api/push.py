@@ -68,6 +68,7 @@ from proxy.cache.uploads import (
     UploadUnknown,
 )
 from proxy.naming import TAG_RE
+from proxy.numerals import decimal_less, read_decimal
 from proxy.types import (
     MEDIA_TYPE_IMAGE_INDEX,
     MEDIA_TYPE_IMAGE_MANIFEST,
@@ -82,7 +83,7 @@ PUSH_SCHEME = "oci-push://"
 KIND = "push"
 _UPLOADS_RE = re.compile(r"(.+)/blobs/uploads/?")
 _SESSION_RE = re.compile(r"(.+)/blobs/uploads/([^/]+)")
-_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
 # Layers a registry need not hold (their bytes live at their "urls").
 _FOREIGN_LAYERS = frozenset(
     {
@@ -404,9 +405,9 @@ class PushAPI:
         if value is None:
             return None, None
         m = _CONTENT_RANGE_RE.fullmatch(value.decode("latin-1").strip())
-        if m is None or int(m.group(2)) < int(m.group(1)):
+        if m is None or decimal_less(m.group(2), m.group(1)):
             raise OciError("BLOB_UPLOAD_INVALID", "Content-Range is <start>-<end>", 400)
-        return int(m.group(1)), int(m.group(2))
+        return read_decimal(m.group(1)), read_decimal(m.group(2))
 
     async def _chunk(self, request: Any, name: str, up: Upload) -> None:
         start, end = self._content_range(request)

@@ -44,6 +44,7 @@ from twisted.web.server import NOT_DONE_YET, version
 
 from proxy.api.blobs import SENDFILE_MIN, send_blob
 from proxy.api.fill import FillReader
+from proxy.numerals import read_decimal
 from proxy.api.ranges import Unsatisfiable, answer_range, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
@@ -152,7 +153,7 @@ def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[st
     if n_raw:
         if not n_raw.isdigit():
             raise OciError("UNSUPPORTED", "n must be a non-negative number", 400)
-        n = int(n_raw)
+        n = read_decimal(n_raw.decode("ascii"))
         if len(items) > n:
             return items[:n], items[n - 1] if n > 0 else None
     return items, None
