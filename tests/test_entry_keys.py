@@ -47,7 +47,14 @@ FORMS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         ("Expires", "Signature"),
     ),
     "azure": (
-        {"sv": "2022-11-02", "sr": "b", "sp": "r", "st": "2026-12-07", "se": "2026-12-08", "sig": "x"},
+        {
+            "sv": "2022-11-02",
+            "sr": "b",
+            "sp": "r",
+            "st": "2026-12-07",
+            "se": "2026-12-08",
+            "sig": "x",
+        },
         ("st", "se", "sig"),
     ),
     "cloudfront": (
@@ -101,7 +108,9 @@ def test_hugging_face_cdn_urls() -> None:
     )
     lfs = "https://cdn-lfs-us-1.hf.co/repos/ab/cd/ef?response-content-disposition=x&Expires=1"
     lfs += "&Policy=eyJ9&Signature=abc&Key-Pair-Id=K2"
-    assert entry_key(lfs) == "https://cdn-lfs-us-1.hf.co/repos/ab/cd/ef?response-content-disposition=x"
+    assert (
+        entry_key(lfs) == "https://cdn-lfs-us-1.hf.co/repos/ab/cd/ef?response-content-disposition=x"
+    )
     # The requester's id is dropped on the Hub's CDN only.
     other = "https://cdn.example/x?" + urlencode(SIGV4) + "&X-Xet-Cas-Uid=1"
     assert entry_key(other) == "https://cdn.example/x?X-Xet-Cas-Uid=1"
@@ -115,7 +124,9 @@ def test_generic_names_are_never_collapsed(name: str, a: str, b: str) -> None:
 
 
 @given(
-    pairs=st.lists(st.tuples(st.sampled_from([*GENERIC, "v", "Signature", "sv"]), VALUE), max_size=6),
+    pairs=st.lists(
+        st.tuples(st.sampled_from([*GENERIC, "v", "Signature", "sv"]), VALUE), max_size=6
+    ),
     form=st.sampled_from([None, *sorted(FORMS)]),
 )
 def test_keys_are_stable_idempotent_and_hide_secrets(
@@ -160,8 +171,9 @@ def test_generic_names_are_two_entries_with_two_upstream_requests(
         listing = c.get("/content/").text
         assert "attacker" not in listing and "victim" not in listing
         # The key a listing shows looks the entry up.
-        assert c.get(f"/content/{b64(second.json()['url'])}").json()["digest"] == (
-            second.json()["digest"]
+        assert (
+            c.get(f"/content/{b64(second.json()['url'])}").json()["digest"]
+            == (second.json()["digest"])
         )
     assert [r.path for r in source.requests_for("/k") if r.method == "GET"] == [
         "/k?key=attacker",

@@ -17,7 +17,9 @@ from tests.support.server import ServerProcess
 
 def hub_file(path: str, data: bytes) -> HubFile:
     oid = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-    desc = Descriptor("application/octet-stream", Digest(hashlib.sha256(data).hexdigest()), len(data))
+    desc = Descriptor(
+        "application/octet-stream", Digest(hashlib.sha256(data).hexdigest()), len(data)
+    )
     return HubFile(path, desc, oid, None)
 
 

@@ -90,7 +90,9 @@ def test_long_content_length_is_413(stocked: tuple[ServerProcess, str]) -> None:
     host, port = srv.base_url.split("://", 1)[1].rsplit(":", 1)
     for length in (BIG, ZEROS + "1", "1" + "0" * 30):
         with socket.create_connection((host, int(port)), timeout=20) as s:
-            s.sendall(f"POST /content/ HTTP/1.1\r\nHost: h\r\nContent-Length: {length}\r\n\r\n".encode())
+            s.sendall(
+                f"POST /content/ HTTP/1.1\r\nHost: h\r\nContent-Length: {length}\r\n\r\n".encode()
+            )
             answer = b""
             while chunk := s.recv(65536):
                 answer += chunk
@@ -112,11 +114,15 @@ def test_long_content_range_of_a_push_chunk(stocked: tuple[ServerProcess, str]) 
         assert r.headers["range"] == "0-3"
 
 
-@pytest.mark.parametrize("url", ["http://[::1", "http://[::1]:99999/x", "http://h:x/", "http://[zz]/"])
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://[::1]:99999/x", "http://h:x/", "http://[zz]/"]
+)
 @pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
 def test_content_paths_of_urls_urlsplit_refuses(
     stocked: tuple[ServerProcess, str], url: str, method: str
 ) -> None:
     srv, _ = stocked
-    status, _, body = ask(srv, method, "/content/" + base64.urlsafe_b64encode(url.encode()).decode())
+    status, _, body = ask(
+        srv, method, "/content/" + base64.urlsafe_b64encode(url.encode()).decode()
+    )
     assert status == 400, (status, body[:200])

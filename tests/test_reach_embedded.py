@@ -8,8 +8,8 @@ import ipaddress
 
 import pytest
 
-from proxy.fetch.reach import ReachPolicy, embedded_ipv4
 from proxy.errors import TargetDenied
+from proxy.fetch.reach import ReachPolicy, embedded_ipv4
 from tests.support.server import ServerProcess
 from tests.support.source import Source
 

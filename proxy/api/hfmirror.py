@@ -185,9 +185,9 @@ def _git_trees(files: dict[str, HubFile]) -> dict[str, str]:
     for directory in by_depth:
         prefix = f"{directory}/" if directory else ""
         entries: list[tuple[bytes, bytes]] = []
-        for sort_name, head, oid in listing[directory]:
-            if oid is None:  # a subdirectory, deeper: its tree is known
-                oid = trees[prefix + sort_name[:-1].decode()]
+        for sort_name, head, blob_oid in listing[directory]:
+            # None: a subdirectory, deeper, so its tree is known
+            oid = blob_oid if blob_oid is not None else trees[prefix + sort_name[:-1].decode()]
             entries.append((sort_name, head + bytes.fromhex(oid)))
         body = b"".join(e for _, e in sorted(entries))
         digest = hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False)

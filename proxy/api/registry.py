@@ -44,7 +44,6 @@ from twisted.web.server import NOT_DONE_YET, version
 
 from proxy.api.blobs import SENDFILE_MIN, send_blob
 from proxy.api.fill import FillReader
-from proxy.numerals import read_decimal
 from proxy.api.ranges import Unsatisfiable, answer_range, parse_range
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
@@ -52,6 +51,7 @@ from proxy.cache.layout import Layout
 from proxy.logs import display_path, log_access
 from proxy.mirror import Denied, Mirror
 from proxy.naming import NAME_RE, TAG_RE
+from proxy.numerals import read_decimal
 from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from urllib.parse import urljoin, urlsplit
 
 import attrs
 import treq
-from hyperlink import EncodedURL
 import treq.client
+from hyperlink import EncodedURL
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -67,7 +67,7 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
-class _IPv6LiteralURL(EncodedURL):  # type: ignore[misc]
+class _IPv6LiteralURL(EncodedURL):
     """A URL whose host is an IPv6 literal: treq makes every URL ASCII with
     hyperlink's ``to_uri``, whose IDNA encoding of the host refuses the
     colons of ``[::1]`` (a 500 for any such URL); the host is kept as it is,
