@@ -58,7 +58,8 @@ from proxy.fetch.base import (
     split_userinfo,
 )
 from proxy.fetch.file import FileFetcher
-from proxy.redact import redact_url, strip_signing
+from proxy.presigned import entry_key
+from proxy.redact import redact_url
 from proxy.types import (
     ANNOTATION_PINNED,
     ARTIFACT_TYPE_FILE,
@@ -68,7 +69,7 @@ from proxy.types import (
     Digest,
     InvalidDigest,
 )
-from proxy.units import human_size
+from proxy.units import human_size, plural
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def parse_post(body: Any) -> FetchRequest:
     pin = body.get("pin")
     if pin is not None and not isinstance(pin, bool):
         raise BadRequest("pin must be true or false")
-    key = strip_signing(clean)
+    key = entry_key(clean)
     return FetchRequest(
         url=key,
         credentials=credentials,
@@ -480,8 +481,7 @@ class Downloads:
             if isinstance(failure.value, OSError) and is_disk_full(failure.value):
                 failure = Failure(DiskFull("no space left in the cache"))
             code = failure.value.code if isinstance(failure.value, StorageError) else "INTERNAL"
-            metrics.DOWNLOADS.labels(scheme, "failed").observe(time.monotonic() - started)
-            metrics.UPSTREAM_ERRORS.labels(scheme, code).inc()
+            metrics.observe_download(scheme, "failed", time.monotonic() - started, code)
             if isinstance(failure.value, StorageError):
                 log.warning("download of %s failed: %s", redact_url(url), failure.value.message)
                 message = failure.value.message
@@ -497,16 +497,16 @@ class Downloads:
         self._interrupted.pop(url, None)
         for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
-        metrics.DOWNLOADS.labels(scheme, "stored").observe(time.monotonic() - started)
+        metrics.observe_download(scheme, "stored", time.monotonic() - started)
         if self._limit is not None:
             # Over the limit now (sizes were not all known ahead): evict others.
             self.evict_soon()
         log.info(
-            "stored %s as %s (%d files, %d bytes in %.2f s)",
+            "stored %s as %s (%s, %s in %.2f s)",
             redact_url(url),
             entry.primary.digest,
-            len(entry.files),
-            entry.size,
+            plural(len(entry.files), "file"),
+            human_size(entry.size),
             time.monotonic() - started,
         )
         job.settle((entry, True))

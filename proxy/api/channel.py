@@ -41,6 +41,7 @@ from twisted.web.http import HTTPChannel
 
 from proxy.api.access import authorized
 from proxy.api.blobs import transport_drained
+from proxy.numerals import CAP, is_decimal, read_decimal
 
 if TYPE_CHECKING:
     from proxy.api.admission import Access, Refusal
@@ -212,6 +213,19 @@ class PlainHTTPChannel(HTTPChannel):
             else (431, b"Request Header Fields Too Large", "header line")
         )
         self._refuse(status, phrase, f"{what} longer than {self.MAX_LENGTH} bytes")
+
+    def headerReceived(self, line: bytes) -> bool:
+        """Refuse (413) a ``Content-Length`` past :data:`proxy.numerals.CAP`
+        before Twisted's ``int()`` raises on one of over 4300 digits (an
+        unhandled error and a connection dropped without an answer)."""
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"content-length":
+            digits = value.strip().decode("latin-1")
+            if is_decimal(digits) and (len(digits) > 4000 or read_decimal(digits) >= CAP):
+                self._refuse(413, b"Content Too Large", "Content-Length is too large")
+                return False
+        ok: bool = super().headerReceived(line)  # type: ignore[no-untyped-call]
+        return ok
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """Twisted's answer to a malformed request line or headers over

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -31,7 +31,7 @@ from proxy.downloads import Download, Downloads, Interrupted, parse_post
 from proxy.errors import BadRequest, EntryUnknown, StorageError
 from proxy.failures import Failed
 from proxy.fetch.base import split_userinfo
-from proxy.redact import strip_signing
+from proxy.presigned import entry_key
 from proxy.types import Descriptor
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,12 @@ def decode_url(encoded: bytes) -> str:
         raise BadRequest("the path is not base64 of a UTF-8 URL") from None
     if "://" not in url or any(ord(c) < 0x20 for c in url):
         raise BadRequest("the path does not decode to a URL")
-    clean, _ = split_userinfo(url)
-    return strip_signing(clean)
+    try:
+        _ = urlsplit(url).port  # also checks the host: "http://[::1" is refused here
+        clean, _ = split_userinfo(url)
+        return entry_key(clean, hidden_given=True)
+    except ValueError as e:
+        raise BadRequest(f"the path does not decode to a valid URL: {e}") from None
 
 
 class ContentAPI:
