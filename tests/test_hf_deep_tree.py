@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from proxy.api.hfmirror import HubFile, _git_trees
+from proxy.cache.grammar import MAX_TITLE_DEPTH
 from proxy.types import Descriptor, Digest
 from tests.support.hfhub import FakeHub
 from tests.support.server import ServerProcess
@@ -54,9 +55,9 @@ def test_tree_ids_are_git_s(tmp_path: Path) -> None:
 
 
 def test_tree_listing_of_a_deep_repository_over_http(server: ServerProcess) -> None:
-    """As deep as the cache's view directories go today (pathlib's recursive
-    mkdir stops at about a thousand levels in the server's worker thread)."""
-    depth = 900
+    """As deep as a file's path may go (proxy.cache.grammar: MAX_TITLE_DEPTH
+    directories); the tree ids themselves have no depth limit (above)."""
+    depth = MAX_TITLE_DEPTH - 1  # directories, then the file
     deep = "/".join(["d"] * depth) + "/leaf.bin"
     with FakeHub() as hub:
         hub.add_repo("org/deep")
@@ -84,4 +85,17 @@ def test_tree_listing_of_a_deep_repository_over_http(server: ServerProcess) -> N
         r = c.get(f"/hf/api/models/org/deep/tree/{commit}/{below}")
         assert r.status_code == 200, r.text[:300]
         assert [item["path"] for item in r.json()] == [below + "/d"]
+    assert "RecursionError" not in server.log()
+
+
+def test_a_path_deeper_than_a_title_may_go_is_refused(server: ServerProcess) -> None:
+    deep = "/".join(["d"] * MAX_TITLE_DEPTH) + "/leaf.bin"
+    with FakeHub() as hub:
+        hub.add_repo("org/deeper")
+        hub.add_file("org/deeper", deep, b"too deep")
+        hub.commit("org/deeper")
+        host = hub.endpoint.split("://", 1)[1]
+        with server.client() as c:
+            r = c.post("/content/", json={"url": f"hf://{host}/org/deeper"})
+        assert r.status_code == 502 and "unsafe path" in r.text, r.text
     assert "RecursionError" not in server.log()
