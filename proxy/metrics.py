@@ -6,6 +6,11 @@ are read off the same answers: a ``/v2`` blob or manifest answered from the
 cache is a hit, a 404 a miss, and a ``/content`` POST that found its URL
 cached (200) a hit, one that downloaded (201) a miss. Cache size, entries
 and running downloads are read from the server when scraped.
+
+Every label value that comes from a request is one of a fixed set: a method
+or URL scheme outside the known ones is counted as ``other``, a path is
+reduced to its route, so a client cannot grow the number of series (each
+costs memory for the life of the process, and bytes in every scrape).
 """
 
 from __future__ import annotations
@@ -98,6 +103,30 @@ def bind(
     UNSYNCED.set_function(unsynced)
 
 
+OTHER = "other"
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+SCHEMES = frozenset(
+    {"http", "https", "oci", "oci-blob", "ollama", "hf", "huggingface", "file", "s3", "gs", "azure"}
+)
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is a standard HTTP method, else ``other``."""
+    return method if method in METHODS else OTHER
+
+
+def scheme_label(scheme: str) -> str:
+    """``scheme`` if it is one this server downloads from, else ``other``."""
+    return scheme if scheme in SCHEMES else OTHER
+
+
+def status_label(code: int) -> str:
+    """A status code as a label: only the 100-599 this server can send."""
+    return str(code) if 100 <= code <= 599 else OTHER
+
+
 def route_of(path: str) -> str:
     """A low-cardinality name for a request path."""
     if path.startswith("/v2"):
@@ -123,14 +152,23 @@ def route_of(path: str) -> str:
 _children: dict[tuple[str, str, int], tuple[Counter, Counter]] = {}
 
 
+def observe_download(scheme: str, result: str, seconds: float, code: str | None = None) -> None:
+    """Count one download that ended: ``stored``, or ``failed`` with its error code."""
+    scheme = scheme_label(scheme)
+    DOWNLOADS.labels(scheme, result).observe(seconds)
+    if code is not None:
+        UPSTREAM_ERRORS.labels(scheme, code).inc()
+
+
 def observe_request(method: str, path: str, code: int, sent: int) -> None:
     """Count one answered request (cheap: children are cached)."""
+    method = method_label(method)
     key = (route_of(path), method, code)
     child = _children.get(key)
     if child is None:
         route = key[0]
-        child = (REQUESTS.labels(route, method, str(code)), SERVED.labels(route))
-        if len(_children) < 10_000:  # methods are client input: keep it bounded
+        child = (REQUESTS.labels(route, method, status_label(code)), SERVED.labels(route))
+        if len(_children) < 10_000:  # bounded anyway; the labels already are
             _children[key] = child
     child[0].inc()
     if sent:

@@ -1,4 +1,8 @@
-"""Remove secrets from URLs before they reach a log line or the disk."""
+"""Remove secrets from URLs before they reach a log line.
+
+What names an entry (a URL without its pre-signature) is
+:func:`proxy.presigned.entry_key`'s business; this list is broader, for logs.
+"""
 
 from __future__ import annotations
 
@@ -46,36 +50,3 @@ def redact_url(url: str) -> str:
                 [(k, "REDACTED" if k.lower() in SECRET_PARAMS else v) for k, v in pairs]
             )
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-# Query parameters of pre-signed URLs (S3, GCS, CloudFront, Azure SAS): they
-# authorise one request and change with every signature.
-_SIGNING_PREFIXES = ("x-amz-", "x-goog-")
-_SIGNING_PARAMS = SECRET_PARAMS | {
-    "expires",
-    "policy",
-    "key-pair-id",
-    "st",
-    "sp",
-    "sr",
-    "spr",
-    "skoid",
-}
-
-
-def strip_signing(url: str) -> str:
-    """``url`` without the query parameters that sign it: the name of the
-    content it points to, the same for every fresh signature, and safe to
-    store and show."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [
-        (k, v)
-        for k, v in pairs
-        if k.lower() not in _SIGNING_PARAMS and not k.lower().startswith(_SIGNING_PREFIXES)
-    ]
-    if len(kept) == len(pairs):
-        return url
-    return urlunsplit(SplitResult(parts.scheme, parts.netloc, parts.path, urlencode(kept), ""))

@@ -8,7 +8,9 @@ import base64
 import http.client
 import json
 import re
+import socket
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote
 
@@ -41,6 +43,15 @@ SEGMENT = st.one_of(
         ]
     ),
     st.text(SAFE, min_size=0, max_size=20),
+)
+
+
+# Numerals of any length: int() refuses over 4300 digits, leading zeros included.
+NUMERAL = st.one_of(
+    st.integers(0, 2**70).map(str),
+    st.integers(4000, 6000).map(lambda n: "9" * n),
+    st.builds(lambda z, d: "0" * z + d, st.integers(0, 5000), st.integers(0, 20_000).map(str)),
+    st.sampled_from(["1" + "0" * 18, "9" * 18, "9" * 4301, "0" * 4301]),
 )
 
 
@@ -103,6 +114,7 @@ def test_paths(
         st.from_regex(
             r"bytes=-?[0-9]{0,25}-?[0-9]{0,25}(,[0-9]{0,5}-[0-9]{0,5}){0,30}", fullmatch=True
         ),
+        st.builds(lambda a, b: f"bytes={a}-{b}", NUMERAL, NUMERAL),
     )
 )
 def test_range_headers(server: tuple[ServerProcess, Path], value: str) -> None:
@@ -218,14 +230,14 @@ def rfc_single_range(value: str, size: int) -> tuple[int, int] | str:
     if first == "" and last == "":
         return "ignore"
     if first == "":
-        n = int(last)
-        return "416" if n == 0 else (max(0, size - n), size - 1)
-    a = int(first)
-    if last != "" and int(last) < a:
+        n = Decimal(last)  # exact at any length (int() refuses over 4300 digits)
+        return "416" if n == 0 else (int(max(0, size - n)), size - 1)
+    a = Decimal(first)
+    if last != "" and Decimal(last) < a:
         return "ignore"  # an invalid range-spec: the header is ignored
     if a >= size:
         return "416"
-    return (a, min(int(last), size - 1) if last != "" else size - 1)
+    return (int(a), int(min(Decimal(last), size - 1)) if last != "" else size - 1)
 
 
 def check_blob_answer(r: http.client.HTTPResponse, range_value: str | None, method: str) -> None:
@@ -255,6 +267,7 @@ def check_blob_answer(r: http.client.HTTPResponse, range_value: str | None, meth
 
 
 RANGE_VALUES = st.one_of(
+    st.builds(lambda a, b: f"bytes={a}-{b}", NUMERAL | st.just(""), NUMERAL | st.just("")),
     st.from_regex(r"bytes=[0-9]{0,6}-[0-9]{0,6}", fullmatch=True),
     st.from_regex(
         r"bytes=-?[0-9]{0,30}-?[0-9]{0,30}(,[0-9]{0,5}-[0-9]{0,5}){0,40}", fullmatch=True
@@ -348,10 +361,56 @@ def test_any_headers(stocked: Stocked, headers: dict[str, str], route: str, meth
     assert snapshot(stocked.root) == stocked.tree
 
 
+URL_SCHEME = st.sampled_from(
+    ["http", "https", "HTTP", "oci", "hf", "s3", "gs", "azure", "file", "ollama", "a+b", "x-1", ""]
+)
+URL_HOST = st.one_of(
+    st.sampled_from(
+        [
+            "[::1",
+            "[::1]",
+            "::1]",
+            "[::1]:0",
+            "[::1]:99999",
+            "[fe80::1%25eth0]",
+            "[64:ff9b::a9fe:a9fe]",
+            "[2002:a9fe:a9fe::]",
+            "[::ffff:169.254.169.254]",
+            "[zz]",
+            "[",
+            "]",
+            "[]",
+            "h:",
+            "h:x",
+            "h:-1",
+            "h:" + "9" * 5000,
+            "user:pa%ss@h",
+            "@",
+            "%zz",
+            "%00",
+            "169.254.169.254",
+            "0x7f.1",
+            "",
+        ]
+    ),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20),
+)
+URL_REST = st.one_of(
+    st.sampled_from(
+        ["", "/", "/x?key=a", "/%", "/%2e%2e/%2F", "?X-Amz-Algorithm=AWS4-HMAC-SHA256"]
+    ),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30).map(
+        lambda t: "/" + t
+    ),
+)
+URLISH = st.builds(lambda s, h, r: f"{s}://{h}{r}", URL_SCHEME, URL_HOST, URL_REST)
+
+
 @FUZZ
 @given(
     payload=st.one_of(
         st.binary(max_size=120),
+        URLISH.map(str.encode),
         st.text(max_size=80).map(str.encode),
         st.sampled_from(
             [
@@ -421,3 +480,37 @@ def test_over_long_request_and_header_lines_are_answered(stocked: Stocked) -> No
         assert r.status == status, (target[:40], r.status)
         assert json.loads(body)["error"]["code"] == "BAD_REQUEST"
     assert snapshot(stocked.root) == stocked.tree
+
+
+@FUZZ
+@given(
+    number=NUMERAL,
+    where=st.sampled_from(["catalog", "tags", "watch", "content-length"]),
+)
+def test_numbers_of_any_length(stocked: Stocked, number: str, where: str) -> None:
+    """Every numeric query parameter and header takes a numeral of any length."""
+    encoded = base64.urlsafe_b64encode(stocked.url.encode()).decode()
+    if where == "content-length":
+        digits = number.lstrip("0") or "0"
+        value = int(digits) if len(digits) < 19 and len(number) <= 4000 else None
+        if value is not None and value > 1000:
+            return  # a body that long would be waited for
+        host, port = stocked.srv.base_url.split("://", 1)[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            head = f"POST /content/ HTTP/1.1\r\nHost: h\r\nContent-Length: {number}\r\n"
+            sock.sendall(head.encode() + b"Connection: close\r\n\r\n" + b"x" * (value or 0))
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status = int(answer[9:12])
+        assert 400 <= status < 500, answer[:200]
+        assert b"Traceback" not in answer
+    else:
+        target = {
+            "catalog": f"/v2/_catalog?n={number}",
+            "tags": f"/v2/x/tags/list?n={number}",
+            "watch": f"/content/{encoded}?watch={number}",
+        }[where]
+        r = raw(stocked.srv, "GET", target)
+        check(r.status, r.body, "GET")  # type: ignore[attr-defined]
+    assert set(snapshot(stocked.root)) ^ set(stocked.tree) == set()

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -70,7 +70,11 @@ def decode_url(encoded: bytes) -> str:
         raise BadRequest("the path is not base64 of a UTF-8 URL") from None
     if "://" not in url or any(ord(c) < 0x20 for c in url):
         raise BadRequest("the path does not decode to a URL")
-    return entry_url(url)
+    try:
+        _ = urlsplit(url).port  # also checks the host: "http://[::1" is refused here
+        return entry_url(url, hidden_given=True)
+    except ValueError as e:
+        raise BadRequest(f"the path does not decode to a valid URL: {e}") from None
 
 
 def display_path(raw: bytes) -> str:

@@ -73,6 +73,7 @@ from proxy.cache.uploads import (
     UploadUnknown,
 )
 from proxy.naming import PUSH_SCHEME, TAG_RE
+from proxy.numerals import decimal_less, read_decimal
 from proxy.types import (
     MAX_MANIFEST,
     MEDIA_TYPE_IMAGE_INDEX,
@@ -88,7 +89,7 @@ log = logging.getLogger(__name__)
 KIND = "push"
 _UPLOADS_RE = re.compile(r"(.+)/blobs/uploads/?")
 _SESSION_RE = re.compile(r"(.+)/blobs/uploads/([^/]+)")
-_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
 # Layers a registry need not hold (their bytes live at their "urls").
 _FOREIGN_LAYERS = frozenset(
     {
@@ -429,9 +430,9 @@ class PushAPI:
         if value is None:
             return None, None
         m = _CONTENT_RANGE_RE.fullmatch(value.decode("latin-1").strip())
-        if m is None or int(m.group(2)) < int(m.group(1)):
+        if m is None or decimal_less(m.group(2), m.group(1)):
             raise OciError("BLOB_UPLOAD_INVALID", "Content-Range is <start>-<end>", 400)
-        return int(m.group(1)), int(m.group(2))
+        return read_decimal(m.group(1)), read_decimal(m.group(2))
 
     async def _chunk(self, request: Any, name: str, up: Upload) -> None:
         start, end = self._content_range(request)

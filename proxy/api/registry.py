@@ -49,6 +49,7 @@ from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest
 from proxy.logs import log_access
 from proxy.naming import NAME_RE, TAG_RE
+from proxy.numerals import read_decimal
 from proxy.service.mirror import Denied, Mirror
 from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
 from proxy.web.admission import OCI_API_VERSION
@@ -153,7 +154,7 @@ def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[st
     if n_raw:
         if not n_raw.isdigit():
             raise OciError("UNSUPPORTED", "n must be a non-negative number", 400)
-        n = int(n_raw)
+        n = read_decimal(n_raw.decode("ascii"))
         if len(items) > n:
             return items[:n], items[n - 1] if n > 0 else None
     return items, None

@@ -7,8 +7,12 @@ DNS answer cannot change between the check and the connect. Because the
 check sits at connect time, every redirect hop is checked the same way.
 
 Refused always: link-local and cloud metadata addresses (169.254.0.0/16,
-fe80::/10, also IPv4-mapped; AWS's IPv6 metadata address fd00:ec2::254 and
-Alibaba Cloud's 100.100.100.200), the unspecified address and multicast.
+fe80::/10; AWS's IPv6 metadata address fd00:ec2::254 and Alibaba Cloud's
+100.100.100.200), the unspecified address and multicast -- also as an IPv4
+address carried inside an IPv6 one (:func:`embedded_ipv4`: IPv4-mapped and
+-compatible, NAT64 64:ff9b::/96 and the local-use 64:ff9b:1::/48 at every
+RFC 6052 prefix length, 6to4 2002::/16, Teredo 2001::/32 server and client),
+since a translator or relay on the path delivers those to the IPv4 address.
 When ``allow_hosts`` is set, only those hosts are reached -- loopback too
 only when listed. An entry is a host (any port) or ``host:port`` (``[v6]:port``);
 ``*.example.com`` (also with a port) is a suffix match: every name below
@@ -56,6 +60,45 @@ _DENIED_NETS = [
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# RFC 6052 section 2.2: where the 32 bits of IPv4 sit for each prefix length;
+# bits 64-71 (the "u" octet) are skipped.
+_RFC6052_PREFIXES = (32, 40, 48, 56, 64, 96)
+
+
+def _rfc6052_ipv4(ip: ipaddress.IPv6Address, prefix: int) -> ipaddress.IPv4Address:
+    octets = ip.packed
+    if prefix == 96:
+        v4 = octets[12:16]
+    else:
+        start = prefix // 8
+        v4 = (octets[start:8] + octets[9:])[:4]
+    return ipaddress.IPv4Address(v4)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address may reach through a translator or
+    a tunnel: IPv4-mapped and -compatible, NAT64 (RFC 6052: the well-known
+    prefix, and the local-use prefix at each prefix length it allows), 6to4
+    (RFC 3056), Teredo (RFC 4380: the server and the obfuscated client)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # ::a.b.c.d, not :: or ::1
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip in _NAT64_WELL_KNOWN:
+        found.append(_rfc6052_ipv4(ip, 96))
+    if ip in _NAT64_LOCAL:
+        found.extend(_rfc6052_ipv4(ip, p) for p in _RFC6052_PREFIXES if p >= 48)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def _as_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
@@ -93,12 +136,15 @@ class ReachPolicy:
         return any(entry_matches(entry, host, port) for entry in self.allow_hosts)
 
     def check_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> None:
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if any(ip in net for net in _DENIED_NETS):
-            raise TargetDenied(
-                f"refusing to connect to {host!r} ({ip}): link-local/metadata address"
-            )
+        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+        if isinstance(ip, ipaddress.IPv6Address):
+            # 0.0.0.0 read at a prefix length the address does not use is noise.
+            candidates.extend(v4 for v4 in embedded_ipv4(ip) if not v4.is_unspecified)
+        for candidate in candidates:
+            if any(candidate in net for net in _DENIED_NETS):
+                raise TargetDenied(
+                    f"refusing to connect to {host!r} ({candidate}): link-local/metadata address"
+                )
 
 
 def _split_entry(entry: str) -> tuple[str, int | None]:

@@ -28,6 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import attrs
 import treq
 import treq.client
+from hyperlink import EncodedURL
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred
@@ -67,6 +68,18 @@ MAX_BACKOFF = 30.0  # seconds: the longest pause between two attempts
 USER_AGENT = b"storage-manager/0.1"
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class _IPv6LiteralURL(EncodedURL):
+    """A URL whose host is an IPv6 literal: treq makes every URL ASCII with
+    hyperlink's ``to_uri``, whose IDNA encoding of the host refuses the
+    colons of ``[::1]`` (a 500 for any such URL); the host is kept as it is,
+    the path and query are encoded as usual."""
+
+    def to_uri(self) -> EncodedURL:
+        host = self.host
+        ascii_url: EncodedURL = EncodedURL.to_uri(self.replace(host="ipv6-literal.invalid"))
+        return ascii_url.replace(host=host)
 
 
 @attrs.frozen
@@ -210,7 +223,10 @@ class HttpClient:
         raise UpstreamError(f"more than {MAX_REDIRECTS} redirects", 310)
 
     async def _send(self, method: str, url: str, h: Headers, job: Job) -> Any:
-        d = self._treq.request(method, url, headers=h, allow_redirects=False, unbuffered=True)
+        target: str | EncodedURL = url
+        if ":" in (urlsplit(url).hostname or ""):
+            target = _IPv6LiteralURL.from_text(url)
+        d = self._treq.request(method, target, headers=h, allow_redirects=False, unbuffered=True)
         remove = job.abortable(d.cancel)
         netloc = urlsplit(url).netloc
         # An upstream that accepts the request and never answers is as stalled as a body

@@ -57,7 +57,8 @@ from proxy.fetch.base import (
     split_userinfo,
 )
 from proxy.fetch.file import FileFetcher
-from proxy.redact import redact_url, strip_signing
+from proxy.presigned import entry_key
+from proxy.redact import redact_url
 from proxy.service.failures import Failed, Failures
 from proxy.types import (
     ANNOTATION_PINNED,
@@ -68,17 +69,19 @@ from proxy.types import (
     Digest,
     InvalidDigest,
 )
-from proxy.units import human_size
+from proxy.units import human_size, plural
 
 log = logging.getLogger(__name__)
 
 MAX_URL = 8192
 
 
-def entry_url(url: str) -> str:
+def entry_url(url: str, hidden_given: bool = False) -> str:
     """The URL an entry is known by: no userinfo, no signature of a
-    pre-signed URL (the same for every fresh signature)."""
-    return strip_signing(split_userinfo(url)[0])
+    pre-signed URL of a known form (the same for every fresh signature);
+    ``hidden_given``: the URL may already carry hidden secrets, as listed
+    (see :func:`proxy.presigned.entry_key`)."""
+    return entry_key(split_userinfo(url)[0], hidden_given=hidden_given)
 
 
 def parse_post(body: Any) -> FetchRequest:
@@ -486,8 +489,7 @@ class Downloads:
             if isinstance(failure.value, OSError) and is_disk_full(failure.value):
                 failure = Failure(DiskFull("no space left in the cache"))
             code = failure.value.code if isinstance(failure.value, StorageError) else "INTERNAL"
-            metrics.DOWNLOADS.labels(scheme, "failed").observe(time.monotonic() - started)
-            metrics.UPSTREAM_ERRORS.labels(scheme, code).inc()
+            metrics.observe_download(scheme, "failed", time.monotonic() - started, code)
             if isinstance(failure.value, StorageError):
                 log.warning("download of %s failed: %s", redact_url(url), failure.value.message)
                 message = failure.value.message
@@ -503,16 +505,16 @@ class Downloads:
         self._interrupted.pop(url, None)
         for cleanup in job.cleanups(stored=True):
             await self._thread(cleanup)
-        metrics.DOWNLOADS.labels(scheme, "stored").observe(time.monotonic() - started)
+        metrics.observe_download(scheme, "stored", time.monotonic() - started)
         if self._limit is not None:
             # Over the limit now (sizes were not all known ahead): evict others.
             self.evict_soon()
         log.info(
-            "stored %s as %s (%d files, %d bytes in %.2f s)",
+            "stored %s as %s (%s, %s in %.2f s)",
             redact_url(url),
             entry.primary.digest,
-            len(entry.files),
-            entry.size,
+            plural(len(entry.files), "file"),
+            human_size(entry.size),
             time.monotonic() - started,
         )
         job.settle((entry, True))

@@ -86,32 +86,38 @@ def _is_whole_repo(url: str) -> bool:
 
 def git_trees(files: dict[str, HubFile]) -> dict[str, str]:
     """Git tree ids of every directory ("" is the root), from the files' blob
-    oids, as git computes them (regular files, mode 100644)."""
-    children: dict[str, dict[str, tuple[bool, str]]] = {"": {}}
-    for path in files:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            children.setdefault("/".join(parts[:i]), {})
+    oids, as git computes them (regular files, mode 100644).
+
+    Iterative, deepest directories first, and linear in the number of files
+    and directories: a repository thousands of directories deep neither hits
+    Python's recursion limit nor costs a scan of every path per directory."""
+    # directory -> (sort name, entry head, blob oid; None for a subdirectory)
+    listing: dict[str, list[tuple[bytes, bytes, str | None]]] = {"": []}
+    known = {""}  # directories already listed in their parent
+    for path, f in files.items():
+        directory, _, name = path.rpartition("/")
+        d = directory
+        while d not in known:
+            known.add(d)
+            parent, _, sub = d.rpartition("/")
+            head = b"40000 " + sub.encode() + b"\0"
+            listing.setdefault(parent, []).append((sub.encode() + b"/", head, None))
+            d = parent
+        oid = f.oid if f.oid and _OID_RE.fullmatch(f.oid) else "0" * 40
+        head = b"100644 " + name.encode() + b"\0"
+        listing.setdefault(directory, []).append((name.encode(), head, oid))
     trees: dict[str, str] = {}
-
-    def tree(directory: str) -> str:
-        entries: list[tuple[bytes, bytes]] = []
+    by_depth = sorted(listing, key=lambda d: d.count("/") + 1 if d else 0, reverse=True)
+    for directory in by_depth:
         prefix = f"{directory}/" if directory else ""
-        for path, f in files.items():
-            if path.startswith(prefix) and "/" not in path[len(prefix) :]:
-                oid = f.oid if f.oid and _OID_RE.fullmatch(f.oid) else "0" * 40
-                name = path[len(prefix) :].encode()
-                entries.append((name, b"100644 " + name + b"\0" + bytes.fromhex(oid)))
-        for sub in children:
-            if sub and sub.startswith(prefix) and "/" not in sub[len(prefix) :]:
-                name = sub[len(prefix) :].encode()
-                entries.append((name + b"/", b"40000 " + name + b"\0" + bytes.fromhex(tree(sub))))
+        entries: list[tuple[bytes, bytes]] = []
+        for sort_name, head, blob_oid in listing[directory]:
+            # None: a subdirectory, deeper, so its tree is known
+            oid = blob_oid if blob_oid is not None else trees[prefix + sort_name[:-1].decode()]
+            entries.append((sort_name, head + bytes.fromhex(oid)))
         body = b"".join(e for _, e in sorted(entries))
-        oid = hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False).hexdigest()
-        trees[directory] = oid
-        return oid
-
-    tree("")
+        digest = hashlib.sha1(b"tree %d\0" % len(body) + body, usedforsecurity=False)
+        trees[directory] = digest.hexdigest()
     return trees
 
 

@@ -39,6 +39,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from proxy.numerals import CAP, is_decimal, read_decimal
 from proxy.web.auth import authorized
 from proxy.web.sendfile import transport_drained
 
@@ -214,6 +215,19 @@ class PlainHTTPChannel(HTTPChannel):
             else (431, b"Request Header Fields Too Large", "header line")
         )
         self._refuse(status, phrase, f"{what} longer than {self.MAX_LENGTH} bytes")
+
+    def headerReceived(self, line: bytes) -> bool:
+        """Refuse (413) a ``Content-Length`` past :data:`proxy.numerals.CAP`
+        before Twisted's ``int()`` raises on one of over 4300 digits (an
+        unhandled error and a connection dropped without an answer)."""
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"content-length":
+            digits = value.strip().decode("latin-1")
+            if is_decimal(digits) and (len(digits) > 4000 or read_decimal(digits) >= CAP):
+                self._refuse(413, b"Content Too Large", "Content-Length is too large")
+                return False
+        ok: bool = super().headerReceived(line)  # type: ignore[no-untyped-call]
+        return ok
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """Twisted's answer to a malformed request line or headers over

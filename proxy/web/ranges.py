@@ -5,6 +5,9 @@ serve partially -- several ranges, another unit, a malformed header -- is
 ignored and the whole blob goes out with 200, which RFC 9110 allows
 ("a server MAY ignore the Range header field"). A syntactically valid
 single range that misses the blob is unsatisfiable: 416.
+
+Positions are numerals of any length (:mod:`proxy.numerals`): a first
+position of 5000 digits is past the end (416), a last one the end itself.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any
 
 import attrs
 
-_SINGLE_RE = re.compile(r"bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+from proxy.numerals import decimal_less, read_decimal
+
+_SINGLE_RE = re.compile(r"bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*")
 
 
 @attrs.frozen
@@ -45,14 +50,14 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if first == "" and last == "":
         return None
     if first == "":
-        suffix = int(last)
+        suffix = read_decimal(last)
         if suffix == 0 or size == 0:
             raise Unsatisfiable()
         return ByteRange(max(0, size - suffix), size - 1)
-    start = int(first)
-    end = int(last) if last != "" else size - 1
-    if last != "" and end < start:
+    if last != "" and decimal_less(last, first):
         return None  # invalid range-spec: ignore the header
+    start = read_decimal(first)
+    end = read_decimal(last) if last != "" else size - 1
     if start >= size:
         raise Unsatisfiable()
     return ByteRange(start, min(end, size - 1))
