@@ -37,10 +37,9 @@ _LOCALHOST_RE = re.compile(r"localhost(?:-[0-9]+)?")
 
 def _component(text: str) -> str:
     text = re.sub(r"[^a-z0-9._-]+", "-", text.lower())
-    # A run of separators is kept only where the grammar allows it.
-    text = re.sub(
-        r"[._-]{2,}", lambda m: m.group(0) if re.fullmatch(r"__|-+", m.group(0)) else "-", text
-    )
+    # A run of separators is kept only where both grammars allow it: the
+    # distribution name's ("__", "-+") and the ref.name annotation's ("--").
+    text = re.sub(r"[._-]{2,}", lambda m: "--" if m.group(0) == "--" else "-", text)
     return text.strip("._-")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 
 import pytest
 from hypothesis import given
@@ -40,6 +41,20 @@ def test_references_stay_in_the_grammar(host: str, port: int | None, path: str, 
     assert TAG_RE.fullmatch(tag), ref
     assert len(name) <= 255
     assert re.fullmatch(REF_NAME_RE, ref), ref
+
+
+def test_runs_of_separators_fit_both_grammars() -> None:
+    """distribution allows "__" and "-+", the ref.name annotation only "--":
+    a name is kept within both (it was "0---1", refused at the next startup)."""
+    for url, name in (
+        ("http://0---1/", "0-1"),
+        ("http://h/a__b", "h/a-b"),
+        ("http://h/a--b", "h/a--b"),
+        ("http://h/a.-_b", "h/a-b"),
+    ):
+        ref = reference_for_url(url)
+        assert ref == f"{name}:latest"
+        assert re.fullmatch(REF_NAME_RE, ref.rsplit(":", 1)[0]), ref
 
 
 def test_reference_examples() -> None:
