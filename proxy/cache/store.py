@@ -21,12 +21,12 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 
 from proxy.cache import artifact, grammar
 from proxy.cache.layout import Layout
 from proxy.errors import BadRequest, Conflict
 from proxy.naming import reference_for_url
+from proxy.threads import in_thread
 from proxy.types import (
     ANNOTATION_CREATED,
     ANNOTATION_KIND,
@@ -378,9 +378,7 @@ class Store:
             return succeed(None)
         self._used_dirty = False
         snapshot = dict(self._last_used)
-        return deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), self.layout.write_last_used, snapshot
-        )
+        return in_thread(self._reactor, self.layout.write_last_used, snapshot)
 
     # -- changes -------------------------------------------------------------
 
@@ -410,9 +408,8 @@ class Store:
             # Computed under the blob lock, so a commit cannot re-use a blob
             # between this check and its deletion.
             orphans = entry.blobs - self.referenced()
-            return deferToThreadPool(
+            return in_thread(
                 self._reactor,
-                self._reactor.getThreadPool(),
                 lambda: sum(self.layout.remove_blob(b) for b in orphans),
             )
 
@@ -434,7 +431,7 @@ class Store:
                     count += 1
                 return count, freed
 
-            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sweep)
+            return in_thread(self._reactor, sweep)
 
         return self.blob_lock.run(locked)
 
@@ -491,8 +488,6 @@ class Store:
     def _persist(self) -> Deferred[None]:
         def locked() -> Deferred[None]:
             snapshot = self._snapshot()
-            return deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), self.layout.write_index, snapshot
-            )
+            return in_thread(self._reactor, self.layout.write_index, snapshot)
 
         return self._write_lock.run(locked)
