@@ -125,7 +125,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     """Open the cache (taking its lock) and build every part into ``site``
     (a new one if None); nothing listens yet, unless the caller bound ``site``."""
     layout, lock_fd = _open_cache(config)
-    store = Store(layout, reactor)
+    store = Store(layout, reactor, reactor)
     try:
         store.load()
     except ValueError as e:

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 
 from proxy.cache import artifact, grammar
 from proxy.cache.layout import Layout
@@ -121,9 +121,12 @@ def new_entry(
 class Store:
     """The entries of one cache directory."""
 
-    def __init__(self, layout: Layout, reactor: IReactorThreads) -> None:
+    def __init__(
+        self, layout: Layout, reactor: IReactorThreads, clock: IReactorTime | None = None
+    ) -> None:
         self.layout = layout
         self._reactor = reactor
+        self._clock = clock  # last uses are its seconds (None: the system's clock)
         self._entries: dict[str, Entry] = {}
         self._foreign: list[dict[str, Any]] = []
         self._foreign_blobs: set[Digest] = set()
@@ -140,6 +143,9 @@ class Store:
         self._users: dict[str, set[str]] = {}
         self._used_dirty = False
         self._reading: Counter[str] = Counter()  # blob hex -> answers streaming it
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else time.time()
 
     # -- loading (blocking; at startup, before the reactor serves) ----------------
 
@@ -319,14 +325,14 @@ class Store:
     def touch(self, url: str) -> None:
         """The entry of ``url`` was just used (a /content GET or POST)."""
         if url in self._entries:
-            self._last_used[url] = time.time()
+            self._last_used[url] = self._now()
             self._used_dirty = True
 
     def touch_blob(self, hex_: str) -> None:
         """A blob was just read through /v2: every entry holding it was used."""
         users = self._users.get(hex_)
         if users:
-            now = time.time()
+            now = self._now()
             for url in users:
                 self._last_used[url] = now
             self._used_dirty = True
@@ -393,7 +399,7 @@ class Store:
             self._unindex_users(old)
         self._entries[entry.url] = entry
         self._index_users(entry)
-        self._last_used[entry.url] = time.time()
+        self._last_used[entry.url] = self._now()
         self._used_dirty = True
 
     def remove(self, url: str) -> Deferred[int]:
