@@ -340,7 +340,7 @@ def serve(cfg: config_mod.Config) -> int:
 
     from proxy import logs, server
 
-    logs.setup(cfg.verbose, json_lines=cfg.log_format == "json")
+    logs.setup(cfg.verbose, json_lines=cfg.log_format == "json", clock=reactor)
     port = None
     try:
         site = server.new_site()

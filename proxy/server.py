@@ -29,7 +29,7 @@ from proxy.cache.store import Store
 from proxy.cache.uploads import Uploads
 from proxy.config import Address, Config
 from proxy.fetch.azure import AzureFetcher
-from proxy.fetch.base import Credentials, Fetcher
+from proxy.fetch.base import Fetcher
 from proxy.fetch.file import FileFetcher
 from proxy.fetch.gcs import GcsFetcher
 from proxy.fetch.hf import HfFetcher
@@ -39,6 +39,7 @@ from proxy.fetch.ollama import OllamaFetcher
 from proxy.fetch.reach import ReachPolicy, is_loopback_host
 from proxy.fetch.s3 import S3Fetcher, Signer
 from proxy.fetch.transfer import HttpClient, TransferOptions
+from proxy.request import Credentials
 from proxy.service.downloads import Downloads
 from proxy.service.mirror import Mirror
 from proxy.types import Digest
@@ -124,7 +125,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     """Open the cache (taking its lock) and build every part into ``site``
     (a new one if None); nothing listens yet, unless the caller bound ``site``."""
     layout, lock_fd = _open_cache(config)
-    store = Store(layout, reactor)
+    store = Store(layout, reactor, reactor)
     try:
         store.load()
     except ValueError as e:
@@ -227,6 +228,7 @@ def _downloads(
 
     downloads = Downloads(
         reactor,
+        reactor,
         store,
         fetchers,
         max_downloads=config.max_downloads,
@@ -235,9 +237,7 @@ def _downloads(
     )
     downloads.scan_ingest()
     if limit is not None:
-        evictor = LoopingCall(downloads.evict_soon)
-        evictor.clock = reactor
-        evictor.start(EVICT_INTERVAL, now=True)
+        downloads.eviction.start(EVICT_INTERVAL)
         log.info(
             "cache limit %s, evicting down to %d%%",
             human_size(cache_limit()),

@@ -18,7 +18,7 @@ import pytest
 
 from proxy.errors import BadRequest
 from proxy.fetch.azure import azure_target, parse_azure_url, parse_connection_string
-from proxy.fetch.base import Credentials
+from proxy.request import Credentials
 from tests.conftest import b64
 from tests.support import azure
 from tests.support.azure import Azurite, relay_endpoint

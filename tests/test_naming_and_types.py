@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from proxy.api.content import decode_url
 from proxy.errors import BadRequest
-from proxy.fetch.base import parse_credentials, split_userinfo
 from proxy.naming import NAME_RE, TAG_RE, reference_for_url
 from proxy.redact import redact_url
+from proxy.request import parse_credentials, split_userinfo
 from proxy.types import Digest, InvalidDigest
 
 # image-spec annotations.md: the grammar of org.opencontainers.image.ref.name

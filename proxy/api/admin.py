@@ -19,7 +19,6 @@ import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
@@ -29,6 +28,7 @@ from proxy.cache.store import Entry
 from proxy.cache.usage import usage
 from proxy.errors import StorageError
 from proxy.service.downloads import Downloads
+from proxy.threads import in_thread
 
 log = logging.getLogger(__name__)
 DEFAULT_INGEST_AGE = 24 * 3600.0
@@ -57,9 +57,7 @@ class AdminAPI:
                 return json_error(request, 405, "METHOD_NOT_ALLOWED", "du is a GET")
             store = self.downloads.store
             reactor: Any = self.downloads.reactor
-            du = deferToThreadPool(
-                reactor, reactor.getThreadPool(), usage, store.layout, store.referenced()
-            )
+            du = in_thread(reactor, usage, store.layout, store.referenced())
             entries = len(store.entries())
             return self._later(
                 request, du.addCallback(lambda u: {**u.to_json(), "entries": entries})

@@ -25,12 +25,15 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from proxy.api.errors import json_error, render_error
+from proxy.api.requests import parse_post
 from proxy.cache import views
 from proxy.cache.store import Entry
 from proxy.errors import BadRequest, EntryUnknown, StorageError
 from proxy.redact import redact_url
-from proxy.service.downloads import Download, Downloads, Interrupted, entry_url, parse_post
+from proxy.request import entry_url
+from proxy.service.downloads import Downloads
 from proxy.service.failures import Failed
+from proxy.service.jobs import Download, Interrupted
 from proxy.types import Descriptor
 from proxy.web.site import redacted_path
 
@@ -296,7 +299,7 @@ class ContentAPI:
             request.write(b"data: " + data + b"\n\n" if sse else data + b"\n")
 
         last: Any = None
-        reactor: Any = self.downloads.reactor
+        clock = self.downloads.clock
         while not gone:
             job = self.downloads.running(url)
             if job is not None and job is not watched:
@@ -312,7 +315,7 @@ class ContentAPI:
                 last = body
             if done:
                 break
-            await deferLater(reactor, WATCH_INTERVAL, lambda: None)
+            await deferLater(clock, WATCH_INTERVAL, lambda: None)
         return None if gone else b""  # Klein finishes the answer
 
     @app.route("/content/", methods=["POST"])

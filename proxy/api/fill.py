@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout
-from proxy.service.downloads import Download
+from proxy.service.jobs import Download
 from proxy.types import Digest
 from proxy.web.ranges import answer_range
 

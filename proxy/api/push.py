@@ -48,7 +48,6 @@ from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
@@ -74,6 +73,7 @@ from proxy.cache.uploads import (
 )
 from proxy.naming import PUSH_SCHEME, TAG_RE
 from proxy.numerals import decimal_less, read_decimal
+from proxy.threads import in_thread
 from proxy.types import (
     MAX_MANIFEST,
     MEDIA_TYPE_IMAGE_INDEX,
@@ -256,9 +256,6 @@ class PushAPI:
         self._reactor = reactor
         self._token = api_token
         self._after_push = after_push  # e.g. eviction under --max-cache-size
-
-    def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
 
     def handles(self, method: bytes, path: bytes) -> bool:
         """Whether a /v2 request is a push request (everything but reads, and
@@ -477,12 +474,12 @@ class PushAPI:
     async def _put_manifest(
         self, request: Any, name: str, tag: str | None, ref_digest: Digest | None
     ) -> None:
-        data = await self._thread(_read_small, request.content, MAX_MANIFEST)
+        data = await in_thread(self._reactor, _read_small, request.content, MAX_MANIFEST)
         if data is None:
             raise OciError("SIZE_INVALID", f"a manifest has at most {MAX_MANIFEST} bytes", 413)
         content_type = request.getHeader(b"content-type")
         ctype = content_type.decode("latin-1") if content_type is not None else None
-        media_type, required, digest = await self._thread(parse_manifest, data, ctype)
+        media_type, required, digest = await in_thread(self._reactor, parse_manifest, data, ctype)
         if ref_digest is not None and ref_digest != digest:
             raise OciError("DIGEST_INVALID", f"the manifest is {digest}, not {ref_digest}", 400)
         store = self.store
@@ -493,14 +490,15 @@ class PushAPI:
             # Under the blob lock: no GC or removal can take a blob between the
             # check and the entry that keeps it.
             is_index = media_type in artifact.INDEX_MEDIA_TYPES
-            await store.blob_lock.run(self._thread, check_present, self.layout, required, is_index)
+            await store.blob_lock.run(
+                in_thread, self._reactor, check_present, self.layout, required, is_index
+            )
             manifest = Descriptor(media_type, digest, len(data))
             # Before the manifest is stored: a refused one leaves nothing behind.
-            present = await self._thread(closure, self.layout, manifest, required)
-            scratch = self.layout.ingest_dir / "small"
+            present = await in_thread(self._reactor, closure, self.layout, manifest, required)
 
             def put() -> Deferred[Digest]:
-                return self._thread(self.layout.put_small_blob, data, scratch)
+                return in_thread(self._reactor, self.layout.put_small_blob, data)
 
             await store.blob_lock.run(put)
             store.hold(digest)
@@ -535,7 +533,9 @@ class PushAPI:
 
         def locked() -> Deferred[int]:
             orphans = old.blobs - self.store.referenced()
-            return self._thread(lambda: sum(self.layout.remove_blob(b) for b in orphans))
+            return in_thread(
+                self._reactor, lambda: sum(self.layout.remove_blob(b) for b in orphans)
+            )
 
         freed = await self.store.blob_lock.run(locked)
         if freed:

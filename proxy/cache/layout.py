@@ -24,7 +24,11 @@ downloads in progress::
         state.json                source URL (no secrets), validators (ETag,
                                   Last-Modified), expected/verified digest
         data                      the bytes received so far (resume point)
-      ingest/<key>/blob-<n>.tmp   small blobs (manifests) being written
+      ingest/small/blob-<n>.tmp   small blobs (manifests) being written; never
+                                  resumed, removed at startup
+      ingest/import-<uuid>/       an OCI layout being imported (POST /import):
+                                  its new blobs, staged and verified before
+                                  they are committed (proxy.cache.bundle)
       ingest/upload-<uuid>/data   a blob pushed through /v2 (--allow-push), uuid =
                                   32 hex: the bytes received so far, hashed as
                                   they are written, renamed into blobs/ only
@@ -62,6 +66,7 @@ import json
 import os
 import re
 import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +125,18 @@ def ingest_key(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
+def blob_ingest_key(digest: Digest) -> str:
+    """The ingest directory name of a blob known by its digest (a blob of a
+    pull, a mirror fill): ``sha256-<hex>``, shared by every download of it."""
+    return f"sha256-{digest.hex}"
+
+
+def is_url_ingest_key(name: str) -> bool:
+    """Whether an ingest directory is a URL's (:func:`ingest_key`: 64 hex),
+    the one kind with a download to resume (a state file naming its URL)."""
+    return len(name) == 64
+
+
 @attrs.frozen
 class Layout:
     """Paths of one cache directory; all filesystem calls here are blocking."""
@@ -148,6 +165,15 @@ class Layout:
     @property
     def ingest_dir(self) -> Path:
         return self.root / "ingest"
+
+    @property
+    def small_dir(self) -> Path:
+        """Scratch space of small blobs being written (never resumed)."""
+        return self.ingest_dir / "small"
+
+    def import_dir(self) -> Path:
+        """A fresh staging directory for one import (``ingest/import-<uuid>``)."""
+        return self.ingest_dir / f"import-{uuid.uuid4().hex}"
 
     @property
     def index_path(self) -> Path:
@@ -349,11 +375,12 @@ class Layout:
             syncer.schedule(digest)
         return True
 
-    def put_small_blob(self, data: bytes, scratch: Path) -> Digest:
+    def put_small_blob(self, data: bytes) -> Digest:
         """Write a small in-memory blob (manifest, config) atomically."""
         digest = Digest(hashlib.sha256(data).hexdigest())
         if self.has_blob(digest):
             return digest
+        scratch = self.small_dir
         scratch.mkdir(parents=True, exist_ok=True)
         tmp = scratch / f"blob-{os.getpid()}-{next(_tmp_counter)}.tmp"
         try:

@@ -20,13 +20,13 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 
 from proxy.cache import artifact, grammar
 from proxy.cache.layout import Layout
 from proxy.errors import BadRequest, Conflict
 from proxy.naming import reference_for_url
+from proxy.threads import in_thread
 from proxy.types import (
     ANNOTATION_CREATED,
     ANNOTATION_KIND,
@@ -121,9 +121,12 @@ def new_entry(
 class Store:
     """The entries of one cache directory."""
 
-    def __init__(self, layout: Layout, reactor: IReactorThreads) -> None:
+    def __init__(
+        self, layout: Layout, reactor: IReactorThreads, clock: IReactorTime | None = None
+    ) -> None:
         self.layout = layout
         self._reactor = reactor
+        self._clock = clock  # last uses are its seconds (None: the system's clock)
         self._entries: dict[str, Entry] = {}
         self._foreign: list[dict[str, Any]] = []
         self._foreign_blobs: set[Digest] = set()
@@ -140,6 +143,9 @@ class Store:
         self._users: dict[str, set[str]] = {}
         self._used_dirty = False
         self._reading: Counter[str] = Counter()  # blob hex -> answers streaming it
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else time.time()
 
     # -- loading (blocking; at startup, before the reactor serves) ----------------
 
@@ -319,14 +325,14 @@ class Store:
     def touch(self, url: str) -> None:
         """The entry of ``url`` was just used (a /content GET or POST)."""
         if url in self._entries:
-            self._last_used[url] = time.time()
+            self._last_used[url] = self._now()
             self._used_dirty = True
 
     def touch_blob(self, hex_: str) -> None:
         """A blob was just read through /v2: every entry holding it was used."""
         users = self._users.get(hex_)
         if users:
-            now = time.time()
+            now = self._now()
             for url in users:
                 self._last_used[url] = now
             self._used_dirty = True
@@ -378,9 +384,7 @@ class Store:
             return succeed(None)
         self._used_dirty = False
         snapshot = dict(self._last_used)
-        return deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), self.layout.write_last_used, snapshot
-        )
+        return in_thread(self._reactor, self.layout.write_last_used, snapshot)
 
     # -- changes -------------------------------------------------------------
 
@@ -395,7 +399,7 @@ class Store:
             self._unindex_users(old)
         self._entries[entry.url] = entry
         self._index_users(entry)
-        self._last_used[entry.url] = time.time()
+        self._last_used[entry.url] = self._now()
         self._used_dirty = True
 
     def remove(self, url: str) -> Deferred[int]:
@@ -410,9 +414,8 @@ class Store:
             # Computed under the blob lock, so a commit cannot re-use a blob
             # between this check and its deletion.
             orphans = entry.blobs - self.referenced()
-            return deferToThreadPool(
+            return in_thread(
                 self._reactor,
-                self._reactor.getThreadPool(),
                 lambda: sum(self.layout.remove_blob(b) for b in orphans),
             )
 
@@ -434,7 +437,7 @@ class Store:
                     count += 1
                 return count, freed
 
-            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sweep)
+            return in_thread(self._reactor, sweep)
 
         return self.blob_lock.run(locked)
 
@@ -491,8 +494,6 @@ class Store:
     def _persist(self) -> Deferred[None]:
         def locked() -> Deferred[None]:
             snapshot = self._snapshot()
-            return deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), self.layout.write_index, snapshot
-            )
+            return in_thread(self._reactor, self.layout.write_index, snapshot)
 
         return self._write_lock.run(locked)

@@ -30,16 +30,16 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import IO, Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
 
 from proxy.cache.ingest import IngestFile
 from proxy.cache.store import Store
+from proxy.threads import in_thread
 from proxy.types import Digest
 from proxy.units import human_size
 
@@ -121,16 +121,13 @@ class Uploads:
         self._uploads: dict[str, Upload] = {}
         self._holds: dict[Digest, list[IDelayedCall]] = {}
 
-    def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *a)
-
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self, name: str) -> Upload:
         self._expire()
         upload_id = uuid.uuid4().hex
         up = Upload(upload_id, name, IngestFile(self.store.layout, f"upload-{upload_id}"))
-        await self._thread(up.ingest.open, False)
+        await in_thread(self._reactor, up.ingest.open, False)
         self._adopt(up)
         return up
 
@@ -160,7 +157,7 @@ class Uploads:
                 ingest.open(True)
                 return True
 
-            if not await self._thread(reopen):
+            if not await in_thread(self._reactor, reopen):
                 raise UploadUnknown(upload_id)
             up = self._uploads.get(upload_id)  # another request may have got there first
             if up is None:
@@ -181,7 +178,7 @@ class Uploads:
         try:
             if self._uploads.get(up.uuid) is not up:
                 raise UploadUnknown(up.uuid)
-            size: int = await self._thread(copy_body, up.ingest, body, start, end)
+            size: int = await in_thread(self._reactor, copy_body, up.ingest, body, start, end)
             up.touched = time.monotonic()
             return size
         finally:
@@ -194,21 +191,21 @@ class Uploads:
         try:
             if self._uploads.get(up.uuid) is not up:
                 raise UploadUnknown(up.uuid)
-            actual, size = await self._thread(up.ingest.finish)
+            actual, size = await in_thread(self._reactor, up.ingest.finish)
             if actual != expected:
                 self._forget(up)
-                await self._thread(up.ingest.discard)
+                await in_thread(self._reactor, up.ingest.discard)
                 raise DigestMismatch(expected, actual, size)
 
             def locked() -> Deferred[bool]:
                 self.hold(expected)
-                return self._thread(up.ingest.commit, expected)
+                return in_thread(self._reactor, up.ingest.commit, expected)
 
             try:
                 created: bool = await self.store.blob_lock.run(locked)
             finally:
                 self._forget(up)
-                await self._thread(up.ingest.discard)
+                await in_thread(self._reactor, up.ingest.discard)
             log.info("pushed blob %s (%s)", expected, human_size(size))
             return created
         finally:
@@ -218,7 +215,7 @@ class Uploads:
         await up.lock.acquire()
         try:
             self._forget(up)
-            await self._thread(up.ingest.discard)
+            await in_thread(self._reactor, up.ingest.discard)
         finally:
             up.lock.release()
 
@@ -227,7 +224,7 @@ class Uploads:
         or None when it is not here."""
 
         def locked() -> Deferred[int | None]:
-            return self._thread(self.store.layout.blob_size, digest)
+            return in_thread(self._reactor, self.store.layout.blob_size, digest)
 
         size: int | None = await self.store.blob_lock.run(locked)
         if size is not None:
@@ -262,6 +259,6 @@ class Uploads:
             if now - up.touched > IDLE_SECONDS and not up.lock.locked:
                 log.info("discarding upload %s, idle for %.0f s", up.uuid, now - up.touched)
                 self._forget(up)
-                self._thread(up.ingest.discard).addErrback(
+                in_thread(self._reactor, up.ingest.discard).addErrback(
                     lambda f: log.warning("could not remove an idle upload: %s", f.value)
                 )

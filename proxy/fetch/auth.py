@@ -19,8 +19,9 @@ from urllib.parse import urlencode, urlsplit
 import attrs
 
 from proxy.errors import TargetDenied, UpstreamError
-from proxy.fetch.base import Credentials, Job
+from proxy.fetch.base import Job
 from proxy.fetch.transfer import HttpClient, header, upstream_error
+from proxy.request import Credentials
 
 log = logging.getLogger(__name__)
 

@@ -1,94 +1,21 @@
 """The one interface every downloader implements, and the values it uses.
 
-A :class:`FetchRequest` is a validated POST: the URL with secrets removed
-(the entry key), credentials kept apart (never logged: their ``repr`` is
-redacted), and an optional expected digest. A fetcher stores the content in
+A fetcher takes a :class:`proxy.request.FetchRequest` (a validated POST:
+the URL with secrets removed, credentials kept apart), stores the content in
 the cache and returns a :class:`FetchResult` naming what it stored.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
 
 from proxy.cache.ingest import IngestFile
-from proxy.errors import BadRequest
+from proxy.request import FetchRequest
 from proxy.types import Descriptor, Digest
-
-CREDENTIAL_TYPES = ("Bearer", "Basic")
-
-
-@attrs.frozen(repr=False)
-class Credentials:
-    """A secret for one download; ``repr`` and ``str`` never show it."""
-
-    secret: str
-    kind: str = "Bearer"
-
-    def authorization(self) -> bytes:
-        return f"{self.kind} {self.secret}".encode()
-
-    def __repr__(self) -> str:
-        return f"Credentials(kind={self.kind!r}, secret=<redacted>)"
-
-    __str__ = __repr__
-
-
-def parse_credentials(secret: object, kind: object) -> Credentials | None:
-    """Validate the POST body's ``credentials``/``credentialsType``."""
-    if kind is None:
-        kind = "Bearer"
-    if not isinstance(kind, str):
-        raise BadRequest("credentialsType must be a string")
-    canonical = next((k for k in CREDENTIAL_TYPES if k.lower() == kind.lower()), None)
-    if canonical is None:
-        raise BadRequest(f"unknown credentialsType {kind[:40]!r}: use Bearer or Basic")
-    if secret is None or secret == "":
-        return None
-    if not isinstance(secret, str):
-        raise BadRequest("credentials must be a string")
-    if any(c in secret for c in "\r\n\0"):
-        raise BadRequest("credentials contain control characters")
-    return Credentials(secret, canonical)
-
-
-def split_userinfo(url: str) -> tuple[str, Credentials | None]:
-    """Remove ``user:password@`` from a URL; return the clean URL and the
-    secret as Basic credentials (base64 ``user:pass``)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url, None
-    host = parts.netloc.rsplit("@", 1)[1]
-    clean = urlunsplit(SplitResult(parts.scheme, host, parts.path, parts.query, parts.fragment))
-    user = unquote(parts.username or "")
-    password = unquote(parts.password or "")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return clean, Credentials(token, "Basic")
-
-
-@attrs.frozen
-class FetchRequest:
-    """``url`` names the entry (no secrets: it is stored and shown); the
-    download itself goes to ``source`` when that differs (a pre-signed URL)."""
-
-    url: str
-    credentials: Credentials | None = None
-    expected: Digest | None = None
-    source: str | None = attrs.field(default=None, repr=False)
-    pin: bool | None = None  # True/False: pin or unpin the entry (None: leave it)
-
-    @property
-    def fetch_url(self) -> str:
-        return self.source or self.url
-
-    @property
-    def scheme(self) -> str:
-        return urlsplit(self.url).scheme.lower()
 
 
 @attrs.define
@@ -102,6 +29,10 @@ class BlobProgress:
     state: str = "downloading"  # downloading | complete
     written: int = 0  # bytes of the ingest file on disk, readable by a tail reader
     _listeners: list[Callable[[], None]] = attrs.field(factory=list, repr=False, eq=False)
+
+    def complete(self, digest: Digest, size: int) -> None:
+        """The blob is whole: ``size`` bytes of ``digest``."""
+        self.digest, self.done, self.total, self.state = digest, size, size, "complete"
 
     def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` whenever ``written`` or ``state`` changes; return the remover."""

@@ -51,7 +51,6 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 
 from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile, IngestState
@@ -64,7 +63,9 @@ from proxy.errors import (
     TargetDenied,
     UpstreamError,
 )
-from proxy.fetch.base import BlobProgress, FetchRequest, FetchResult, Job
+from proxy.fetch.base import BlobProgress, FetchResult, Job
+from proxy.request import FetchRequest
+from proxy.threads import in_thread
 from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor, Digest
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,6 @@ class FileFetcher:
         self.roots = tuple(roots)
 
     # -- checks (validate runs on the reactor: realpath only, no file opened) --
-
-    def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *a)
 
     @staticmethod
     def parse(url: str) -> str:
@@ -301,7 +299,7 @@ class FileFetcher:
 
     async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
         path = self.parse(request.url)
-        kind, items = await self._thread(self._listing, path)
+        kind, items = await in_thread(self.reactor, self._listing, path)
         if kind == "dir" and request.expected is not None:
             raise BadRequest("an expected digest can only be given for one file")
         key = ingest_key(request.url)
@@ -310,14 +308,14 @@ class FileFetcher:
         marker = IngestFile(self.layout, key)
         try:
             # A fresh copy every time: whatever an earlier, interrupted import left goes.
-            await self._thread(marker.discard)
+            await in_thread(self.reactor, marker.discard)
             state = IngestState(
                 url=request.url,
                 kind="file" if kind == "file" else "file-dir",
                 total=sum(i.size for i in items),
                 expected=str(request.expected) if request.expected else None,
             )
-            await self._thread(marker.write_state, state)
+            await in_thread(self.reactor, marker.write_state, state)
             ingests: list[IngestFile] = []
             copied: list[tuple[LocalFile, BlobProgress, Digest, int]] = []
             for n, item in enumerate(items):
@@ -335,7 +333,7 @@ class FileFetcher:
             files = []
             for (item, blob, digest, size), ingest in zip(copied, ingests, strict=True):
                 await job.commit(ingest, digest)
-                blob.digest, blob.done, blob.total, blob.state = digest, size, size, "complete"
+                blob.complete(digest, size)
                 blob.written = size
                 blob.changed()
                 files.append(
@@ -343,7 +341,7 @@ class FileFetcher:
                 )
             job.after_commit(marker.discard)
         except BaseException:
-            await self._thread(marker.discard)
+            await in_thread(self.reactor, marker.discard)
             raise
         finally:
             lock.release()
@@ -369,11 +367,11 @@ class FileFetcher:
             self.reactor.callFromThread(advance, done)
 
         try:
-            result: tuple[Digest, int] = await self._thread(
-                self.copy, item, ingest, progress, cancelled
+            result: tuple[Digest, int] = await in_thread(
+                self.reactor, self.copy, item, ingest, progress, cancelled
             )
         finally:
             unregister()
-            await self._thread(ingest.close)
+            await in_thread(self.reactor, ingest.close)
         job.check_cancelled()
         return result

@@ -37,9 +37,9 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile, IngestState
-from proxy.cache.layout import Layout, ingest_key
+from proxy.cache.layout import Layout, blob_ingest_key, ingest_key
 from proxy.errors import BadContent, BadRequest, StorageError, UpstreamError
-from proxy.fetch.base import FetchRequest, FetchResult, Job
+from proxy.fetch.base import FetchResult, Job
 from proxy.fetch.ociref import split_hub_url
 from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import (
@@ -51,6 +51,7 @@ from proxy.fetch.transfer import (
     header,
     upstream_error,
 )
+from proxy.request import FetchRequest
 from proxy.types import ANNOTATION_HF_COMMIT as A_COMMIT
 from proxy.types import ANNOTATION_HF_ENDPOINT as A_ENDPOINT
 from proxy.types import ANNOTATION_HF_LFS as A_LFS
@@ -350,10 +351,10 @@ class HfFetcher:
         if expected is not None:
             size = await job.hold_existing(expected)
             if size is not None:
-                blob.done, blob.digest, blob.state = size, expected, "complete"
+                blob.complete(expected, size)
                 return Descriptor(MEDIA_TYPE_OCTET, expected, size, annotations)
         url = f"{base}/{ref.url_prefix}/resolve/{commit}/{quote(item.path)}"
-        key = f"sha256-{expected.hex}" if expected else ingest_key(url)
+        key = blob_ingest_key(expected) if expected else ingest_key(url)
         want = Wanted(
             url=url, authorization=auth, expected=expected, size=item.size, immutable=True
         )

@@ -16,8 +16,9 @@ from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadRequest
-from proxy.fetch.base import FetchRequest, FetchResult, Job
+from proxy.fetch.base import FetchResult, Job
 from proxy.fetch.transfer import HttpClient, Wanted, download
+from proxy.request import FetchRequest
 from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor, Digest
 
 
@@ -51,7 +52,7 @@ class HttpFetcher:
         blob = job.progress.add(title)
 
         def done(digest: Digest, size: int) -> FetchResult:
-            blob.digest, blob.done, blob.total, blob.state = digest, size, size, "complete"
+            blob.complete(digest, size)
             desc = Descriptor(MEDIA_TYPE_OCTET, digest, size, {ANNOTATION_TITLE: title})
             return FetchResult(files=(desc,), primary=desc, kind="file")
 

@@ -24,8 +24,9 @@ from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadRequest, SourceChanged, StorageError, UpstreamError
-from proxy.fetch.base import FetchRequest, FetchResult, Job
+from proxy.fetch.base import FetchResult, Job
 from proxy.fetch.transfer import HttpClient, Retryable, gave_up
+from proxy.request import FetchRequest
 from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor
 
 log = logging.getLogger(__name__)

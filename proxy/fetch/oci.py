@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from proxy.cache import artifact
 from proxy.cache.ingest import IngestFile, IngestState
-from proxy.cache.layout import Layout, ingest_key
+from proxy.cache.layout import Layout, blob_ingest_key, ingest_key
 from proxy.errors import (
     BadContent,
     BadRequest,
@@ -32,7 +32,7 @@ from proxy.errors import (
     UpstreamError,
 )
 from proxy.fetch.auth import RegistryAuth
-from proxy.fetch.base import FetchRequest, FetchResult, Job
+from proxy.fetch.base import FetchResult, Job
 from proxy.fetch.ociref import ImageReference, Platform, parse_oci_url
 from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import (
@@ -44,6 +44,7 @@ from proxy.fetch.transfer import (
     header,
     upstream_error,
 )
+from proxy.request import FetchRequest
 from proxy.types import (
     ANNOTATION_TITLE,
     MAX_MANIFEST,
@@ -321,7 +322,7 @@ class OciFetcher:
                 raise BadContent(f"cached blob {b.digest} has {size} bytes, manifest says {b.size}")
             else:
                 p = job.progress.add(_title(b), b.size)
-                p.done, p.digest, p.state = size, b.digest, "complete"
+                p.complete(b.digest, size)
         slots = DeferredSemaphore(self.parallel)
         failures: list[BaseException] = []
 
@@ -358,7 +359,7 @@ class OciFetcher:
     ) -> int:
         """Fetch one blob into blobs/ (verified); return its size."""
         url = f"{base}/v2/{ref.repository}/blobs/{digest}"
-        ingest = IngestFile(self.layout, f"sha256-{digest.hex}")
+        ingest = IngestFile(self.layout, blob_ingest_key(digest))
         progress = job.progress.add(title, size)
         for attempt in range(2):
             if attempt > 0:

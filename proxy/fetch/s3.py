@@ -51,8 +51,9 @@ from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout, ingest_key
 from proxy.errors import BadRequest, StorageError, UpstreamError
 from proxy.fetch import objects as store
-from proxy.fetch.base import Credentials, FetchRequest, FetchResult, Job
+from proxy.fetch.base import FetchResult, Job
 from proxy.fetch.transfer import HttpClient, Wanted, download, header
+from proxy.request import Credentials, FetchRequest
 from proxy.types import (
     ANNOTATION_S3_BUCKET,
     ANNOTATION_S3_ENDPOINT,

@@ -31,12 +31,13 @@ from proxy.cache.catalog import Catalog, normalize_registry
 from proxy.cache.store import Entry, new_entry
 from proxy.errors import StorageError
 from proxy.fetch.auth import RegistryAuth
-from proxy.fetch.base import Credentials, FetchRequest
 from proxy.fetch.oci import ACCEPT, OciFetcher
 from proxy.fetch.ociref import ImageReference
 from proxy.fetch.reach import entry_matches
 from proxy.fetch.transfer import Retryable, header
-from proxy.service.downloads import Download, Downloads
+from proxy.request import Credentials, FetchRequest
+from proxy.service.downloads import Downloads
+from proxy.service.jobs import Download
 from proxy.types import Digest
 
 log = logging.getLogger(__name__)
