@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from proxy import __version__
+from proxy.api.answers import json_answer
 from proxy.api.errors import json_error, render_error
 from proxy.cache.store import Entry
 from proxy.cache.usage import usage
@@ -67,7 +68,7 @@ class AdminAPI:
         if path == b"/admin/info":
             # Which cache this server serves: the CLI checks it is the one it was asked for.
             store = self.downloads.store
-            return self._json(
+            return json_answer(
                 request,
                 {"cache": str(store.layout.root), "pid": os.getpid(), "version": __version__},
             )
@@ -112,16 +113,9 @@ class AdminAPI:
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
 
     @staticmethod
-    def _json(request: Any, body: Any) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(body).encode() + b"\n"
-
-    @staticmethod
     def _later(request: Any, d: Deferred[Any]) -> Any:
         def done(body: Any) -> None:
-            request.setResponseCode(200)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.write(json.dumps(body).encode() + b"\n")
+            request.write(json_answer(request, body))
             request.finish()
 
         def failed(f: Failure) -> None:

@@ -53,13 +53,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.admission import is_push
-from proxy.api.registry import (
-    API_VERSION,
-    OciError,
-    _check_name,
-    error_body,
-    query_args,
-)
+from proxy.api.errors import OciError, error_body
+from proxy.api.registry import API_VERSION, _check_name, query_args
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest, is_disk_full
