@@ -12,8 +12,8 @@ DENIED                 403          DENIED                          403
 NOT_FOUND              404          MANIFEST_UNKNOWN/BLOB_UNKNOWN   404
 UPSTREAM_NOT_FOUND     404          MANIFEST_UNKNOWN/BLOB_UNKNOWN   404
 PLATFORM_UNAVAILABLE   404          MANIFEST_UNKNOWN                404
-UPSTREAM_UNAUTHORIZED  401          UNAUTHORIZED                    502
-UPSTREAM_DENIED        403          DENIED                          502
+UPSTREAM_UNAUTHORIZED  401          MANIFEST_UNKNOWN/BLOB_UNKNOWN   404
+UPSTREAM_DENIED        403          MANIFEST_UNKNOWN/BLOB_UNKNOWN   404
 CONFLICT               409          UNKNOWN                         409
 CANCELLED              409          UNAVAILABLE                     503
 UPSTREAM_ERROR         502          UNAVAILABLE (upstream 429:      502 (429)
@@ -29,9 +29,12 @@ INTERNAL_ERROR         500          UNKNOWN                         500
 an upstream status is passed on where it means the same to our client (401,
 403, 404); other upstream failures are a bad gateway (502) or a gateway
 timeout (504). /v2 answers OCI error JSON (``{"errors": [{"code", "message",
-"detail"}]}``). There an upstream refusal of a mirror fill is still a 5xx:
-the client did nothing wrong, and a 5xx (as a 404) sends containerd on to its
-next host, where a 401 or 403 would end its pull. /hf answers the Hub's way
+"detail"}]}``). There an upstream that refuses this server's credentials
+(401, 403) is a 404: what this mirror cannot read is unknown to it, and a 404
+sends containerd on to its next host (which may hold credentials), where a 401
+or 403 would end its pull; a failing upstream is a 5xx (UNAVAILABLE), which
+also sends it on, and a rate limit is passed on (429 TOOMANYREQUESTS): the
+next host is the same upstream. /hf answers the Hub's way
 (``X-Error-Code``, ``X-Error-Message``, ``{"error": message}``) with the
 /content status.
 """
@@ -90,8 +93,8 @@ TABLE: dict[str, Row] = {
     "NOT_FOUND": Row(404, ASKED_UNKNOWN, 404),
     "UPSTREAM_NOT_FOUND": Row(404, ASKED_UNKNOWN, 404),
     "PLATFORM_UNAVAILABLE": Row(404, "MANIFEST_UNKNOWN", 404),
-    "UPSTREAM_UNAUTHORIZED": Row(401, "UNAUTHORIZED", 502),
-    "UPSTREAM_DENIED": Row(403, "DENIED", 502),
+    "UPSTREAM_UNAUTHORIZED": Row(401, ASKED_UNKNOWN, 404),
+    "UPSTREAM_DENIED": Row(403, ASKED_UNKNOWN, 404),
     "CONFLICT": Row(409, "UNKNOWN", 409),
     "CANCELLED": Row(409, "UNAVAILABLE", 503),
     "UPSTREAM_ERROR": Row(502, "UNAVAILABLE", 502),
