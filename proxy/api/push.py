@@ -241,7 +241,6 @@ class PushAPI:
         store: Store,
         uploads: Uploads,
         reactor: Any,
-        api_token: str | None,
         after_push: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -249,7 +248,6 @@ class PushAPI:
         self._catalog = Catalog(store)  # the names downloads are served under
         self.uploads = uploads
         self._reactor = reactor
-        self._token = api_token
         self._after_push = after_push  # e.g. eviction under --max-cache-size
 
     def _thread(self, f: Callable[..., Any], *a: Any) -> Deferred[Any]:
@@ -257,20 +255,16 @@ class PushAPI:
 
     def handles(self, method: bytes, path: bytes) -> bool:
         """Whether a /v2 request is a push request (everything but reads, and
-        the upload-status GET), or, with a token, the ``/v2/`` ping."""
-        return is_push(method, path, self._token is not None)
+        the upload-status GET); the ``/v2/`` ping is the registry's."""
+        return is_push(method, path, token=False)
 
     def render(self, request: Any, path: bytes) -> Any:
         """Route a push request; OciError for what is refused at once.
 
-        The token was checked before (by :class:`proxy.api.root.Root`, and for
-        a body before it was read, by the channel): both ask
-        :meth:`proxy.api.admission.Access.refusal`, which counts every push
-        request, the ping included, as needing it."""
-        if path in (b"/v2", b"/v2/") and request.method in (b"GET", b"HEAD"):
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(*API_VERSION)
-            return b"{}"
+        Whether it needs the token is not decided here: the route table
+        (:class:`proxy.api.admission.Access`) decided it before, for
+        :class:`proxy.api.root.Root` and, before a body was read, for the
+        channel; it counts every push request, the ping included, as needing it."""
         if b"%" in path:
             raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
         try:
