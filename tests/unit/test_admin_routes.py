@@ -59,6 +59,6 @@ def test_unknown_endpoint(admin: AdminAPI) -> None:
 def test_info_takes_any_method(admin: AdminAPI, tmp_path: Path) -> None:
     for method in (b"GET", b"POST"):
         request, body = _render(admin, method, b"/admin/info")
-        assert request.responseCode == 200
+        assert (request.responseCode or 200) == 200  # a DummyRequest's default: None
         info = json.loads(body)
         assert (info["cache"], info["pid"]) == (str(tmp_path / "cache"), os.getpid())
