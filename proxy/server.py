@@ -303,7 +303,6 @@ def _registry(
             store,
             Uploads(store, reactor),
             reactor,
-            config.api_token,
             after_push=downloads.evict_soon if config.max_cache_size is not None else None,
         )
         log.info("push enabled on /v2%s", " (with the API token)" if config.api_token else "")

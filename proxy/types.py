@@ -13,7 +13,9 @@ from typing import Any
 import attrs
 
 # OCI image-spec: digest grammar, restricted to the algorithm this cache stores.
-_SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
+# SHA256_HEX_RE is the one spelling of a sha256 in hex (a blob's file name).
+SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}")
+_SHA256_RE = re.compile(r"sha256:(" + SHA256_HEX_RE.pattern + ")")
 
 MEDIA_TYPE_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -80,7 +82,7 @@ class Digest:
 
     @hex.validator
     def _check(self, _attr: attrs.Attribute[str], value: str) -> None:
-        if not re.fullmatch(r"[a-f0-9]{64}", value):
+        if not SHA256_HEX_RE.fullmatch(value):
             raise InvalidDigest(f"invalid sha256 digest: {value[:80]!r}")
 
     @classmethod

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from proxy import __version__
+from proxy.api.answers import json_answer
 from proxy.api.errors import json_error, render_error
 from proxy.cache.store import Entry
 from proxy.cache.usage import usage
@@ -39,87 +42,78 @@ class AdminAPI:
         self.downloads = downloads
 
     def render(self, request: Any, path: bytes) -> Any:
-        if path == b"/admin/gc":
-            if request.method != b"POST":
-                request.setHeader(b"Allow", b"POST")
-                return json_error(request, 405, "METHOD_NOT_ALLOWED", "gc is a POST")
-            try:
-                age = float(request.args.get(b"ingest-age", [b"%f" % DEFAULT_INGEST_AGE])[0])
-            except ValueError:
-                age = -1.0
-            if not 0 <= age < 10**9:
-                return json_error(request, 400, "BAD_REQUEST", "ingest-age is seconds, >= 0")
-            gc = Deferred.fromCoroutine(self.downloads.gc(age))
-            return self._later(request, gc.addCallback(lambda report: report.to_json()))
-        if path == b"/admin/du":
-            if request.method not in (b"GET", b"HEAD"):
-                request.setHeader(b"Allow", b"GET, HEAD")
-                return json_error(request, 405, "METHOD_NOT_ALLOWED", "du is a GET")
-            store = self.downloads.store
-            reactor: Any = self.downloads.reactor
-            du = in_thread(reactor, usage, store.layout, store.referenced())
-            entries = len(store.entries())
-            return self._later(
-                request, du.addCallback(lambda u: {**u.to_json(), "entries": entries})
+        route = _ROUTES.get(path)
+        if route is None:
+            return json_error(request, 404, "NOT_FOUND", "no such endpoint")
+        if route.methods and request.method not in route.methods:
+            request.setHeader(b"Allow", b", ".join(route.methods))
+            what = f"{path.decode().rsplit('/', 1)[1]} is a {route.methods[0].decode()}"
+            return json_error(request, 405, "METHOD_NOT_ALLOWED", what)
+        return route.handler(self, request)
+
+    def _gc(self, request: Any) -> Any:
+        try:
+            age = float(request.args.get(b"ingest-age", [b"%f" % DEFAULT_INGEST_AGE])[0])
+        except ValueError:
+            age = -1.0
+        if not 0 <= age < 10**9:
+            return json_error(request, 400, "BAD_REQUEST", "ingest-age is seconds, >= 0")
+        gc = Deferred.fromCoroutine(self.downloads.gc(age))
+        return self._later(request, gc.addCallback(lambda report: report.to_json()))
+
+    def _du(self, request: Any) -> Any:
+        store = self.downloads.store
+        reactor: Any = self.downloads.reactor
+        du = in_thread(reactor, usage, store.layout, store.referenced())
+        entries = len(store.entries())
+        return self._later(request, du.addCallback(lambda u: {**u.to_json(), "entries": entries}))
+
+    def _info(self, request: Any) -> Any:
+        # Which cache this server serves: the CLI checks it is the one it was asked for.
+        store = self.downloads.store
+        return json_answer(
+            request,
+            {"cache": str(store.layout.root), "pid": os.getpid(), "version": __version__},
+        )
+
+    def _import(self, request: Any) -> Any:
+        request.content.seek(0)
+        loaded = Deferred.fromCoroutine(self.downloads.import_bundle(request.content))
+
+        def report(result: tuple[list[Entry], int, int]) -> dict[str, Any]:
+            entries, added, skipped = result
+            return {
+                "entries": [e.url for e in entries],
+                "blobsAdded": added,
+                "blobsSkipped": skipped,
+            }
+
+        return self._later(request, loaded.addCallback(report))
+
+    def _pin(self, request: Any) -> Any:
+        try:
+            body = json.loads(request.content.read(64 * 1024))
+            url, pin = body["url"], body.get("pin", True)
+            if not isinstance(url, str) or not isinstance(pin, bool):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return json_error(
+                request, 400, "BAD_REQUEST", 'body is {"url": "...", "pin": true|false}'
             )
-        if path == b"/admin/info":
-            # Which cache this server serves: the CLI checks it is the one it was asked for.
-            store = self.downloads.store
-            return self._json(
-                request,
-                {"cache": str(store.layout.root), "pid": os.getpid(), "version": __version__},
-            )
-        if path == b"/admin/import":
-            if request.method != b"POST":
-                request.setHeader(b"Allow", b"POST")
-                return json_error(request, 405, "METHOD_NOT_ALLOWED", "import is a POST")
-            request.content.seek(0)
-            loaded = Deferred.fromCoroutine(self.downloads.import_bundle(request.content))
-
-            def report(result: tuple[list[Entry], int, int]) -> dict[str, Any]:
-                entries, added, skipped = result
-                return {
-                    "entries": [e.url for e in entries],
-                    "blobsAdded": added,
-                    "blobsSkipped": skipped,
-                }
-
-            return self._later(request, loaded.addCallback(report))
-        if path == b"/admin/pin":
-            if request.method != b"POST":
-                request.setHeader(b"Allow", b"POST")
-                return json_error(request, 405, "METHOD_NOT_ALLOWED", "pin is a POST")
-            try:
-                body = json.loads(request.content.read(64 * 1024))
-                url, pin = body["url"], body.get("pin", True)
-                if not isinstance(url, str) or not isinstance(pin, bool):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError, AttributeError):
-                return json_error(
-                    request, 400, "BAD_REQUEST", 'body is {"url": "...", "pin": true|false}'
-                )
-            store = self.downloads.store
-            if store.get(url) is None:
-                return json_error(request, 404, "NOT_FOUND", f"{url} is not in the cache")
-            try:
-                pinned = store.set_pin(url, pin)
-            except StorageError as e:
-                return render_error(request, e)
-            answer = pinned.addCallback(lambda e: {"url": e.url, "pinned": e.pinned})
-            return self._later(request, answer)
-        return json_error(request, 404, "NOT_FOUND", "no such endpoint")
-
-    @staticmethod
-    def _json(request: Any, body: Any) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(body).encode() + b"\n"
+        store = self.downloads.store
+        if store.get(url) is None:
+            return json_error(request, 404, "NOT_FOUND", f"{url} is not in the cache")
+        try:
+            pinned = store.set_pin(url, pin)
+        except StorageError as e:
+            return render_error(request, e)
+        answer = pinned.addCallback(lambda e: {"url": e.url, "pinned": e.pinned})
+        return self._later(request, answer)
 
     @staticmethod
     def _later(request: Any, d: Deferred[Any]) -> Any:
         def done(body: Any) -> None:
-            request.setResponseCode(200)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.write(json.dumps(body).encode() + b"\n")
+            request.write(json_answer(request, body))
             request.finish()
 
         def failed(f: Failure) -> None:
@@ -133,3 +127,21 @@ class AdminAPI:
 
         d.addCallbacks(done, failed)
         return NOT_DONE_YET
+
+
+@attrs.frozen
+class _Route:
+    """An admin endpoint: the methods it takes (the first names it in a 405;
+    none: any) and its handler."""
+
+    methods: tuple[bytes, ...]
+    handler: Callable[[AdminAPI, Any], Any]
+
+
+_ROUTES: dict[bytes, _Route] = {
+    b"/admin/gc": _Route((b"POST",), AdminAPI._gc),
+    b"/admin/du": _Route((b"GET", b"HEAD"), AdminAPI._du),
+    b"/admin/info": _Route((), AdminAPI._info),
+    b"/admin/import": _Route((b"POST",), AdminAPI._import),
+    b"/admin/pin": _Route((b"POST",), AdminAPI._pin),
+}

@@ -37,8 +37,7 @@ from typing import Any
 import attrs
 
 from proxy.api.content import MAX_BODY
-from proxy.api.errors import json_error
-from proxy.api.registry import OciError, error_body
+from proxy.api.errors import OciError, error_body, json_error
 from proxy.types import MAX_MANIFEST
 from proxy.web.admission import Limit, Refusal
 from proxy.web.auth import REALM

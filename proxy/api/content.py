@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
+from proxy.api.answers import json_answer
 from proxy.api.errors import json_error, render_error
 from proxy.api.requests import parse_post
 from proxy.cache import views
@@ -221,12 +222,6 @@ class ContentAPI:
         return None
 
     @staticmethod
-    def _json(request: IRequest, status: int, body: Any) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(body).encode() + b"\n"
-
-    @staticmethod
     def _encoded(request: IRequest) -> bytes:
         path: bytes = request.path  # raw, still percent-encoded
         return path.split(b"/content/", 1)[1]
@@ -259,7 +254,7 @@ class ContentAPI:
             found = self.describe(url)
             if found is not None:
                 items.append(found[1])
-        return self._json(request, 200, {"entries": items})
+        return json_answer(request, {"entries": items}, 200)
 
     @app.route("/content/<path:_encoded>", methods=["GET", "HEAD"])
     def get(self, request: IRequest, _encoded: str) -> Any:
@@ -270,7 +265,7 @@ class ContentAPI:
         watch = request.args.get(b"watch", [b"0"])[0] not in (b"0", b"", b"false")
         if watch and request.method == b"GET":
             return Deferred.fromCoroutine(self._watch(request, url))
-        return self._json(request, *found)
+        return json_answer(request, found[1], found[0])
 
     async def _watch(self, request: Any, url: str) -> bytes | None:
         """Follow a download: one JSON document per change (at most every
@@ -342,7 +337,7 @@ class ContentAPI:
                     "blobsAdded": added,
                     "blobsSkipped": skipped,
                 }
-                return self._json(request, 201 if added else 200, answer)
+                return json_answer(request, answer, 201 if added else 200)
         pending = self.downloads.ensure(fetch_request)
         if not pending.called and _prefers_async(request):
             # RFC 7240: answer now; the client follows Location (?watch=1).
@@ -351,11 +346,11 @@ class ContentAPI:
             request.setHeader(b"Location", location.encode())
             request.setHeader(b"Preference-Applied", b"respond-async")
             found = self.describe(fetch_request.url)
-            return self._json(request, 202, found[1] if found else {"url": fetch_request.url})
+            return json_answer(request, found[1] if found else {"url": fetch_request.url}, 202)
         entry, created = await pending
         if not created:
             self.downloads.store.touch(entry.url)
-        return self._json(request, 201 if created else 200, self.describe_entry(entry))
+        return json_answer(request, self.describe_entry(entry), 201 if created else 200)
 
     @app.route("/content/<path:_encoded>", methods=["DELETE"])
     async def delete(self, request: IRequest, _encoded: str) -> bytes:

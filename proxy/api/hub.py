@@ -40,7 +40,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import re
 from typing import Any
@@ -49,7 +48,10 @@ from urllib.parse import unquote, urlencode
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import NOT_DONE_YET
 
+from proxy.api.answers import JSON_UTF8, json_answer
+from proxy.api.errors import hub_error, hub_error_body
 from proxy.cache.store import Store
+from proxy.errors import StorageError
 from proxy.service.hub import HubError, HubRepos, bad_request, git_trees
 from proxy.web.ranges import answer_range
 from proxy.web.sendfile import send_blob
@@ -107,7 +109,9 @@ class HfMirror:
         try:
             result = self._route(request, path)
         except HubError as e:
-            result = self._error(request, e)
+            result = hub_error_body(request, e)
+        except StorageError as e:
+            result = hub_error_body(request, hub_error(e))
         if result is NOT_DONE_YET:
             return result
         if request.responseHeaders.getRawHeaders(b"content-length") is None:
@@ -173,21 +177,6 @@ class HfMirror:
 
     # -- answers ---------------------------------------------------------------
 
-    def _error(self, request: Any, e: HubError) -> bytes:
-        request.setResponseCode(e.status)
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        if e.code is not None:
-            request.setHeader(b"X-Error-Code", e.code.encode())
-        request.setHeader(b"X-Error-Message", e.message.encode("ascii", "replace"))
-        if e.commit is not None:
-            request.setHeader(b"X-Repo-Commit", e.commit.encode())
-        return json.dumps({"error": e.message}).encode()
-
-    @staticmethod
-    def _json(request: Any, body: Any) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        return json.dumps(body).encode()
-
     def _info(self, request: Any, repo_type: str, repo: str, revision: str) -> bytes:
         snap = self.repos.snapshot(repo_type, repo, revision)
         if not snap.complete:
@@ -228,7 +217,7 @@ class HfMirror:
         if expand:
             wanted = {w for v in expand for w in v.decode("latin-1").split(",")}
             info = {k: v for k, v in info.items() if k in ("_id", "id") or k in wanted}
-        return self._json(request, info)
+        return json_answer(request, info, content_type=JSON_UTF8, newline=False)
 
     def _tree(self, request: Any, repo_type: str, repo: str, revision: str, sub: str) -> bytes:
         snap = self.repos.snapshot(repo_type, repo, revision)
@@ -287,7 +276,8 @@ class HfMirror:
             host = (request.getHeader(b"host") or b"localhost").decode("latin-1")
             link = f'<http://{host}{request.path.decode("ascii")}?{urlencode(params)}>; rel="next"'
             request.setHeader(b"Link", link.encode("latin-1", "replace"))
-        return self._json(request, items[start : start + page_size])
+        page = items[start : start + page_size]
+        return json_answer(request, page, content_type=JSON_UTF8, newline=False)
 
     def _resolve(self, request: Any, repo_type: str, repo: str, revision: str, path: str) -> Any:
         snap = self.repos.snapshot(repo_type, repo, revision)

@@ -52,13 +52,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.admission import is_push
-from proxy.api.registry import (
-    API_VERSION,
-    OciError,
-    _check_name,
-    error_body,
-    query_args,
-)
+from proxy.api.errors import OciError, error_body
+from proxy.api.registry import API_VERSION, _check_name, query_args
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest, is_disk_full
@@ -246,7 +241,6 @@ class PushAPI:
         store: Store,
         uploads: Uploads,
         reactor: Any,
-        api_token: str | None,
         after_push: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -254,25 +248,20 @@ class PushAPI:
         self._catalog = Catalog(store)  # the names downloads are served under
         self.uploads = uploads
         self._reactor = reactor
-        self._token = api_token
         self._after_push = after_push  # e.g. eviction under --max-cache-size
 
     def handles(self, method: bytes, path: bytes) -> bool:
         """Whether a /v2 request is a push request (everything but reads, and
-        the upload-status GET), or, with a token, the ``/v2/`` ping."""
-        return is_push(method, path, self._token is not None)
+        the upload-status GET); the ``/v2/`` ping is the registry's."""
+        return is_push(method, path, token=False)
 
     def render(self, request: Any, path: bytes) -> Any:
         """Route a push request; OciError for what is refused at once.
 
-        The token was checked before (by :class:`proxy.api.root.Root`, and for
-        a body before it was read, by the channel): both ask
-        :meth:`proxy.api.admission.Access.refusal`, which counts every push
-        request, the ping included, as needing it."""
-        if path in (b"/v2", b"/v2/") and request.method in (b"GET", b"HEAD"):
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(*API_VERSION)
-            return b"{}"
+        Whether it needs the token is not decided here: the route table
+        (:class:`proxy.api.admission.Access`) decided it before, for
+        :class:`proxy.api.root.Root` and, before a body was read, for the
+        channel; it counts every push request, the ping included, as needing it."""
         if b"%" in path:
             raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
         try:

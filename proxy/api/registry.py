@@ -26,7 +26,6 @@ what limits small range reads.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -42,16 +41,19 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.http import datetimeToString
 from twisted.web.server import NOT_DONE_YET, version
 
+from proxy.api.answers import json_answer
 from proxy.api.content import display_path
+from proxy.api.errors import OciError, error_body, oci_error
 from proxy.api.fill import FillReader
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest
+from proxy.errors import StorageError
 from proxy.logs import log_access
 from proxy.naming import NAME_RE, TAG_RE
 from proxy.numerals import read_decimal
 from proxy.service.mirror import Denied, Mirror
-from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest
+from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest, InvalidDigest
 from proxy.web.admission import OCI_API_VERSION
 from proxy.web.ranges import Unsatisfiable, answer_range, parse_range
 from proxy.web.sendfile import SENDFILE_MIN, send_blob
@@ -62,21 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# OCI distribution-spec error codes and the statuses this server answers them with.
-OCI_STATUS = {
-    "BLOB_UNKNOWN": 404,
-    "MANIFEST_UNKNOWN": 404,
-    "NAME_UNKNOWN": 404,
-    "NAME_INVALID": 400,
-    "DIGEST_INVALID": 400,
-    "TAG_INVALID": 400,
-    "UNSUPPORTED": 405,
-    "UNAUTHORIZED": 401,
-    "DENIED": 403,
-    "TOOMANYREQUESTS": 429,
-}
 _DIGEST_GRAMMAR_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-_SHA256_RE = re.compile(r"sha256:([a-f0-9]{64})")
 API_VERSION = OCI_API_VERSION
 
 
@@ -111,24 +99,6 @@ _FAST_HEADERS = (
 )
 
 
-class OciError(Exception):
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status or OCI_STATUS[code]
-
-
-def error_body(request: Any, err: OciError) -> bytes:
-    request.setResponseCode(err.status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(*API_VERSION)
-    body = json.dumps({"errors": [{"code": err.code, "message": err.message, "detail": {}}]})
-    data = body.encode() + b"\n"
-    request.setHeader(b"Content-Length", str(len(data)).encode())
-    return data
-
-
 def _check_name(name: str) -> None:
     if len(name) > 255 or not NAME_RE.fullmatch(name):
         raise OciError("NAME_INVALID", f"invalid repository name {name[:100]!r}")
@@ -137,13 +107,13 @@ def _check_name(name: str) -> None:
 def _digest(text: str, unknown: str) -> Digest:
     if not _DIGEST_GRAMMAR_RE.fullmatch(text):
         raise OciError("DIGEST_INVALID", f"invalid digest {text[:100]!r}")
-    m = _SHA256_RE.fullmatch(text)
-    if m is None and text.startswith("sha256:"):
-        raise OciError("DIGEST_INVALID", "a sha256 digest has 64 lowercase hex digits")
-    if m is None:
-        # A valid digest of an algorithm (or form) this cache never stores.
+    if not text.startswith("sha256:"):
+        # A valid digest of an algorithm this cache never stores.
         raise OciError(unknown, f"{text[:100]} is not in this cache")
-    return Digest(m.group(1))
+    try:
+        return Digest.parse(text)
+    except InvalidDigest:
+        raise OciError("DIGEST_INVALID", "a sha256 digest has 64 lowercase hex digits") from None
 
 
 def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[str], str | None]:
@@ -354,8 +324,7 @@ class RegistryAPI:
     # -- listings ------------------------------------------------------------
 
     def _json(self, request: Any, body: Any) -> bytes:
-        data = json.dumps(body).encode()
-        request.setHeader(b"Content-Type", b"application/json")
+        data = json_answer(request, body, newline=False)
         request.setHeader(b"Content-Length", str(len(data)).encode())
         request.setHeader(*API_VERSION)
         return data
@@ -418,7 +387,7 @@ class RegistryAPI:
 
             def fill_failed(f: Failure) -> None:
                 log.warning("mirror fill of %s:%s failed: %s", name, ref, f.getErrorMessage())
-                self._fail(request, OciError("MANIFEST_UNKNOWN", f"{name}:{ref} is unavailable"))
+                self._fail(request, _fill_error(f, f"{name}:{ref}"))
 
             d.addCallbacks(filled, fill_failed)
             return NOT_DONE_YET
@@ -551,6 +520,14 @@ class RegistryAPI:
         request.notifyFinish().addBoth(lambda _: release())
         send_blob(request, fd, offset, length, self.pool)
         return NOT_DONE_YET
+
+
+def _fill_error(f: Failure, what: str) -> OciError:
+    """The answer to a manifest fill that failed: the error table's (a failing
+    upstream is a 5xx, never MANIFEST_UNKNOWN), or 500 UNKNOWN."""
+    if isinstance(f.value, StorageError):
+        return oci_error(f.value, "MANIFEST_UNKNOWN")
+    return OciError("UNKNOWN", f"{what} could not be filled (see the server log)")
 
 
 def _not_modified(request: Any, digest: Digest) -> bool:

@@ -17,7 +17,6 @@ registry API with ``<registry>`` as its namespace; any other proxy request is
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -29,6 +28,7 @@ from werkzeug.exceptions import BadHost
 from proxy import metrics
 from proxy.api.admin import AdminAPI
 from proxy.api.admission import Access, Route, render_refusal, route_of
+from proxy.api.answers import json_answer
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
 from proxy.api.hub import HfMirror
@@ -94,7 +94,7 @@ class Root(Resource):
             request.setHeader(b"Content-Type", ctype)
             return body
         if path == b"/healthz":
-            return self._json(request, 200, {"status": "ok"})
+            return json_answer(request, {"status": "ok"}, 200)
         if path == b"/readyz":
             layout = self._layout
             checks = {
@@ -104,7 +104,7 @@ class Root(Resource):
                 ),
             }
             ok = all(checks.values())
-            return self._json(request, 200 if ok else 503, {"ready": ok, "checks": checks})
+            return json_answer(request, {"ready": ok, "checks": checks}, 200 if ok else 503)
         return json_error(request, 404, "NOT_FOUND", "no such endpoint")
 
     def _forward_proxy(self, request: Any, target: bytes) -> Any:
@@ -118,9 +118,3 @@ class Root(Resource):
             return self._registry.render(request, path, proxied_host=parts.netloc.lower())
         # Not something this cache holds: let the client go to the origin itself.
         return json_error(request, 502, "NOT_CACHED", "only /v2 content is served as a proxy")
-
-    @staticmethod
-    def _json(request: IRequest, status: int, body: Any) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(body).encode() + b"\n"

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -36,12 +35,11 @@ from pathlib import Path
 
 import attrs
 
-from proxy.types import Digest
+from proxy.types import SHA256_HEX_RE, Digest
 
 log = logging.getLogger(__name__)
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-_HEX_RE = re.compile(r"[a-f0-9]{64}")
 _FLUSH = "flush"
 QUIET = 1.0  # seconds without a commit before the fsyncs run
 MAX_DELAY = 10.0  # seconds a commit waits for its fsync at most, commits going on or not
@@ -225,7 +223,7 @@ def recover(syncer: Syncer) -> Recovery:
     resynced: list[Digest] = []
     suspect: list[Digest] = []
     for marker in sorted(marks.iterdir()):
-        if not _HEX_RE.fullmatch(marker.name):
+        if not SHA256_HEX_RE.fullmatch(marker.name):
             marker.unlink(missing_ok=True)  # a half-written name cannot happen; be tidy
             continue
         digest = Digest(marker.name)

@@ -44,6 +44,7 @@ from proxy.types import (
     ANNOTATION_REF_NAME,
     ANNOTATION_TITLE,
     ANNOTATION_URL,
+    SHA256_HEX_RE,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ MAX_REVISION = 255
 MAX_REF_NAME = 1024
 
 _COMMIT_RE = re.compile(r"[a-f0-9]{40}")
-_SHA256_RE = re.compile(r"[a-f0-9]{64}")
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?", re.ASCII)
 REPO_TYPES = frozenset({"model", "dataset", "space"})
 # image-spec annotations.md, org.opencontainers.image.ref.name.
@@ -173,7 +173,7 @@ _FILE_CHECKS = {
     ANNOTATION_TITLE: is_title,
     ANNOTATION_HF_COMMIT: is_commit,
     ANNOTATION_HF_OID: is_commit,  # a git blob id: 40 hex as well
-    ANNOTATION_HF_LFS: lambda v: bool(_SHA256_RE.fullmatch(v)),
+    ANNOTATION_HF_LFS: lambda v: bool(SHA256_HEX_RE.fullmatch(v)),
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -34,13 +33,13 @@ from proxy.types import (
     ANNOTATION_PRIMARY,
     ANNOTATION_REF_NAME,
     ANNOTATION_URL,
+    SHA256_HEX_RE,
     Descriptor,
     Digest,
 )
 
 log = logging.getLogger(__name__)
 
-_HEX_RE = re.compile(r"[a-f0-9]{64}")
 
 # Kinds stored as an artifact manifest of titled files (the rest: manifests as fetched).
 FILE_KINDS = frozenset({"file", "hf", "s3", "blob"})
@@ -431,7 +430,7 @@ class Store:
             def sweep() -> tuple[int, int]:
                 count = freed = 0
                 for p in self.layout.blobs_dir.iterdir():
-                    if not _HEX_RE.fullmatch(p.name) or Digest(p.name) in keep:
+                    if not SHA256_HEX_RE.fullmatch(p.name) or Digest(p.name) in keep:
                         continue
                     freed += self.layout.remove_blob(Digest(p.name))
                     count += 1

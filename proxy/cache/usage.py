@@ -7,16 +7,13 @@ what ``gc`` would free from ``blobs/``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Set
 from typing import Any
 
 import attrs
 
 from proxy.cache.layout import Layout
-from proxy.types import Digest
-
-_HEX_RE = re.compile(r"[a-f0-9]{64}")
+from proxy.types import SHA256_HEX_RE, Digest
 
 
 @attrs.frozen
@@ -46,7 +43,7 @@ class Usage:
 def usage(layout: Layout, referenced: Set[Digest]) -> Usage:
     count = total = unreferenced = 0
     for entry in os.scandir(layout.blobs_dir):
-        if not _HEX_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+        if not SHA256_HEX_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
             continue
         size = entry.stat(follow_symlinks=False).st_size
         count += 1

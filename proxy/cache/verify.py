@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,9 +33,14 @@ import attrs
 from proxy.cache import artifact
 from proxy.cache.durable import fsync_dir
 from proxy.cache.layout import Layout, NotAManifest
-from proxy.types import ANNOTATION_KIND, ANNOTATION_REF_NAME, ANNOTATION_URL, Descriptor, Digest
-
-_HEX_RE = re.compile(r"[a-f0-9]{64}")
+from proxy.types import (
+    ANNOTATION_KIND,
+    ANNOTATION_REF_NAME,
+    ANNOTATION_URL,
+    SHA256_HEX_RE,
+    Descriptor,
+    Digest,
+)
 
 
 @attrs.frozen
@@ -97,7 +101,7 @@ def check_blobs(
     problems: list[Problem] = []
     paths: list[Path] = []
     for p in sorted(layout.blobs_dir.iterdir()):
-        if _HEX_RE.fullmatch(p.name) and p.is_file():
+        if SHA256_HEX_RE.fullmatch(p.name) and p.is_file():
             paths.append(p)
         else:
             problems.append(Problem("stray", str(p), "not a blob: its name is not a sha256"))

@@ -59,14 +59,13 @@ from proxy.types import ANNOTATION_HF_OID as A_OID
 from proxy.types import ANNOTATION_HF_REPO as A_REPO
 from proxy.types import ANNOTATION_HF_REPO_TYPE as A_REPO_TYPE
 from proxy.types import ANNOTATION_HF_REVISION as A_REVISION
-from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor, Digest
+from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, SHA256_HEX_RE, Descriptor, Digest
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "huggingface.co"
 ARTIFACT_TYPE = "application/vnd.nekko.storage-manager.huggingface.v1"
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-_SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}")
 _COMMIT_RE = re.compile(r"[a-f0-9]{40}")
 MAX_TREE_PAGES = 1000
 
@@ -236,7 +235,7 @@ class HfFetcher:
             header(response, b"Content-Length") if response.code < 300 else None
         )
         size = int(size_text) if size_text and size_text.isdigit() else None
-        lfs = linked if linked and _SHA256_HEX_RE.fullmatch(linked) else None
+        lfs = linked if linked and SHA256_HEX_RE.fullmatch(linked) else None
         oid = _etag(header(response, b"ETag"))
         if oid is not None and not re.fullmatch(r"[a-f0-9]{40}", oid):
             oid = None
@@ -287,7 +286,7 @@ class HfFetcher:
                         if isinstance(e.get("oid"), str) and _COMMIT_RE.fullmatch(e["oid"])
                         else None,
                         lfs_sha256=sha
-                        if isinstance(sha, str) and _SHA256_HEX_RE.fullmatch(sha)
+                        if isinstance(sha, str) and SHA256_HEX_RE.fullmatch(sha)
                         else None,
                     )
                 )

@@ -348,6 +348,40 @@ class Wanted:
 async def _attempt(
     client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
 ) -> IngestState:
+    """One request for ``want``, resuming from the bytes on disk when the
+    source can be trusted to send the rest of the same file; its body
+    streamed into ``ingest``. Retryable when another attempt may succeed."""
+    state, offset, headers = await _resume_point(client, ingest, want)
+    url, private = want.url, None
+    if want.prepare is not None:
+        url, private = await want.prepare(headers)
+    response = await client.get(url, job, headers, want.authorization, private=private)
+    code = response.code
+    if code == 412 and want.if_match is not None:
+        client.discard(response)
+        await client.thread(ingest.discard)
+        raise SourceChanged(f"{want.recorded} changed while it was being fetched")
+    if code == 206 and offset > 0 and state is not None:
+        await _resumed(client, ingest, want, response, state, offset)
+    elif code == 416 and offset > 0 and state is not None:
+        await _past_the_end(client, ingest, response, state, offset)
+        state.total = blob.total = blob.done = offset
+        return state  # the bytes on disk were already the whole file
+    elif code == 200:
+        state = await _from_the_start(client, ingest, want, response, offset)
+    else:
+        raise await _refused(client, want, response)
+    await _check_size_and_reserve(client, ingest, want, job, blob, response, state)
+    await _stream(client, ingest, job, blob, response, state)
+    return state
+
+
+async def _resume_point(
+    client: HttpClient, ingest: IngestFile, want: Wanted
+) -> tuple[IngestState | None, int, dict[bytes, bytes]]:
+    """(what ingest recorded, the offset to resume at, the request headers):
+    a resume needs the same source (or content named by its digest) and a
+    validator for ``If-Range`` (or the object store's ``If-Match``)."""
     state: IngestState | None = await client.thread(ingest.read_state)
     offset = 0
     headers: dict[bytes, bytes] = {b"Accept-Encoding": b"identity"}
@@ -370,65 +404,93 @@ async def _attempt(
                 headers[b"If-Range"] = validator.encode("latin-1")
     if want.if_match is not None:
         headers[b"If-Match"] = want.if_match.encode("latin-1")
-    url, private = want.url, None
-    if want.prepare is not None:
-        url, private = await want.prepare(headers)
-    response = await client.get(url, job, headers, want.authorization, private=private)
-    code = response.code
-    if code == 412 and want.if_match is not None:
+    return state, offset, headers
+
+
+async def _resumed(
+    client: HttpClient,
+    ingest: IngestFile,
+    want: Wanted,
+    response: Any,
+    state: IngestState,
+    offset: int,
+) -> None:
+    """A 206 to a resume: the rest of the same file, appended; else start over."""
+    m = _CONTENT_RANGE_RE.fullmatch(header(response, b"Content-Range") or "")
+    etag = header(response, b"ETag")
+    changed = state.etag is not None and etag is not None and etag != state.etag
+    if m is None or int(m.group(1)) != offset or changed:
+        # Another range, or (If-Range ignored) another version of the file.
         client.discard(response)
         await client.thread(ingest.discard)
-        raise SourceChanged(f"{want.recorded} changed while it was being fetched")
-    if code == 206 and offset > 0 and state is not None:
-        m = _CONTENT_RANGE_RE.fullmatch(header(response, b"Content-Range") or "")
-        etag = header(response, b"ETag")
-        changed = state.etag is not None and etag is not None and etag != state.etag
-        if m is None or int(m.group(1)) != offset or changed:
-            # Another range, or (If-Range ignored) another version of the file.
-            client.discard(response)
-            await client.thread(ingest.discard)
-            raise Retryable(UpstreamError("server answered another range; starting over"))
-        if m.group(3) != "*":
-            state.total = int(m.group(3))
+        raise Retryable(UpstreamError("server answered another range; starting over"))
+    if m.group(3) != "*":
+        state.total = int(m.group(3))
+    await client.thread(ingest.open, True)
+    log.info("resuming %s at byte %d", redact_url(want.recorded), offset)
+
+
+async def _past_the_end(
+    client: HttpClient, ingest: IngestFile, response: Any, state: IngestState, offset: int
+) -> None:
+    """A 416 to a resume: fine when the file is exactly what is on disk
+    (``bytes */<offset>``); else start over."""
+    client.discard(response)
+    m = re.fullmatch(r"bytes \*/(\d+)", header(response, b"Content-Range") or "")
+    if m is not None and int(m.group(1)) == offset:
         await client.thread(ingest.open, True)
-        log.info("resuming %s at byte %d", redact_url(want.recorded), offset)
-    elif code == 416 and offset > 0 and state is not None:
-        client.discard(response)
-        m = re.fullmatch(r"bytes \*/(\d+)", header(response, b"Content-Range") or "")
-        if m is not None and int(m.group(1)) == offset:
-            await client.thread(ingest.open, True)
-            state.total = blob.total = blob.done = offset
-            return state
-        await client.thread(ingest.discard)
-        raise Retryable(UpstreamError("partial download no longer matches; starting over"))
-    elif code == 200:
-        if offset > 0:
-            log.warning(
-                "%s: the source sent the whole content instead of resuming at byte %d; "
-                "starting over from byte 0",
-                redact_url(want.recorded),
-                offset,
-            )
-        state = IngestState(
-            url=want.recorded,
-            etag=header(response, b"ETag"),
-            last_modified=header(response, b"Last-Modified"),
-            total=content_length(response),
-            expected=str(want.expected) if want.expected else None,
+        return
+    await client.thread(ingest.discard)
+    raise Retryable(UpstreamError("partial download no longer matches; starting over"))
+
+
+async def _from_the_start(
+    client: HttpClient, ingest: IngestFile, want: Wanted, response: Any, offset: int
+) -> IngestState:
+    """A 200: the whole file, written from byte 0 with its validators recorded."""
+    if offset > 0:
+        log.warning(
+            "%s: the source sent the whole content instead of resuming at byte %d; "
+            "starting over from byte 0",
+            redact_url(want.recorded),
+            offset,
         )
-        await client.thread(ingest.write_state, state)
-        await client.thread(ingest.open, False)
+    state = IngestState(
+        url=want.recorded,
+        etag=header(response, b"ETag"),
+        last_modified=header(response, b"Last-Modified"),
+        total=content_length(response),
+        expected=str(want.expected) if want.expected else None,
+    )
+    await client.thread(ingest.write_state, state)
+    await client.thread(ingest.open, False)
+    return state
+
+
+async def _refused(client: HttpClient, want: Wanted, response: Any) -> Exception:
+    """The error of any other answer: Retryable for 5xx and 429."""
+    body = b""
+    with contextlib.suppress(StorageError, Retryable):
+        body = await client.read_small(response, 64 * 1024)
+    if want.error is not None:
+        error = want.error(response, body)
     else:
-        body = b""
-        with contextlib.suppress(StorageError, Retryable):
-            body = await client.read_small(response, 64 * 1024)
-        if want.error is not None:
-            error = want.error(response, body)
-        else:
-            error = upstream_error(want.url, response, body)
-        if code >= 500 or code == 429:
-            raise Retryable(error)
-        raise error
+        error = upstream_error(want.url, response, body)
+    if response.code >= 500 or response.code == 429:
+        return Retryable(error)
+    return error
+
+
+async def _check_size_and_reserve(
+    client: HttpClient,
+    ingest: IngestFile,
+    want: Wanted,
+    job: Job,
+    blob: BlobProgress,
+    response: Any,
+    state: IngestState,
+) -> None:
+    """Refuse a size other than the one expected; reserve the room still needed."""
     if want.size is not None and state.total is not None and state.total != want.size:
         client.discard(response)
         await client.thread(ingest.discard)
@@ -442,6 +504,17 @@ async def _attempt(
         except BaseException:
             client.discard(response)
             raise
+
+
+async def _stream(
+    client: HttpClient,
+    ingest: IngestFile,
+    job: Job,
+    blob: BlobProgress,
+    response: Any,
+    state: IngestState,
+) -> None:
+    """The body into ``ingest``, counted in ``blob``; a cut or a stall is Retryable."""
 
     def on_bytes(n: int) -> None:
         blob.done += n
@@ -475,7 +548,6 @@ async def _attempt(
         # Content-Range, say, with a smaller Content-Length): a cut like any other.
         short = f"body ended after {ingest.offset} of {state.total} bytes"
         raise Retryable(UpstreamUnreachable(short))
-    return state
 
 
 async def download(

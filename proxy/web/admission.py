@@ -29,6 +29,14 @@ _PHRASES = {
 }
 
 
+def error_document(code: str, message: str, oci: bool) -> dict[str, Any]:
+    """The one spelling of an error body: OCI error JSON (``/v2``), or the
+    /content JSON (:mod:`proxy.api.errors` writes both the same way)."""
+    if oci:
+        return {"errors": [{"code": code, "message": message, "detail": {}}]}
+    return {"error": {"code": code, "message": message}}
+
+
 @attrs.frozen
 class Refusal:
     """An answer given instead of running the route: a status, an error
@@ -44,11 +52,7 @@ class Refusal:
     def response(self, method: bytes) -> bytes:
         """The whole HTTP/1.1 answer, for the channel to write before the
         request exists as a twisted.web request; it closes the connection."""
-        if self.oci:
-            doc: Any = {"errors": [{"code": self.code, "message": self.message, "detail": {}}]}
-        else:
-            doc = {"error": {"code": self.code, "message": self.message}}
-        body = json.dumps(doc).encode() + b"\n"
+        body = json.dumps(error_document(self.code, self.message, self.oci)).encode() + b"\n"
         lines = [
             b"HTTP/1.1 %d %s" % (self.status, _PHRASES.get(self.status, b"Error")),
             b"Content-Type: application/json",
