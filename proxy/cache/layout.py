@@ -120,6 +120,12 @@ def ingest_key(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
 
 
+def blob_ingest_key(digest: Digest) -> str:
+    """The ingest directory name of a blob known by its digest (a pull's layer,
+    a mirror's fill): where a reader of a running fill finds its bytes."""
+    return f"sha256-{digest.hex}"
+
+
 @attrs.frozen
 class Layout:
     """Paths of one cache directory; all filesystem calls here are blocking."""

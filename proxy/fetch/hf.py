@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
 from proxy.cache import grammar
 from proxy.cache.ingest import IngestFile, IngestState
-from proxy.cache.layout import Layout, ingest_key
+from proxy.cache.layout import Layout, blob_ingest_key, ingest_key
 from proxy.errors import BadContent, BadRequest, StorageError, UpstreamError
 from proxy.fetch.base import FetchRequest, FetchResult, Job
 from proxy.fetch.ociref import split_hub_url
@@ -353,7 +353,7 @@ class HfFetcher:
                 blob.done, blob.digest, blob.state = size, expected, "complete"
                 return Descriptor(MEDIA_TYPE_OCTET, expected, size, annotations)
         url = f"{base}/{ref.url_prefix}/resolve/{commit}/{quote(item.path)}"
-        key = f"sha256-{expected.hex}" if expected else ingest_key(url)
+        key = blob_ingest_key(expected) if expected else ingest_key(url)
         want = Wanted(
             url=url, authorization=auth, expected=expected, size=item.size, immutable=True
         )

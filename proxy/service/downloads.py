@@ -440,8 +440,12 @@ class Downloads:
             waiter.addCallback(check)
         return waiter
 
-    def start(self, request: FetchRequest, fetcher: Fetcher | None = None) -> Download:
-        """The running download of a URL, started if there is none (single flight)."""
+    def start(
+        self, request: FetchRequest, fetcher: Fetcher | None = None, queued: bool = True
+    ) -> Download:
+        """The running download of a URL, started if there is none (single flight).
+        ``queued=False`` skips the wait for a download slot (one small request,
+        such as a mirror's manifest fill, is not kept behind large blobs)."""
         job = self._running.get(request.url)
         if job is not None:
             return job
@@ -451,7 +455,10 @@ class Downloads:
         if self._limit is not None:
             job.make_room = self.make_room
         self._running[request.url] = job
-        self._slots.run(self._run, job, fetcher)
+        if queued:
+            self._slots.run(self._run, job, fetcher)
+        else:
+            self._run(job, fetcher)
         return job
 
     def _run(self, job: Download, fetcher: Fetcher) -> Deferred[None]:
@@ -529,6 +536,13 @@ class Downloads:
             )
             digest = await job.put_blob(data)
             manifest = Descriptor(MEDIA_TYPE_IMAGE_MANIFEST, digest, len(data))
+        existing = self.store.get(job.request.url)
+        if (
+            result.keep_existing
+            and existing is not None
+            and existing.descriptor.digest == manifest.digest
+        ):
+            return existing
         entry = new_entry(
             job.request.url,
             result.kind,
