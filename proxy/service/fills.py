@@ -1,7 +1,7 @@
 """The mirror's blob source: a blob the cache lacks, filled from upstream.
 
 :class:`MirrorBlobs` starts (or joins) the single-flight fill of a blob
-through :class:`proxy.service.mirror.Mirror` and answers with a
+through the mirror (:class:`Upstream`) and answers with a
 :class:`FillStream` once upstream told the blob's size. The stream reads the
 bytes as they land in ``ingest/`` (or, once committed, in ``blobs/``); every
 wait -- for the size, for more bytes, for the verdict -- is a Deferred fired
@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -22,7 +22,6 @@ from twisted.internet.interfaces import IReactorTime
 from proxy.cache.layout import Layout, blob_ingest_key
 from proxy.fetch.base import BlobProgress
 from proxy.service.downloads import Download
-from proxy.service.mirror import Mirror
 from proxy.service.sources import BlobHandle, BlobWant
 from proxy.types import Digest
 
@@ -30,6 +29,21 @@ log = logging.getLogger(__name__)
 
 PASS_THROUGH_GAP = 8 * 1024 * 1024  # a Range this far ahead of the fill goes to upstream
 WAIT_FOR_SIZE = 30.0  # seconds a client waits for upstream to tell the size
+
+
+class Upstream(Protocol):
+    """What a fill needs of the mirror (:class:`proxy.service.mirror.Mirror`)."""
+
+    def registry_for(self, ns: str | None) -> str | None:
+        """The registry to fill from (None: none); raises ``Denied``."""
+
+    def fill_blob(self, registry: str, name: str, digest: Digest) -> Download:
+        """The running fill of a blob (single flight)."""
+
+    async def pass_through(
+        self, registry: str, name: str, digest: Digest, first: int, last: int
+    ) -> Any:
+        """An upstream response for one byte range of a blob (not cached)."""
 
 
 class NoSize(Exception):
@@ -41,7 +55,7 @@ class FillStream:
 
     def __init__(
         self,
-        mirror: Mirror,
+        mirror: Upstream,
         registry: str,
         want: BlobWant,
         job: Download,
@@ -132,7 +146,7 @@ class FillStream:
 class MirrorBlobs:
     """The upstream registry's fill of a blob, with ``--mirror``."""
 
-    def __init__(self, mirror: Mirror, layout: Layout, clock: IReactorTime) -> None:
+    def __init__(self, mirror: Upstream, layout: Layout, clock: IReactorTime) -> None:
         self.mirror = mirror
         self.layout = layout
         self.clock = clock
