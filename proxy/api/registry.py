@@ -90,26 +90,24 @@ _FAST_TARGET_RE = re.compile(
 FAST_SENDFILE_MAX = 2 * 1024 * 1024
 
 # The headers of every blob answer, both ways (the fast path and twisted.web):
-# fixed ones, and the names of those that depend on the request (their values
-# come from _blob_values, in this order).
+# fixed ones, and templates of those that depend on the request (filled with
+# the digest, the Host and the repository name).
 _BLOB_FIXED = (
     (b"Content-Type", b"application/octet-stream"),
     (b"Accept-Ranges", b"bytes"),
     (b"Cache-Control", b"max-age=31536000, immutable"),
     API_VERSION,
 )
-_BLOB_VARIABLE = (b"Docker-Content-Digest", b"ETag", b"Location")
-# The same, as the fast path writes them (a %-template of the variable values).
+_BLOB_VARIABLE = (
+    (b"Docker-Content-Digest", b"%(digest)s"),
+    (b"ETag", b'"%(digest)s"'),
+    (b"Location", b"http://%(host)s/v2/%(name)s/blobs/%(digest)s"),
+)
+# The same, as header lines the fast path writes (one %-format per answer).
 _FAST_FIELDS = b"".join(
     [b"Server: " + version + b"\r\n"]
-    + [name + b": " + value + b"\r\n" for name, value in _BLOB_FIXED]
-    + [name + b": %s\r\n" for name in _BLOB_VARIABLE]
+    + [key + b": " + value + b"\r\n" for key, value in _BLOB_FIXED + _BLOB_VARIABLE]
 )
-
-
-def _blob_values(digest: bytes, host: bytes, name: bytes) -> tuple[bytes, bytes, bytes]:
-    """The values of :data:`_BLOB_VARIABLE` for one answer."""
-    return digest, b'"%s"' % digest, b"http://%s/v2/%s/blobs/%s" % (host, name, digest)
 
 
 class OciError(Exception):
@@ -238,7 +236,7 @@ class RegistryAPI:
             except Unsatisfiable:
                 return None
             digest = b"sha256:" + hex_
-            fields = _FAST_FIELDS % _blob_values(digest, request.host, name)
+            fields = _FAST_FIELDS % {b"digest": digest, b"host": request.host, b"name": name}
             if byte_range is None:
                 status, offset, length = 200, 0, size
                 head = fastpath.answer_head(fields, self._date.now(), length)
@@ -453,9 +451,9 @@ class RegistryAPI:
         for key, value in _BLOB_FIXED:
             request.setHeader(key, value)
         host = (request.getHeader(b"host") or b"").strip(b" \t") or b"localhost"
-        values = _blob_values(str(digest).encode(), host, name.encode())
-        for key, value in zip(_BLOB_VARIABLE, values, strict=True):
-            request.setHeader(key, value)
+        values = {b"digest": str(digest).encode(), b"host": host, b"name": name.encode()}
+        for key, template in _BLOB_VARIABLE:
+            request.setHeader(key, template % values)
 
     def _blob(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
         digest = _digest(ref, "BLOB_UNKNOWN")
