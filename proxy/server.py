@@ -41,9 +41,12 @@ from proxy.fetch.s3 import S3Fetcher, Signer
 from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.request import Credentials
 from proxy.service.downloads import Downloads
+from proxy.service.fills import MirrorBlobs
 from proxy.service.mirror import Mirror
+from proxy.service.sources import BlobSource, Chain, LocalBlobs
 from proxy.types import Digest
 from proxy.units import human_size, plural
+from proxy.web.sendfile import BlobSender
 from proxy.web.site import LoggingSite
 
 log = logging.getLogger("proxy")
@@ -297,7 +300,12 @@ def _registry(
             "mirror mode: filling from %s",
             ", ".join(sorted(mirror.allowed)) or "no registry (set --upstream)",
         )
-    registry = RegistryAPI(store.layout, catalog, pool, mirror)
+    # Where /v2 finds a blob, in order: the cache, then (--mirror) the upstream fill.
+    sources: list[BlobSource] = [LocalBlobs(store.layout, catalog)]
+    if mirror is not None:
+        sources.append(MirrorBlobs(mirror, store.layout, reactor))
+    sender = BlobSender(reactor, reactor, pool)
+    registry = RegistryAPI(store.layout, catalog, sender, Chain(sources), mirror)
     if config.allow_push:
         registry.push = PushAPI(
             store,

@@ -45,7 +45,6 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlencode
 
-from twisted.python.threadpool import ThreadPool
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.answers import JSON_UTF8, json_answer
@@ -54,7 +53,7 @@ from proxy.cache.store import Store
 from proxy.errors import StorageError
 from proxy.service.hub import HubError, HubRepos, bad_request, git_trees
 from proxy.web.ranges import answer_range
-from proxy.web.sendfile import send_blob
+from proxy.web.sendfile import BlobSender
 
 TREE_PAGE_SIZE = 1000  # entries per tree page, as the Hub pages them
 TREE_EXPAND_PAGE_SIZE = 50  # ... with expand=true
@@ -98,10 +97,10 @@ def _segment(raw: str) -> str:
 class HfMirror:
     """Serves ``/hf`` from the ``hf://`` entries of a store (read-only)."""
 
-    def __init__(self, store: Store, pool: ThreadPool) -> None:
+    def __init__(self, store: Store, sender: BlobSender) -> None:
         self.store = store
         self.repos = HubRepos(store)
-        self.pool = pool  # sendfile(2) workers, shared with /v2
+        self.sender = sender  # sendfile(2) answers, shared with /v2
 
     # -- dispatch --------------------------------------------------------------
 
@@ -334,7 +333,7 @@ class HfMirror:
             raise
         release = self.store.reading(digest.hex)
         request.notifyFinish().addBoth(lambda _: release())
-        send_blob(request, fd, offset, length, self.pool)
+        self.sender.send(request, fd, offset, length)
         return NOT_DONE_YET
 
 

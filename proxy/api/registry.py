@@ -30,21 +30,17 @@ import logging
 import os
 import re
 import stat
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
-from twisted.web.http import datetimeToString
 from twisted.web.server import NOT_DONE_YET, version
 
 from proxy.api.answers import json_answer
 from proxy.api.content import display_path
 from proxy.api.errors import OciError, error_body, oci_error
-from proxy.api.fill import FillReader
+from proxy.api.fill import FillWriter
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest
@@ -53,10 +49,13 @@ from proxy.logs import log_access
 from proxy.naming import NAME_RE, TAG_RE
 from proxy.numerals import read_decimal
 from proxy.service.mirror import Denied, Mirror
+from proxy.service.sources import BlobHandle, BlobSource, BlobWant, GrowingBlob, StoredBlob
 from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest, InvalidDigest
+from proxy.web import fastpath
 from proxy.web.admission import OCI_API_VERSION
+from proxy.web.fastpath import FastRequest, HttpDate
 from proxy.web.ranges import Unsatisfiable, answer_range, parse_range
-from proxy.web.sendfile import SENDFILE_MIN, send_blob
+from proxy.web.sendfile import SENDFILE_MIN, BlobSender
 
 if TYPE_CHECKING:
     from proxy.api.push import PushAPI
@@ -68,34 +67,34 @@ _DIGEST_GRAMMAR_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+"
 API_VERSION = OCI_API_VERSION
 
 
-# The fast path (see proxy.web.channel): what it answers, and the request
-# headers that make it decline (twisted.web's own handling, or a conditional).
-# (``?ns=`` only picks the registry a miss is filled from: a hit is the same blob.)
+# The fast path (see proxy.web.channel and proxy.web.fastpath): the targets it
+# answers. (``?ns=`` only picks the registry a miss is filled from: a hit is
+# the same blob.)
 _FAST_TARGET_RE = re.compile(
     rb"/v2/([a-z0-9._/-]{1,255})/blobs/sha256:([a-f0-9]{64})(?:\?ns=[A-Za-z0-9.:-]{1,255})?"
 )
-_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CTL = b"\x00\r\n"
 # Larger GETs take the ordinary way (sendfile from a worker thread): the fast
 # path may read what the socket does not take at once into memory.
 FAST_SENDFILE_MAX = 2 * 1024 * 1024
-_FAST_DECLINE = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"expect",
-        b"connection",
-        b"upgrade",
-        b"if-none-match",
-        b"if-range",
-    }
+
+# The headers of every blob answer, both ways (the fast path and twisted.web):
+# fixed ones, and templates of those that depend on the request (filled with
+# the digest, the Host and the repository name).
+_BLOB_FIXED = (
+    (b"Content-Type", b"application/octet-stream"),
+    (b"Accept-Ranges", b"bytes"),
+    (b"Cache-Control", b"max-age=31536000, immutable"),
+    API_VERSION,
 )
-_FAST_HEADERS = (
-    b"Server: " + version + b"\r\n"
-    b"Content-Type: application/octet-stream\r\n"
-    b"Accept-Ranges: bytes\r\n"
-    b"Cache-Control: max-age=31536000, immutable\r\n"
-    b"Docker-Distribution-Api-Version: registry/2.0\r\n"
+_BLOB_VARIABLE = (
+    (b"Docker-Content-Digest", b"%(digest)s"),
+    (b"ETag", b'"%(digest)s"'),
+    (b"Location", b"http://%(host)s/v2/%(name)s/blobs/%(digest)s"),
+)
+# The same, as header lines the fast path writes (one %-format per answer).
+_FAST_FIELDS = b"".join(
+    [b"Server: " + version + b"\r\n"]
+    + [key + b": " + value + b"\r\n" for key, value in _BLOB_FIXED + _BLOB_VARIABLE]
 )
 
 
@@ -131,142 +130,107 @@ def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[st
 
 
 class RegistryAPI:
-    """Serves /v2 from a cache layout and its catalog."""
+    """Serves /v2 from a cache layout and its catalog; blobs from one
+    :class:`proxy.service.sources.BlobSource` (the chain built in ``proxy.server``)."""
 
     # With --allow-push: blob uploads and manifest PUTs (proxy.api.push).
     push: PushAPI | None = None
 
     def __init__(
-        self, layout: Layout, catalog: Catalog, pool: ThreadPool, mirror: Mirror | None = None
+        self,
+        layout: Layout,
+        catalog: Catalog,
+        sender: BlobSender,
+        blobs: BlobSource,
+        mirror: Mirror | None = None,
     ) -> None:
         self.layout = layout
         self.catalog = catalog
-        self.pool = pool  # sendfile(2) workers
-        self.mirror = mirror  # pull-through fills; None = offline
+        self.sender = sender  # sendfile(2) answers
+        self.blobs = blobs  # where a blob is found: the cache first, then any fill
+        self.mirror = mirror  # pull-through manifest fills; None = offline
 
         self._blobs_dir = str(layout.blobs_dir) + os.sep
-        self._date = (0, b"")
+        self._date = HttpDate()
         self._touch = catalog.touch_blob  # a read is a use of every entry holding the blob
 
-    def _http_date(self) -> bytes:
-        now = int(time.time())
-        if self._date[0] != now:
-            self._date = (now, datetimeToString(now))
-        return self._date[1]
-
     def fast_blob(self, channel: PlainHTTPChannel, head: bytes) -> bool:
-        """Answer a plain ``HEAD``, or a ``GET`` of fewer than
-        :data:`SENDFILE_MIN` bytes, of a cached blob, with the very headers
-        :meth:`_blob` sends; False (nothing written) for anything else, which
-        then takes the ordinary way. Blocking reads as :func:`send_blob`'s
-        small answers do (one ``stat`` or ``pread``)."""
-        lines = head.split(b"\r\n")
-        request_line = lines[0].split(b" ")
-        if len(request_line) != 3:
+        """Answer a plain ``HEAD``, or a small ``GET``, of a cached blob, with
+        the very headers :meth:`_blob` sends; False (nothing written) for
+        anything else, which then takes the ordinary way. Blocking reads as
+        the sender's small answers do (one ``stat`` or ``pread``)."""
+        request = fastpath.parse(head)
+        if request is None:
             return False
-        method, target, proto = request_line
-        if proto != b"HTTP/1.1" or (method != b"HEAD" and method != b"GET"):
-            return False
-        m = _FAST_TARGET_RE.fullmatch(target)
+        m = _FAST_TARGET_RE.fullmatch(request.target)
         if m is None:
             return False
         name, hex_ = m.group(1), m.group(2)
-        host = b"localhost"
-        wanted: bytes | None = None
-        seen: set[bytes] = set()
-        for line in lines[1:]:
-            key, sep, value = line.partition(b":")
-            if (
-                not sep
-                or not _TOKEN_RE.fullmatch(key)
-                or len(line.translate(None, _CTL)) != len(line)
-            ):
-                return False  # malformed, or folded: twisted.web answers those
-            key = key.lower()
-            keep_alive = key == b"connection" and value.strip().lower() == b"keep-alive"
-            if (key in _FAST_DECLINE or key in seen) and not keep_alive:
-                return False
-            seen.add(key)
-            if key == b"host":
-                host = value.strip(b" \t") or b"localhost"
-            elif key == b"range":
-                wanted = value.strip(b" \t")
         if len(name) > 255 or not NAME_RE.fullmatch(name.decode("ascii")):
             return False
+        answered = self._fast_answer(channel, request, name, hex_)
+        if answered is None:
+            return False
+        self._touch(hex_.decode("ascii"))
+        target = request.target
+        log_access(
+            channel.peer_host,
+            request.method.decode("ascii"),
+            display_path(target) if b"?" in target else target.decode("ascii"),
+            "HTTP/1.1",
+            answered[0],
+            answered[1],
+            0.0,
+        )
+        return True
+
+    def _fast_answer(
+        self, channel: PlainHTTPChannel, request: FastRequest, name: bytes, hex_: bytes
+    ) -> tuple[int, int] | None:
+        """Send the answer; (status, body bytes sent), or None (nothing sent)."""
         path = self._blobs_dir + hex_.decode("ascii")
+        head_only = request.method == b"HEAD"
         fd = -1
         try:
-            if method == b"HEAD" and wanted is None:
+            if head_only and request.range is None:
                 st = os.stat(path)
             else:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return False
+                return None
             size = st.st_size
             try:
+                wanted = request.range
                 byte_range = parse_range(wanted.decode("latin-1"), size) if wanted else None
             except Unsatisfiable:
-                return False
-            if byte_range is None:
-                offset, length = 0, size
-                status = b"HTTP/1.1 200 OK\r\n"
-            else:
-                offset, length = byte_range.start, byte_range.length
-                status = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n" % (
-                    byte_range.start,
-                    byte_range.end,
-                    size,
-                )
+                return None
             digest = b"sha256:" + hex_
-            head = b"".join(
-                (
-                    status,
-                    _FAST_HEADERS,
-                    b"Date: ",
-                    self._http_date(),
-                    b"\r\nDocker-Content-Digest: ",
-                    digest,
-                    b'\r\nETag: "',
-                    digest,
-                    b'"\r\nLocation: http://',
-                    host,
-                    b"/v2/",
-                    name,
-                    b"/blobs/",
-                    digest,
-                    b"\r\nContent-Length: %d\r\n\r\n" % length,
-                )
-            )
-            sent = 0
-            if method == b"HEAD":
+            fields = _FAST_FIELDS % {b"digest": digest, b"host": request.host, b"name": name}
+            if byte_range is None:
+                status, offset, length = 200, 0, size
+                head = fastpath.answer_head(fields, self._date.now(), length)
+            else:
+                status, offset, length = 206, byte_range.start, byte_range.length
+                part = (byte_range.start, byte_range.end, size)
+                head = fastpath.answer_head(fields, self._date.now(), length, part)
+            if head_only:
                 channel.send(head)
-            elif length < SENDFILE_MIN:
+                return status, 0
+            if length < SENDFILE_MIN:
                 body = os.pread(fd, length, offset)
                 if len(body) != length:
-                    return False  # shorter than it was: the ordinary way deals with it
+                    return None  # shorter than it was: the ordinary way deals with it
                 channel.send(head + body)
-                sent = length
-            elif length > FAST_SENDFILE_MAX or not channel.send_file(head, fd, offset, length):
-                return False
-            else:
-                sent = length
+                return status, length
+            if length > FAST_SENDFILE_MAX or not channel.send_file(head, fd, offset, length):
+                return None
+            return status, length
         except OSError:
-            return False
+            return None
         finally:
             if fd >= 0:
                 os.close(fd)
-        self._touch(hex_.decode("ascii"))
-        log_access(
-            channel.peer_host,
-            method.decode("ascii"),
-            display_path(target) if b"?" in target else target.decode("ascii"),
-            "HTTP/1.1",
-            200 if byte_range is None else 206,
-            sent,
-            0.0,
-        )
-        return True
 
     def render(self, request: Any, path: bytes, proxied_host: str | None = None) -> Any:
         """Answer a /v2 request; ``path`` is the raw path (no query)."""
@@ -453,72 +417,100 @@ class RegistryAPI:
 
     @staticmethod
     def _blob_headers(request: Any, name: str, digest: Digest) -> None:
-        request.setHeader(b"Content-Type", b"application/octet-stream")
-        request.setHeader(b"Docker-Content-Digest", str(digest).encode())
-        request.setHeader(b"Accept-Ranges", b"bytes")
-        request.setHeader(b"ETag", f'"{digest}"'.encode())
-        request.setHeader(b"Cache-Control", b"max-age=31536000, immutable")
-        request.setHeader(*API_VERSION)
-        host = _header(request, b"host") or "localhost"
-        location = f"http://{host}/v2/{name}/blobs/{digest}"
-        request.setHeader(b"Location", location.encode("latin-1", "replace"))
-
-    def _fill(self, request: Any, registry: str, name: str, digest: Digest) -> Any:
-        """Answer from the mirror's fill of a missing blob (started if needed)."""
-        assert self.mirror is not None
-        mirror = self.mirror
-        job = mirror.fill_blob(registry, name, digest)
-
-        def not_found() -> None:
-            self._fail(request, OciError("BLOB_UNKNOWN", f"{digest} is unknown upstream"))
-
-        FillReader(
-            request,
-            job,
-            self.layout,
-            digest,
-            _range_header(request, digest),
-            lambda _size: self._blob_headers(request, name, digest),
-            not_found,
-            lambda first, last: Deferred.fromCoroutine(
-                mirror.pass_through(registry, name, digest, first, last)
-            ),
-        ).start()
-        return NOT_DONE_YET
+        for key, value in _BLOB_FIXED:
+            request.setHeader(key, value)
+        host = (request.getHeader(b"host") or b"").strip(b" \t") or b"localhost"
+        values = {b"digest": str(digest).encode(), b"host": host, b"name": name.encode()}
+        for key, template in _BLOB_VARIABLE:
+            request.setHeader(key, template % values)
 
     def _blob(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
         digest = _digest(ref, "BLOB_UNKNOWN")
+        d = self.blobs.open(BlobWant(digest, name, ns))
+        if d.called:  # found (or not) at once, as a hit in the cache is: answer now
+            now: list[BlobHandle | Failure | None] = []
+            d.addBoth(now.append)
+            found = now[0]
+            if isinstance(found, Failure):
+                if found.check(Denied):
+                    raise OciError("DENIED", found.getErrorMessage())
+                found.raiseException()
+            assert not isinstance(found, Failure)
+            return self._answer_blob(request, name, digest, found)
+        d.addCallback(self._answer_later, request, name, digest)
+        d.addErrback(self._blob_failed, request, digest)
+        return NOT_DONE_YET
+
+    def _answer_later(
+        self, handle: BlobHandle | None, request: Any, name: str, digest: Digest
+    ) -> None:
+        if request.finished or request._disconnected:
+            if isinstance(handle, StoredBlob):
+                os.close(handle.fd)
+                handle.release()
+            elif handle is not None:
+                handle.close()
+            return
+        result = self._answer_blob(request, name, digest, handle)
+        if result is not NOT_DONE_YET:
+            if request.responseHeaders.getRawHeaders(b"content-length") is None:
+                request.setHeader(b"Content-Length", str(len(result)).encode())
+            request.write(result)
+            request.finish()
+
+    def _blob_failed(self, f: Failure, request: Any, digest: Digest) -> None:
+        if f.check(Denied):
+            self._fail(request, OciError("DENIED", f.getErrorMessage()))
+        elif isinstance(f.value, OciError):
+            self._fail(request, f.value)
+        else:
+            # Upstream told no size in time, or the fill broke before an answer.
+            log.warning("aborting a client of %s: %s", digest, f.getErrorMessage())
+            transport = request.channel.transport if request.channel else None
+            if transport is not None:
+                transport.abortConnection()
+
+    def _answer_blob(
+        self, request: Any, name: str, digest: Digest, handle: BlobHandle | None
+    ) -> Any:
+        """The answer from what the chain found (bytes, or NOT_DONE_YET)."""
+        if handle is None:
+            raise OciError("BLOB_UNKNOWN", f"{digest} is not in this cache")
+        if isinstance(handle, StoredBlob):
+            return self._send_stored(request, name, digest, handle)
+        return self._send_growing(request, name, digest, handle)
+
+    def _send_stored(self, request: Any, name: str, digest: Digest, blob: StoredBlob) -> Any:
+        fd, size = blob.fd, blob.size
         try:
-            fd = os.open(self.layout.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            registry = self._upstream(ns)
-            if registry is None or self.mirror is None:
-                raise OciError("BLOB_UNKNOWN", f"{digest} is not in this cache") from None
-            return self._fill(request, registry, name, digest)
-        self._touch(digest.hex)
-        try:
-            size = os.fstat(fd).st_size
             self._blob_headers(request, name, digest)
             if _not_modified(request, digest):
-                os.close(fd)
                 request.setResponseCode(304)
                 request.setHeader(b"Content-Length", str(size).encode())
-                return b""
-            byte_range = answer_range(request, _range_header(request, digest), size)
-            if byte_range is None:  # 416
+                byte_range = None
+            else:
+                byte_range = answer_range(request, _range_header(request, digest), size)
+            if byte_range is None or request.method == b"HEAD":  # 304, 416, HEAD
                 os.close(fd)
-                return b""
-            offset, length = byte_range.start, byte_range.length
-            if request.method == b"HEAD":
-                os.close(fd)
+                blob.release()
                 return b""
         except BaseException:
             os.close(fd)
+            blob.release()
             raise
         # Not evicted while it is being sent (its file stays whole anyway).
-        release = self.catalog.reading(digest.hex)
-        request.notifyFinish().addBoth(lambda _: release())
-        send_blob(request, fd, offset, length, self.pool)
+        request.notifyFinish().addBoth(lambda _: blob.release())
+        self.sender.send(request, fd, byte_range.start, byte_range.length)
+        return NOT_DONE_YET
+
+    def _send_growing(self, request: Any, name: str, digest: Digest, stream: GrowingBlob) -> Any:
+        """Answer from a fill still being written."""
+        self._blob_headers(request, name, digest)
+        byte_range = answer_range(request, _range_header(request, digest), stream.size)
+        if byte_range is None or request.method == b"HEAD" or byte_range.length <= 0:
+            stream.close()
+            return b""
+        FillWriter(request, stream, byte_range, str(digest)).start()
         return NOT_DONE_YET
 
 

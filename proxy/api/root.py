@@ -60,7 +60,7 @@ class Root(Resource):
         self._content = content.app.resource()
         self._registry = registry
         self._layout = content.layout
-        self._hf = HfMirror(content.downloads.store, registry.pool)
+        self._hf = HfMirror(content.downloads.store, registry.sender)
 
     def render(self, request: IRequest) -> Any:
         path: bytes = request.path

@@ -18,6 +18,15 @@ from proxy.request import FetchRequest
 from proxy.types import Descriptor, Digest
 
 
+def _fire(waiters: list[Deferred[None]]) -> None:
+    """Fire (and forget) every waiter not already called (a waiter gone away is cancelled)."""
+    pending = list(waiters)
+    waiters.clear()
+    for d in pending:
+        if not d.called:
+            d.callback(None)
+
+
 @attrs.define
 class BlobProgress:
     """Progress of one blob of a download."""
@@ -28,20 +37,22 @@ class BlobProgress:
     digest: Digest | None = None
     state: str = "downloading"  # downloading | complete
     written: int = 0  # bytes of the ingest file on disk, readable by a tail reader
-    _listeners: list[Callable[[], None]] = attrs.field(factory=list, repr=False, eq=False)
+    _waiters: list[Deferred[None]] = attrs.field(factory=list, repr=False, eq=False)
 
     def complete(self, digest: Digest, size: int) -> None:
         """The blob is whole: ``size`` bytes of ``digest``."""
         self.digest, self.done, self.total, self.state = digest, size, size, "complete"
 
-    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` whenever ``written`` or ``state`` changes; return the remover."""
-        self._listeners.append(callback)
-        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+    def when_changed(self) -> Deferred[None]:
+        """Fires the next time the writer reports a change (``total``,
+        ``written`` or ``state``): a reader waits on this, never polls."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
 
     def changed(self) -> None:
-        for callback in list(self._listeners):
-            callback()
+        """Called by the writer after it updated ``total``, ``written`` or ``state``."""
+        _fire(self._waiters)
 
 
 @attrs.define
@@ -49,11 +60,19 @@ class Progress:
     """What a running download has done so far (read by GET /content)."""
 
     blobs: list[BlobProgress] = attrs.field(factory=list)
+    _waiters: list[Deferred[None]] = attrs.field(factory=list, repr=False, eq=False)
 
     def add(self, title: str, total: int | None = None) -> BlobProgress:
         b = BlobProgress(title=title, total=total)
         self.blobs.append(b)
+        _fire(self._waiters)
         return b
+
+    def when_added(self) -> Deferred[None]:
+        """Fires when the next blob is added."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
 
     @property
     def done(self) -> int:
@@ -86,6 +105,9 @@ class FetchResult:
     reference: str | None = None
     annotations: dict[str, str] = attrs.field(factory=dict)
     artifact_type: str | None = None  # of the artifact manifest made for plain files
+    # The URL's entry, when it already holds this manifest, stays as it is (a
+    # mirror's manifest fill must not replace a full pull of the same tag).
+    keep_existing: bool = False
 
 
 class Job(Protocol):

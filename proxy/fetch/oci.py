@@ -44,7 +44,7 @@ from proxy.fetch.transfer import (
     header,
     upstream_error,
 )
-from proxy.request import FetchRequest
+from proxy.request import Credentials, FetchRequest
 from proxy.types import (
     ANNOTATION_TITLE,
     MAX_MANIFEST,
@@ -132,7 +132,7 @@ class OciFetcher:
 
     # -- requests with registry auth ---------------------------------------------
 
-    async def _get(
+    async def get(
         self,
         auth: RegistryAuth,
         url: str,
@@ -150,13 +150,13 @@ class OciFetcher:
                 raise UpstreamError(f"{url.split('/v2/', 1)[0]} refused the credentials", 401)
         raise UpstreamError("registry kept asking for authentication", 401)
 
-    async def _manifest(
+    async def fetch_manifest(
         self, auth: RegistryAuth, base: str, ref: ImageReference, target: str, job: Job
     ) -> Manifest:
         url = f"{base}/v2/{ref.repository}/manifests/{target}"
         for attempt in range(3):
             try:
-                response = await self._get(auth, url, job, {b"Accept": ACCEPT})
+                response = await self.get(auth, url, job, {b"Accept": ACCEPT})
                 data = await self.client.read_small(response, MAX_MANIFEST)
                 break
             except Retryable as r:
@@ -184,6 +184,34 @@ class OciFetcher:
             raise UpstreamError(f"{ref.name}: unsupported manifest type {media_type!r}", 415)
         return Manifest(Descriptor(media_type, digest, len(data)), data, doc)
 
+    # -- what a mirror asks for (one request each, nothing stored) --------------------
+
+    def auth(self, ref: ImageReference, credentials: Credentials | None) -> RegistryAuth:
+        """The token flow for one repository of one registry."""
+        return RegistryAuth(self.client, ref.hostname, ref.repository, credentials)
+
+    async def blob_range(
+        self, ref: ImageReference, auth: RegistryAuth, first: int, last: int, job: Job
+    ) -> Any:
+        """The registry's response to a Range request for bytes ``first..last``
+        of the blob ``ref`` names (its body unread: the caller relays it)."""
+        url = f"{self.base_url(ref)}/v2/{ref.repository}/blobs/{ref.manifest_ref}"
+        rng = {b"Range": f"bytes={first}-{last}".encode(), b"Accept-Encoding": b"identity"}
+        return await self.get(auth, url, job, rng)
+
+    async def manifest_digest(
+        self, ref: ImageReference, auth: RegistryAuth, job: Job
+    ) -> str | None:
+        """The digest the registry reports for a manifest (a HEAD); None unless it answers 200."""
+        url = f"{self.base_url(ref)}/v2/{ref.repository}/manifests/{ref.manifest_ref}"
+        head = await self.get(auth, url, job, {b"Accept": ACCEPT}, "HEAD")
+        self.client.discard(head)
+        return header(head, b"Docker-Content-Digest") if head.code == 200 else None
+
+    async def manifest(self, ref: ImageReference, auth: RegistryAuth, job: Job) -> Manifest:
+        """The manifest ``ref`` names, checked (digest, schema, media type)."""
+        return await self.fetch_manifest(auth, self.base_url(ref), ref, ref.manifest_ref, job)
+
     # -- the pull --------------------------------------------------------------------
 
     async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
@@ -191,7 +219,7 @@ class OciFetcher:
         base = self.base_url(ref)
         auth = RegistryAuth(self.client, ref.hostname, ref.repository, request.credentials)
         platform = ref.platform or self.platform
-        top = await self._manifest(auth, base, ref, ref.manifest_ref, job)
+        top = await self.fetch_manifest(auth, base, ref, ref.manifest_ref, job)
         if request.expected is not None and top.descriptor.digest != request.expected:
             raise BadContent(f"{ref.name} is {top.descriptor.digest}, not {request.expected}")
         # Marks the pull as interrupted if it stops; removed once the entry is stored.
@@ -204,7 +232,7 @@ class OciFetcher:
             if current.descriptor.media_type not in INDEX_TYPES:
                 break
             child = self._select(current, platform, ref)
-            current = await self._manifest(auth, base, ref, str(child.digest), job)
+            current = await self.fetch_manifest(auth, base, ref, str(child.digest), job)
             if current.descriptor.digest != child.digest:
                 raise BadContent(f"child manifest {child.digest} has another digest")
             manifests.append(current)
@@ -276,7 +304,7 @@ class OciFetcher:
         url = f"{base}/v2/{ref.repository}/blobs/{desc.digest}"
         for attempt in range(3):
             try:
-                response = await self._get(auth, url, job, {})
+                response = await self.get(auth, url, job, {})
                 data = await self.client.read_small(response, MAX_CONFIG)
                 break
             except Retryable as r:
@@ -365,7 +393,7 @@ class OciFetcher:
             if attempt > 0:
                 # The token expired mid-pull: a HEAD answers the new challenge.
                 auth.reset()
-                response = await self._get(auth, url, job, {}, method="HEAD")
+                response = await self.get(auth, url, job, {}, method="HEAD")
                 self.client.discard(response)
             want = Wanted(
                 url=url,

@@ -184,8 +184,12 @@ class Downloads:
             waiter.addCallback(check)
         return waiter
 
-    def start(self, request: FetchRequest, fetcher: Fetcher | None = None) -> Download:
-        """The running download of a URL, started if there is none (single flight)."""
+    def start(
+        self, request: FetchRequest, fetcher: Fetcher | None = None, queued: bool = True
+    ) -> Download:
+        """The running download of a URL, started if there is none (single flight).
+        ``queued=False`` skips the wait for a download slot (one small request,
+        such as a mirror's manifest fill, is not kept behind large blobs)."""
         job = self.jobs.running.get(request.url)
         if job is not None:
             return job
@@ -195,7 +199,10 @@ class Downloads:
         if self._limited:
             job.make_room = self.eviction.make_room
         self.jobs.running[request.url] = job
-        self._slots.run(self._run, job, fetcher)
+        if queued:
+            self._slots.run(self._run, job, fetcher)
+        else:
+            self._run(job, fetcher)
         return job
 
     def _run(self, job: Download, fetcher: Fetcher) -> Deferred[None]:

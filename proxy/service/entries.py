@@ -47,6 +47,13 @@ class Entries:
             )
             digest = await job.put_blob(data)
             manifest = Descriptor(MEDIA_TYPE_IMAGE_MANIFEST, digest, len(data))
+        existing = self._store.get(job.request.url)
+        if (
+            result.keep_existing
+            and existing is not None
+            and existing.descriptor.digest == manifest.digest
+        ):
+            return existing  # a mirror's fill never replaces a full pull of the same manifest
         entry = new_entry(
             job.request.url,
             result.kind,

@@ -28,13 +28,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from proxy.cache.catalog import Catalog, normalize_registry
-from proxy.cache.store import Entry, new_entry
+from proxy.cache.store import Entry
 from proxy.errors import StorageError
-from proxy.fetch.auth import RegistryAuth
-from proxy.fetch.oci import ACCEPT, OciFetcher
+from proxy.fetch.base import FetchResult, Job
+from proxy.fetch.oci import OciFetcher
 from proxy.fetch.ociref import ImageReference
 from proxy.fetch.reach import entry_matches
-from proxy.fetch.transfer import Retryable, header
+from proxy.fetch.transfer import Retryable
 from proxy.request import Credentials, FetchRequest
 from proxy.service.downloads import Downloads
 from proxy.service.jobs import Download
@@ -68,7 +68,6 @@ class Mirror:
         self.ttl = ttl
         self.credentials = {normalize_registry(k): v for k, v in (credentials or {}).items()}
         self._checked: dict[tuple[str, str, str], float] = {}
-        self._inflight: dict[tuple[str, str, str], list[Deferred[Digest | None]]] = {}
 
     def registry_for(self, ns: str | None) -> str | None:
         """The upstream registry of a request, or None when there is none to fill from."""
@@ -85,60 +84,35 @@ class Mirror:
         number = int(port) if port.isdigit() else None
         return any(entry_matches(e, host, number) for e in self.allowed if e.startswith("*."))
 
-    def _ref(
-        self, registry: str, name: str, tag: str | None, digest: Digest | None
-    ) -> ImageReference:
-        return ImageReference(registry, name, tag, digest)
-
-    def _job(self, url: str, registry: str) -> Download:
-        creds = self.credentials.get(registry)
-        return Download(FetchRequest(url, creds), self.downloads.store, self.downloads.reactor)
+    def _credentials(self, registry: str) -> Credentials | None:
+        return self.credentials.get(registry)
 
     # -- blobs -----------------------------------------------------------------
 
     def fill_blob(self, registry: str, name: str, digest: Digest) -> Download:
         """The running fill of a blob (started if none runs)."""
         url = f"oci-blob://{registry}/{name}@{digest}"
-        return self.downloads.start(FetchRequest(url, self.credentials.get(registry)))
+        return self.downloads.start(FetchRequest(url, self._credentials(registry)))
 
     async def pass_through(
         self, registry: str, name: str, digest: Digest, first: int, last: int
     ) -> Any:
         """An upstream response for one byte range of a blob (not cached)."""
-        ref = self._ref(registry, name, None, digest)
-        job = self._job(f"oci://{registry}/{name}@{digest}", registry)
-        auth = RegistryAuth(self.oci.client, ref.hostname, name, job.request.credentials)
-        url = f"{self.oci.base_url(ref)}/v2/{name}/blobs/{digest}"
-        rng = {b"Range": f"bytes={first}-{last}".encode(), b"Accept-Encoding": b"identity"}
-        return await self.oci._get(auth, url, job, rng)
+        ref = ImageReference(registry, name, None, digest)
+        creds = self._credentials(registry)
+        job = self._scratch_job(f"oci://{registry}/{name}@{digest}", creds)
+        return await self.oci.blob_range(ref, self.oci.auth(ref, creds), first, last, job)
+
+    def _scratch_job(self, url: str, creds: Credentials | None) -> Download:
+        """A Job for one request outside any download (nothing is stored)."""
+        return Download(FetchRequest(url, creds), self.downloads.store, self.downloads.reactor)
 
     # -- manifests ---------------------------------------------------------------
 
     def manifest(self, registry: str, name: str, ref: str) -> Deferred[Digest | None]:
         """Make sure the cache has an up-to-date manifest for ``name:ref``; fire
         with its digest (None when upstream has none and the cache neither)."""
-        key = (registry, name, ref)
-        d: Deferred[Digest | None] = Deferred()
-        waiters = self._inflight.get(key)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._inflight[key] = [d]
-
-        def settle(result: Any) -> None:
-            for w in self._inflight.pop(key, []):
-                if not w.called:
-                    (w.errback if isinstance(result, BaseException) else w.callback)(result)
-
-        async def run() -> None:
-            try:
-                result: Any = await self._manifest(registry, name, ref)
-            except BaseException as e:
-                result = e
-            settle(result)
-
-        Deferred.fromCoroutine(run())
-        return d
+        return Deferred.fromCoroutine(self._manifest(registry, name, ref))
 
     async def _manifest(self, registry: str, name: str, ref: str) -> Digest | None:
         by_digest = ref.startswith("sha256:")
@@ -147,22 +121,17 @@ class Mirror:
         key = (registry, name, ref)
         if cached is not None and time.monotonic() - self._checked.get(key, -1e9) < self.ttl:
             return cached.descriptor.digest
-        image = self._ref(registry, name, None if by_digest else ref, digest)
-        url = f"oci://{registry}/{name}{'@' if by_digest else ':'}{ref}"
-        job = self._job(url, registry)
-        auth = RegistryAuth(self.oci.client, image.hostname, name, job.request.credentials)
-        base = self.oci.base_url(image)
+        image = ImageReference(registry, name, None if by_digest else ref, digest)
+        where = f"{registry}/{name}{'@' if by_digest else ':'}{ref}"
+        creds = self._credentials(registry)
         try:
-            if cached is not None:
-                head = await self.oci._get(
-                    auth, f"{base}/v2/{name}/manifests/{ref}", job, {b"Accept": ACCEPT}, "HEAD"
-                )
-                self.oci.client.discard(head)
-                reported = header(head, b"Docker-Content-Digest")
-                if head.code == 200 and reported == str(cached.descriptor.digest):
-                    self._checked[key] = time.monotonic()
-                    return cached.descriptor.digest
-            manifest = await self.oci._manifest(auth, base, image, ref, job)
+            if cached is not None and await self._still(image, creds, cached.descriptor.digest):
+                self._checked[key] = time.monotonic()
+                return cached.descriptor.digest
+            # The same single flight as every download (a POST of this URL is joined).
+            fill = ManifestFill(self.oci, image, where)
+            job = self.downloads.start(FetchRequest(f"oci://{where}", creds), fill, queued=False)
+            entry, _ = await job.wait()
         except (StorageError, Retryable) as e:
             if cached is not None:
                 log.warning(
@@ -172,23 +141,50 @@ class Mirror:
             if isinstance(e, StorageError) and getattr(e, "upstream_status", None) == 404:
                 return None
             raise
-        try:
-            await job.put_blob(manifest.data)
-            desc = manifest.descriptor
-            entry = new_entry(
-                url,
-                "mirror",
-                desc,
-                [desc],
-                desc,
-                blobs={desc.digest},
-                reference=f"{registry}/{name}{'@' if by_digest else ':'}{ref}",
-            )
-            existing = self.downloads.store.get(url)
-            if existing is None or existing.descriptor.digest != desc.digest:
-                await self.downloads.store.put(entry)
-        finally:
-            job.release()
         self._checked[key] = time.monotonic()
-        log.info("mirrored %s/%s manifest %s (%s)", registry, name, ref, manifest.descriptor.digest)
-        return manifest.descriptor.digest
+        return entry.descriptor.digest
+
+    async def _still(
+        self, image: ImageReference, creds: Credentials | None, digest: Digest
+    ) -> bool:
+        """Whether upstream still reports ``digest`` for a tag (a HEAD)."""
+        job = self._scratch_job(f"oci://{image.registry}/{image.repository}", creds)
+        reported = await self.oci.manifest_digest(image, self.oci.auth(image, creds), job)
+        return reported == str(digest)
+
+
+class ManifestFill:
+    """The fetcher of a mirror's manifest fill: one manifest, no layers (a
+    client pulls those through ``/v2`` as it needs them). When the URL's entry
+    already holds that manifest (a full pull, say), the entry stays as it is."""
+
+    schemes: tuple[str, ...] = ("oci",)
+
+    def __init__(self, oci: OciFetcher, ref: ImageReference, reference: str) -> None:
+        self.oci = oci
+        self.ref = ref
+        self.reference = reference
+
+    def validate(self, request: FetchRequest) -> None:
+        self.oci.validate(request)
+
+    def fetch(self, request: FetchRequest, job: Job) -> Deferred[FetchResult]:
+        return Deferred.fromCoroutine(self._fetch(request, job))
+
+    async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
+        auth = self.oci.auth(self.ref, request.credentials)
+        try:
+            manifest = await self.oci.manifest(self.ref, auth, job)
+        except Retryable as e:
+            raise e.cause from None
+        await job.put_blob(manifest.data)
+        desc = manifest.descriptor
+        log.info("mirrored %s manifest (%s)", self.reference, desc.digest)
+        return FetchResult(
+            files=(desc,),
+            primary=desc,
+            kind="mirror",
+            manifest=desc,
+            reference=self.reference,
+            keep_existing=True,
+        )

@@ -13,7 +13,7 @@ import os
 import select
 from typing import Any
 
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPullProducer, IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -106,49 +106,137 @@ def _sendfile_all(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     return sent
 
 
-def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool) -> None:
-    """Send a byte range of ``fd`` as the body of ``request`` and finish it.
+class BlobSender:
+    """Sends byte ranges of open files as response bodies (see :meth:`send`).
 
-    Large bodies go out with ``sendfile(2)`` from a worker thread once the
-    headers have left Twisted's buffer (the socket is ``dup``'d so a
-    connection closed meanwhile can never redirect the bytes elsewhere);
-    small ones, and transports without a socket, use the pull producer.
+    ``clock`` times the wait for the headers to leave; ``threads`` is the
+    reactor the sendfile workers report back to (both the reactor in the
+    server, a :class:`twisted.internet.task.Clock` and a fake in tests).
     """
-    transport: Any = request.channel.transport if request.channel is not None else None
-    handle = getattr(transport, "socket", None)
-    # Slow clients may hold sendfile workers; when none is free, stream from
-    # the reactor instead of queueing behind them.
-    busy = len(pool.working) >= pool.max
-    if busy or length < SENDFILE_MIN or handle is None or transport_drained(transport) is None:
+
+    def __init__(self, clock: IReactorTime, threads: IReactorFromThreads, pool: ThreadPool) -> None:
+        self.clock = clock
+        self.threads = threads
+        self.pool = pool  # sendfile(2) workers
+
+    def send(self, request: Any, fd: int, offset: int, length: int) -> None:
+        """Send a byte range of ``fd`` as the body of ``request`` and finish it
+        (``fd`` is closed when done).
+
+        Large bodies go out with ``sendfile(2)`` from a worker thread once the
+        headers have left Twisted's buffer (the socket is ``dup``'d so a
+        connection closed meanwhile can never redirect the bytes elsewhere);
+        small ones, and transports without a socket, use the pull producer.
+        """
+        transport: Any = request.channel.transport if request.channel is not None else None
         if length < SENDFILE_MIN and length > 0:
-            try:
-                data = os.pread(fd, length, offset)
-            finally:
-                os.close(fd)
-            if len(data) != length:
-                transport.abortConnection()
-                return
-            request.write(data)
-            request.finish()
+            _send_small(request, transport, fd, offset, length)
             return
-        FileRangeProducer(request, fd, offset, length).start()
-        return
-    request.write(b"")  # the headers, into Twisted's buffer
-    transport.doWrite()
+        handle = getattr(transport, "socket", None)
+        # Slow clients may hold sendfile workers; when none is free, stream from
+        # the reactor instead of queueing behind them.
+        busy = len(self.pool.working) >= self.pool.max
+        if busy or length < SENDFILE_MIN or handle is None or transport_drained(transport) is None:
+            FileRangeProducer(request, fd, offset, length).start()
+            return
+        request.write(b"")  # the headers, into Twisted's buffer
+        transport.doWrite()
+        try:
+            sock_fd = os.dup(handle.fileno())
+        except OSError:
+            os.close(fd)
+            transport.abortConnection()
+            return
+        _Sendfile(self, request, transport, sock_fd, fd, offset, length).start()
+
+
+def _send_small(request: Any, transport: Any, fd: int, offset: int, length: int) -> None:
+    """One pread and one write: cheaper than a thread hop for a small body."""
     try:
-        sock_fd = os.dup(handle.fileno())
-    except OSError:
+        data = os.pread(fd, length, offset)
+    finally:
         os.close(fd)
+    if len(data) != length:
         transport.abortConnection()
         return
-    from twisted.internet import reactor
+    request.write(data)
+    request.finish()
 
-    clock: Any = reactor
-    deadline = [0.0]
 
-    def done(result: int | Failure) -> None:
-        os.close(sock_fd)
-        os.close(fd)
+HEADERS_POLL = 0.001  # how often to look whether the headers have left
+
+
+class _Sendfile:
+    """One zero-copy answer: wait for the headers to leave, try sendfile on
+    the reactor without blocking, send the rest from a worker thread."""
+
+    def __init__(
+        self,
+        sender: BlobSender,
+        request: Any,
+        transport: Any,
+        sock_fd: int,
+        fd: int,
+        offset: int,
+        length: int,
+    ) -> None:
+        self._sender = sender
+        self._request = request
+        self._transport = transport
+        self._sock_fd = sock_fd
+        self._fd = fd
+        self._offset = offset
+        self._length = length
+        self._deadline = sender.clock.seconds() + STALL_TIMEOUT
+
+    def start(self) -> None:
+        request, transport = self._request, self._transport
+        if request._disconnected:
+            self._done(0)
+            return
+        if not transport_drained(transport):
+            # Twisted tells nothing when its buffer empties: look again soon,
+            # until a real deadline.
+            if self._sender.clock.seconds() >= self._deadline:
+                self._done(Failure(TimeoutError("headers not taken")))
+                return
+            self._sender.clock.callLater(HEADERS_POLL, self.start)
+            return
+        self._try_now()
+
+    def _try_now(self) -> None:
+        """First try without blocking, from here: a range that fits the socket
+        buffer leaves at once, with no thread hop (most nydusd reads)."""
+        try:
+            sent = os.sendfile(self._sock_fd, self._fd, self._offset, self._length)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._done(Failure(e))
+            return
+        if sent == self._length:
+            self._done(sent)
+            return
+
+        def rest(n: int | Failure) -> None:
+            self._done(n if isinstance(n, Failure) else sent + n)
+
+        sender = self._sender
+        d = deferToThreadPool(
+            sender.threads,
+            sender.pool,
+            _sendfile_all,
+            self._sock_fd,
+            self._fd,
+            self._offset + sent,
+            self._length - sent,
+        )
+        d.addBoth(rest)
+
+    def _done(self, result: int | Failure) -> None:
+        os.close(self._sock_fd)
+        os.close(self._fd)
+        request = self._request
         if request.finished:
             return
         if request._disconnected:
@@ -160,39 +248,7 @@ def send_blob(request: Any, fd: int, offset: int, length: int, pool: ThreadPool)
                 site.log(request)
             return
         if isinstance(result, Failure):
-            transport.abortConnection()
+            self._transport.abortConnection()
             return
         request.sentLength += result
         request.finish()
-
-    def go() -> None:
-        if request._disconnected:
-            done(0)
-            return
-        if not transport_drained(transport):
-            deadline[0] += 0.001
-            if deadline[0] > STALL_TIMEOUT:
-                done(Failure(TimeoutError("headers not taken")))
-                return
-            clock.callLater(0.001, go)
-            return
-        # First try without blocking, from here: a range that fits the socket
-        # buffer leaves at once, with no thread hop (most nydusd reads).
-        try:
-            sent = os.sendfile(sock_fd, fd, offset, length)
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            done(Failure(e))
-            return
-        if sent == length:
-            done(sent)
-            return
-
-        def rest(n: int | Failure) -> None:
-            done(n if isinstance(n, Failure) else sent + n)
-
-        d = deferToThreadPool(clock, pool, _sendfile_all, sock_fd, fd, offset + sent, length - sent)
-        d.addBoth(rest)
-
-    go()
