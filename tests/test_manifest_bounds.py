@@ -178,7 +178,7 @@ def cache_with_a_huge_child(root: Path) -> tuple[Layout, Digest, Digest]:
     layout.create()
     huge = sparse_blob(layout, HUGE)
     index = index_naming(str(huge), HUGE)
-    top = layout.put_small_blob(index, layout.ingest_dir / "small")
+    top = layout.put_small_blob(index)
     entry = {
         "mediaType": MEDIA_TYPE_IMAGE_INDEX,
         "digest": str(top),

@@ -48,7 +48,7 @@ def cache(tmp_path: Path) -> tuple[Layout, Store, Catalog]:
 
 
 def put_blob(layout: Layout, data: bytes) -> Digest:
-    return layout.put_small_blob(data, layout.ingest_dir / "small")
+    return layout.put_small_blob(data)
 
 
 def digest_of(data: bytes) -> Digest:

@@ -23,7 +23,7 @@ def admin(tmp_path: Path) -> AdminAPI:
     layout.create()
     store = Store(layout, reactor)
     store.load()
-    return AdminAPI(Downloads(reactor, store, {}))
+    return AdminAPI(Downloads(reactor, reactor, store, {}))
 
 
 def _render(admin: AdminAPI, method: bytes, path: bytes) -> tuple[DummyRequest, bytes]:

@@ -26,7 +26,7 @@ def api(tmp_path: Path) -> ContentAPI:
     layout.create()
     store = Store(layout, reactor)
     store.load()
-    return ContentAPI(Downloads(reactor, store, {}))
+    return ContentAPI(Downloads(reactor, reactor, store, {}))
 
 
 def _call(api: ContentAPI, method: bytes, path: bytes, body: bytes = b"") -> tuple[int, Any]:
