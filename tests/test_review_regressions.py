@@ -129,6 +129,8 @@ def test_hf_views_of_another_hub_are_kept_apart(server: ServerProcess) -> None:
             assert c.post("/content/", json={"url": f"hf://{host}/org/r"}).status_code == 201
             assert c.post("/content/", json={"url": "http://127.0.0.1:9/x"}).status_code == 502
             body = c.get("/content/").json()
-            assert len(body["entries"]) == 2
+            # The failed download is listed with its error (issue 19); the two stored stay.
+            states = sorted(e["state"] for e in body["entries"])
+            assert states == ["complete", "complete", "failed"], states
             view = json.dumps(body)
             assert "huggingface@127.0.0.1" in view
