@@ -33,7 +33,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, version
 
@@ -367,7 +367,9 @@ class RegistryAPI:
     def _serve_manifest(self, request: Any, digest: Digest) -> Any:
         self._touch(digest.hex)
         known = self.catalog.known_media_type(digest)
-        d = deferToThread(self._read_manifest, digest, known)
+        d = deferToThreadPool(
+            self.sender.threads, self.sender.pool, self._read_manifest, digest, known
+        )
 
         def send(result: tuple[bytes, str]) -> None:
             data, media_type = result
