@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import b64
+from tests.fakes.test_hfhub_fake import needs_client, run_client
 from tests.support.hfhub import FakeHub
 from tests.support.server import ServerProcess
-from tests.test_hfhub_fake import needs_client, run_client
 
 TOKEN = "hf_test_token"
 

@@ -14,7 +14,7 @@ from proxy.fetch.reach import ReachPolicy, check_allow_entry
 from proxy.service.mirror import Denied, Mirror
 from tests.support.server import ServerProcess, run_cli
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 # Hosts a Docker Hub pull and an hf:// download reach (registry, token service,
 # blob CDNs; Hub, LFS CDNs, Xet bridge).

@@ -14,7 +14,7 @@ import yaml
 from proxy import config
 from proxy.cli import make_parser
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 # Variables read by the libraries the object-store downloaders follow, and the proxy ones.
 FOREIGN = re.compile(
     r"(AWS_[A-Z_]+|STORAGE_EMULATOR_HOST|AZURE_STORAGE_CONNECTION_STRING|HTTPS?_PROXY|NO_PROXY)"

@@ -24,7 +24,7 @@ from tests.support.source import Source
 def cli_in(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60):
     """``python -m proxy`` from another working directory (relative paths are the user's)."""
     full = {k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS")}
-    full["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    full["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     full.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
@@ -125,7 +125,7 @@ def test_the_running_server_of_a_cache_is_found_by_its_lock(tmp_path: Path, sour
 def test_paths_are_absolute_with_a_relative_cache_dir(tmp_path: Path, source: Source) -> None:
     source.add_file("/p.bin", b"p" * 1000)
     env = {k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "--cache-dir", "./cache", "--address", "127.0.0.1:0"],
         cwd=tmp_path,

@@ -32,7 +32,7 @@ from tests.support.nydus_config_fields import (
 )
 from tests.support.registry import Registry
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 CERTS_D = CONF / "containerd" / "certs.d"
 NYDUSD = CONF / "nydusd"
 PROXY_URL = "http://localhost:8050"

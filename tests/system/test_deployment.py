@@ -17,7 +17,7 @@ import yaml
 from proxy import config
 from proxy.cli import make_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from proxy.fetch.ociref import Platform
+from tests.fetch.test_oci_protocol import digest_of, host_of, serve_image
 from tests.support.containerd import Containerd, containerd_available, write_hosts_toml
 from tests.support.images import Blobs, push_image_tree, random_bytes
 from tests.support.registry import Registry
 from tests.support.server import ServerProcess
 from tests.support.source import Source
-from tests.test_oci_protocol import digest_of, host_of, serve_image
 
 
 def blob_gets(source: Source, digest: str) -> int:

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fakes.test_hfhub_fake import needs_client, run_client
 from tests.support.hfhub import FakeHub
 from tests.support.server import ServerProcess
-from tests.test_hfhub_fake import needs_client, run_client
 
 pytestmark = needs_client
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 from proxy.fetch.socketbody import MIN_BODY
 from tests.conftest import b64
-from tests.support.server import ServerProcess
-from tests.support.source import Source
-from tests.test_faults import (
+from tests.fetch.test_faults import (
     FAST,
     blob,
     blob_files,
@@ -24,7 +22,9 @@ from tests.test_faults import (
     ranges,
     sha,
 )
-from tests.test_reliability import small_fs  # noqa: F401 - a fixture
+from tests.fetch.test_reliability import small_fs  # noqa: F401 - a fixture
+from tests.support.server import ServerProcess
+from tests.support.source import Source
 
 SIZE = MIN_BODY + 8 * 1024 * 1024 + 123  # not a multiple of any buffer or block
 OFF_REACTOR = "off the reactor"

@@ -4,6 +4,7 @@ may name different content are two entries, each fetched from upstream."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import unquote_plus, urlencode
 
 import pytest
@@ -198,3 +199,26 @@ def test_a_resigned_sigv4_url_is_one_entry_and_one_upstream_request(
         assert again.status_code == 200, again.text
         assert again.json()["digest"] == first.json()["digest"]
     assert len([r for r in source.requests_for("/bucket/o") if r.method == "GET"]) == 1
+
+
+def test_presigned_url_secrets_are_never_stored(
+    server: ServerProcess, source: Source, cache_dir: Path
+) -> None:
+    source.add_file("/bucket/model.bin", b"signed content")
+    signed = source.url(
+        "/bucket/model.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAXX"
+        "&X-Amz-Date=20261207T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=s3cr3tsig&v=2"
+    )
+    with server.client() as c:
+        r = c.post("/content/", json={"url": signed})
+        assert r.status_code == 201, r.text
+        assert r.json()["url"] == source.url("/bucket/model.bin?v=2")
+        # Another signature names the same entry.
+        again = signed.replace("s3cr3tsig", "othersig")
+        assert c.get(f"/content/{b64(again)}").status_code == 200
+        assert "s3cr3tsig" not in c.get("/content/").text
+    for p in cache_dir.rglob("*"):
+        if p.is_file():
+            assert b"s3cr3tsig" not in p.read_bytes() and b"AKIAXX" not in p.read_bytes(), p
+    assert "s3cr3tsig" not in server.log()

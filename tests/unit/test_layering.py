@@ -1,4 +1,5 @@
-"""The floors of the code, checked from its imports (plain ``ast``).
+"""The shape of the code, checked from its source (plain ``ast``): the floors
+and their imports, no import cycles, no overlong function.
 
 ``cache/`` is the disk and ``fetch/`` the origins; ``service/`` is what
 the routes ask for; ``api/`` translates HTTP to service calls; ``web/`` is
@@ -12,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
+PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
 
 # floor -> floors it must not import
 FORBIDDEN = {
@@ -120,3 +121,18 @@ def test_the_checker_sees_what_it_must() -> None:
     # proxy.cli imports its commands inside functions.
     assert "proxy.commands" in graph["proxy.cli"]
     assert "proxy.server" in graph["proxy.cli"]
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    """Long functions become named steps: none over MAX_FUNCTION_LINES lines."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{_module_name(path)}.{node.name}: {length} lines")
+    assert long == []

@@ -22,15 +22,15 @@ from proxy.cache.direct import ALIGN, Appender
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout
 from proxy.types import Digest
-from tests.support.server import ServerProcess
-from tests.support.source import Source
-from tests.test_durable import (
+from tests.cache.test_durable import (
     download,
     markers,
     paused_before_the_rename,
     post_and_leave,
     wait_until,
 )
+from tests.support.server import ServerProcess
+from tests.support.source import Source
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.fetch.test_oci_protocol import host_of, serve_image
 from tests.support.images import Blobs, push_image_tree
 from tests.support.registry import Registry
 from tests.support.server import ServerProcess
 from tests.support.source import Source
-from tests.test_oci_protocol import host_of, serve_image
 
 FAST = ("--retries", "0", "--retry-backoff", "0.01")
 

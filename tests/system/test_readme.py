@@ -7,7 +7,7 @@ from pathlib import Path
 from proxy import config
 from proxy.cli import make_parser
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_every_flag_and_variable_is_in_the_configuration_table() -> None:
@@ -27,7 +27,7 @@ def test_the_two_commands_are_there() -> None:
     assert "python3 -m pip install -e '.[test]' && python3 -m pytest" in README
     assert (
         "python3 -m pip install -e '.[test]' && python3 -m pytest"
-        in (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+        in (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     )
 
 
