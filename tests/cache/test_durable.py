@@ -1,7 +1,7 @@
 """Blobs committed before their fsync: markers, what a stop and a restart do with them.
 
 Only buffered writes commit before the fsync (a download written with O_DIRECT is fsync'd
-first, at no cost: tests/test_direct.py), so these servers run with --buffered-writes.
+first, at no cost: tests/cache/test_direct.py), so these servers run with --buffered-writes.
 """
 
 from __future__ import annotations

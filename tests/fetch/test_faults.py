@@ -2,7 +2,7 @@
 
 Resets, stalls, cuts, wrong bytes, wrong lengths, trickles, 5xx storms and
 redirect chains; retries are counted and their pauses timed. Complements
-tests/test_http_downloader.py (one cut, one stall to 504, one loop) without
+tests/fetch/test_http_downloader.py (one cut, one stall to 504, one loop) without
 repeating it. Small files and short timeouts keep it within seconds.
 """
 
@@ -39,7 +39,7 @@ def blob_files(cache: Path) -> list[str]:
 
 def ingest_left(cache: Path) -> list[str]:
     """Everything under ingest/ but the (empty) scratch directory for small blobs and the
-    markers of committed blobs still being fsync'd (``tests/test_durable.py``)."""
+    markers of committed blobs still being fsync'd (``tests/cache/test_durable.py``)."""
     root = cache / "ingest"
     if not root.exists():
         return []

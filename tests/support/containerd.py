@@ -11,7 +11,7 @@ records), and is stopped (SIGTERM, then SIGKILL) when the ``with`` block ends::
         assert set(blobs) <= ctrd.list_content()
 
 How containerd 1.6 reaches registries (checked against this binary, see
-``tests/test_containerd_harness.py``):
+``tests/fakes/test_containerd_harness.py``):
 
 * With ``ctr`` the resolver and the HTTP requests run in the *client* process (``ctr``), not in
   the daemon; the registry host configuration is the ``--hosts-dir DIR`` flag of
