@@ -371,3 +371,18 @@ def test_verify_prints_status_lines_without_a_terminal(tmp_path: Path, source: S
     assert lines[0] == f"verify {cache}: started"
     assert re.fullmatch(rf"verify {cache}: 3\.0 MiB of 3\.0 MiB \(100%\), .*/s", lines[-1])
     assert "━" not in r.stderr and not run_cli("verify", "--cache-dir", str(cache), "--json").stderr
+
+
+def test_log_lines_count_and_size_for_people(tmp_path: Path, source: Source) -> None:
+    """ "1 entry", not "1 entries"; sizes in log lines in the units ls shows."""
+    source.add_file("/one.bin", os.urandom(3 * 1024))
+    cache = tmp_path / "c"
+    with ServerProcess(cache) as srv, srv.client() as c:
+        assert c.post("/content/", json={"url": source.url("/one.bin")}).status_code == 201
+    with ServerProcess(cache, "--max-cache-size", "100M") as srv:
+        with srv.client() as c:
+            assert c.delete("/content/" + _b64(source.url("/one.bin"))).status_code == 204
+        log = srv.log()
+    assert f"cache {cache}: 1 entry, 0 interrupted downloads" in log, log
+    assert "cache limit 100.0 MiB" in log, log
+    assert re.search(r"deleted \S+ \(\d+\.\d KiB freed\)", log), log
