@@ -154,17 +154,7 @@ class OciFetcher:
         self, auth: RegistryAuth, base: str, ref: ImageReference, target: str, job: Job
     ) -> Manifest:
         url = f"{base}/v2/{ref.repository}/manifests/{target}"
-        for attempt in range(3):
-            try:
-                response = await self.get(auth, url, job, {b"Accept": ACCEPT})
-                data = await self.client.read_small(response, MAX_MANIFEST)
-                break
-            except Retryable as r:
-                if attempt == 2:
-                    raise gave_up(r.cause, attempt + 1) from None
-                await self.client.sleep(self.client.options.pause(attempt), job)
-        if response.code != 200:
-            raise upstream_error(url, response, data)
+        response, data = await self._get_small(auth, url, job, {b"Accept": ACCEPT}, MAX_MANIFEST)
         digest = Digest(hashlib.sha256(data).hexdigest())
         reported = header(response, b"Docker-Content-Digest")
         if target.startswith("sha256:") and str(digest) != target:
@@ -185,6 +175,24 @@ class OciFetcher:
         return Manifest(Descriptor(media_type, digest, len(data)), data, doc)
 
     # -- what a mirror asks for (one request each, nothing stored) --------------------
+
+    async def _get_small(
+        self, auth: RegistryAuth, url: str, job: Job, headers: dict[bytes, bytes], limit: int
+    ) -> tuple[Any, bytes]:
+        """A small document (a manifest, a config) read whole, up to ``limit``
+        bytes, with up to three attempts; an answer other than 200 raises."""
+        for attempt in range(3):
+            try:
+                response = await self.get(auth, url, job, headers)
+                data = await self.client.read_small(response, limit)
+                break
+            except Retryable as r:
+                if attempt == 2:
+                    raise gave_up(r.cause, attempt + 1) from None
+                await self.client.sleep(self.client.options.pause(attempt), job)
+        if response.code != 200:
+            raise upstream_error(url, response, data)
+        return response, data
 
     def auth(self, ref: ImageReference, credentials: Credentials | None) -> RegistryAuth:
         """The token flow for one repository of one registry."""
@@ -302,17 +310,7 @@ class OciFetcher:
     ) -> bytes:
         """A small blob (a config) in memory, verified against its digest."""
         url = f"{base}/v2/{ref.repository}/blobs/{desc.digest}"
-        for attempt in range(3):
-            try:
-                response = await self.get(auth, url, job, {})
-                data = await self.client.read_small(response, MAX_CONFIG)
-                break
-            except Retryable as r:
-                if attempt == 2:
-                    raise gave_up(r.cause, attempt + 1) from None
-                await self.client.sleep(self.client.options.pause(attempt), job)
-        if response.code != 200:
-            raise upstream_error(url, response, data)
+        _, data = await self._get_small(auth, url, job, {}, MAX_CONFIG)
         if hashlib.sha256(data).hexdigest() != desc.digest.hex:
             raise BadContent(f"{ref.name}: config {desc.digest} has another digest; rejected")
         return data
