@@ -47,7 +47,7 @@ from urllib.parse import unquote, urlencode
 
 from twisted.web.server import NOT_DONE_YET
 
-from proxy.api.answers import JSON_UTF8, json_answer
+from proxy.api.answers import JSON_UTF8, finish_with_length, json_answer
 from proxy.api.errors import hub_error, hub_error_body
 from proxy.cache.store import Store
 from proxy.errors import StorageError
@@ -113,10 +113,7 @@ class HfMirror:
             result = hub_error_body(request, hub_error(e))
         if result is NOT_DONE_YET:
             return result
-        if request.responseHeaders.getRawHeaders(b"content-length") is None:
-            request.setHeader(b"Content-Length", str(len(result)).encode())
-        request.write(result)
-        request.finish()
+        finish_with_length(request, result)
         return NOT_DONE_YET
 
     def _route(self, request: Any, path: bytes) -> Any:

@@ -37,7 +37,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, version
 
-from proxy.api.answers import json_answer
+from proxy.api.answers import finish_with_length, json_answer
 from proxy.api.content import display_path
 from proxy.api.errors import OciError, error_body, oci_error
 from proxy.api.fill import FillWriter
@@ -243,12 +243,7 @@ class RegistryAPI:
             result = error_body(request, e)
         if result is NOT_DONE_YET:
             return result
-        # Finish here rather than returning bytes: twisted.web would rewrite
-        # Content-Length of a HEAD answer to the length of the (empty) body.
-        if request.responseHeaders.getRawHeaders(b"content-length") is None:
-            request.setHeader(b"Content-Length", str(len(result)).encode())
-        request.write(result)
-        request.finish()
+        finish_with_length(request, result)
         return NOT_DONE_YET
 
     def _route(self, request: Any, path: bytes, proxied_host: str | None) -> Any:
