@@ -53,7 +53,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.admission import is_push
 from proxy.api.errors import OciError, error_body
-from proxy.api.registry import API_VERSION, _check_name, query_args
+from proxy.api.registry import API_VERSION, check_name, query_args
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest, is_disk_full
@@ -278,7 +278,7 @@ class PushAPI:
         m = _UPLOADS_RE.fullmatch(rest)
         if m is not None:
             name = m.group(1)
-            _check_name(name)
+            check_name(name)
             self._check_pushed_name(name)
             if method != b"POST":
                 raise OciError("UNSUPPORTED", "start an upload with POST")
@@ -286,7 +286,7 @@ class PushAPI:
         m = _SESSION_RE.fullmatch(rest)
         if m is not None:
             name, upload_id = m.group(1), m.group(2)
-            _check_name(name)
+            check_name(name)
             handlers = {
                 b"GET": self._status,
                 b"HEAD": self._status,
@@ -301,7 +301,7 @@ class PushAPI:
         i = rest.rfind("/manifests/")
         if i > 0:
             name, ref = rest[:i], rest[i + len("/manifests/") :]
-            _check_name(name)
+            check_name(name)
             self._check_pushed_name(name)
             if method != b"PUT":
                 raise OciError(
@@ -375,7 +375,7 @@ class PushAPI:
         if mount is not None:
             digest = _digest_arg(mount)
             if source is not None:
-                _check_name(source)
+                check_name(source)
             if await self.uploads.mount(digest) is not None:
                 log.info("mounted %s into %s", digest, name)
                 self._blob_created(request, name, digest)

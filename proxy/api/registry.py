@@ -98,7 +98,8 @@ _FAST_FIELDS = b"".join(
 )
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """A repository name in the distribution grammar, or NAME_INVALID."""
     if len(name) > 255 or not NAME_RE.fullmatch(name):
         raise OciError("NAME_INVALID", f"invalid repository name {name[:100]!r}")
 
@@ -268,13 +269,13 @@ class RegistryAPI:
             return self._catalog(request, args, ns_raw or None)
         if rest.endswith("/tags/list"):
             name = rest[: -len("/tags/list")]
-            _check_name(name)
+            check_name(name)
             return self._tags(request, name, args, ns)
         for marker, handler in (("/manifests/", self._manifest), ("/blobs/", self._blob)):
             i = rest.rfind(marker)
             if i > 0:
                 name, ref = rest[:i], rest[i + len(marker) :]
-                _check_name(name)
+                check_name(name)
                 return handler(request, name, ref, ns)
         if "/blobs/uploads" in rest:
             raise OciError("UNSUPPORTED", "this registry is read-only (push is not enabled)")
