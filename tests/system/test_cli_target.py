@@ -283,13 +283,16 @@ def _start_pull(cache: Path, url: str, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait_downloading(srv: ServerProcess, url: str) -> dict:
+def _wait_downloading(srv: ServerProcess, url: str, clients: int = 1) -> dict:
+    """Until the download runs and ``clients`` wait for it (the pull's own POST
+    among them: a Ctrl-C before the command got that far is another case)."""
     deadline = time.monotonic() + 30
     with srv.client() as c:
         while time.monotonic() < deadline:
             r = c.get("/content/" + _b64(url))
-            if r.status_code == 206 and r.json().get("bytesDone"):
-                return r.json()
+            body = r.json()
+            if r.status_code == 206 and body.get("bytesDone") and body["clients"] >= clients:
+                return body
             time.sleep(0.05)
     raise AssertionError("the download did not start")
 
@@ -326,8 +329,7 @@ def test_ctrl_c_cancels_the_pull_it_started(tmp_path: Path, source: Source) -> N
         )
         t.start()
         proc = _start_pull(cache, url)
-        _wait_downloading(srv, url)
-        time.sleep(0.3)
+        _wait_downloading(srv, url, clients=3)  # the 202's waiter, the thread's POST, the pull
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130 and "Traceback" not in err
