@@ -65,7 +65,7 @@ class StatusLine:
     def __init__(self, what: str) -> None:
         self.what = what
         self.started = time.monotonic()
-        self._last = 0.0
+        self._last = self.started  # the next line comes STATUS_EVERY after this one
         print(f"{what}: started", file=sys.stderr, flush=True)
 
     def update(self, done: int, total: int | None, *, final: bool = False) -> None:

@@ -41,6 +41,7 @@ from proxy.types import (
     Descriptor,
     Digest,
 )
+from proxy.units import human_size, plural
 
 
 @attrs.frozen
@@ -224,7 +225,7 @@ def quarantine(layout: Layout, report: Report) -> Report:
 
 def render(report: Report) -> str:
     """The report for a terminal."""
-    lines = [f"{report.blobs} blobs, {report.bytes} bytes checked"]
+    lines = [f"{plural(report.blobs, 'blob')}, {human_size(report.bytes)} checked"]
     lines += [f"{p.kind}: {p.path}: {p.detail}" for p in report.problems]
     lines += [f"quarantined: {p}" for p in report.quarantined]
     lines += [f"dropped entry: {u}" for u in report.dropped]

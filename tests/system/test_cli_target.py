@@ -388,3 +388,22 @@ def test_log_lines_count_and_size_for_people(tmp_path: Path, source: Source) -> 
     assert f"cache {cache}: 1 entry, 0 interrupted downloads" in log, log
     assert "cache limit 100.0 MiB" in log, log
     assert re.search(r"deleted \S+ \(\d+\.\d KiB freed\)", log), log
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, source: Source) -> None:
+    """`storage-manager inspect URL | head -1`: no traceback when the reader goes away."""
+    source.add_file("/p.bin", b"p" * 100)
+    cache = tmp_path / "c"
+    assert run_cli("pull", source.url("/p.bin"), "--cache-dir", str(cache)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "inspect", source.url("/p.bin"), "--cache-dir", str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before a line is written
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err
+    assert proc.returncode == 141
