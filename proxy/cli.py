@@ -157,6 +157,12 @@ def _add_upkeep_commands(sub: Any) -> None:
         "that are not running)",
     )
     _client_flags(gc)
+    peers = sub.add_parser(
+        "peers",
+        help="the peers of this node's cache array and their state",
+        description="List the peers of the server's cache array (--peers) and whether each is up.",
+    )
+    _client_flags(peers)
     du = sub.add_parser(
         "du", help="disk usage of the cache", description="Show what the cache holds on disk."
     )
@@ -309,6 +315,8 @@ def run_command(args: argparse.Namespace, cfg: config_mod.Config, target: Any) -
             return commands.import_bundle(client, args.bundle, args.json)
         if args.command in ("pin", "unpin"):
             return commands.pin(client, args.targets, args.command == "pin", args.json)
+        if args.command == "peers":
+            return commands.peers(client, args.json)
         if args.command == "gc":
             return commands.gc(client, args.ingest_age, args.json)
         return commands.du(client, args.json)

@@ -479,6 +479,33 @@ def pin(client: Client, targets: list[str], on: bool, as_json: bool) -> int:
     return status
 
 
+def peers(client: Client, as_json: bool) -> int:
+    """The server's peers (``GET /admin/peers``)."""
+    answer = client.request("GET", "/admin/peers")
+    if answer.status == 404:
+        _err("this server is not in a cache array (start it with --peers)")
+        return NOT_FOUND
+    if answer.status != 200:
+        return _failed(answer)
+    if as_json:
+        _dump(answer.body)
+        return OK
+    table = Table(box=None, header_style="bold")
+    for col in ("PEER", "STATE", "FROM", "FAILURES", "LAST ERROR"):
+        table.add_column(col, overflow="fold")
+    for p in answer.body.get("peers", []):
+        table.add_row(
+            p.get("address", ""),
+            p.get("state", ""),
+            p.get("from", ""),
+            str(p.get("failures", 0)),
+            p.get("lastError") or "",
+        )
+    print(f"this node: {answer.body.get('self')}")
+    Console(width=max(120, Console().width)).print(table)
+    return OK
+
+
 def du(client: Client, as_json: bool) -> int:
     answer = client.request("GET", "/admin/du")
     if answer.status != 200:

@@ -23,6 +23,7 @@ import attrs
 
 from proxy.fetch.proxyenv import ProxyConfig, ProxyConfigError
 from proxy.fetch.reach import check_allow_entry
+from proxy.service.membership import PeerSpec, PeerSpecError, is_loopback, parse_peers
 
 DEFAULT_CACHE_DIR = "/var/lib/nekko/cache"
 DEFAULT_ADDRESS = "localhost:8050"
@@ -155,7 +156,17 @@ class Config:
     retry_backoff: float
     sync_commits: bool  # fsync each blob before its commit, not just after
     buffered_writes: bool  # write downloads through the page cache (no O_DIRECT)
+    peers: tuple[PeerSpec, ...]
+    advertise_address: str | None
+    cluster_token: str | None = attrs.field(repr=False)
     proxies: ProxyConfig = attrs.field(factory=ProxyConfig)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
+
+
+def _peer_specs(name: str, text: str) -> tuple[PeerSpec, ...]:
+    try:
+        return parse_peers(text)
+    except PeerSpecError as e:
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def _seconds(name: str, text: str) -> float:
@@ -475,6 +486,39 @@ OPTIONS: tuple[Option, ...] = (
         "(O_DIRECT) where the filesystem allows",
         _switch,
     ),
+    Option(
+        "peers",
+        "peers",
+        "NEKKO_PEERS",
+        "",
+        "the cache array: comma-separated host:port peers, or dns:<name>:<port> (every "
+        "A/AAAA answer is a peer, re-resolved every 30 s); this node's own address is left out",
+        _peer_specs,
+        "PEERS",
+        "none",
+    ),
+    Option(
+        "advertise_address",
+        "advertise-address",
+        "NEKKO_ADVERTISE_ADDRESS",
+        "",
+        "how peers reach this node (host:port as the others list it), when it differs from "
+        "--address",
+        lambda n, t: t.strip() or None,
+        "HOST:PORT",
+        "--address",
+    ),
+    Option(
+        "cluster_token",
+        "cluster-token",
+        "NEKKO_CLUSTER_TOKEN",
+        "",
+        "the token peers authenticate each other with (Bearer); without it, the peer routes "
+        "answer loopback clients only (prefer the environment)",
+        lambda n, t: t or None,
+        "TOKEN",
+        "none",
+    ),
 )
 BY_DEST = {o.dest: o for o in OPTIONS}
 # flag dest -> (environment variable, default as text)
@@ -489,6 +533,30 @@ def help_text(option: Option) -> str:
         default = option.shown_default or option.default
         where = f"env {option.env}, default {default}"
     return f"{option.help} ({where})".replace("%", "%%")
+
+
+def _check_cluster(values: dict[str, Any], flags: Mapping[str, Any]) -> None:
+    """Peers talk plain HTTP, so only on loopback: TLS between nodes (the
+    issue's --tls-* listener) is not in this version yet. A dns: name may
+    answer anything: it needs the cluster token, and only its loopback
+    answers are taken (proxy.service.membership)."""
+    for spec in values["peers"]:
+        if not spec.dns and not is_loopback(spec.address):
+            raise ConfigError(
+                f"peer {spec} is not on loopback: peers on other hosts need TLS between "
+                "nodes, which this version does not have yet"
+            )
+        if spec.dns and values["cluster_token"] is None:
+            raise ConfigError(
+                f"peer {spec} may answer any host: set the cluster token "
+                "(--cluster-token or NEKKO_CLUSTER_TOKEN)"
+            )
+    advertised = values["advertise_address"]
+    if advertised is not None:
+        try:
+            parse_peers(advertised)
+        except PeerSpecError as e:
+            raise ConfigError(f"--advertise-address: {e}") from None
 
 
 def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
@@ -509,6 +577,7 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
             "--protect-reads" if flags.get("protect_reads") is not None else "NEKKO_PROTECT_READS"
         )
         raise ConfigError(f"{name} needs an API token (--api-token or NEKKO_API_TOKEN)")
+    _check_cluster(values, flags)
     try:
         values["proxies"] = ProxyConfig.from_env(env)
     except ProxyConfigError as e:

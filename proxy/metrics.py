@@ -66,6 +66,17 @@ UPSTREAM_ERRORS = Counter(
     ["scheme", "code"],
     registry=REGISTRY,
 )
+PEER_BYTES = Counter(
+    "storage_manager_peer_bytes",
+    "Bytes of blobs exchanged with peers of the cache array: received from them, served to them",
+    ["direction"],
+    registry=REGISTRY,
+)
+PEER_FAILURES = Counter(
+    "storage_manager_peer_failures",
+    "Requests to peers that failed (unreachable, refused, or wrong bytes)",
+    registry=REGISTRY,
+)
 EVICTIONS = Counter(
     "storage_manager_evictions",
     "Entries evicted to keep the cache under --max-cache-size",
@@ -143,6 +154,10 @@ def route_of(path: str) -> str:
         return "v2"
     if path.startswith("http://") or path.startswith("https://"):
         return "forward_proxy"
+    if path.startswith("/peer/v1/blobs/"):
+        return "peer_blob"
+    if path.startswith("/peer/"):
+        return "peer"
     for prefix in ("/content", "/admin", "/metrics", "/healthz", "/readyz", "/hf"):
         if path.startswith(prefix):
             return prefix[1:]
@@ -179,6 +194,8 @@ def observe_request(method: str, path: str, code: int, sent: int) -> None:
             CACHE.labels(route[3:], "hit").inc()
         elif code == 404:
             CACHE.labels(route[3:], "miss").inc()
+    elif route == "peer_blob" and sent:
+        PEER_BYTES.labels("served").inc(sent)
     elif route == "content" and method == "POST" and code in (200, 201):
         CACHE.labels("content", "hit" if code == 200 else "miss").inc()
 

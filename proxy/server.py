@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import socket
 import stat
 from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
@@ -18,6 +20,7 @@ from twisted.web.resource import Resource
 from proxy import metrics
 from proxy.api.admin import AdminAPI
 from proxy.api.content import ContentAPI, display_path
+from proxy.api.peers import PeerAPI
 from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
@@ -28,6 +31,7 @@ from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.cache.uploads import Uploads
 from proxy.config import Address, Config
+from proxy.errors import UpstreamUnreachable
 from proxy.fetch.azure import AzureFetcher
 from proxy.fetch.base import Fetcher
 from proxy.fetch.file import FileFetcher
@@ -42,8 +46,11 @@ from proxy.fetch.transfer import HttpClient, TransferOptions
 from proxy.request import Credentials
 from proxy.service.downloads import Downloads
 from proxy.service.fills import MirrorBlobs
+from proxy.service.membership import Membership
 from proxy.service.mirror import Mirror
+from proxy.service.peerpull import PeerPull
 from proxy.service.sources import BlobSource, Chain, LocalBlobs
+from proxy.threads import in_thread
 from proxy.types import Digest
 from proxy.units import human_size, plural
 from proxy.web.sendfile import BlobSender
@@ -144,6 +151,8 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         config.api_token,
         config.protect_reads,
         AdminAPI(downloads),
+        _cluster(config, reactor, store, downloads, registry),
+        config.cluster_token,
     )
     site = _wire(site or new_site(), root, layout)
     if not (config.protect_reads and config.api_token is not None):
@@ -315,6 +324,47 @@ def _registry(
         )
         log.info("push enabled on /v2%s", " (with the API token)" if config.api_token else "")
     return registry
+
+
+def _cluster(
+    config: Config, reactor: Any, store: Store, downloads: Downloads, registry: RegistryAPI
+) -> PeerAPI | None:
+    """With --peers: this node's membership of the cache array, the peer
+    routes, and the copy of entries from peers when the origin is out of reach."""
+    if not config.peers:
+        return None
+    self_address = config.advertise_address or str(config.address)
+
+    def resolve(name: str, port: int) -> Deferred[list[str]]:
+        return in_thread(reactor, _addresses_of, name, port)
+
+    membership = Membership(reactor, config.peers, self_address, resolve)
+    membership.start()
+    reactor.addSystemEventTrigger("before", "shutdown", membership.stop)
+    client = HttpClient(
+        reactor,
+        ReachPolicy(),  # peers, not origins: --allow-upstream is for what they fetch
+        TransferOptions(idle_timeout=config.idle_timeout, attempts=2, backoff=0.2),
+    )
+    downloads.peer_pull = PeerPull(membership, client, store, config.cluster_token)
+    local = RegistryAPI(
+        store.layout, registry.catalog, registry.sender, LocalBlobs(store.layout, registry.catalog)
+    )
+    log.info(
+        "cache array: this node is %s; peers %s",
+        self_address,
+        ", ".join(str(p) for p in config.peers),
+    )
+    return PeerAPI(store, local, membership, reactor)
+
+
+def _addresses_of(name: str, port: int) -> list[str]:
+    """Every address a name resolves to (blocking; in a thread)."""
+    try:
+        answers = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise UpstreamUnreachable(f"cannot resolve {name}: {e}") from None
+    return sorted({str(a[4][0]) for a in answers})
 
 
 def _wire(site: LoggingSite, root: Root, layout: Layout) -> LoggingSite:

@@ -55,6 +55,7 @@ class Route(enum.Enum):
     ADMIN = "admin"
     METRICS = "metrics"
     HEALTH = "health"  # /healthz, /readyz: always open
+    PEER = "peer"  # /peer/v1/...: the cache array's own routes
     UNKNOWN = "unknown"
 
 
@@ -75,6 +76,8 @@ def route_of(path: bytes, admin: bool) -> Route:
         return Route.METRICS
     if path in (b"/healthz", b"/readyz"):
         return Route.HEALTH
+    if path.startswith(b"/peer/"):
+        return Route.PEER
     return Route.UNKNOWN
 
 
@@ -97,6 +100,18 @@ class Access:
     protect_reads: bool
     push: bool
     admin: bool
+    peers: bool = False  # the /peer/ routes are served (--peers)
+    cluster_token: str | None = attrs.field(default=None, repr=False)
+
+    def peer_refusal(self, carries_cluster_token: bool, from_loopback: bool) -> Refusal | None:
+        """The answer to a /peer/ request that may not have one: 404 without
+        --peers; 401 without the cluster token (without a cluster token set,
+        only clients on loopback may call: peers on other hosts need one)."""
+        if not self.peers:
+            return Refusal(404, "NOT_FOUND", "this node is not in a cache array", False)
+        if carries_cluster_token if self.cluster_token is not None else from_loopback:
+            return None
+        return Refusal(401, "UNAUTHORIZED", "peer routes need the cluster token", False, True)
 
     def needs_token(self, route: Route, method: bytes, path: bytes) -> bool:
         """Whether a request must carry the API token: every read with

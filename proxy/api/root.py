@@ -32,7 +32,9 @@ from proxy.api.answers import json_answer
 from proxy.api.content import ContentAPI
 from proxy.api.errors import json_error
 from proxy.api.hub import HfMirror
+from proxy.api.peers import PeerAPI
 from proxy.api.registry import RegistryAPI, query_args
+from proxy.service.membership import is_loopback_host
 from proxy.web.auth import authorized
 
 
@@ -46,16 +48,22 @@ class Root(Resource):
         api_token: str | None = None,
         protect_reads: bool = False,
         admin: AdminAPI | None = None,
+        peers: PeerAPI | None = None,
+        cluster_token: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._admin = admin
+        self._peers = peers
         self._api_token = api_token
+        self._cluster_token = cluster_token
         # Who needs the token, and what bodies are taken (shared with the channel).
         self.access = Access(
             api_token,
             protect_reads and api_token is not None,
             push=registry.push is not None,
             admin=admin is not None,
+            peers=peers is not None,
+            cluster_token=cluster_token,
         )
         self._content = content.app.resource()
         self._registry = registry
@@ -68,8 +76,15 @@ class Root(Resource):
         refused = self.access.refusal(
             route, request.method, path, lambda: authorized(request, self._api_token)
         )
+        if refused is None and route is Route.PEER:
+            refused = self.access.peer_refusal(
+                self._cluster_token is not None and authorized(request, self._cluster_token),
+                is_loopback_host(getattr(request.getClientAddress(), "host", "") or ""),
+            )
         if refused is not None:
             return render_refusal(refused, request)
+        if route is Route.PEER and self._peers is not None:
+            return self._peers.render(request, path)
         if route is Route.REGISTRY:
             return self._registry.render(request, path)
         if route is Route.PROXY:
@@ -87,6 +102,8 @@ class Root(Resource):
                 return json_error(request, 400, "BAD_REQUEST", "invalid Host header")
         if route is Route.HF:
             return self._hf.render(request, path)
+        if path == b"/admin/peers" and self._peers is not None:
+            return self._peers.admin(request)
         if route is Route.ADMIN and self._admin is not None:
             return self._admin.render(request, path)
         if route is Route.METRICS:

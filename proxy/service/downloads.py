@@ -16,7 +16,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import IO
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.python.failure import Failure
 
@@ -25,19 +26,47 @@ from proxy.cache import bundle
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import ingest_key, is_disk_full
 from proxy.cache.store import Entry, Store
-from proxy.errors import Cancelled, Conflict, DiskFull, StorageError, UnsupportedScheme
-from proxy.fetch.base import Fetcher
+from proxy.errors import (
+    Cancelled,
+    Conflict,
+    DiskFull,
+    StorageError,
+    TargetDenied,
+    UnsupportedScheme,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from proxy.fetch.base import Fetcher, FetchResult, Job
 from proxy.redact import redact_url
 from proxy.request import FetchRequest
 from proxy.service.entries import Entries
 from proxy.service.eviction import Eviction
 from proxy.service.failures import Failed, Failures
 from proxy.service.jobs import Download, Interrupted, Jobs, read_interrupted
+from proxy.service.peerpull import PeerPull
 from proxy.service.upkeep import GcReport, Upkeep
 from proxy.threads import in_thread
 from proxy.units import human_size, plural
 
 log = logging.getLogger(__name__)
+
+# Errors that mean the origin cannot be asked at all (not that it said no).
+OUT_OF_REACH = (UpstreamUnreachable, TargetDenied, UpstreamTimeout)
+
+
+@attrs.define
+class _Refused:
+    """A fetcher for a URL this node may not reach: its download fails with
+    that refusal, so the peers are asked (:meth:`Downloads._from_peers`)."""
+
+    error: TargetDenied
+    schemes: tuple[str, ...] = ()
+
+    def validate(self, request: FetchRequest) -> None:
+        raise self.error
+
+    def fetch(self, request: FetchRequest, job: Job) -> Deferred[FetchResult]:
+        return fail(self.error)
 
 
 class Downloads:
@@ -57,6 +86,8 @@ class Downloads:
         self._clock = clock
         self.store = store
         self.fetchers = dict(fetchers)
+        # With --peers: where an entry comes from when its origin is out of reach.
+        self.peer_pull: PeerPull | None = None
         self.jobs = Jobs()
         self._slots = DeferredSemaphore(max_downloads)
         self._limited = limit is not None
@@ -153,7 +184,13 @@ class Downloads:
     def ensure(self, request: FetchRequest) -> Deferred[tuple[Entry, bool]]:
         """Make the URL's content present; fire with (entry, created)."""
         fetcher = self.fetcher_for(request)
-        fetcher.validate(request)
+        try:
+            fetcher.validate(request)
+        except TargetDenied as e:
+            if self.peer_pull is None:
+                raise
+            # Out of this node's reach: its peers may hold the entry (one hop, no origin).
+            fetcher = _Refused(e)
         entry = self.store.get(request.url)
         # A mirror fill of a tag holds only its manifest: a POST pulls the rest.
         if entry is not None and entry.complete and entry.kind != "mirror":
@@ -222,9 +259,29 @@ class Downloads:
             job.check_cancelled()
             entry = await self.entries.store_result(job, result)
         except BaseException as e:
-            await self._failed(job, e, started)
-            return
+            from_peer = await self._from_peers(job, e)
+            if from_peer is None:
+                await self._failed(job, e, started)
+                return
+            entry = from_peer
         await self._stored(job, entry, started)
+
+    async def _from_peers(self, job: Download, error: BaseException) -> Entry | None:
+        """An air-gapped member: the origin is out of reach (unreachable, or
+        refused by the reach rules), so a peer that holds the entry complete
+        gives it (proxy.service.peerpull). None: no peer did."""
+        if self.peer_pull is None or not isinstance(error, OUT_OF_REACH) or job.cancelled:
+            return None
+        url = job.request.url
+        log.info("%s: the origin is out of reach (%s); asking the peers", redact_url(url), error)
+        try:
+            entry = await self.peer_pull.pull(url, job)
+        except Exception:  # whatever it was, the origin's error is the answer
+            log.exception("%s: asking the peers failed", redact_url(url))
+            return None
+        if entry is not None:
+            await self.entries.sync_views()
+        return entry
 
     async def _stored(self, job: Download, entry: Entry, started: float) -> None:
         url = job.request.url
