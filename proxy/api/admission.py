@@ -117,8 +117,8 @@ class Access:
         """Whether a request must carry the API token: every read with
         ``--protect-reads`` (except the health checks), every change to
         ``/content`` and ``/admin/``, and every push request."""
-        if self.token is None or route in (Route.HEALTH, Route.UNKNOWN):
-            return False
+        if self.token is None or route in (Route.HEALTH, Route.UNKNOWN, Route.PEER):
+            return False  # the peer routes have their own token (peer_refusal)
         if self.protect_reads:
             return True
         if route in (Route.CONTENT, Route.ADMIN):

@@ -212,3 +212,19 @@ def test_an_unreachable_origin_sends_the_node_to_its_peers(tmp_path: Path) -> No
     with node(tmp_path, "c", "127.0.0.2", pb, [a_addr]) as c_node, c_node.client() as c:
         r = c.post("/content/", json={"url": url})
         assert r.status_code == 502 and r.json()["error"]["code"] == "UPSTREAM_UNREACHABLE", r.text
+
+
+def test_peer_routes_take_the_cluster_token_not_the_api_token(tmp_path: Path) -> None:
+    """With --api-token --protect-reads, a peer still needs (only) the cluster token."""
+    port = free_port("127.0.0.1")
+    address = f"127.0.0.1:{port}"
+    with (
+        node(
+            tmp_path, "a", "127.0.0.1", port, [address], "--api-token", "api", "--protect-reads"
+        ) as a,
+        a.client() as c,
+    ):
+        path = f"/peer/v1/blobs/sha256:{'0' * 64}"
+        assert c.get(path, headers={"Authorization": "Bearer api"}).status_code == 401
+        assert c.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+        assert c.get("/content/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
