@@ -361,6 +361,7 @@ def serve(cfg: config_mod.Config) -> int:
             port = server.listen_tcp(cfg.address, site, reactor)
         srv = server.build(cfg, reactor, site)
         server.listen(srv, reactor, port)
+        server.listen_tls(srv, reactor)
     except (server.StartupError, CacheLocked) as e:
         if port is not None:
             port.stopListening()

@@ -159,7 +159,23 @@ class Config:
     peers: tuple[PeerSpec, ...]
     advertise_address: str | None
     cluster_token: str | None = attrs.field(repr=False)
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_ca: Path | None
+    tls_address: Address | None  # the HTTPS listener (None: none)
+
+    @property
+    def peer_tls(self) -> bool:
+        """Peers are reached over HTTPS and verified against --tls-ca."""
+        return self.tls_address is not None and self.tls_ca is not None
+
     proxies: ProxyConfig = attrs.field(factory=ProxyConfig)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
+
+
+def _optional_path(name: str, text: str) -> Path | None:
+    if not text.strip():
+        return None
+    return Path(os.path.abspath(Path(text.strip()).expanduser()))
 
 
 def _peer_specs(name: str, text: str) -> tuple[PeerSpec, ...]:
@@ -519,6 +535,47 @@ OPTIONS: tuple[Option, ...] = (
         "TOKEN",
         "none",
     ),
+    Option(
+        "tls_cert",
+        "tls-cert",
+        "NEKKO_TLS_CERT",
+        "",
+        "PEM certificate (chain) of a second listener that serves the same API over HTTPS, "
+        "for peers and remote clients",
+        _optional_path,
+        "FILE",
+        "none",
+    ),
+    Option(
+        "tls_key",
+        "tls-key",
+        "NEKKO_TLS_KEY",
+        "",
+        "PEM private key of --tls-cert",
+        _optional_path,
+        "FILE",
+        "none",
+    ),
+    Option(
+        "tls_ca",
+        "tls-ca",
+        "NEKKO_TLS_CA",
+        "",
+        "PEM CA that peers' certificates are verified against",
+        _optional_path,
+        "FILE",
+        "none",
+    ),
+    Option(
+        "tls_address",
+        "tls-address",
+        "NEKKO_TLS_ADDRESS",
+        "",
+        "where the HTTPS listener listens (host:port)",
+        lambda n, t: _address(n, t) if t.strip() else None,
+        "ADDR",
+        ":8443 with --tls-cert",
+    ),
 )
 BY_DEST = {o.dest: o for o in OPTIONS}
 # flag dest -> (environment variable, default as text)
@@ -535,20 +592,33 @@ def help_text(option: Option) -> str:
     return f"{option.help} ({where})".replace("%", "%%")
 
 
+def _check_tls(values: dict[str, Any]) -> None:
+    """--tls-cert and --tls-key come together; the listener defaults to :8443."""
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        raise ConfigError("--tls-cert and --tls-key go together (NEKKO_TLS_CERT, NEKKO_TLS_KEY)")
+    if values["tls_cert"] is None:
+        if values["tls_address"] is not None:
+            raise ConfigError("--tls-address needs --tls-cert and --tls-key")
+        return
+    if values["tls_address"] is None:
+        values["tls_address"] = Address("", 8443)
+
+
 def _check_cluster(values: dict[str, Any], flags: Mapping[str, Any]) -> None:
-    """Peers talk plain HTTP, so only on loopback: TLS between nodes (the
-    issue's --tls-* listener) is not in this version yet. A dns: name may
-    answer anything: it needs the cluster token, and only its loopback
-    answers are taken (proxy.service.membership)."""
+    """Plain HTTP between peers only on loopback: peers elsewhere need TLS
+    between nodes (--tls-cert, --tls-key, --tls-ca) and the cluster token. A
+    dns: name may answer anything: it needs the cluster token, and without
+    TLS only its loopback answers are taken (proxy.service.membership)."""
+    tls = values["tls_address"] is not None and values["tls_ca"] is not None
     for spec in values["peers"]:
-        if not spec.dns and not is_loopback(spec.address):
+        if not spec.dns and not is_loopback(spec.address) and not tls:
             raise ConfigError(
                 f"peer {spec} is not on loopback: peers on other hosts need TLS between "
-                "nodes, which this version does not have yet"
+                "nodes (--tls-cert, --tls-key, --tls-ca)"
             )
-        if spec.dns and values["cluster_token"] is None:
+        if (spec.dns or not is_loopback(spec.address)) and values["cluster_token"] is None:
             raise ConfigError(
-                f"peer {spec} may answer any host: set the cluster token "
+                f"peer {spec} may be another host: set the cluster token "
                 "(--cluster-token or NEKKO_CLUSTER_TOKEN)"
             )
     advertised = values["advertise_address"]
@@ -577,6 +647,7 @@ def build(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
             "--protect-reads" if flags.get("protect_reads") is not None else "NEKKO_PROTECT_READS"
         )
         raise ConfigError(f"{name} needs an API token (--api-token or NEKKO_API_TOKEN)")
+    _check_tls(values)
     _check_cluster(values, flags)
     try:
         values["proxies"] = ProxyConfig.from_env(env)

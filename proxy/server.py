@@ -10,6 +10,7 @@ import stat
 from typing import Any
 
 import attrs
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
@@ -333,20 +334,34 @@ def _cluster(
     routes, and the copy of entries from peers when the origin is out of reach."""
     if not config.peers:
         return None
-    self_address = config.advertise_address or str(config.address)
+    listener = config.tls_address if config.peer_tls else config.address
+    self_address = config.advertise_address or str(listener)
 
     def resolve(name: str, port: int) -> Deferred[list[str]]:
         return in_thread(reactor, _addresses_of, name, port)
 
-    membership = Membership(reactor, config.peers, self_address, resolve)
+    membership = Membership(
+        reactor, config.peers, self_address, resolve, loopback_only=not config.peer_tls
+    )
     membership.start()
     reactor.addSystemEventTrigger("before", "shutdown", membership.stop)
+    trust = None
+    if config.peer_tls:
+        assert config.tls_ca is not None
+        trust = ssl.Certificate.loadPEM(config.tls_ca.read_bytes())
     client = HttpClient(
         reactor,
         ReachPolicy(),  # peers, not origins: --allow-upstream is for what they fetch
         TransferOptions(idle_timeout=config.idle_timeout, attempts=2, backoff=0.2),
+        trust=trust,
     )
-    downloads.peer_pull = PeerPull(membership, client, store, config.cluster_token)
+    downloads.peer_pull = PeerPull(
+        membership,
+        client,
+        store,
+        config.cluster_token,
+        scheme="https" if config.peer_tls else "http",
+    )
     local = RegistryAPI(
         store.layout, registry.catalog, registry.sender, LocalBlobs(store.layout, registry.catalog)
     )
@@ -414,6 +429,31 @@ def listen(server: Server, reactor: Any, port: Any = None) -> Any:
         return port
     port = listen_tcp(addr, server.site, reactor)
     _announce_tcp(server, port)
+    return port
+
+
+def listen_tls(server: Server, reactor: Any) -> Any:
+    """The second listener (--tls-address): the same API over HTTPS, for
+    peers and remote clients; None without --tls-cert."""
+    config = server.config
+    addr = config.tls_address
+    if addr is None or config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        pem = config.tls_cert.read_bytes() + b"\n" + config.tls_key.read_bytes()
+        certificate = ssl.PrivateCertificate.loadPEM(pem)
+    except Exception as e:  # unreadable, not PEM, a key that does not match
+        raise StartupError(f"cannot use --tls-cert/--tls-key: {e}") from None
+    host = "127.0.0.1" if addr.host == "localhost" else addr.host
+    try:
+        port = reactor.listenSSL(
+            addr.port, server.site, certificate.options(), interface=host or "::"
+        )
+    except CannotListenError as e:
+        raise StartupError(f"cannot listen on {addr}: {e.socketError}") from None
+    bound = port.getHost()
+    shown = f"[{bound.host}]" if ":" in bound.host else bound.host
+    log.info("listening on https://%s:%d", shown, bound.port)
     return port
 
 

@@ -61,13 +61,18 @@ class _Endpoints:
     """Endpoints for ``Agent``: direct (guarded) or a CONNECT tunnel for proxied https."""
 
     def __init__(
-        self, reactor: Any, policy: ReachPolicy, proxies: ProxyConfig, connect_timeout: float
+        self,
+        reactor: Any,
+        policy: ReachPolicy,
+        proxies: ProxyConfig,
+        connect_timeout: float,
+        trust: Any = None,
     ) -> None:
         self.reactor = reactor
         self.policy = policy
         self.proxies = proxies
         self.connect_timeout = connect_timeout
-        self.direct = GuardedEndpointFactory(reactor, policy, connect_timeout)
+        self.direct = GuardedEndpointFactory(reactor, policy, connect_timeout, trust)
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         host = _host(uri)
@@ -90,6 +95,7 @@ class OutboundAgent:
         proxies: ProxyConfig,
         pool: HTTPConnectionPool,
         connect_timeout: float = 30.0,
+        trust: Any = None,
     ) -> None:
         self.reactor = reactor
         self.policy = policy
@@ -97,7 +103,7 @@ class OutboundAgent:
         self.pool = pool
         self.connect_timeout = connect_timeout
         self._agent = Agent.usingEndpointFactory(
-            reactor, _Endpoints(reactor, policy, proxies, connect_timeout), pool
+            reactor, _Endpoints(reactor, policy, proxies, connect_timeout, trust), pool
         )
         self._plain: dict[ProxyServer, ProxyAgent] = {}
 

@@ -233,6 +233,7 @@ class GuardedEndpoint:
     host: str
     port: int
     connect_timeout: float
+    trust: Any = None  # a CA to verify https against (None: the platform's)
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         return Deferred.fromCoroutine(self._connect(protocolFactory))
@@ -251,7 +252,12 @@ class GuardedEndpoint:
                     self.reactor, addr, self.port, timeout=self.connect_timeout
                 )
             if self.scheme == b"https":
-                ep = endpoints.wrapClientTLS(optionsForClientTLS(self.host), ep)
+                options = (
+                    optionsForClientTLS(self.host)
+                    if self.trust is None
+                    else optionsForClientTLS(self.host, trustRoot=self.trust)
+                )
+                ep = endpoints.wrapClientTLS(options, ep)
             try:
                 proto: IProtocol = await ep.connect(factory)
                 return proto
@@ -266,9 +272,16 @@ class GuardedEndpointFactory:
     reactor: Any
     policy: ReachPolicy
     connect_timeout: float = 30.0
+    trust: Any = None  # a CA to verify https against (None: the platform's)
 
     def endpointForURI(self, uri: URI) -> GuardedEndpoint:
         host = uri.host.decode("idna") if isinstance(uri.host, bytes) else str(uri.host)
         return GuardedEndpoint(
-            self.reactor, self.policy, uri.scheme, host.strip("[]"), uri.port, self.connect_timeout
+            self.reactor,
+            self.policy,
+            uri.scheme,
+            host.strip("[]"),
+            uri.port,
+            self.connect_timeout,
+            self.trust,
         )

@@ -161,6 +161,7 @@ class HttpClient:
         options: TransferOptions | None = None,
         pool: HTTPConnectionPool | None = None,
         proxies: ProxyConfig | None = None,
+        trust: Any = None,
     ) -> None:
         self.reactor = reactor
         self.policy = policy
@@ -169,7 +170,7 @@ class HttpClient:
             pool = HTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = 8
         agent = OutboundAgent(
-            reactor, policy, proxies or ProxyConfig(), pool, self.options.connect_timeout
+            reactor, policy, proxies or ProxyConfig(), pool, self.options.connect_timeout, trust
         )
         self._treq = treq.client.HTTPClient(agent)
 

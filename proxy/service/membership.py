@@ -164,8 +164,10 @@ class Membership:
         specs: Sequence[PeerSpec],
         self_address: str,
         resolve: Resolver | None = None,
+        loopback_only: bool = True,
     ) -> None:
         self._clock = clock
+        self._loopback_only = loopback_only  # no TLS between nodes: plain HTTP stays local
         self.self_address = self_address
         self._specs = tuple(specs)
         self._resolve = resolve
@@ -206,8 +208,8 @@ class Membership:
                 continue
             for ip in ips:
                 address = PeerSpec(ip, spec.port).address
-                if not is_loopback(address):
-                    # Plain HTTP between peers only on loopback (no TLS between nodes yet).
+                if self._loopback_only and not is_loopback(address):
+                    # Plain HTTP between peers only on loopback (no TLS between nodes here).
                     log.warning("peers: %s answered %s, not on loopback: left out", spec, ip)
                 elif address != self.self_address:
                     found[address] = str(spec)

@@ -71,9 +71,15 @@ class PeerPull:
     """Copies entries from peers (see the module's docstring)."""
 
     def __init__(
-        self, membership: Membership, client: HttpClient, store: Store, token: str | None
+        self,
+        membership: Membership,
+        client: HttpClient,
+        store: Store,
+        token: str | None,
+        scheme: str = "http",
     ) -> None:
         self.membership = membership
+        self.scheme = scheme  # https between nodes with TLS (verified against --tls-ca)
         self.client = client
         self.store = store
         self._auth = f"Bearer {token}".encode() if token else None
@@ -103,7 +109,7 @@ class PeerPull:
 
     async def _listing(self, address: str, url: str, job: Job) -> PeerEntry | None:
         response = await self.client.get(
-            f"http://{address}{entry_path(url)}", job, authorization=self._auth
+            f"{self.scheme}://{address}{entry_path(url)}", job, authorization=self._auth
         )
         data = await self.client.read_small(response, MAX_LISTING)
         self.membership.answered(address)
@@ -117,7 +123,7 @@ class PeerPull:
         for digest, size in listing.blobs:
             blob = job.progress.add(digest.hex[:12])
             want = Wanted(
-                f"http://{address}/peer/v1/blobs/{digest}",
+                f"{self.scheme}://{address}/peer/v1/blobs/{digest}",
                 authorization=self._auth,
                 expected=digest,
                 size=size,

@@ -41,7 +41,7 @@ from twisted.web.http import HTTPChannel
 
 from proxy.numerals import CAP, is_decimal, read_decimal
 from proxy.web.auth import authorized
-from proxy.web.sendfile import transport_drained
+from proxy.web.sendfile import plain_socket, transport_drained
 
 if TYPE_CHECKING:
     from proxy.web.admission import Admission, Refusal
@@ -247,7 +247,7 @@ class PlainHTTPChannel(HTTPChannel):
         buffered (no write registration, no extra reactor turn), else, and
         for whatever the socket does not take, through the transport."""
         transport: Any = self.transport
-        sock = getattr(transport, "socket", None)
+        sock = plain_socket(transport)
         if sock is not None and transport_drained(transport):
             try:
                 sent = sock.send(data)
@@ -264,7 +264,7 @@ class PlainHTTPChannel(HTTPChannel):
         read into the transport's buffer (so at most ``length`` bytes are held).
         False if nothing was written (Twisted has data buffered, or no socket)."""
         transport: Any = self.transport
-        sock = getattr(transport, "socket", None)
+        sock = plain_socket(transport)
         if sock is None or not transport_drained(transport):
             return False
         try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 from typing import Any
 
 from twisted.internet.interfaces import IPullProducer, IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -72,6 +74,18 @@ class FileRangeProducer:
 
 SENDFILE_MIN = 256 * 1024  # smaller answers: one pread and write is cheaper than a thread hop
 STALL_TIMEOUT = 60.0  # a client that takes nothing for this long is dropped
+
+
+def plain_socket(transport: Any) -> socket.socket | None:
+    """The socket under a plain TCP (or Unix) transport, which bytes may be
+    written to directly; None otherwise. Above all None for TLS: a wrapping
+    protocol (TLSMemoryBIOProtocol is one) hands attribute lookups down to the
+    TCP transport under it, so a lookup of ``socket`` there would write
+    plaintext past the TLS layer."""
+    if isinstance(transport, ProtocolWrapper):
+        return None
+    sock = getattr(transport, "socket", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def transport_drained(transport: Any) -> bool | None:
@@ -132,7 +146,7 @@ class BlobSender:
         if length < SENDFILE_MIN and length > 0:
             _send_small(request, transport, fd, offset, length)
             return
-        handle = getattr(transport, "socket", None)
+        handle = plain_socket(transport)
         # Slow clients may hold sendfile workers; when none is free, stream from
         # the reactor instead of queueing behind them.
         busy = len(self.pool.working) >= self.pool.max

@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
 from tests.conftest import b64
@@ -228,3 +230,82 @@ def test_peer_routes_take_the_cluster_token_not_the_api_token(tmp_path: Path) ->
         assert c.get(path, headers={"Authorization": "Bearer api"}).status_code == 401
         assert c.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
         assert c.get("/content/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 401
+
+
+def _tls_files(tmp_path: Path, name: str, *hosts: str) -> tuple[Path, Path, Path]:
+    """A CA (its PEM), and a certificate and key for ``hosts`` it issued."""
+    import trustme
+
+    ca = trustme.CA()
+    cert, key, ca_file = (tmp_path / f"{name}-{part}.pem" for part in ("cert", "key", "ca"))
+    issued = ca.issue_cert(*hosts)
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return cert, key, ca_file
+
+
+def test_peers_talk_https_verified_against_the_cluster_ca(tmp_path: Path) -> None:
+    """With --tls-*, peers are reached on their HTTPS listeners (a plain request to
+    one fails its handshake, so a copy proves HTTPS), and a certificate that the
+    node's --tls-ca did not issue is refused."""
+    data = os.urandom(300_000)
+    cert, key, ca = _tls_files(tmp_path, "cluster", "127.0.0.1", "127.0.0.2")
+    _, _, other_ca = _tls_files(tmp_path, "other", "127.0.0.1", "127.0.0.2")
+    ta, tb = free_port("127.0.0.1"), free_port("127.0.0.2")
+    a_tls, b_tls = f"127.0.0.1:{ta}", f"127.0.0.2:{tb}"
+
+    def tls_node(name: str, host: str, tls_port: int, ca_file: Path) -> ServerProcess:
+        return node(
+            tmp_path, name, host, free_port(host), [a_tls, b_tls],
+            "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(ca_file),
+            "--tls-address", f"{host}:{tls_port}", "--retry-backoff", "0",
+        )  # fmt: skip
+
+    with tls_node("a", "127.0.0.1", ta, ca) as a:
+        assert f"listening on https://127.0.0.1:{ta}" in a.log()
+        with Source() as origin:
+            origin.add_file("/t.bin", data)
+            url = origin.url("/t.bin")
+            with a.client() as c:
+                assert c.post("/content/", json={"url": url}).status_code == 201
+        # The origin is gone. b trusts the cluster's CA: a copy, over HTTPS.
+        with tls_node("b", "127.0.0.2", tb, ca) as b, b.client() as c:
+            r = c.post("/content/", json={"url": url})
+            assert r.status_code == 201, b.log()
+            assert Path(r.json()["path"]).read_bytes() == data
+            assert f"copied {url} from peer {a_tls}" in b.log()
+        # c trusts another CA: a's certificate is refused, so no copy; the origin's error.
+        with tls_node("c", "127.0.0.2", tb, other_ca) as c_node, c_node.client() as c:
+            r = c.post("/content/", json={"url": url})
+            assert r.status_code == 502, r.text
+            assert f"peer {a_tls}: no copy of {url}" in c_node.log()
+            assert not (tmp_path / "c" / "blobs" / "sha256" / sha(data)[7:]).exists()
+
+
+def test_the_https_listener_serves_the_same_api_byte_for_byte(tmp_path: Path) -> None:
+    """Blobs over HTTPS (the fast path, sendfile sizes, ranges) are the blobs: no byte
+    may go to the socket past the TLS layer."""
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    cert, key, ca = _tls_files(tmp_path, "cluster", "127.0.0.1")
+    tls_port = free_port("127.0.0.1")
+    args = (
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--tls-address",
+        f"127.0.0.1:{tls_port}",
+    )
+    with ServerProcess(tmp_path / "c", *args) as srv, Source() as origin:
+        origin.add_file("/big.bin", data)
+        with srv.client() as c:
+            body = c.post("/content/", json={"url": origin.url("/big.bin")}).json()
+        name = body["reference"].rsplit(":", 1)[0]
+        with httpx.Client(base_url=f"https://127.0.0.1:{tls_port}", verify=ssl.create_default_context(cafile=str(ca))) as c:
+            path = f"/v2/{name}/blobs/{sha(data)}"
+            assert c.get(path).content == data
+            assert c.head(path).headers["content-length"] == str(len(data))
+            ranged = c.get(path, headers={"Range": "bytes=100-4195"})
+            assert ranged.status_code == 206 and ranged.content == data[100:4196]
+            assert c.get("/healthz").json() == {"status": "ok"}
