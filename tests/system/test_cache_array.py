@@ -302,7 +302,10 @@ def test_the_https_listener_serves_the_same_api_byte_for_byte(tmp_path: Path) ->
         with srv.client() as c:
             body = c.post("/content/", json={"url": origin.url("/big.bin")}).json()
         name = body["reference"].rsplit(":", 1)[0]
-        with httpx.Client(base_url=f"https://127.0.0.1:{tls_port}", verify=ssl.create_default_context(cafile=str(ca))) as c:
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{tls_port}",
+            verify=ssl.create_default_context(cafile=str(ca)),
+        ) as c:
             path = f"/v2/{name}/blobs/{sha(data)}"
             assert c.get(path).content == data
             assert c.head(path).headers["content-length"] == str(len(data))
