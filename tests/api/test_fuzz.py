@@ -440,8 +440,9 @@ def test_base64_paths(stocked: Stocked, payload: bytes, alphabet: str, method: s
     r = raw(stocked.srv, method, "/content/" + enc)
     body: bytes = r.body  # type: ignore[attr-defined]
     check(r.status, body, method)
-    if enc.strip("/") == "":
+    if enc == "":
         assert r.status in (200, 405), (r.status, body[:200])  # the listing
+    # "/content//" and the like name nothing: 4xx, as "/content//A==" does below.
     else:
         assert r.status in (400, 404), (r.status, body[:200])
     assert SENTINEL not in body
