@@ -442,8 +442,7 @@ def test_base64_paths(stocked: Stocked, payload: bytes, alphabet: str, method: s
     check(r.status, body, method)
     if enc == "":
         assert r.status in (200, 405), (r.status, body[:200])  # the listing
-    # "/content//" and the like name nothing: 4xx, as "/content//A==" does below.
-    else:
+    else:  # "/content//" too names nothing: 4xx, as "/content//A==" does below
         assert r.status in (400, 404), (r.status, body[:200])
     assert SENTINEL not in body
     assert (stocked.root / "cache" / "index.json").read_bytes() == index
