@@ -122,13 +122,20 @@ class ServerProcess:
         self.stop()
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m proxy`` to completion (for flag and error tests)."""
+    """Run ``python -m proxy`` to completion (for flag and error tests); with
+    ``cwd``, from that directory (relative paths are then the user's), still
+    this repository's code."""
     full_env = {
         k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS", "VERBOSE")
     }
+    if cwd is not None:
+        full_env["PYTHONPATH"] = str(REPOSITORY)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
@@ -137,4 +144,5 @@ def run_cli(
         env=full_env,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )

@@ -17,24 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.server import ServerProcess, run_cli
+from tests.support.server import REPOSITORY, ServerProcess, run_cli
 from tests.support.source import Source
 
 
-def cli_in(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60):
+def cli_in(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``python -m proxy`` from another working directory (relative paths are the user's)."""
-    full = {k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS")}
-    full["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    full.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        env=full,
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
+    return run_cli(*args, timeout=timeout, cwd=cwd)
 
 
 def _address(srv: ServerProcess) -> str:
@@ -125,7 +114,7 @@ def test_the_running_server_of_a_cache_is_found_by_its_lock(tmp_path: Path, sour
 def test_paths_are_absolute_with_a_relative_cache_dir(tmp_path: Path, source: Source) -> None:
     source.add_file("/p.bin", b"p" * 1000)
     env = {k: v for k, v in os.environ.items() if k not in ("CACHE_DIR", "NEKKO_ADDRESS")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = str(REPOSITORY)
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "--cache-dir", "./cache", "--address", "127.0.0.1:0"],
         cwd=tmp_path,
