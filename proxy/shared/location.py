@@ -105,6 +105,23 @@ def check_key(key: str) -> None:
         raise ValueError(f"invalid store key {key[:80]!r}")
 
 
+def is_layout_key(key: str) -> bool:
+    """Whether a listed key is one this project could have written."""
+    try:
+        check_key(key)
+    except ValueError:
+        return False
+    return not key.endswith("/")
+
+
+def name_prefix(location: StoreLocation, prefix: str) -> str:
+    """The store's name prefix of the layout keys starting with ``prefix``
+    (``""``: everything under the location)."""
+    if prefix:
+        check_key(prefix)
+    return (location.prefix + "/" if location.prefix else "") + prefix
+
+
 def _prefix(path: str, value: str) -> str:
     path = path.removesuffix("/")
     if not path:

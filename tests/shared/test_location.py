@@ -85,7 +85,12 @@ def test_hostile_values_are_refused(value: str) -> None:
 
 @given(st.text(max_size=200))
 def test_any_text_parses_or_is_refused(text: str) -> None:
-    for value in (text, "s3://models/" + text, "gs://my-bucket/" + text, "azure://acc/cont/" + text):
+    for value in (
+        text,
+        "s3://models/" + text,
+        "gs://my-bucket/" + text,
+        "azure://acc/cont/" + text,
+    ):
         try:
             loc = parse_location(value)
         except InvalidLocation:
