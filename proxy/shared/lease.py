@@ -41,6 +41,8 @@ from proxy.types import Digest
 
 MAX_LEASE = 4096
 _HOLDER_RE = re.compile(r"[\x21-\x7e]{1,300}")
+_NONCE_RE = re.compile(r"[0-9a-f]{16,64}")
+_FIELDS = frozenset({"version", "holder", "expires", "nonce"})
 
 
 class InvalidLease(ValueError):
@@ -53,15 +55,25 @@ class LeaseRecord:
 
     holder: str  # the holder's address, as peers reach it (host:port)
     expires: float  # seconds since the epoch
+    # Random per write: S3's ETag is the MD5 of the bytes, so two writes of the
+    # same holder and expiry would have one ETag and If-Match could not tell them apart.
+    nonce: str = attrs.field(factory=lambda: os.urandom(8).hex())
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.holder, str) or not _HOLDER_RE.fullmatch(self.holder):
             raise InvalidLease("lease holder must be printable ASCII without spaces")
         if not isinstance(self.expires, (int, float)) or not math.isfinite(self.expires):
             raise InvalidLease("lease expiry must be a finite number")
+        if not isinstance(self.nonce, str) or not _NONCE_RE.fullmatch(self.nonce):
+            raise InvalidLease("lease nonce must be 16 to 64 hex digits")
 
     def to_bytes(self) -> bytes:
-        doc = {"version": 1, "holder": self.holder, "expires": round(self.expires, 3)}
+        doc = {
+            "version": 1,
+            "holder": self.holder,
+            "expires": round(self.expires, 3),
+            "nonce": self.nonce,
+        }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -72,14 +84,14 @@ class LeaseRecord:
             doc: Any = json.loads(data)
         except (ValueError, RecursionError):
             raise InvalidLease("lease record is not JSON") from None
-        if not isinstance(doc, dict) or set(doc) != {"version", "holder", "expires"}:
-            raise InvalidLease("lease record fields are not version/holder/expires")
+        if not isinstance(doc, dict) or set(doc) != _FIELDS:
+            raise InvalidLease("lease record fields are not version/holder/expires/nonce")
         expires = doc["expires"]
         if doc["version"] != 1 or isinstance(expires, bool) or isinstance(doc["version"], bool):
             raise InvalidLease("lease record of another version")
         if not isinstance(expires, (int, float)):
             raise InvalidLease("lease expiry must be a number")
-        return cls(doc["holder"], float(expires))
+        return cls(doc["holder"], float(expires), doc["nonce"])
 
 
 @attrs.frozen

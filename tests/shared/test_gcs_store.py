@@ -54,7 +54,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[GcsStore]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_small_file_round_trip(store: GcsStore, tmp_path: Path, emulator: GcsEmulator) -> None:
+async def test_small_file_round_trip(
+    store: GcsStore, tmp_path: Path, emulator: GcsEmulator
+) -> None:
     await contract.round_trip(store, tmp_path, 300_000)
     assert not any("resumable" in t for _, t, _ in emulator.requests())
 
