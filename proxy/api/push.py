@@ -47,6 +47,7 @@ import re
 from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
@@ -124,10 +125,19 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
         raise _manifest_error(f"{where}: {e}") from None
 
 
-def parse_manifest(data: bytes, content_type: str | None) -> tuple[str, list[Descriptor], Digest]:
-    """(media type, the descriptors that must be present, digest) of a pushed
-    manifest; OciError MANIFEST_INVALID when it is not one this cache serves.
-    Blocking for large documents (runs in a thread)."""
+@attrs.frozen
+class Pushed:
+    """What a pushed manifest is, once checked."""
+
+    media_type: str
+    required: list[Descriptor]  # the descriptors that must be present
+    digest: Digest
+    subject: Digest | None  # OCI 1.1: the manifest it refers to (need not be here)
+
+
+def parse_manifest(data: bytes, content_type: str | None) -> Pushed:
+    """What a pushed manifest is; OciError MANIFEST_INVALID when it is not
+    one this cache serves. Blocking for large documents (runs in a thread)."""
     digest = Digest(hashlib.sha256(data).hexdigest())
     try:
         doc = artifact.load_json(data)
@@ -168,9 +178,10 @@ def parse_manifest(data: bytes, content_type: str | None) -> tuple[str, list[Des
             if layer.media_type in _FOREIGN_LAYERS and item.get("urls"):
                 continue
             required.append(layer)
+    subject = None
     if "subject" in doc:
-        _descriptor(doc["subject"], "subject")  # well-formed; it need not be here
-    return media_type, required, digest
+        subject = _descriptor(doc["subject"], "subject").digest  # it need not be here
+    return Pushed(media_type, required, digest, subject)
 
 
 def check_present(layout: Layout, required: list[Descriptor], index: bool = False) -> None:
@@ -468,7 +479,8 @@ class PushAPI:
             raise OciError("SIZE_INVALID", f"a manifest has at most {MAX_MANIFEST} bytes", 413)
         content_type = request.getHeader(b"content-type")
         ctype = content_type.decode("latin-1") if content_type is not None else None
-        media_type, required, digest = await in_thread(self._reactor, parse_manifest, data, ctype)
+        pushed = await in_thread(self._reactor, parse_manifest, data, ctype)
+        media_type, required, digest = pushed.media_type, pushed.required, pushed.digest
         if ref_digest is not None and ref_digest != digest:
             raise OciError("DIGEST_INVALID", f"the manifest is {digest}, not {ref_digest}", 400)
         store = self.store
@@ -516,6 +528,9 @@ class PushAPI:
         self._empty(request, 201)
         request.setHeader(b"Location", f"/v2/{name}/manifests/{digest}".encode())
         request.setHeader(b"Docker-Content-Digest", str(digest).encode())
+        if pushed.subject is not None:
+            # The referrers API lists it (proxy.api.referrers).
+            request.setHeader(b"OCI-Subject", str(pushed.subject).encode())
 
     async def _drop_orphans(self, old: Entry) -> None:
         """Remove the blobs only a replaced entry used (shared ones stay)."""

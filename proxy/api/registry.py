@@ -7,6 +7,8 @@ Routes (``GET`` and ``HEAD``)::
     /v2/<name>/tags/list?n=&last=     tags of a name, paginated
     /v2/<name>/manifests/<tag|digest> the stored manifest bytes
     /v2/<name>/blobs/<digest>         the blob, with single byte ranges
+    /v2/<name>/referrers/<digest>     the manifests whose subject it is, as an
+                                      image index (proxy.api.referrers)
 
 Names, tags and digests are checked against the distribution grammar before
 anything touches the filesystem (a ``%`` anywhere in the path is refused, so
@@ -41,6 +43,7 @@ from proxy.api.answers import finish_with_length, json_answer
 from proxy.api.content import display_path
 from proxy.api.errors import OciError, error_body, oci_error
 from proxy.api.fill import FillWriter
+from proxy.api.referrers import FILTERS_APPLIED, Referrers
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest
@@ -154,6 +157,7 @@ class RegistryAPI:
         self._blobs_dir = str(layout.blobs_dir) + os.sep
         self._date = HttpDate()
         self._touch = catalog.touch_blob  # a read is a use of every entry holding the blob
+        self.referrers = Referrers(layout)
 
     def fast_blob(self, channel: PlainHTTPChannel, head: bytes) -> bool:
         """Answer a plain ``HEAD``, or a small ``GET``, of a cached blob, with
@@ -271,6 +275,11 @@ class RegistryAPI:
             name = rest[: -len("/tags/list")]
             check_name(name)
             return self._tags(request, name, args, ns)
+        i = rest.rfind("/referrers/")
+        if i > 0:
+            name, ref = rest[:i], rest[i + len("/referrers/") :]
+            check_name(name)
+            return self._referrers(request, name, ref, args, ns)
         for marker, handler in (("/manifests/", self._manifest), ("/blobs/", self._blob)):
             i = rest.rfind(marker)
             if i > 0:
@@ -310,6 +319,42 @@ class RegistryAPI:
             link = f'</v2/{name}/tags/list?last={next_last}&n={n}>; rel="next"'
             request.setHeader(b"Link", link.encode())
         return self._json(request, {"name": name, "tags": tags})
+
+    # -- referrers -------------------------------------------------------------
+
+    def _referrers(
+        self, request: Any, name: str, ref: str, args: dict[bytes, list[bytes]], ns: str | None
+    ) -> Any:
+        subject = _digest(ref, "MANIFEST_UNKNOWN")
+        wanted = args.get(b"artifactType", [None])[0]
+        artifact_type = wanted.decode("utf-8", "replace") if wanted else None
+        manifests = self.catalog.manifests_of(name, ns)
+        d = deferToThreadPool(
+            self.sender.threads,
+            self.sender.pool,
+            self.referrers.index,
+            manifests,
+            subject,
+            artifact_type,
+        )
+
+        def send(index: dict[str, Any]) -> None:
+            if request.finished or request._disconnected:
+                return
+            data = self._json(request, index)
+            request.setHeader(b"Content-Type", MEDIA_TYPE_IMAGE_INDEX.encode())
+            if artifact_type is not None:
+                request.setHeader(FILTERS_APPLIED, b"artifactType")
+            if request.method == b"GET":
+                request.write(data)
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            log.error("referrers of %s in %s: %s", subject, name, f.getErrorMessage())
+            self._fail(request, OciError("UNKNOWN", "referrers could not be listed", 500))
+
+        d.addCallback(send).addErrback(failed)
+        return NOT_DONE_YET
 
     # -- manifests -------------------------------------------------------------
 
