@@ -190,7 +190,8 @@ def check_present(layout: Layout, required: list[Descriptor], index: bool = Fals
     An index is the exception, as in the cache itself: its children are
     alternatives (platforms), and an index pushed with only some of them --
     ``ctr push --platform``, a node's partial pull exported -- is accepted
-    when at least one is here; the ones that are here must match."""
+    when at least one is here (or it lists none: an empty index); the ones
+    that are here must match."""
     found = 0
     for desc in required:
         size = layout.blob_size(desc.digest)
@@ -203,7 +204,8 @@ def check_present(layout: Layout, required: list[Descriptor], index: bool = Fals
         if desc.media_type in artifact.MANIFEST_MEDIA_TYPES and size > MAX_MANIFEST:
             raise _too_large(desc.digest, size)
         found += 1
-    if index and not found:
+    if index and required and not found:
+        # An empty index (no manifests at all) is a valid one, and is accepted.
         raise OciError("MANIFEST_BLOB_UNKNOWN", "none of the index's manifests is here", 400)
 
 
