@@ -15,6 +15,10 @@ Routes (``/v2/<name>/...``; everything else that is not a read stays 405)::
                                              store
     DELETE blobs/uploads/<uuid>              204: cancel
     PUT    manifests/<tag|digest>            201: validate, store as an entry
+                                             (OCI-Subject when it has a subject)
+    DELETE manifests/<tag|digest>            202: remove its entries
+    DELETE blobs/<digest>                    202: remove an unreferenced blob
+                                             (proxy.api.deletes)
 
 With ``--api-token`` every push request needs the token (Bearer, or the
 password of Basic after a ``WWW-Authenticate: Basic realm="storage-manager"``
@@ -53,6 +57,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.admission import is_push
+from proxy.api.deletes import Deletes
 from proxy.api.errors import OciError, error_body
 from proxy.api.registry import API_VERSION, check_name, query_args
 from proxy.cache import artifact
@@ -85,6 +90,7 @@ log = logging.getLogger(__name__)
 KIND = "push"
 _UPLOADS_RE = re.compile(r"(.+)/blobs/uploads/?")
 _SESSION_RE = re.compile(r"(.+)/blobs/uploads/([^/]+)")
+_BLOB_RE = re.compile(r"(.+)/blobs/([^/]+)")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
 # Layers a registry need not hold (their bytes live at their "urls").
 _FOREIGN_LAYERS = frozenset(
@@ -262,6 +268,7 @@ class PushAPI:
         self.uploads = uploads
         self._reactor = reactor
         self._after_push = after_push  # e.g. eviction under --max-cache-size
+        self.deletes = Deletes(store, uploads, self._catalog, reactor)
 
     def handles(self, method: bytes, path: bytes) -> bool:
         """Whether a /v2 request is a push request (everything but reads, and
@@ -316,18 +323,24 @@ class PushAPI:
             name, ref = rest[:i], rest[i + len("/manifests/") :]
             check_name(name)
             self._check_pushed_name(name)
-            if method != b"PUT":
-                raise OciError(
-                    "UNSUPPORTED", "manifests are removed with DELETE /content/<base64 of the URL>"
-                )
+            if method not in (b"PUT", b"DELETE"):
+                raise OciError("UNSUPPORTED", "a manifest takes GET, HEAD, PUT or DELETE")
             if ":" in ref:
                 tag, ref_digest = None, _digest_arg(ref)
             elif TAG_RE.fullmatch(ref):
                 tag, ref_digest = ref, None
             else:
                 raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")
+            if method == b"DELETE":
+                return self._run(request, self._delete_manifest(request, name, tag, ref_digest))
             return self._run(request, self._put_manifest(request, name, tag, ref_digest))
-        raise OciError("UNSUPPORTED", "this registry does not delete through /v2")
+        m = _BLOB_RE.fullmatch(rest)
+        if m is not None and method == b"DELETE":
+            name = m.group(1)
+            check_name(name)
+            digest = _digest_arg(m.group(2))
+            return self._run(request, self._delete_blob(request, name, digest))
+        raise OciError("UNSUPPORTED", "not an endpoint of the push API")
 
     def _check_pushed_name(self, name: str) -> None:
         """Refuse a name that is, or may become, the name of downloaded content."""
@@ -470,6 +483,22 @@ class PushAPI:
         up = await self.uploads.find(name, upload_id)
         await self.uploads.cancel(up)
         self._empty(request, 204)
+
+    # -- deletes (proxy.api.deletes) ---------------------------------------------------
+
+    async def _delete_manifest(
+        self, request: Any, name: str, tag: str | None, digest: Digest | None
+    ) -> None:
+        if tag is not None:
+            await self.deletes.tag(name, tag)
+        else:
+            assert digest is not None
+            await self.deletes.manifest(name, digest)
+        self._empty(request, 202)
+
+    async def _delete_blob(self, request: Any, name: str, digest: Digest) -> None:
+        await self.deletes.blob(name, digest)
+        self._empty(request, 202)
 
     # -- manifests -------------------------------------------------------------------
 

@@ -305,6 +305,20 @@ class Store:
                 refs |= e.blobs
         return refs
 
+    def user_of(self, digest: Digest) -> str | None:
+        """Something that references a blob -- an entry's URL, or "a descriptor
+        this server does not own" -- or None when nothing does (holds aside)."""
+        for url, e in self._entries.items():
+            if digest in e.blobs:
+                return url
+        if digest in self._foreign_blobs:
+            return "a descriptor of index.json this server does not own"
+        return None
+
+    def holds(self, digest: Digest) -> int:
+        """How many holds (downloads, pushes) keep a blob alive right now."""
+        return self._held.get(digest, 0)
+
     # -- changes -------------------------------------------------------------
 
     # -- last use ------------------------------------------------------------

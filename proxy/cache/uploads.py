@@ -246,6 +246,10 @@ class Uploads:
         call = self._clock.callLater(HOLD_SECONDS, expire)
         calls.append(call)
 
+    def holds(self, digest: Digest) -> int:
+        """How many of the store's holds on a blob are pushes' (see :meth:`hold`)."""
+        return len(self._holds.get(digest, ()))
+
     def settle(self, digests: Iterable[Digest]) -> None:
         """An entry now references these blobs: drop the holds of their pushes."""
         for digest in digests:
