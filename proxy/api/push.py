@@ -45,7 +45,6 @@ written.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Coroutine
@@ -113,7 +112,9 @@ def _digest_arg(text: str) -> Digest:
     try:
         return Digest.parse(text)
     except InvalidDigest as e:
-        raise OciError("DIGEST_INVALID", f"{e} (this registry stores sha256 only)", 400) from None
+        raise OciError(
+            "DIGEST_INVALID", f"{e} (this registry stores sha256 and sha512)", 400
+        ) from None
 
 
 def _manifest_error(message: str) -> OciError:
@@ -141,10 +142,12 @@ class Pushed:
     subject: Digest | None  # OCI 1.1: the manifest it refers to (need not be here)
 
 
-def parse_manifest(data: bytes, content_type: str | None) -> Pushed:
-    """What a pushed manifest is; OciError MANIFEST_INVALID when it is not
-    one this cache serves. Blocking for large documents (runs in a thread)."""
-    digest = Digest(hashlib.sha256(data).hexdigest())
+def parse_manifest(data: bytes, content_type: str | None, algorithm: str = "sha256") -> Pushed:
+    """What a pushed manifest is (its digest with ``algorithm``: the one of
+    the digest it is pushed by, else sha256); OciError MANIFEST_INVALID when
+    it is not one this cache serves. Blocking for large documents (runs in a
+    thread)."""
+    digest = Digest.of(data, algorithm)
     try:
         doc = artifact.load_json(data)
     except ValueError:
@@ -510,7 +513,8 @@ class PushAPI:
             raise OciError("SIZE_INVALID", f"a manifest has at most {MAX_MANIFEST} bytes", 413)
         content_type = request.getHeader(b"content-type")
         ctype = content_type.decode("latin-1") if content_type is not None else None
-        pushed = await in_thread(self._reactor, parse_manifest, data, ctype)
+        algorithm = ref_digest.algorithm if ref_digest is not None else "sha256"
+        pushed = await in_thread(self._reactor, parse_manifest, data, ctype, algorithm)
         media_type, required, digest = pushed.media_type, pushed.required, pushed.digest
         if ref_digest is not None and ref_digest != digest:
             raise OciError("DIGEST_INVALID", f"the manifest is {digest}, not {ref_digest}", 400)
@@ -530,7 +534,7 @@ class PushAPI:
             present = await in_thread(self._reactor, closure, self.layout, manifest, required)
 
             def put() -> Deferred[Digest]:
-                return in_thread(self._reactor, self.layout.put_small_blob, data)
+                return in_thread(self._reactor, self.layout.put_small_blob, data, algorithm)
 
             await store.blob_lock.run(put)
             store.hold(digest)

@@ -53,7 +53,13 @@ from proxy.naming import NAME_RE, TAG_RE
 from proxy.numerals import read_decimal
 from proxy.service.mirror import Denied, Mirror
 from proxy.service.sources import BlobHandle, BlobSource, BlobWant, GrowingBlob, StoredBlob
-from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest, InvalidDigest
+from proxy.types import (
+    ALGORITHMS,
+    MEDIA_TYPE_IMAGE_INDEX,
+    MEDIA_TYPE_IMAGE_MANIFEST,
+    Digest,
+    InvalidDigest,
+)
 from proxy.web import fastpath
 from proxy.web.admission import OCI_API_VERSION
 from proxy.web.fastpath import FastRequest, HttpDate
@@ -110,13 +116,16 @@ def check_name(name: str) -> None:
 def _digest(text: str, unknown: str) -> Digest:
     if not _DIGEST_GRAMMAR_RE.fullmatch(text):
         raise OciError("DIGEST_INVALID", f"invalid digest {text[:100]!r}")
-    if not text.startswith("sha256:"):
+    if text.split(":", 1)[0] not in ALGORITHMS:
         # A valid digest of an algorithm this cache never stores.
         raise OciError(unknown, f"{text[:100]} is not in this cache")
     try:
         return Digest.parse(text)
     except InvalidDigest:
-        raise OciError("DIGEST_INVALID", "a sha256 digest has 64 lowercase hex digits") from None
+        raise OciError(
+            "DIGEST_INVALID",
+            "a sha256 digest has 64 lowercase hex digits, a sha512 digest 128",
+        ) from None
 
 
 def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[str], str | None]:
@@ -370,7 +379,8 @@ class RegistryAPI:
     def _manifest(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
         if ":" in ref:
             digest = _digest(ref, "MANIFEST_UNKNOWN")
-            registry = None if self.layout.has_blob(digest) else self._upstream(ns)
+            here = self.layout.has_blob(digest) or digest.algorithm != "sha256"
+            registry = None if here else self._upstream(ns)  # mirrors fill by sha256 only
         else:
             if not TAG_RE.fullmatch(ref):
                 raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")

@@ -33,7 +33,7 @@ from proxy.types import (
     ANNOTATION_PRIMARY,
     ANNOTATION_REF_NAME,
     ANNOTATION_URL,
-    SHA256_HEX_RE,
+    HEX_RE,
     Descriptor,
     Digest,
 )
@@ -443,11 +443,16 @@ class Store:
 
             def sweep() -> tuple[int, int]:
                 count = freed = 0
-                for p in self.layout.blobs_dir.iterdir():
-                    if not SHA256_HEX_RE.fullmatch(p.name) or Digest(p.name) in keep:
-                        continue
-                    freed += self.layout.remove_blob(Digest(p.name))
-                    count += 1
+                for algorithm, pattern in HEX_RE.items():
+                    where = self.layout.algorithm_dir(algorithm)
+                    for p in where.iterdir() if where.is_dir() else []:
+                        if not pattern.fullmatch(p.name):
+                            continue
+                        digest = Digest(p.name, algorithm)
+                        if digest in keep:
+                            continue
+                        freed += self.layout.remove_blob(digest)
+                        count += 1
                 return count, freed
 
             return in_thread(self._reactor, sweep)
