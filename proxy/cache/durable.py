@@ -94,6 +94,8 @@ class Syncer:
     def blob_path(self, digest: Digest) -> Path:
         """Where a blob is: ``blobs_dir`` (sha256) or its sibling ``sha512``;
         a marker is named by the hex alone (its length says which)."""
+        if digest.algorithm == "sha256":
+            return self.blobs_dir / digest.hex
         return self.blobs_dir.parent / digest.algorithm / digest.hex
 
     def mark(self, digest: Digest) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
+from proxy.cache.durable import Syncer, recover
 from proxy.types import Digest, InvalidDigest
 
 
@@ -41,3 +43,19 @@ def test_constructing_a_digest_checks_it() -> None:
         Digest("a" * 64, "sha512")
     with pytest.raises(InvalidDigest):
         Digest("a" * 128, "md5")
+
+
+def test_fsync_markers_of_sha512_blobs(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs" / "sha256"
+    (tmp_path / "blobs" / "sha512").mkdir(parents=True)
+    blobs.mkdir()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    syncer = Syncer(blobs, marks)
+    digest = Digest.of(b"x", "sha512")
+    (tmp_path / "blobs" / "sha512" / digest.hex).write_bytes(b"x")
+    syncer.mark(digest)
+    found = recover(syncer)  # same boot: fsync'd again, not dropped as stray
+    assert found.resynced == (digest,)
+    assert syncer.flush(10)
+    assert not (marks / digest.hex).exists()
