@@ -316,10 +316,43 @@ class RegistryAPI:
             )
         return self._json(request, {"repositories": names})
 
-    def _tags(
-        self, request: Any, name: str, args: dict[bytes, list[bytes]], ns: str | None
+    def _tags(self, request: Any, name: str, args: dict[bytes, list[bytes]], ns: str | None) -> Any:
+        registry = self._upstream(ns)
+        if registry is None or self.mirror is None:
+            return self._tag_list(request, name, args, self.catalog.tags(name, ns))
+        # A mirror lists upstream's tags too (the cached ones when it fails).
+        cached = self.catalog.tags(name, ns)
+
+        def listed(upstream: list[str] | None) -> None:
+            tags = (
+                None
+                if upstream is None and cached is None
+                else {*(upstream or ()), *(cached or ())}
+            )
+            self._finish_tags(request, name, args, sorted(tags) if tags is not None else None)
+
+        def failed(f: Failure) -> None:
+            log.warning("tag list of %s from %s failed: %s", name, registry, f.getErrorMessage())
+            self._finish_tags(request, name, args, cached)
+
+        self.mirror.tags(registry, name).addCallbacks(listed, failed)
+        return NOT_DONE_YET
+
+    def _finish_tags(
+        self, request: Any, name: str, args: dict[bytes, list[bytes]], tags: list[str] | None
+    ) -> None:
+        if request.finished or request._disconnected:
+            return
+        try:
+            data = self._tag_list(request, name, args, tags)
+        except OciError as e:
+            self._fail(request, e)
+            return
+        finish_with_length(request, data)
+
+    def _tag_list(
+        self, request: Any, name: str, args: dict[bytes, list[bytes]], tags: list[str] | None
     ) -> bytes:
-        tags = self.catalog.tags(name, ns)
         if tags is None:
             raise OciError("NAME_UNKNOWN", f"repository {name} is not in this cache")
         tags, next_last = _paginate(tags, args)
