@@ -60,6 +60,7 @@ from proxy.web.site import LoggingSite
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
 SHUTDOWN_SYNC_WAIT = 60.0  # seconds a stop waits for committed blobs' fsyncs
+GAUGES_INTERVAL = 1.0  # seconds between two writes of the gauges (--workers above 1)
 EVICT_INTERVAL = 60.0  # seconds between two checks of the cache's size (also after downloads)
 
 
@@ -75,6 +76,7 @@ class Server:
     downloads: Downloads
     site: LoggingSite
     lock_fd: int
+    admin: AdminAPI | None = None
 
 
 def settle_unsynced(layout: Layout) -> None:
@@ -146,12 +148,13 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     _keep_state(reactor, layout, store, downloads)
     views.sync(layout, store.entries())
     registry = _registry(config, reactor, store, downloads, fetchers["oci"])
+    admin = AdminAPI(downloads)
     root = Root(
         ContentAPI(downloads),
         registry,
         config.api_token,
         config.protect_reads,
-        AdminAPI(downloads),
+        admin,
         _cluster(config, reactor, store, downloads, registry),
         config.cluster_token,
     )
@@ -168,7 +171,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
             len([u for u in downloads.urls() if downloads.interrupted(u)]), "interrupted download"
         ),
     )
-    return Server(config, layout, store, downloads, site, lock_fd)
+    return Server(config, layout, store, downloads, site, lock_fd, admin)
 
 
 def _open_cache(config: Config) -> tuple[Layout, int]:
@@ -278,6 +281,11 @@ def _keep_state(reactor: Any, layout: Layout, store: Store, downloads: Downloads
         store.referenced_bytes,
         syncer.pending if syncer is not None else (lambda: 0),
     )
+    if metrics.MULTIPROCESS:
+        # Readers answer /metrics too: the gauges are written where they read them.
+        gauges = LoopingCall(metrics.refresh)
+        gauges.clock = reactor
+        gauges.start(GAUGES_INTERVAL)
 
 
 def _registry(
@@ -455,6 +463,22 @@ def listen_tls(server: Server, reactor: Any) -> Any:
     shown = f"[{bound.host}]" if ":" in bound.host else bound.host
     log.info("listening on https://%s:%d", shown, bound.port)
     return port
+
+
+def start_readers(server: Server, reactor: Any, port: Any, argv: list[str]) -> Any:
+    """With --workers above 1: the reader processes beside this writer
+    (:mod:`proxy.workers`), sharing ``port``; None with one worker."""
+    if server.config.workers <= 1:
+        return None
+    from proxy.workers.supervisor import Readers
+
+    readers = Readers(
+        reactor, server.config.workers - 1, port, server.site, server.store, argv
+    )
+    readers.start()
+    if server.admin is not None:
+        server.admin.workers = readers.info
+    return readers
 
 
 def _announce_tcp(server: Server, port: Any) -> None:
