@@ -158,6 +158,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         _cluster(config, reactor, store, downloads, registry),
         config.cluster_token,
     )
+    root.show_pid = config.verbose >= 1
     site = _wire(site or new_site(), root, layout)
     if not (config.protect_reads and config.api_token is not None):
         # HEAD and small GETs of cached blobs skip twisted.web (proxy.web.channel);

@@ -255,6 +255,7 @@ def build(config: Config, reactor: Any) -> tuple[LoggingSite, Reader]:
         None,
         config.cluster_token,
     )
+    root.show_pid = config.verbose >= 1
     reader = Reader(reactor, store, index, config.mirror)
     site = LoggingSite(root)
     site.admission = root.access
