@@ -141,7 +141,7 @@ def refresh() -> None:
 def process_ended(pid: int) -> None:
     """A serving process is gone: its gauges no longer count (its counters do)."""
     if MULTIPROCESS:
-        mark_process_dead(pid)
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 OTHER = "other"
@@ -235,6 +235,6 @@ def exposition() -> tuple[bytes, bytes]:
     if MULTIPROCESS:
         refresh()
         summed = CollectorRegistry()
-        MultiProcessCollector(summed)
+        MultiProcessCollector(summed)  # type: ignore[no-untyped-call]
         return generate_latest(summed), CONTENT_TYPE_LATEST.encode()
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode()

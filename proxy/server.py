@@ -473,9 +473,7 @@ def start_readers(server: Server, reactor: Any, port: Any, argv: list[str]) -> A
         return None
     from proxy.workers.supervisor import Readers
 
-    readers = Readers(
-        reactor, server.config.workers - 1, port, server.site, server.store, argv
-    )
+    readers = Readers(reactor, server.config.workers - 1, port, server.site, server.store, argv)
     readers.start()
     if server.admin is not None:
         server.admin.workers = readers.info

@@ -211,9 +211,9 @@ def _watch_index(reactor: Any, reader: Reader) -> None:
         return
 
     def changed(_watch: object, path: FilePath[Any], _mask: int) -> None:
-        if path.basename() == b"index.json" or path.basename() == "index.json":
-            if not reader.index.current():
-                reader.reload()
+        name = path.basename()
+        if name in ("index.json", b"index.json") and not reader.index.current():
+            reader.reload()
 
     try:
         notifier = inotify.INotify(reactor)
@@ -257,7 +257,7 @@ def build(config: Config, reactor: Any) -> tuple[LoggingSite, Reader]:
     )
     root.show_pid = config.verbose >= 1
     reader = Reader(reactor, store, index, config.mirror)
-    site = LoggingSite(root)
+    site = LoggingSite(root)  # type: ignore[no-untyped-call]
     site.admission = root.access
     site.display_path = display_path
     site.handoff = reader

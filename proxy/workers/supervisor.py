@@ -4,6 +4,7 @@ stopped (TERM, then KILL) before the writer stops."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -59,7 +61,7 @@ class Readers:
         reactor: Any,
         count: int,
         port: Any,
-        site: Factory,
+        site: Any,
         store: Store,
         argv: Sequence[str],
     ) -> None:
@@ -144,20 +146,16 @@ class Readers:
             if slot.process is None or slot.ended is None:
                 continue
             waits.append(slot.ended)
-            try:
+            with contextlib.suppress(ProcessExitedAlready):  # processEnded follows
                 slot.process.signalProcess("TERM")
-            except Exception:  # already gone: processEnded follows
-                continue
         if not waits:
             return None
 
         def kill() -> None:
             for slot in self._slots:
                 if slot.process is not None:
-                    try:
+                    with contextlib.suppress(ProcessExitedAlready):
                         slot.process.signalProcess("KILL")
-                    except Exception:
-                        pass
 
         call = self._reactor.callLater(STOP_WAIT, kill)
         done: Deferred[Any] = DeferredList(waits)

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import os
-from contextlib import closing
 import re
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -117,9 +117,7 @@ def test_a_post_through_a_reader_is_the_writers_then_readers_serve_it(
 def test_a_push_body_streams_through_a_handed_off_connection(
     cache_dir: Path,
 ) -> None:
-    with ServerProcess(
-        cache_dir, "--workers", "2", "--verbose", "1", "--allow-push"
-    ) as srv:
+    with ServerProcess(cache_dir, "--workers", "2", "--verbose", "1", "--allow-push") as srv:
         (reader,) = _reader_pids(srv)
         body = os.urandom(3 * 1024 * 1024)
         import hashlib
