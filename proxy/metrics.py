@@ -117,6 +117,31 @@ UNSYNCED = Gauge(
 )
 _bound: list[tuple[Gauge, Callable[[], int]]] = []
 
+# Several processes: each writes its own process_* figures (resident and
+# virtual memory, descriptors) into gauges every process reads; a scrape
+# shows the sum over the serving processes (the earliest start time).
+_OWN = ProcessCollector(registry=None)
+_PROCESS_MODES = {
+    "process_resident_memory_bytes": "livesum",
+    "process_virtual_memory_bytes": "livesum",
+    "process_open_fds": "livesum",
+    "process_max_fds": "livemax",
+    "process_start_time_seconds": "livemin",
+}
+_PROCESS = (
+    {
+        name: Gauge(
+            name,
+            f"{name}, summed over the serving processes",
+            registry=REGISTRY,
+            multiprocess_mode=mode,
+        )
+        for name, mode in _PROCESS_MODES.items()
+    }
+    if MULTIPROCESS
+    else {}
+)
+
 
 def bind(
     active: Callable[[], int],
@@ -133,9 +158,16 @@ def bind(
 
 
 def refresh() -> None:
-    """Several processes: write the bound gauges' values where every process reads them."""
+    """Several processes: write the bound gauges' values (the writer's) and
+    this process's own figures where every process reads them."""
     for gauge, read in _bound:
         gauge.set(read())
+    if _PROCESS:
+        for family in _OWN.collect():
+            for sample in family.samples:
+                gauge = _PROCESS.get(sample.name)
+                if gauge is not None:
+                    gauge.set(sample.value)
 
 
 def process_ended(pid: int) -> None:

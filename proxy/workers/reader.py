@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from proxy import metrics
 from proxy.api.content import ContentAPI, decode_url, display_path
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
@@ -277,7 +278,11 @@ def run(config: Config, family: int) -> int:
     r: Any = reactor
     site, reader = build(config, r)
 
+    ports: list[Any] = []
+
     def writer_gone() -> None:
+        for port in ports:
+            port.stopListening()  # no new client is accepted here from now on
         if r.running:
             log.info("reader %d: the writer is gone; stopping", os.getpid())
             r.stop()
@@ -288,11 +293,14 @@ def run(config: Config, family: int) -> int:
     r.adoptStreamConnection(LINK_FD, socket.AF_UNIX, Factory.forProtocol(lambda: link))
     os.close(LINK_FD)
     reader.link = link
-    r.adoptStreamPort(LISTEN_FD, family, site)
+    ports.append(r.adoptStreamPort(LISTEN_FD, family, site))
     os.close(LISTEN_FD)
     uses = LoopingCall(reader.report_uses)
     uses.clock = r
     uses.start(USES_INTERVAL, now=False)
+    figures = LoopingCall(metrics.refresh)  # this process's memory and descriptors
+    figures.clock = r
+    figures.start(USES_INTERVAL)
     log.debug("reader %d serving", os.getpid())
     r.run()
     sys.stdout.flush()
