@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -121,7 +122,7 @@ _bound: list[tuple[Gauge, Callable[[], int]]] = []
 # virtual memory, descriptors) into gauges every process reads; a scrape
 # shows the sum over the serving processes (the earliest start time).
 _OWN = ProcessCollector(registry=None)
-_PROCESS_MODES = {
+_PROCESS_MODES: dict[str, Literal["livesum", "livemax", "livemin"]] = {
     "process_resident_memory_bytes": "livesum",
     "process_virtual_memory_bytes": "livesum",
     "process_open_fds": "livesum",
@@ -165,9 +166,9 @@ def refresh() -> None:
     if _PROCESS:
         for family in _OWN.collect():
             for sample in family.samples:
-                gauge = _PROCESS.get(sample.name)
-                if gauge is not None:
-                    gauge.set(sample.value)
+                own = _PROCESS.get(sample.name)
+                if own is not None:
+                    own.set(sample.value)
 
 
 def process_ended(pid: int) -> None:
