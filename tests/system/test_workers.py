@@ -101,6 +101,8 @@ def test_a_post_through_a_reader_is_the_writers_then_readers_serve_it(
         # The reader handed the connection to the writer, which answered it and keeps it.
         assert _pid(c) == writer
     digest = r.json()["digest"]
+    with closing(_connection_to(workers, reader)) as c:
+        assert c.get(f"/content/{b64(url)}").status_code == 200  # at once, wherever answered
 
     def served_by_the_reader() -> bool:
         with closing(_connection_to(workers, reader)) as c:
@@ -112,6 +114,12 @@ def test_a_post_through_a_reader_is_the_writers_then_readers_serve_it(
             return _pid(c) == reader  # answered here, not handed to the writer
 
     _wait_until(served_by_the_reader, "the reader serves the new entry itself")
+
+    # A change the writer answered is never behind in a reader: removed, gone at once.
+    with closing(_connection_to(workers, writer)) as c:
+        assert c.delete(f"/content/{b64(url)}").status_code == 204
+    with closing(_connection_to(workers, reader)) as c:
+        assert c.get(f"/content/{b64(url)}").status_code == 404
 
 
 def test_a_push_body_streams_through_a_handed_off_connection(
