@@ -36,7 +36,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.fetch.base import Fetcher, FetchResult, Job
+from proxy.fetch.base import Fetcher, FetchResult, Job, Writers
 from proxy.redact import redact_url
 from proxy.request import FetchRequest
 from proxy.service.entries import Entries
@@ -89,6 +89,7 @@ class Downloads:
         # With --peers: where an entry comes from when its origin is out of reach.
         self.peer_pull: PeerPull | None = None
         self.jobs = Jobs()
+        self.writers = Writers()  # the blobs being written now, by digest
         self._slots = DeferredSemaphore(max_downloads)
         self._limited = limit is not None
         self.entries = Entries(store, reactor)
@@ -231,7 +232,7 @@ class Downloads:
         if job is not None:
             return job
         fetcher = fetcher or self.fetcher_for(request)
-        job = Download(request, self.store, self._reactor)
+        job = Download(request, self.store, self._reactor, writers=self.writers)
         self.jobs.failures.forget(request.url)  # retried: its last error is history
         if self._limited:
             job.make_room = self.eviction.make_room
