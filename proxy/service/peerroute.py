@@ -64,15 +64,18 @@ async def origin_of(want: Wanted) -> Origin:
     """The origin request of ``want``, to hand to its owner (signed without a
     ``Range``: the owner adds its own)."""
     url, private = want.url, dict[bytes, bytes]()
+    if_match = want.if_match
     if want.prepare is not None:
-        headers = {b"If-Match": want.if_match.encode("latin-1")} if want.if_match else {}
+        headers = {b"If-Match": if_match.encode("latin-1")} if if_match else {}
         url, private = await want.prepare(headers)
+        if b"If-Match" not in headers:  # the signer moved it into the URL (GCS)
+            if_match = None
     return Origin(
         url=url,
         name=want.recorded,
         authorization=want.authorization.decode("latin-1") if want.authorization else None,
         headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in private.items()),
-        if_match=want.if_match,
+        if_match=if_match,
         size=want.size,
     )
 
