@@ -36,7 +36,6 @@ from proxy.errors import UpstreamUnreachable
 from proxy.fetch.azure import AzureFetcher
 from proxy.fetch.base import Fetcher
 from proxy.fetch.file import FileFetcher
-from proxy.fetch.forward import Origin
 from proxy.fetch.gcs import GcsFetcher
 from proxy.fetch.hf import HfFetcher
 from proxy.fetch.http import HttpFetcher
@@ -49,6 +48,7 @@ from proxy.request import Credentials, FetchRequest
 from proxy.service.downloads import Downloads
 from proxy.service.fanout import Fanout
 from proxy.service.fills import MirrorBlobs
+from proxy.service.forward import Origin
 from proxy.service.jobs import Download
 from proxy.service.membership import Membership
 from proxy.service.mirror import Mirror

@@ -32,9 +32,9 @@ from proxy.api.errors import OciError, json_error, oci_error
 from proxy.api.registry import RegistryAPI
 from proxy.cache.store import Entry, Store
 from proxy.errors import BadRequest, StorageError
-from proxy.fetch.forward import HEADER as ORIGIN_HEADER
-from proxy.fetch.forward import Origin
 from proxy.service.fanout import Fanout
+from proxy.service.forward import HEADER as ORIGIN_HEADER
+from proxy.service.forward import Origin
 from proxy.service.membership import Membership
 from proxy.service.peerfills import PeerBlobs
 from proxy.service.peerroute import NO_REDIRECT_HEADER, PEER_HEADER

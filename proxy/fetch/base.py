@@ -38,6 +38,7 @@ class BlobProgress:
     digest: Digest | None = None
     state: str = "downloading"  # downloading | complete
     written: int = 0  # bytes of the ingest file on disk, readable by a tail reader
+    source: str | None = None  # where it came from: origin, peer <address>, cache
     _waiters: list[Deferred[None]] = attrs.field(factory=list, repr=False, eq=False)
 
     def complete(self, digest: Digest, size: int) -> None:

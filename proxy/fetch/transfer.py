@@ -641,6 +641,7 @@ async def _known(
         if size is not None:
             blob.complete(want.expected, size)
             blob.written = size
+            blob.source = "cache"
             blob.changed()
             return want.expected, size
         end = job.writing(want.expected, blob, ingest.data_path)
@@ -761,6 +762,7 @@ async def _download(
     await job.commit(ingest, digest)
     blob.digest, blob.done, blob.total, blob.state = digest, size, size, "complete"
     blob.written = size
+    blob.source = want.source
     blob.changed()
     return digest, size
 

@@ -10,7 +10,7 @@ origin for the peer -- once, however many peers ask.
   it grows (:class:`GrowingFile`), its last byte held back until this node
   verified the digest;
 * otherwise, when the request carries the origin request
-  (:class:`proxy.fetch.forward.Origin`), this node fetches the blob from its
+  (:class:`proxy.service.forward.Origin`), this node fetches the blob from its
   origin as the entry ``peer-fill://<digest>`` (:class:`OriginFill`: single
   flight by digest, not queued behind this node's own downloads, so two
   nodes that wait on each other cannot deadlock), and streams it.
@@ -32,13 +32,14 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from proxy.cache.ingest import IngestFile
 from proxy.cache.layout import Layout, blob_ingest_key
 from proxy.fetch.base import FetchResult, Job, Writers, Writing
-from proxy.fetch.forward import Origin
 from proxy.fetch.transfer import HttpClient, Wanted, download
 from proxy.request import FetchRequest
+from proxy.service.forward import Origin
 from proxy.service.jobs import Download
 from proxy.service.sources import BlobHandle, BlobWant, LocalBlobs
 from proxy.types import ANNOTATION_TITLE, MEDIA_TYPE_OCTET, Descriptor, Digest
@@ -167,7 +168,8 @@ class PeerBlobs:
 
     async def _open(self, want: BlobWant) -> BlobHandle | None:
         digest = want.digest
-        outcome: Deferred[Any] | None = None
+        fill: Download | None = None
+        ended: list[Any] = []  # the fill's outcome, once it has one
         while True:
             handle = await self.local.open(want)
             if handle is not None:
@@ -183,15 +185,16 @@ class PeerBlobs:
                 continue
             if want.origin is None:
                 return None
-            if outcome is None:
-                job = self.start_fill(digest, want.origin)
-                outcome = job.wait()
-            elif outcome.called:
-                await outcome  # its failure is the answer; else it was committed
-                return await self.local.open(want)  # (None: evicted at once)
+            if fill is None:
+                fill = self.start_fill(digest, want.origin)
+                fill.wait().addBoth(ended.append)
+            elif ended:
+                if isinstance(ended[0], Failure):
+                    ended[0].raiseException()  # its failure is the answer
+                return await self.local.open(want)  # committed (None: evicted at once)
             started = self.writers.when_started(digest)
             try:
-                await _first(started, outcome)
+                await _first(started, fill.finished())
             finally:
                 self.writers.forget_waiter(digest, started)
 

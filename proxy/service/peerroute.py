@@ -6,7 +6,7 @@ file, an ollama layer, an object with a checksum, a POSTed digest),
 :class:`PeerRoute` asks the blob's owner -- the first of the live nodes in
 rendezvous order of the digest (:mod:`proxy.service.membership`) -- with
 ``GET /peer/v1/blobs/<digest>`` and the origin request
-(:class:`proxy.fetch.forward.Origin`). The owner fetches it from the origin
+(:class:`proxy.service.forward.Origin`). The owner fetches it from the origin
 once (single flight) and streams it to every node that asks while it is still
 arriving (:mod:`proxy.service.peerfills`). This node is the owner: the origin.
 
@@ -46,10 +46,10 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.fetch.base import BlobProgress, Job
-from proxy.fetch.forward import HEADER as ORIGIN_HEADER
-from proxy.fetch.forward import Origin
 from proxy.fetch.transfer import HttpClient, Redirected, Wanted, transfer
 from proxy.redact import redact_url
+from proxy.service.forward import HEADER as ORIGIN_HEADER
+from proxy.service.forward import Origin
 from proxy.service.membership import Membership, rendezvous
 from proxy.types import Digest
 
@@ -153,6 +153,7 @@ class PeerRoute:
                     insist = True  # a redirect target failed: back to the owner
                 continue
             self.membership.answered(address)
+            blob.source = f"peer {address}"
             log.info("%s: %s from peer %s", redact_url(want.recorded), digest, address)
             return got
 

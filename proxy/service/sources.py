@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
-from proxy.fetch.forward import Origin
+from proxy.service.forward import Origin
 from proxy.types import Digest
 
 

@@ -273,5 +273,8 @@ def test_fan_out_is_bounded_and_every_node_gets_the_blob(tmp_path: Path) -> None
             with srv.client() as c:
                 most.append(c.get("/admin/peers").json()["fanout"]["mostAtOnce"])
         assert max(most) <= 2, most
-        redirected = sum("redirect" in srv.log() for srv in array.nodes)
-        assert redirected > 0 or sum(most) >= 7, (most, redirected)
+        # Seven nodes asked at once and no node served more than two: some were sent on.
+        redirects = sum(
+            srv.log().count("/peer/v1/blobs/") and srv.log().count('" 307 ') for srv in array.nodes
+        )
+        assert redirects > 0, most
