@@ -27,7 +27,7 @@ from tests.support import gcs
 from tests.support.azure import Azurite, binary
 from tests.support.gcs import GcsEmulator
 from tests.support.hfhub import FakeHub
-from tests.support.images import Blobs, push_image_tree, random_bytes
+from tests.support.images import OCI_INDEX, OCI_MANIFEST, Blobs, push_image_tree, random_bytes
 from tests.support.ollama_registry import (
     MEDIA_TYPE_LICENSE,
     MEDIA_TYPE_MODEL,
@@ -106,9 +106,7 @@ def push_index(reg: Registry, repo: str) -> tuple[Blobs, dict[str, Any]]:
     return blobs, here
 
 
-def test_oci_layers_and_config_come_through_their_owner(
-    tmp_path: Path, registry: Registry
-) -> None:
+def test_oci_layers_and_config_come_through_their_owner(tmp_path: Path, registry: Registry) -> None:
     blobs, here = push_index(registry, "team/app")
     with Array(tmp_path, 3) as array:
         post_same(array, {"url": f"oci://{registry.host}/team/app:v1"})
@@ -138,7 +136,7 @@ def test_an_oci_manifest_by_digest_comes_through_its_owner(
 def pull_through(srv: ServerProcess, repo: str, tag: str) -> dict[str, bytes]:
     """What containerd asks of its mirror: the manifest by tag, then by digest,
     then the config and every layer; the blobs by digest."""
-    accept = {"Accept": "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"}
+    accept = {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"}
     got: dict[str, bytes] = {}
     with srv.client() as c:
         top = c.get(f"/v2/{repo}/manifests/{tag}", headers=accept)
