@@ -7,15 +7,20 @@ invalid input never reaches the filesystem.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
 import attrs
 
-# OCI image-spec: digest grammar, restricted to the algorithm this cache stores.
+# OCI image-spec: digest grammar, restricted to the algorithms this cache
+# stores: sha256 (the canonical one) and sha512 (``blobs/sha512/``).
 # SHA256_HEX_RE is the one spelling of a sha256 in hex (a blob's file name).
 SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}")
-_SHA256_RE = re.compile(r"sha256:(" + SHA256_HEX_RE.pattern + ")")
+SHA512_HEX_RE = re.compile(r"[a-f0-9]{128}")
+HEX_RE = {"sha256": SHA256_HEX_RE, "sha512": SHA512_HEX_RE}
+ALGORITHMS = tuple(HEX_RE)  # sha256 first: the canonical one
+_DIGEST_RE = re.compile(r"(sha256|sha512):([a-f0-9]+)")
 
 MEDIA_TYPE_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -71,32 +76,53 @@ EMPTY_JSON = b"{}"
 
 
 class InvalidDigest(ValueError):
-    """A string is not a sha256 digest in the OCI grammar."""
+    """A string is not a sha256 or sha512 digest in the OCI grammar."""
 
 
 @attrs.frozen(order=True)
 class Digest:
-    """A sha256 content digest, ``sha256:<64 lowercase hex>``."""
+    """A content digest, ``sha256:<64 lowercase hex>`` (the default algorithm)
+    or ``sha512:<128 lowercase hex>``."""
 
     hex: str = attrs.field()
+    algorithm: str = attrs.field(default="sha256")
 
-    @hex.validator
+    @algorithm.validator
     def _check(self, _attr: attrs.Attribute[str], value: str) -> None:
-        if not SHA256_HEX_RE.fullmatch(value):
-            raise InvalidDigest(f"invalid sha256 digest: {value[:80]!r}")
+        pattern = HEX_RE.get(value)
+        if pattern is None:
+            raise InvalidDigest(f"unsupported digest algorithm: {value[:20]!r}")
+        if not isinstance(self.hex, str) or not pattern.fullmatch(self.hex):
+            raise InvalidDigest(f"invalid {value} digest: {str(self.hex)[:80]!r}")
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        """Parse ``sha256:<hex>``; raise :class:`InvalidDigest` otherwise."""
+        """Parse ``sha256:<hex>`` or ``sha512:<hex>``; raise :class:`InvalidDigest` otherwise."""
         if not isinstance(text, str):
             raise InvalidDigest("digest must be a string")
-        m = _SHA256_RE.fullmatch(text)
-        if m is None:
-            raise InvalidDigest(f"invalid digest {text[:80]!r}: expected sha256:<64 hex digits>")
-        return cls(m.group(1))
+        m = _DIGEST_RE.fullmatch(text)
+        if m is None or not HEX_RE[m.group(1)].fullmatch(m.group(2)):
+            raise InvalidDigest(
+                f"invalid digest {text[:80]!r}: expected sha256:<64 hex digits> "
+                "or sha512:<128 hex digits>"
+            )
+        return cls(m.group(2), m.group(1))
+
+    @classmethod
+    def from_file_name(cls, name: str) -> Digest:
+        """The digest of a file named by its hex alone (a blob under
+        ``blobs/<algorithm>/``, a marker): the length says the algorithm."""
+        return cls(name, "sha512" if len(name) == 128 else "sha256")
+
+    @classmethod
+    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        """The digest of some bytes (small ones: this hashes in the caller's thread)."""
+        if algorithm not in HEX_RE:
+            raise InvalidDigest(f"unsupported digest algorithm: {algorithm[:20]!r}")
+        return cls(hashlib.new(algorithm, data).hexdigest(), algorithm)
 
     def __str__(self) -> str:
-        return f"sha256:{self.hex}"
+        return f"{self.algorithm}:{self.hex}"
 
 
 EMPTY_DIGEST = Digest("44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")

@@ -15,6 +15,10 @@ Routes (``/v2/<name>/...``; everything else that is not a read stays 405)::
                                              store
     DELETE blobs/uploads/<uuid>              204: cancel
     PUT    manifests/<tag|digest>            201: validate, store as an entry
+                                             (OCI-Subject when it has a subject)
+    DELETE manifests/<tag|digest>            202: remove its entries
+    DELETE blobs/<digest>                    202: remove an unreferenced blob
+                                             (proxy.api.deletes)
 
 With ``--api-token`` every push request needs the token (Bearer, or the
 password of Basic after a ``WWW-Authenticate: Basic realm="storage-manager"``
@@ -41,17 +45,18 @@ written.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from proxy.api.admission import is_push
+from proxy.api.deletes import Deletes
 from proxy.api.errors import OciError, error_body
 from proxy.api.registry import API_VERSION, check_name, query_args
 from proxy.cache import artifact
@@ -84,6 +89,7 @@ log = logging.getLogger(__name__)
 KIND = "push"
 _UPLOADS_RE = re.compile(r"(.+)/blobs/uploads/?")
 _SESSION_RE = re.compile(r"(.+)/blobs/uploads/([^/]+)")
+_BLOB_RE = re.compile(r"(.+)/blobs/([^/]+)")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
 # Layers a registry need not hold (their bytes live at their "urls").
 _FOREIGN_LAYERS = frozenset(
@@ -106,7 +112,9 @@ def _digest_arg(text: str) -> Digest:
     try:
         return Digest.parse(text)
     except InvalidDigest as e:
-        raise OciError("DIGEST_INVALID", f"{e} (this registry stores sha256 only)", 400) from None
+        raise OciError(
+            "DIGEST_INVALID", f"{e} (this registry stores sha256 and sha512)", 400
+        ) from None
 
 
 def _manifest_error(message: str) -> OciError:
@@ -124,11 +132,22 @@ def _descriptor(obj: Any, where: str) -> Descriptor:
         raise _manifest_error(f"{where}: {e}") from None
 
 
-def parse_manifest(data: bytes, content_type: str | None) -> tuple[str, list[Descriptor], Digest]:
-    """(media type, the descriptors that must be present, digest) of a pushed
-    manifest; OciError MANIFEST_INVALID when it is not one this cache serves.
-    Blocking for large documents (runs in a thread)."""
-    digest = Digest(hashlib.sha256(data).hexdigest())
+@attrs.frozen
+class Pushed:
+    """What a pushed manifest is, once checked."""
+
+    media_type: str
+    required: list[Descriptor]  # the descriptors that must be present
+    digest: Digest
+    subject: Digest | None  # OCI 1.1: the manifest it refers to (need not be here)
+
+
+def parse_manifest(data: bytes, content_type: str | None, algorithm: str = "sha256") -> Pushed:
+    """What a pushed manifest is (its digest with ``algorithm``: the one of
+    the digest it is pushed by, else sha256); OciError MANIFEST_INVALID when
+    it is not one this cache serves. Blocking for large documents (runs in a
+    thread)."""
+    digest = Digest.of(data, algorithm)
     try:
         doc = artifact.load_json(data)
     except ValueError:
@@ -168,9 +187,10 @@ def parse_manifest(data: bytes, content_type: str | None) -> tuple[str, list[Des
             if layer.media_type in _FOREIGN_LAYERS and item.get("urls"):
                 continue
             required.append(layer)
+    subject = None
     if "subject" in doc:
-        _descriptor(doc["subject"], "subject")  # well-formed; it need not be here
-    return media_type, required, digest
+        subject = _descriptor(doc["subject"], "subject").digest  # it need not be here
+    return Pushed(media_type, required, digest, subject)
 
 
 def check_present(layout: Layout, required: list[Descriptor], index: bool = False) -> None:
@@ -179,7 +199,8 @@ def check_present(layout: Layout, required: list[Descriptor], index: bool = Fals
     An index is the exception, as in the cache itself: its children are
     alternatives (platforms), and an index pushed with only some of them --
     ``ctr push --platform``, a node's partial pull exported -- is accepted
-    when at least one is here; the ones that are here must match."""
+    when at least one is here (or it lists none: an empty index); the ones
+    that are here must match."""
     found = 0
     for desc in required:
         size = layout.blob_size(desc.digest)
@@ -192,7 +213,8 @@ def check_present(layout: Layout, required: list[Descriptor], index: bool = Fals
         if desc.media_type in artifact.MANIFEST_MEDIA_TYPES and size > MAX_MANIFEST:
             raise _too_large(desc.digest, size)
         found += 1
-    if index and not found:
+    if index and required and not found:
+        # An empty index (no manifests at all) is a valid one, and is accepted.
         raise OciError("MANIFEST_BLOB_UNKNOWN", "none of the index's manifests is here", 400)
 
 
@@ -249,6 +271,7 @@ class PushAPI:
         self.uploads = uploads
         self._reactor = reactor
         self._after_push = after_push  # e.g. eviction under --max-cache-size
+        self.deletes = Deletes(store, uploads, self._catalog, reactor)
 
     def handles(self, method: bytes, path: bytes) -> bool:
         """Whether a /v2 request is a push request (everything but reads, and
@@ -303,18 +326,24 @@ class PushAPI:
             name, ref = rest[:i], rest[i + len("/manifests/") :]
             check_name(name)
             self._check_pushed_name(name)
-            if method != b"PUT":
-                raise OciError(
-                    "UNSUPPORTED", "manifests are removed with DELETE /content/<base64 of the URL>"
-                )
+            if method not in (b"PUT", b"DELETE"):
+                raise OciError("UNSUPPORTED", "a manifest takes GET, HEAD, PUT or DELETE")
             if ":" in ref:
                 tag, ref_digest = None, _digest_arg(ref)
             elif TAG_RE.fullmatch(ref):
                 tag, ref_digest = ref, None
             else:
                 raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")
+            if method == b"DELETE":
+                return self._run(request, self._delete_manifest(request, name, tag, ref_digest))
             return self._run(request, self._put_manifest(request, name, tag, ref_digest))
-        raise OciError("UNSUPPORTED", "this registry does not delete through /v2")
+        m = _BLOB_RE.fullmatch(rest)
+        if m is not None and method == b"DELETE":
+            name = m.group(1)
+            check_name(name)
+            digest = _digest_arg(m.group(2))
+            return self._run(request, self._delete_blob(request, name, digest))
+        raise OciError("UNSUPPORTED", "not an endpoint of the push API")
 
     def _check_pushed_name(self, name: str) -> None:
         """Refuse a name that is, or may become, the name of downloaded content."""
@@ -458,6 +487,22 @@ class PushAPI:
         await self.uploads.cancel(up)
         self._empty(request, 204)
 
+    # -- deletes (proxy.api.deletes) ---------------------------------------------------
+
+    async def _delete_manifest(
+        self, request: Any, name: str, tag: str | None, digest: Digest | None
+    ) -> None:
+        if tag is not None:
+            await self.deletes.tag(name, tag)
+        else:
+            assert digest is not None
+            await self.deletes.manifest(name, digest)
+        self._empty(request, 202)
+
+    async def _delete_blob(self, request: Any, name: str, digest: Digest) -> None:
+        await self.deletes.blob(name, digest)
+        self._empty(request, 202)
+
     # -- manifests -------------------------------------------------------------------
 
     async def _put_manifest(
@@ -468,7 +513,9 @@ class PushAPI:
             raise OciError("SIZE_INVALID", f"a manifest has at most {MAX_MANIFEST} bytes", 413)
         content_type = request.getHeader(b"content-type")
         ctype = content_type.decode("latin-1") if content_type is not None else None
-        media_type, required, digest = await in_thread(self._reactor, parse_manifest, data, ctype)
+        algorithm = ref_digest.algorithm if ref_digest is not None else "sha256"
+        pushed = await in_thread(self._reactor, parse_manifest, data, ctype, algorithm)
+        media_type, required, digest = pushed.media_type, pushed.required, pushed.digest
         if ref_digest is not None and ref_digest != digest:
             raise OciError("DIGEST_INVALID", f"the manifest is {digest}, not {ref_digest}", 400)
         store = self.store
@@ -487,7 +534,7 @@ class PushAPI:
             present = await in_thread(self._reactor, closure, self.layout, manifest, required)
 
             def put() -> Deferred[Digest]:
-                return in_thread(self._reactor, self.layout.put_small_blob, data)
+                return in_thread(self._reactor, self.layout.put_small_blob, data, algorithm)
 
             await store.blob_lock.run(put)
             store.hold(digest)
@@ -516,6 +563,9 @@ class PushAPI:
         self._empty(request, 201)
         request.setHeader(b"Location", f"/v2/{name}/manifests/{digest}".encode())
         request.setHeader(b"Docker-Content-Digest", str(digest).encode())
+        if pushed.subject is not None:
+            # The referrers API lists it (proxy.api.referrers).
+            request.setHeader(b"OCI-Subject", str(pushed.subject).encode())
 
     async def _drop_orphans(self, old: Entry) -> None:
         """Remove the blobs only a replaced entry used (shared ones stay)."""

@@ -7,6 +7,8 @@ Routes (``GET`` and ``HEAD``)::
     /v2/<name>/tags/list?n=&last=     tags of a name, paginated
     /v2/<name>/manifests/<tag|digest> the stored manifest bytes
     /v2/<name>/blobs/<digest>         the blob, with single byte ranges
+    /v2/<name>/referrers/<digest>     the manifests whose subject it is, as an
+                                      image index (proxy.api.referrers)
 
 Names, tags and digests are checked against the distribution grammar before
 anything touches the filesystem (a ``%`` anywhere in the path is refused, so
@@ -42,6 +44,7 @@ from proxy.api.answers import finish_with_length, json_answer
 from proxy.api.content import display_path
 from proxy.api.errors import OciError, error_body, oci_error
 from proxy.api.fill import FillWriter
+from proxy.api.referrers import FILTERS_APPLIED, Referrers
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest
@@ -51,7 +54,13 @@ from proxy.naming import NAME_RE, TAG_RE
 from proxy.numerals import read_decimal
 from proxy.service.mirror import Denied, Mirror
 from proxy.service.sources import BlobHandle, BlobSource, BlobWant, GrowingBlob, StoredBlob
-from proxy.types import MEDIA_TYPE_IMAGE_INDEX, MEDIA_TYPE_IMAGE_MANIFEST, Digest, InvalidDigest
+from proxy.types import (
+    ALGORITHMS,
+    MEDIA_TYPE_IMAGE_INDEX,
+    MEDIA_TYPE_IMAGE_MANIFEST,
+    Digest,
+    InvalidDigest,
+)
 from proxy.web import fastpath
 from proxy.web.admission import OCI_API_VERSION
 from proxy.web.fastpath import FastRequest, HttpDate
@@ -108,13 +117,16 @@ def check_name(name: str) -> None:
 def _digest(text: str, unknown: str) -> Digest:
     if not _DIGEST_GRAMMAR_RE.fullmatch(text):
         raise OciError("DIGEST_INVALID", f"invalid digest {text[:100]!r}")
-    if not text.startswith("sha256:"):
+    if text.split(":", 1)[0] not in ALGORITHMS:
         # A valid digest of an algorithm this cache never stores.
         raise OciError(unknown, f"{text[:100]} is not in this cache")
     try:
         return Digest.parse(text)
     except InvalidDigest:
-        raise OciError("DIGEST_INVALID", "a sha256 digest has 64 lowercase hex digits") from None
+        raise OciError(
+            "DIGEST_INVALID",
+            "a sha256 digest has 64 lowercase hex digits, a sha512 digest 128",
+        ) from None
 
 
 def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[str], str | None]:
@@ -155,6 +167,7 @@ class RegistryAPI:
         self._blobs_dir = str(layout.blobs_dir) + os.sep
         self._date = HttpDate()
         self._touch = catalog.touch_blob  # a read is a use of every entry holding the blob
+        self.referrers = Referrers(layout)
 
     def fast_blob(self, channel: PlainHTTPChannel, head: bytes) -> bool:
         """Answer a plain ``HEAD``, or a small ``GET``, of a cached blob, with
@@ -272,6 +285,11 @@ class RegistryAPI:
             name = rest[: -len("/tags/list")]
             check_name(name)
             return self._tags(request, name, args, ns)
+        i = rest.rfind("/referrers/")
+        if i > 0:
+            name, ref = rest[:i], rest[i + len("/referrers/") :]
+            check_name(name)
+            return self._referrers(request, name, ref, args, ns)
         for marker, handler in (("/manifests/", self._manifest), ("/blobs/", self._blob)):
             i = rest.rfind(marker)
             if i > 0:
@@ -299,10 +317,43 @@ class RegistryAPI:
             )
         return self._json(request, {"repositories": names})
 
-    def _tags(
-        self, request: Any, name: str, args: dict[bytes, list[bytes]], ns: str | None
+    def _tags(self, request: Any, name: str, args: dict[bytes, list[bytes]], ns: str | None) -> Any:
+        registry = self._upstream(ns)
+        if registry is None or self.mirror is None:
+            return self._tag_list(request, name, args, self.catalog.tags(name, ns))
+        # A mirror lists upstream's tags too (the cached ones when it fails).
+        cached = self.catalog.tags(name, ns)
+
+        def listed(upstream: list[str] | None) -> None:
+            tags = (
+                None
+                if upstream is None and cached is None
+                else {*(upstream or ()), *(cached or ())}
+            )
+            self._finish_tags(request, name, args, sorted(tags) if tags is not None else None)
+
+        def failed(f: Failure) -> None:
+            log.warning("tag list of %s from %s failed: %s", name, registry, f.getErrorMessage())
+            self._finish_tags(request, name, args, cached)
+
+        self.mirror.tags(registry, name).addCallbacks(listed, failed)
+        return NOT_DONE_YET
+
+    def _finish_tags(
+        self, request: Any, name: str, args: dict[bytes, list[bytes]], tags: list[str] | None
+    ) -> None:
+        if request.finished or request._disconnected:
+            return
+        try:
+            data = self._tag_list(request, name, args, tags)
+        except OciError as e:
+            self._fail(request, e)
+            return
+        finish_with_length(request, data)
+
+    def _tag_list(
+        self, request: Any, name: str, args: dict[bytes, list[bytes]], tags: list[str] | None
     ) -> bytes:
-        tags = self.catalog.tags(name, ns)
         if tags is None:
             raise OciError("NAME_UNKNOWN", f"repository {name} is not in this cache")
         tags, next_last = _paginate(tags, args)
@@ -311,6 +362,42 @@ class RegistryAPI:
             link = f'</v2/{name}/tags/list?last={next_last}&n={n}>; rel="next"'
             request.setHeader(b"Link", link.encode())
         return self._json(request, {"name": name, "tags": tags})
+
+    # -- referrers -------------------------------------------------------------
+
+    def _referrers(
+        self, request: Any, name: str, ref: str, args: dict[bytes, list[bytes]], ns: str | None
+    ) -> Any:
+        subject = _digest(ref, "MANIFEST_UNKNOWN")
+        wanted = args.get(b"artifactType", [None])[0]
+        artifact_type = wanted.decode("utf-8", "replace") if wanted else None
+        manifests = self.catalog.manifests_of(name, ns)
+        d = deferToThreadPool(
+            self.sender.threads,
+            self.sender.pool,
+            self.referrers.index,
+            manifests,
+            subject,
+            artifact_type,
+        )
+
+        def send(index: dict[str, Any]) -> None:
+            if request.finished or request._disconnected:
+                return
+            data = self._json(request, index)
+            request.setHeader(b"Content-Type", MEDIA_TYPE_IMAGE_INDEX.encode())
+            if artifact_type is not None:
+                request.setHeader(FILTERS_APPLIED, b"artifactType")
+            if request.method == b"GET":
+                request.write(data)
+            request.finish()
+
+        def failed(f: Failure) -> None:
+            log.error("referrers of %s in %s: %s", subject, name, f.getErrorMessage())
+            self._fail(request, OciError("UNKNOWN", "referrers could not be listed", 500))
+
+        d.addCallback(send).addErrback(failed)
+        return NOT_DONE_YET
 
     # -- manifests -------------------------------------------------------------
 
@@ -326,7 +413,8 @@ class RegistryAPI:
     def _manifest(self, request: Any, name: str, ref: str, ns: str | None) -> Any:
         if ":" in ref:
             digest = _digest(ref, "MANIFEST_UNKNOWN")
-            registry = None if self.layout.has_blob(digest) else self._upstream(ns)
+            here = self.layout.has_blob(digest) or digest.algorithm != "sha256"
+            registry = None if here else self._upstream(ns)  # mirrors fill by sha256 only
         else:
             if not TAG_RE.fullmatch(ref):
                 raise OciError("TAG_INVALID", f"invalid tag {ref[:140]!r}")

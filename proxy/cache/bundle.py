@@ -39,7 +39,7 @@ from proxy.cache.store import Entry
 from proxy.errors import BadContent, BadRequest
 from proxy.types import Digest
 
-_BLOB_RE = re.compile(r"(?:\./)?blobs/sha256/([a-f0-9]{64})")
+_BLOB_RE = re.compile(r"(?:\./)?blobs/(?:sha256/([a-f0-9]{64})|sha512/([a-f0-9]{128}))")
 CHUNK = 4 * 1024 * 1024
 # Bounds on what a bundle may make this process read or hold (a compressed
 # tar can expand a thousandfold; a JSON document tenfold in memory).
@@ -116,7 +116,7 @@ def export(layout: Layout, entries: Iterable[Entry], out: IO[bytes]) -> tuple[in
             except FileNotFoundError:
                 continue  # an absent child of an index: legitimately not here
             with f:
-                info = tar.gettarinfo(fileobj=f, arcname=f"blobs/sha256/{d.hex}")
+                info = tar.gettarinfo(fileobj=f, arcname=f"blobs/{d.algorithm}/{d.hex}")
                 info.mode, info.uid, info.gid, info.uname, info.gname = 0o444, 0, 0, "", ""
                 tar.addfile(info, f)
                 count += 1
@@ -282,7 +282,7 @@ def _stage(
             elif name == "index.json":
                 index = _parse_index(_read_bounded(f, size, MAX_INDEX, name))
             elif m := _BLOB_RE.fullmatch(name):
-                digest = Digest(m.group(1))
+                digest = Digest(m.group(1)) if m.group(1) else Digest(m.group(2), "sha512")
                 have = layout.blob_size(digest)
                 if have is not None:
                     if have != size:
@@ -309,7 +309,7 @@ def _stage(
 def _copy_verified(src: IO[bytes], dst: Path, digest: Digest, size: int) -> None:
     """Copy exactly ``size`` bytes, hashing them: a file that has more or
     fewer (a layout file that changes meanwhile) or other bytes is refused."""
-    h = hashlib.sha256()
+    h = hashlib.new(digest.algorithm)
     done = 0
     with open(dst, "wb") as out:
         while chunk := src.read(min(CHUNK, size + 1 - done)):
@@ -319,4 +319,6 @@ def _copy_verified(src: IO[bytes], dst: Path, digest: Digest, size: int) -> None
             h.update(chunk)
             out.write(chunk)
     if done != size or h.hexdigest() != digest.hex:
-        raise BadContent(f"blob {digest} in the bundle hashes to sha256:{h.hexdigest()}")
+        raise BadContent(
+            f"blob {digest} in the bundle hashes to {digest.algorithm}:{h.hexdigest()}"
+        )

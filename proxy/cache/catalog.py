@@ -28,6 +28,7 @@ import attrs
 
 from proxy.cache import artifact
 from proxy.naming import NAME_RE, PUSH_SCHEME, TAG_RE, is_host_name
+from proxy.types import Descriptor
 
 if TYPE_CHECKING:
     from proxy.cache.store import Entry, Store
@@ -153,6 +154,19 @@ class Catalog:
         if not items:
             return None
         return sorted({s.tag for s in items if s.tag is not None})
+
+    def entries_of(self, name: str, ns: str | None) -> list[Entry]:
+        """The entries served under ``name`` (any tag, or by digest)."""
+        return [s.entry for s in self._in_scope(self._all(), ns) if s.name == name]
+
+    def manifests_of(self, name: str, ns: str | None) -> list[Descriptor]:
+        """The manifests of repository ``name``: its entries' and the ones inside them."""
+        out: dict[object, Descriptor] = {}
+        for entry in self.entries_of(name, ns):
+            for d in (entry.descriptor, *entry.files):
+                if d.media_type in artifact.MANIFEST_MEDIA_TYPES:
+                    out.setdefault(d.digest, d)
+        return list(out.values())
 
     def names(self, ns: str | None = None) -> list[str]:
         return sorted({s.name for s in self._in_scope(self._all(), ns)})

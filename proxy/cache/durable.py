@@ -35,7 +35,7 @@ from pathlib import Path
 
 import attrs
 
-from proxy.types import SHA256_HEX_RE, Digest
+from proxy.types import SHA256_HEX_RE, SHA512_HEX_RE, Digest
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ class Syncer:
         self._idle = threading.Condition()
         self._pending = 0
         self._thread: threading.Thread | None = None
+
+    def blob_path(self, digest: Digest) -> Path:
+        """Where a blob is: ``blobs_dir`` (sha256) or its sibling ``sha512``;
+        a marker is named by the hex alone (its length says which)."""
+        if digest.algorithm == "sha256":
+            return self.blobs_dir / digest.hex
+        return self.blobs_dir.parent / digest.algorithm / digest.hex
 
     def mark(self, digest: Digest) -> None:
         """Record, durably, that ``digest``'s data may not be on disk yet."""
@@ -178,7 +185,7 @@ class Syncer:
 
     def sync_now(self, digest: Digest) -> None:
         """fsync one blob (blocking) and remove its marker."""
-        path = self.blobs_dir / digest.hex
+        path = self.blob_path(digest)
         marker = self.marks_dir / digest.hex
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -223,15 +230,15 @@ def recover(syncer: Syncer) -> Recovery:
     resynced: list[Digest] = []
     suspect: list[Digest] = []
     for marker in sorted(marks.iterdir()):
-        if not SHA256_HEX_RE.fullmatch(marker.name):
+        if not (SHA256_HEX_RE.fullmatch(marker.name) or SHA512_HEX_RE.fullmatch(marker.name)):
             marker.unlink(missing_ok=True)  # a half-written name cannot happen; be tidy
             continue
-        digest = Digest(marker.name)
+        digest = Digest.from_file_name(marker.name)
         try:
             boot = marker.read_text().strip()
         except OSError:
             boot = ""
-        if not (syncer.blobs_dir / marker.name).exists():
+        if not syncer.blob_path(digest).exists():
             marker.unlink(missing_ok=True)
         elif boot and syncer.boot and boot == syncer.boot:
             syncer.schedule(digest)

@@ -183,6 +183,15 @@ class IngestFile:
             self._synced = True
         return Digest(self._hash.hexdigest()), self.offset
 
+    def digest_as(self, algorithm: str) -> Digest:
+        """The digest of the data file with another algorithm than the running
+        sha256 (a blob pushed by its sha512): one more read of it."""
+        h = hashlib.new(algorithm)
+        with open(self.data_path, "rb", buffering=0) as f:
+            while chunk := f.read(HASH_CHUNK):
+                h.update(chunk)
+        return Digest(h.hexdigest(), algorithm)
+
     def close(self) -> None:
         """Close the file, with every byte written so far in it if it can be."""
         if self._out is not None:

@@ -19,6 +19,8 @@ downloads in progress::
                                   stray ones are removed at startup
       blobs/sha256/<hex>          verified, immutable, read-only (0444) content:
                                   files as downloaded, manifests, configs
+      blobs/sha512/<hex>          the same, for content pushed by its sha512
+                                  (made when the first one is committed)
       ingest/<key>/               one download in progress, key = sha256(URL), or
                                   sha256-<hex> for a blob known by its digest
         state.json                source URL (no secrets), validators (ETag,
@@ -183,8 +185,12 @@ class Layout:
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
+    def algorithm_dir(self, algorithm: str) -> Path:
+        """``blobs/<algorithm>``: ``blobs_dir`` for sha256."""
+        return self.root / "blobs" / algorithm
+
     def blob_path(self, digest: Digest) -> Path:
-        return self.blobs_dir / digest.hex
+        return self.root / "blobs" / digest.algorithm / digest.hex
 
     def ingest_path(self, key: str) -> Path:
         """``ingest/<sha256 of URL>`` for a URL, ``ingest/sha256-<hex>`` for a
@@ -358,6 +364,9 @@ class Layout:
         if dst.exists():
             src.unlink(missing_ok=True)
             return False
+        if not dst.parent.is_dir():  # blobs/sha512, at its first blob
+            dst.parent.mkdir(exist_ok=True)
+            fsync_dir(dst.parent.parent)
         os.chmod(src, 0o444)
         syncer = None if synced else self.syncer
         if syncer is None:
@@ -370,14 +379,14 @@ class Layout:
                 syncer.mark(digest)
                 faults.point("blob-verified")
                 os.replace(src, dst)
-        fsync_dir(self.blobs_dir)
+        fsync_dir(dst.parent)
         if syncer is not None:
             syncer.schedule(digest)
         return True
 
-    def put_small_blob(self, data: bytes) -> Digest:
+    def put_small_blob(self, data: bytes, algorithm: str = "sha256") -> Digest:
         """Write a small in-memory blob (manifest, config) atomically."""
-        digest = Digest(hashlib.sha256(data).hexdigest())
+        digest = Digest.of(data, algorithm)
         if self.has_blob(digest):
             return digest
         scratch = self.small_dir

@@ -33,7 +33,7 @@ from proxy.types import (
     ANNOTATION_PRIMARY,
     ANNOTATION_REF_NAME,
     ANNOTATION_URL,
-    SHA256_HEX_RE,
+    HEX_RE,
     Descriptor,
     Digest,
 )
@@ -305,6 +305,20 @@ class Store:
                 refs |= e.blobs
         return refs
 
+    def user_of(self, digest: Digest) -> str | None:
+        """Something that references a blob -- an entry's URL, or "a descriptor
+        this server does not own" -- or None when nothing does (holds aside)."""
+        for url, e in self._entries.items():
+            if digest in e.blobs:
+                return url
+        if digest in self._foreign_blobs:
+            return "a descriptor of index.json this server does not own"
+        return None
+
+    def holds(self, digest: Digest) -> int:
+        """How many holds (downloads, pushes) keep a blob alive right now."""
+        return self._held.get(digest, 0)
+
     # -- changes -------------------------------------------------------------
 
     # -- last use ------------------------------------------------------------
@@ -429,11 +443,16 @@ class Store:
 
             def sweep() -> tuple[int, int]:
                 count = freed = 0
-                for p in self.layout.blobs_dir.iterdir():
-                    if not SHA256_HEX_RE.fullmatch(p.name) or Digest(p.name) in keep:
-                        continue
-                    freed += self.layout.remove_blob(Digest(p.name))
-                    count += 1
+                for algorithm, pattern in HEX_RE.items():
+                    where = self.layout.algorithm_dir(algorithm)
+                    for p in where.iterdir() if where.is_dir() else []:
+                        if not pattern.fullmatch(p.name):
+                            continue
+                        digest = Digest(p.name, algorithm)
+                        if digest in keep:
+                            continue
+                        freed += self.layout.remove_blob(digest)
+                        count += 1
                 return count, freed
 
             return in_thread(self._reactor, sweep)

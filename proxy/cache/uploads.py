@@ -3,8 +3,9 @@
 An upload is an ingest directory, ``ingest/upload-<uuid>/data`` (uuid: 32
 lowercase hex), written by :class:`proxy.cache.ingest.IngestFile` in a worker
 thread: every byte is hashed as it is written, so finishing needs no second
-read. The data is renamed into ``blobs/`` (under the store's blob lock, as
-downloads commit) only when its sha256 is the ``?digest=`` the client named;
+read (a blob pushed by its sha512 is read once more to hash it so). The data
+is renamed into ``blobs/`` (under the store's blob lock, as downloads commit)
+only when its digest is the ``?digest=`` the client named;
 on a mismatch the directory is removed and nothing is kept.
 
 Request bodies: twisted.web reads a request's whole body before the resource
@@ -192,6 +193,8 @@ class Uploads:
             if self._uploads.get(up.uuid) is not up:
                 raise UploadUnknown(up.uuid)
             actual, size = await in_thread(self._reactor, up.ingest.finish)
+            if expected.algorithm != actual.algorithm:  # pushed by its sha512
+                actual = await in_thread(self._reactor, up.ingest.digest_as, expected.algorithm)
             if actual != expected:
                 self._forget(up)
                 await in_thread(self._reactor, up.ingest.discard)
@@ -245,6 +248,10 @@ class Uploads:
 
         call = self._clock.callLater(HOLD_SECONDS, expire)
         calls.append(call)
+
+    def holds(self, digest: Digest) -> int:
+        """How many of the store's holds on a blob are pushes' (see :meth:`hold`)."""
+        return len(self._holds.get(digest, ()))
 
     def settle(self, digests: Iterable[Digest]) -> None:
         """An entry now references these blobs: drop the holds of their pushes."""

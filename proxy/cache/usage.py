@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from proxy.cache.layout import Layout
-from proxy.types import SHA256_HEX_RE, Digest
+from proxy.types import HEX_RE, Digest
 
 
 @attrs.frozen
@@ -42,14 +42,18 @@ class Usage:
 
 def usage(layout: Layout, referenced: Set[Digest]) -> Usage:
     count = total = unreferenced = 0
-    for entry in os.scandir(layout.blobs_dir):
-        if not SHA256_HEX_RE.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
-            continue
-        size = entry.stat(follow_symlinks=False).st_size
-        count += 1
-        total += size
-        if Digest(entry.name) not in referenced:
-            unreferenced += size
+    for algorithm, pattern in HEX_RE.items():
+        where = layout.algorithm_dir(algorithm)
+        if algorithm != "sha256" and not where.is_dir():
+            continue  # blobs/sha512 is made with its first blob
+        for entry in os.scandir(where):
+            if not pattern.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            size = entry.stat(follow_symlinks=False).st_size
+            count += 1
+            total += size
+            if Digest(entry.name, algorithm) not in referenced:
+                unreferenced += size
     ingest = 0
     for dirpath, _dirs, files in os.walk(layout.ingest_dir):
         for name in files:

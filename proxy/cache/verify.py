@@ -38,6 +38,7 @@ from proxy.types import (
     ANNOTATION_REF_NAME,
     ANNOTATION_URL,
     SHA256_HEX_RE,
+    SHA512_HEX_RE,
     Descriptor,
     Digest,
 )
@@ -66,7 +67,9 @@ class Report:
 
     @property
     def corrupt(self) -> list[Digest]:
-        return [Digest(Path(p.path).name) for p in self.problems if p.kind == "corrupt"]
+        return [
+            Digest.from_file_name(Path(p.path).name) for p in self.problems if p.kind == "corrupt"
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,10 +83,12 @@ class Report:
 
 
 def hash_file(path: Path) -> tuple[Path, int, str | None, str | None]:
-    """(path, size, hex digest, error)."""
+    """(path, size, hex digest, error); sha512 for a name of 128 hex
+    (``blobs/sha512/``), else sha256."""
+    algorithm = "sha512" if len(path.name) == 128 else "sha256"
     try:
         with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            digest = hashlib.file_digest(f, algorithm).hexdigest()
             size = f.tell()
     except OSError as e:
         return path, 0, None, e.strerror or str(e)
@@ -106,6 +111,12 @@ def check_blobs(
             paths.append(p)
         else:
             problems.append(Problem("stray", str(p), "not a blob: its name is not a sha256"))
+    sha512_dir = layout.algorithm_dir("sha512")
+    for p in sorted(sha512_dir.iterdir()) if sha512_dir.is_dir() else []:
+        if SHA512_HEX_RE.fullmatch(p.name) and p.is_file():
+            paths.append(p)
+        else:
+            problems.append(Problem("stray", str(p), "not a blob: its name is not a sha512"))
     total = 0
     expected = sum(_size(p) for p in paths) if progress is not None else 0
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
@@ -116,7 +127,10 @@ def check_blobs(
             if error is not None:
                 problems.append(Problem("unreadable", str(path), error))
             elif digest != path.name:
-                problems.append(Problem("corrupt", str(path), f"content hashes to sha256:{digest}"))
+                algorithm = path.parent.name
+                problems.append(
+                    Problem("corrupt", str(path), f"content hashes to {algorithm}:{digest}")
+                )
     return len(paths), total, problems
 
 

@@ -245,7 +245,7 @@ class AzureBlob:
     etag: str | None
 
 
-class _Account:
+class BlobAccount:
     """Signed requests to one account's blob endpoint."""
 
     def __init__(self, ref: AzureUrl, target: AzureTarget) -> None:
@@ -275,7 +275,7 @@ class _Account:
         return url, private
 
 
-def _error(what: str) -> Any:
+def azure_error(what: str) -> Any:
     """Builds the error of a non-success answer from x-ms-error-code or the XML document."""
 
     def build(response: Any, body: bytes) -> StorageError:
@@ -312,7 +312,7 @@ class AzureFetcher:
 
     async def _fetch(self, request: FetchRequest, job: Job) -> FetchResult:
         ref = parse_azure_url(request.url)
-        api = _Account(ref, azure_target(ref.account, request.credentials))
+        api = BlobAccount(ref, azure_target(ref.account, request.credentials))
         common = {
             ANNOTATION_AZURE_ACCOUNT: ref.account,
             ANNOTATION_AZURE_CONTAINER: ref.container,
@@ -333,14 +333,14 @@ class AzureFetcher:
             ARTIFACT_TYPE,
         )
 
-    def _request(self, api: _Account, method: str, url: str, job: Job) -> Any:
+    def _request(self, api: BlobAccount, method: str, url: str, job: Job) -> Any:
         async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
             signed, private = api.sign(method, url, {})
             return method, signed, private
 
         return store.small_request(self.client, job, prepare)
 
-    async def _list(self, api: _Account, job: Job) -> list[AzureBlob]:
+    async def _list(self, api: BlobAccount, job: Job) -> list[AzureBlob]:
         ref = api.ref
         what = f"azure://{ref.account}/{ref.container}/{ref.name}"
 
@@ -353,9 +353,9 @@ class AzureFetcher:
             response = await self._request(api, "GET", api.url(None, query), job)
             body = await self.client.read_small(response, 64 * 1024 * 1024)
             if response.code != 200:
-                raise _error(what)(response, body)
+                raise azure_error(what)(response, body)
             try:
-                found, more = await self.client.thread(_parse_listing, body)
+                found, more = await self.client.thread(parse_listing, body)
             except ET.ParseError:
                 raise UpstreamError(f"{what}: the store sent an unreadable listing") from None
             return found, more
@@ -364,11 +364,11 @@ class AzureFetcher:
         store.check_names(what, ref.name, [b.name for b in blobs])
         return sorted(blobs, key=lambda b: b.name)
 
-    async def _head(self, api: _Account, name: str, what: str, job: Job) -> AzureBlob:
+    async def _head(self, api: BlobAccount, name: str, what: str, job: Job) -> AzureBlob:
         response = await self._request(api, "HEAD", api.url(name), job)
         self.client.discard(response)
         if response.code != 200:
-            raise _error(what)(response, b"")
+            raise azure_error(what)(response, b"")
         length = header(response, b"Content-Length")
         return AzureBlob(
             name,
@@ -377,7 +377,7 @@ class AzureFetcher:
         )
 
     async def _blob(
-        self, api: _Account, name: str, title: str, request: FetchRequest, job: Job
+        self, api: BlobAccount, name: str, title: str, request: FetchRequest, job: Job
     ) -> Descriptor:
         ref = api.ref
         url = f"azure://{ref.account}/{ref.container}/{quote(name)}"
@@ -401,7 +401,7 @@ class AzureFetcher:
                 size=head.size,
                 if_match=head.etag,
                 prepare=prepare,
-                error=_error(what),
+                error=azure_error(what),
             )
             ingest = IngestFile(self.layout, ingest_key(want.recorded))
             digest, size = await download(self.client, ingest, want, job, blob)
@@ -418,7 +418,7 @@ class AzureFetcher:
         return Descriptor(MEDIA_TYPE_OCTET, desc.digest, desc.size, annotations)
 
 
-def _parse_listing(body: bytes) -> tuple[list[AzureBlob], str | None]:
+def parse_listing(body: bytes) -> tuple[list[AzureBlob], str | None]:
     """The blobs of one List Blobs page, and its NextMarker."""
     doc = ET.fromstring(body)  # noqa: S314 - expat expands no external entities
     found = []

@@ -99,12 +99,14 @@ def gcs_endpoint() -> str:
 
 
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+SCOPE_READ_WRITE = "https://www.googleapis.com/auth/devstorage.read_write"  # the shared store
 
 
 class ServiceAccount:
     """Access tokens from ``GOOGLE_APPLICATION_CREDENTIALS`` (blocking: threads only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scope: str = SCOPE) -> None:
+        self.scope = scope
         self._lock = threading.Lock()
         self._creds: Any = None
         self._path: str | None = None
@@ -121,7 +123,7 @@ class ServiceAccount:
             try:
                 if self._creds is None or self._path != path:
                     self._creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-                        path, scopes=[SCOPE]
+                        path, scopes=[self.scope]
                     )
                     self._path = path
                 if not self._creds.valid:
@@ -151,7 +153,7 @@ class GcsObject:
     md5: str | None = None
 
 
-def _object_of(item: Any) -> GcsObject:
+def object_of(item: Any) -> GcsObject:
     size = item.get("size")
     return GcsObject(
         name=str(item.get("name", "")),
@@ -197,7 +199,7 @@ class GcsFetcher:
             token = await self.client.thread(self.account.token)
             if token:
                 auth = {b"Authorization": b"Bearer " + token.encode("latin-1")}
-        api = _Api(gcs_endpoint(), ref.bucket, auth)
+        api = GcsApi(gcs_endpoint(), ref.bucket, auth)
         common = {ANNOTATION_GCS_BUCKET: ref.bucket, ANNOTATION_GCS_ENDPOINT: api.endpoint}
 
         async def fetch(name: str, title: str) -> Descriptor:
@@ -216,23 +218,23 @@ class GcsFetcher:
             ARTIFACT_TYPE,
         )
 
-    async def _get(self, api: _Api, url: str, job: Job) -> Any:
+    async def _get(self, api: GcsApi, url: str, job: Job) -> Any:
         async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
             return "GET", url, api.auth
 
         return await store.small_request(self.client, job, prepare)
 
-    async def _json(self, api: _Api, url: str, what: str, job: Job) -> Any:
+    async def _json(self, api: GcsApi, url: str, what: str, job: Job) -> Any:
         response = await self._get(api, url, job)
         body = await self.client.read_small(response, 64 * 1024 * 1024)
         if response.code != 200:
-            raise _error(what)(response, body)
+            raise gcs_error(what)(response, body)
         try:
             return await self.client.thread(json.loads, body)
         except ValueError:
             raise UpstreamError(f"{what}: the store answered with invalid JSON") from None
 
-    async def _list(self, api: _Api, ref: GcsUrl, job: Job) -> list[GcsObject]:
+    async def _list(self, api: GcsApi, ref: GcsUrl, job: Job) -> list[GcsObject]:
         what = f"gs://{ref.bucket}/{ref.name}"
 
         async def page(token: str | None) -> tuple[list[GcsObject], str | None]:
@@ -242,7 +244,7 @@ class GcsFetcher:
             doc = await self._json(api, api.listing(query), what, job)
             found = []
             for item in doc.get("items") or []:
-                o = _object_of(item)
+                o = object_of(item)
                 if o.name.endswith("/") and not o.size:
                     continue  # a console "folder"
                 found.append(o)
@@ -254,7 +256,7 @@ class GcsFetcher:
         return sorted(objects, key=lambda o: o.name)
 
     async def _object(
-        self, api: _Api, name: str, title: str, request: FetchRequest, job: Job
+        self, api: GcsApi, name: str, title: str, request: FetchRequest, job: Job
     ) -> Descriptor:
         url = object_url(api.bucket, name)
         what = f"gs://{api.bucket}/{name}"
@@ -262,7 +264,7 @@ class GcsFetcher:
         expected = request.expected if not parse_gcs_url(request.url).is_prefix else None
 
         async def attempt() -> tuple[GcsObject, Descriptor]:
-            meta = _object_of(await self._json(api, api.metadata(name), what, job))
+            meta = object_of(await self._json(api, api.metadata(name), what, job))
             if not meta.generation:
                 raise UpstreamError(f"{what}: the store gave no generation")
             blob.total = meta.size
@@ -281,7 +283,7 @@ class GcsFetcher:
                 immutable=True,
                 if_match=meta.generation,
                 prepare=prepare,
-                error=_error(what),
+                error=gcs_error(what),
             )
             ingest = IngestFile(self.layout, ingest_key(f"{url}#generation={meta.generation}"))
             try:
@@ -306,11 +308,11 @@ class GcsFetcher:
         return Descriptor(MEDIA_TYPE_OCTET, desc.digest, desc.size, annotations)
 
     async def _check_generation(
-        self, api: _Api, name: str, meta: GcsObject, what: str, job: Job
+        self, api: GcsApi, name: str, meta: GcsObject, what: str, job: Job
     ) -> None:
         """SourceChanged when the object is no longer the generation fetched."""
         try:
-            now = _object_of(await self._json(api, api.metadata(name), what, job))
+            now = object_of(await self._json(api, api.metadata(name), what, job))
         except UpstreamError as e:
             if e.upstream_status == 404:
                 raise SourceChanged(f"{what} was removed while it was fetched") from None
@@ -320,7 +322,7 @@ class GcsFetcher:
 
 
 @attrs.frozen
-class _Api:
+class GcsApi:
     """The JSON API's URLs for one bucket, and the headers for its origin only."""
 
     endpoint: str
@@ -339,8 +341,12 @@ class _Api:
     def listing(self, query: dict[str, str]) -> str:
         return f"{self.endpoint}/storage/v1/b/{quote(self.bucket, safe='')}/o?{urlencode(query)}"
 
+    def upload(self, query: dict[str, str]) -> str:
+        bucket = quote(self.bucket, safe="")
+        return f"{self.endpoint}/upload/storage/v1/b/{bucket}/o?{urlencode(query)}"
 
-def _error(what: str) -> Any:
+
+def gcs_error(what: str) -> Any:
     """Builds the error of a non-success answer from its JSON error document."""
 
     def build(response: Any, body: bytes) -> StorageError:

@@ -57,6 +57,8 @@ from proxy.types import (
 
 log = logging.getLogger(__name__)
 
+MAX_TAGS = 4 * 1024 * 1024  # the largest tag list read from a registry
+
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 INDEX_TYPES = frozenset({MEDIA_TYPE_IMAGE_INDEX, DOCKER_LIST})
@@ -215,6 +217,27 @@ class OciFetcher:
         head = await self.get(auth, url, job, {b"Accept": ACCEPT}, "HEAD")
         self.client.discard(head)
         return header(head, b"Docker-Content-Digest") if head.code == 200 else None
+
+    async def tags(self, ref: ImageReference, auth: RegistryAuth, job: Job) -> list[str] | None:
+        """The tags the registry lists for ``ref``'s repository (its first
+        page), or None when it has no such repository (404)."""
+        url = f"{self.base_url(ref)}/v2/{ref.repository}/tags/list"
+        try:
+            _, data = await self._get_small(
+                auth, url, job, {b"Accept": b"application/json"}, MAX_TAGS
+            )
+        except UpstreamError as e:
+            if e.upstream_status == 404:
+                return None
+            raise
+        try:
+            doc = artifact.load_json(data)
+        except ValueError as e:
+            raise BadContent(
+                f"{ref.registry}/{ref.repository}: tag list is not JSON: {e}"
+            ) from None
+        tags = doc.get("tags") if isinstance(doc, dict) else None
+        return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
     async def manifest(self, ref: ImageReference, auth: RegistryAuth, job: Job) -> Manifest:
         """The manifest ``ref`` names, checked (digest, schema, media type)."""

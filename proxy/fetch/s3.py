@@ -199,6 +199,15 @@ class Signer:
         self, client: Any, operation: str, params: dict[str, Any]
     ) -> tuple[str, str, dict[bytes, bytes]]:
         """(method, URL, signed headers) of the request botocore would send."""
+        method, url, headers, _ = self.prepare_with_body(client, operation, params)
+        return method, url, headers
+
+    def prepare_with_body(
+        self, client: Any, operation: str, params: dict[str, Any]
+    ) -> tuple[str, str, dict[bytes, bytes], bytes | None]:
+        """:meth:`prepare`, and the body botocore made (a document such as
+        CompleteMultipartUpload's; None when the body is a stream the caller
+        gave, which botocore has read to sign and the caller sends itself)."""
         from botocore.exceptions import BotoCoreError, ParamValidationError
 
         try:
@@ -214,7 +223,15 @@ class Signer:
                 for k, v in r.headers.items()
                 if k.lower() not in ("user-agent", "amz-sdk-invocation-id", "amz-sdk-request")
             }
-            return str(r.method), str(r.url), headers
+            body = r.body
+            data = (
+                body
+                if isinstance(body, bytes)
+                else body.encode()
+                if isinstance(body, str)
+                else None
+            )
+            return str(r.method), str(r.url), headers, data
         raise AssertionError("botocore sent a request by itself")
 
     @staticmethod
@@ -245,6 +262,26 @@ def _raw_headers(response: Any) -> dict[str, str]:
         k.decode("latin-1").lower(): v[0].decode("latin-1")
         for k, v in response.headers.getAllRawHeaders()
     }
+
+
+def s3_error(signer: Signer, s3: Any, what: str, operation: str) -> Any:
+    """Builds the error of a non-success answer from its S3 error document."""
+
+    def build(response: Any, body: bytes) -> StorageError:
+        code, message = "", ""
+        try:
+            parsed = signer.parse(s3, operation, response.code, _raw_headers(response), body)
+            err = parsed.get("Error") or {}
+            code, message = str(err.get("Code") or ""), str(err.get("Message") or "")
+        except Exception:  # noqa: S110 - an unreadable error document: use the status
+            pass
+        if not code and response.code == 404:
+            code = "NoSuchKey" if operation != "ListObjectsV2" else "NoSuchBucket"
+        status = CODE_STATUS.get(code, response.code)
+        detail = f"{code}: {message}" if message else code or f"status {response.code}"
+        return UpstreamError(f"{what}: {detail}", status)
+
+    return build
 
 
 class S3Fetcher:
@@ -290,23 +327,7 @@ class S3Fetcher:
     # -- errors --------------------------------------------------------------------
 
     def _error(self, s3: Any, what: str, operation: str) -> Any:
-        def build(response: Any, body: bytes) -> StorageError:
-            code, message = "", ""
-            try:
-                parsed = self.signer.parse(
-                    s3, operation, response.code, _raw_headers(response), body
-                )
-                err = parsed.get("Error") or {}
-                code, message = str(err.get("Code") or ""), str(err.get("Message") or "")
-            except Exception:  # noqa: S110 - an unreadable error document: use the status
-                pass
-            if not code and response.code == 404:
-                code = "NoSuchKey" if operation != "ListObjectsV2" else "NoSuchBucket"
-            status = CODE_STATUS.get(code, response.code)
-            detail = f"{code}: {message}" if message else code or f"status {response.code}"
-            return UpstreamError(f"{what}: {detail}", status)
-
-        return build
+        return s3_error(self.signer, s3, what, operation)
 
     # -- listing -----------------------------------------------------------------
 

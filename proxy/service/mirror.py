@@ -12,6 +12,7 @@ server is never an open relay.
   the bytes already on disk; a Range far ahead of the fill is passed through
   to upstream at once. The fill is verified before it becomes a blob; a
   mismatch aborts the clients still reading rather than completing them.
+* Tag lists are upstream's (first page) with the cached tags of the name.
 * Manifests by digest are immutable: fetched once. Manifests by tag are
   revalidated with a HEAD once the TTL has passed, and served from the cache
   when upstream cannot be reached.
@@ -106,6 +107,15 @@ class Mirror:
     def _scratch_job(self, url: str, creds: Credentials | None) -> Download:
         """A Job for one request outside any download (nothing is stored)."""
         return Download(FetchRequest(url, creds), self.downloads.store, self.downloads.reactor)
+
+    # -- tags ----------------------------------------------------------------------
+
+    def tags(self, registry: str, name: str) -> Deferred[list[str] | None]:
+        """The tags upstream lists for ``name`` (None: it has no such name)."""
+        image = ImageReference(registry, name, None, None)
+        creds = self._credentials(registry)
+        job = self._scratch_job(f"oci://{registry}/{name}", creds)
+        return Deferred.fromCoroutine(self.oci.tags(image, self.oci.auth(image, creds), job))
 
     # -- manifests ---------------------------------------------------------------
 
