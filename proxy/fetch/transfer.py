@@ -52,6 +52,7 @@ from proxy.cache.layout import blob_ingest_key, is_disk_full
 from proxy.errors import (
     BadContent,
     DiskFull,
+    Redirected,
     SourceChanged,
     StorageError,
     TargetDenied,
@@ -501,23 +502,13 @@ async def _from_the_start(
     return state
 
 
-class Redirected(StorageError):
-    """A redirect not followed (``Wanted.follow_redirects`` False): ``location``
-    is where the source said to go."""
-
-    code = "UPSTREAM_ERROR"
-
-    def __init__(self, message: str, location: str) -> None:
-        super().__init__(message)
-        self.location = location
-
-
 async def _refused(client: HttpClient, want: Wanted, response: Any) -> Exception:
     """The error of any other answer: Retryable for 5xx and 429."""
     location = header(response, b"Location")
     if response.code in _REDIRECTS and location and not want.follow_redirects:
         client.discard(response)
-        return Redirected(f"{want.recorded}: redirected", urljoin(want.url, location))
+        where = urljoin(want.url, location)
+        return Redirected(f"{want.recorded}: redirected", response.code, where)
     body = b""
     with contextlib.suppress(StorageError, Retryable):
         body = await client.read_small(response, 64 * 1024)

@@ -41,12 +41,13 @@ from proxy.errors import (
     BadContent,
     Cancelled,
     DiskFull,
+    Redirected,
     StorageError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
 from proxy.fetch.base import BlobProgress, Job
-from proxy.fetch.transfer import HttpClient, Redirected, Wanted, transfer
+from proxy.fetch.transfer import HttpClient, Wanted, transfer
 from proxy.redact import redact_url
 from proxy.service.forward import HEADER as ORIGIN_HEADER
 from proxy.service.forward import Origin
