@@ -14,7 +14,7 @@ is a value, never an exception; a store that cannot be reached or refuses
 (credentials, a 5xx after the retries) raises :class:`SharedStoreError`,
 which callers treat as "no store this time": the origin or the peers serve.
 
-:func:`open_store` makes the store a location names, with the endpoint and
+:func:`proxy.shared.opening.open_store` makes the store a location names, with the endpoint and
 credentials the object-store downloaders use (``AWS_*``, ``S3_ENDPOINT``,
 ``--s3-addressing-style``; ``STORAGE_EMULATOR_HOST``,
 ``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_CONNECTION_STRING``).
@@ -174,30 +174,6 @@ def outbound(client: HttpClient, proxies: ProxyConfig | None = None) -> Sender:
         client.options.connect_timeout,
     )
     return Sender(client, agent)
-
-
-def open_store(
-    location: StoreLocation,
-    client: HttpClient,
-    proxies: ProxyConfig | None = None,
-    s3_addressing_style: str = "auto",
-) -> SharedStore:
-    """The store ``location`` names (no request is made yet), every failure
-    of it a :class:`SharedStoreError`."""
-    from proxy.fetch.s3 import Signer
-    from proxy.shared.azure import AzureStore
-    from proxy.shared.gcs import GcsStore
-    from proxy.shared.s3 import S3Store
-
-    sender = outbound(client, proxies)
-    inner: SharedStore
-    if location.kind == "s3":
-        inner = S3Store(location, client, sender, Signer(s3_addressing_style))
-    elif location.kind == "gs":
-        inner = GcsStore(location, client, sender)
-    else:
-        inner = AzureStore(location, client, sender)
-    return Guarded(inner)
 
 
 async def range_body(

@@ -13,7 +13,8 @@ import pytest_twisted
 
 from proxy.shared.azure import AzureStore
 from proxy.shared.location import parse_location
-from proxy.shared.store import SharedStoreError, open_store, outbound
+from proxy.shared.opening import open_store
+from proxy.shared.store import SharedStoreError, outbound
 from tests.shared import contract
 from tests.support import azure
 from tests.support.azure import Azurite

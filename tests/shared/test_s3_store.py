@@ -13,8 +13,9 @@ import pytest_twisted
 
 from proxy.fetch.s3 import Signer
 from proxy.shared.location import parse_location
+from proxy.shared.opening import open_store
 from proxy.shared.s3 import MIN_PART, S3Store
-from proxy.shared.store import SharedStoreError, open_store, outbound
+from proxy.shared.store import SharedStoreError, outbound
 from tests.shared import contract
 from tests.support.s3 import MotoS3
 
