@@ -144,7 +144,10 @@ def parse_oci_url(url: str) -> ImageReference:
         try:
             digest = Digest.parse(digest_text)
         except InvalidDigest:
-            raise BadRequest(f"unsupported digest {digest_text[:80]!r}: only sha256") from None
+            digest = None
+        # Pulls verify manifests and blobs by sha256 (the registry side also takes sha512).
+        if digest is None or digest.algorithm != "sha256":
+            raise BadRequest(f"unsupported digest {digest_text[:80]!r}: only sha256")
     tag = None
     last = rest.rsplit("/", 1)[-1]
     if ":" in last:

@@ -3,8 +3,11 @@
 One range of bytes is served as 206. Everything else this server does not
 serve partially -- several ranges, another unit, a malformed header -- is
 ignored and the whole blob goes out with 200, which RFC 9110 allows
-("a server MAY ignore the Range header field"). A syntactically valid
-single range that misses the blob is unsatisfiable: 416.
+("a server MAY ignore the Range header field"). A single range that selects
+no byte of the blob is refused with 416: one that starts past the end, and
+one whose last position is before its first (RFC 9110 calls it invalid; Go's
+net/http, which serves docker-registry's blobs, answers 416, and the OCI
+distribution conformance suite requires it).
 
 Positions are numerals of any length (:mod:`proxy.numerals`): a first
 position of 5000 digits is past the end (416), a last one the end itself.
@@ -33,7 +36,7 @@ class ByteRange:
 
 
 class Unsatisfiable(Exception):
-    """The range is valid but selects no byte of the blob."""
+    """The range selects no byte of the blob."""
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -55,7 +58,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
             raise Unsatisfiable()
         return ByteRange(max(0, size - suffix), size - 1)
     if last != "" and decimal_less(last, first):
-        return None  # invalid range-spec: ignore the header
+        raise Unsatisfiable()  # last before first: no byte selected
     start = read_decimal(first)
     end = read_decimal(last) if last != "" else size - 1
     if start >= size:

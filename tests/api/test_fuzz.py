@@ -234,7 +234,7 @@ def rfc_single_range(value: str, size: int) -> tuple[int, int] | str:
         return "416" if n == 0 else (int(max(0, size - n)), size - 1)
     a = Decimal(first)
     if last != "" and Decimal(last) < a:
-        return "ignore"  # an invalid range-spec: the header is ignored
+        return "416"  # last before first: no byte selected
     if a >= size:
         return "416"
     return (int(a), int(min(Decimal(last), size - 1)) if last != "" else size - 1)

@@ -163,16 +163,6 @@ def run_suite(mode: str, address: str, env: dict[str, str]) -> Outcome:
     return outcome
 
 
-# Skips the suite reports for a documented choice, not a missing API: a Range
-# whose last byte is before its first (``bytes=500-0``) is ignored, as RFC 9110
-# lets a server do and README's /v2 section says (the whole blob, 200); the
-# suite wants a 416 and counts the 200 as "range requests unsupported".
-DOCUMENTED_SKIPS = frozenset(
-    f"OCI Conformance Test/{algorithm} blobs/range requests/range 500-0"
-    for algorithm in ("sha256", "sha512")
-)
-
-
 def assert_conformant(mode: str, outcome: Outcome, allow_skips: bool = True) -> None:
     names = sorted(set(outcome.failed))
     assert not names, (
@@ -181,7 +171,7 @@ def assert_conformant(mode: str, outcome: Outcome, allow_skips: bool = True) -> 
         + f"\n(results in {RESULTS / mode})"
     )
     if not allow_skips:
-        unexpected = sorted(set(outcome.skipped) - DOCUMENTED_SKIPS)
+        unexpected = sorted(set(outcome.skipped))
         assert not unexpected, f"oci-conformance {mode}: skipped:\n  " + "\n  ".join(unexpected)
 
 
