@@ -157,6 +157,7 @@ class Config:
     sync_commits: bool  # fsync each blob before its commit, not just after
     buffered_writes: bool  # write downloads through the page cache (no O_DIRECT)
     peers: tuple[PeerSpec, ...]
+    peer_fanout: int
     advertise_address: str | None
     cluster_token: str | None = attrs.field(repr=False)
     tls_cert: Path | None
@@ -512,6 +513,16 @@ OPTIONS: tuple[Option, ...] = (
         _peer_specs,
         "PEERS",
         "none",
+    ),
+    Option(
+        "peer_fanout",
+        "peer-fanout",
+        "NEKKO_PEER_FANOUT",
+        "8",
+        "how many peers this node streams one blob to at once; the next ones are redirected "
+        "to a peer that holds it, so the array fans out as a tree",
+        lambda n, t: _int(n, t, minimum=1),
+        "N",
     ),
     Option(
         "advertise_address",

@@ -66,6 +66,12 @@ UPSTREAM_ERRORS = Counter(
     ["scheme", "code"],
     registry=REGISTRY,
 )
+ORIGIN_BYTES = Counter(
+    "storage_manager_origin_bytes",
+    "Bytes of blobs received from their origins (registries, hubs, buckets, servers), "
+    "not from peers",
+    registry=REGISTRY,
+)
 PEER_BYTES = Counter(
     "storage_manager_peer_bytes",
     "Bytes of blobs exchanged with peers of the cache array: received from them, served to them",

@@ -44,12 +44,17 @@ from proxy.fetch.ollama import OllamaFetcher
 from proxy.fetch.reach import ReachPolicy, is_loopback_host
 from proxy.fetch.s3 import S3Fetcher, Signer
 from proxy.fetch.transfer import HttpClient, TransferOptions
-from proxy.request import Credentials
+from proxy.request import Credentials, FetchRequest
 from proxy.service.downloads import Downloads
+from proxy.service.fanout import Fanout
 from proxy.service.fills import MirrorBlobs
+from proxy.service.forward import Origin
+from proxy.service.jobs import Download
 from proxy.service.membership import Membership
 from proxy.service.mirror import Mirror
+from proxy.service.peerfills import OriginFill, PeerBlobs, fill_url
 from proxy.service.peerpull import PeerPull
+from proxy.service.peerroute import PeerRoute
 from proxy.service.sources import BlobSource, Chain, LocalBlobs
 from proxy.threads import in_thread
 from proxy.types import Digest
@@ -60,6 +65,8 @@ from proxy.web.site import LoggingSite
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
 SHUTDOWN_SYNC_WAIT = 60.0  # seconds a stop waits for committed blobs' fsyncs
+PEER_CONNECT_TIMEOUT = 3.0  # seconds: a peer that does not accept by then is down
+PEER_IDLE_TIMEOUT = 10.0  # seconds without a byte of a peer's stream: it is left
 EVICT_INTERVAL = 60.0  # seconds between two checks of the cache's size (also after downloads)
 
 
@@ -141,7 +148,8 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         store.load()
     except ValueError as e:
         raise StartupError(f"cannot read {layout.index_path}: {e}") from None
-    fetchers = _fetchers(config, reactor, layout)
+    client = _origin_client(config, reactor)
+    fetchers = _fetchers(config, reactor, layout, client)
     downloads = _downloads(config, reactor, store, fetchers)
     _keep_state(reactor, layout, store, downloads)
     views.sync(layout, store.entries())
@@ -152,7 +160,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         config.api_token,
         config.protect_reads,
         AdminAPI(downloads),
-        _cluster(config, reactor, store, downloads, registry),
+        _cluster(config, reactor, store, downloads, registry, client),
         config.cluster_token,
     )
     site = _wire(site or new_site(), root, layout)
@@ -193,8 +201,8 @@ def _open_cache(config: Config) -> tuple[Layout, int]:
     return layout, lock_fd
 
 
-def _fetchers(config: Config, reactor: Any, layout: Layout) -> dict[str, Fetcher]:
-    """One fetcher per URL scheme, all on one HTTP client (reach rules, proxies)."""
+def _origin_client(config: Config, reactor: Any) -> HttpClient:
+    """The HTTP client of every origin fetch (reach rules, proxies, retries)."""
     client = HttpClient(
         reactor,
         ReachPolicy(allow_hosts=config.allow_upstream),
@@ -208,6 +216,13 @@ def _fetchers(config: Config, reactor: Any, layout: Layout) -> dict[str, Fetcher
     proxy_line = config.proxies.describe()
     if proxy_line is not None:
         log.info("%s", proxy_line)
+    return client
+
+
+def _fetchers(
+    config: Config, reactor: Any, layout: Layout, client: HttpClient
+) -> dict[str, Fetcher]:
+    """One fetcher per URL scheme, all on one HTTP client (reach rules, proxies)."""
     http = HttpFetcher(client, layout)
     hf = HfFetcher(client, layout)
     insecure = config.insecure_registries
@@ -328,10 +343,16 @@ def _registry(
 
 
 def _cluster(
-    config: Config, reactor: Any, store: Store, downloads: Downloads, registry: RegistryAPI
+    config: Config,
+    reactor: Any,
+    store: Store,
+    downloads: Downloads,
+    registry: RegistryAPI,
+    origin_client: HttpClient,
 ) -> PeerAPI | None:
     """With --peers: this node's membership of the cache array, the peer
-    routes, and the copy of entries from peers when the origin is out of reach."""
+    routes, blobs of known digest asked of their owner first, and the copy of
+    entries from peers when the origin is out of reach."""
     if not config.peers:
         return None
     listener = config.tls_address if config.peer_tls else config.address
@@ -349,28 +370,44 @@ def _cluster(
     if config.peer_tls:
         assert config.tls_ca is not None
         trust = ssl.Certificate.loadPEM(config.tls_ca.read_bytes())
+    scheme = "https" if config.peer_tls else "http"
+    # Peers, not origins: --allow-upstream is for what they fetch.
     client = HttpClient(
         reactor,
-        ReachPolicy(),  # peers, not origins: --allow-upstream is for what they fetch
+        ReachPolicy(),
         TransferOptions(idle_timeout=config.idle_timeout, attempts=2, backoff=0.2),
         trust=trust,
     )
-    downloads.peer_pull = PeerPull(
-        membership,
-        client,
-        store,
-        config.cluster_token,
-        scheme="https" if config.peer_tls else "http",
+    downloads.peer_pull = PeerPull(membership, client, store, config.cluster_token, scheme)
+    # A blob's stream from its owner: a dead or silent peer is left within seconds.
+    streams = HttpClient(
+        reactor,
+        ReachPolicy(),
+        TransferOptions(
+            idle_timeout=min(config.idle_timeout, PEER_IDLE_TIMEOUT),
+            connect_timeout=PEER_CONNECT_TIMEOUT,
+            attempts=1,
+        ),
+        trust=trust,
     )
-    local = RegistryAPI(
-        store.layout, registry.catalog, registry.sender, LocalBlobs(store.layout, registry.catalog)
-    )
+    origin_client.route = PeerRoute(membership, streams, config.cluster_token, scheme)
+    local = LocalBlobs(store.layout, registry.catalog)
+
+    def start_fill(digest: Digest, origin: Origin) -> Download:
+        request = FetchRequest(fill_url(digest))
+        fill = OriginFill(origin_client, store.layout, digest, origin)
+        return downloads.start(request, fill, queued=False)
+
+    blobs = PeerBlobs(downloads.writers, local, start_fill, reactor)
+    fanout = Fanout(config.peer_fanout, lambda a: a in membership.addresses())
+    answers = RegistryAPI(store.layout, registry.catalog, registry.sender, local)
     log.info(
-        "cache array: this node is %s; peers %s",
+        "cache array: this node is %s; peers %s; fan-out %d",
         self_address,
         ", ".join(str(p) for p in config.peers),
+        config.peer_fanout,
     )
-    return PeerAPI(store, local, membership, reactor)
+    return PeerAPI(store, answers, membership, reactor, blobs, fanout, scheme)
 
 
 def _addresses_of(name: str, port: int) -> list[str]:

@@ -13,6 +13,7 @@ names: :mod:`proxy.service.jobs` (the state by URL, one download),
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import IO
 
@@ -36,13 +37,14 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.fetch.base import Fetcher, FetchResult, Job
+from proxy.fetch.base import Fetcher, FetchResult, Job, Writers
 from proxy.redact import redact_url
 from proxy.request import FetchRequest
 from proxy.service.entries import Entries
 from proxy.service.eviction import Eviction
 from proxy.service.failures import Failed, Failures
 from proxy.service.jobs import Download, Interrupted, Jobs, read_interrupted
+from proxy.service.peerfills import SCHEME as FILL_SCHEME
 from proxy.service.peerpull import PeerPull
 from proxy.service.upkeep import GcReport, Upkeep
 from proxy.threads import in_thread
@@ -89,6 +91,7 @@ class Downloads:
         # With --peers: where an entry comes from when its origin is out of reach.
         self.peer_pull: PeerPull | None = None
         self.jobs = Jobs()
+        self.writers = Writers()  # the blobs being written now, by digest
         self._slots = DeferredSemaphore(max_downloads)
         self._limited = limit is not None
         self.entries = Entries(store, reactor)
@@ -231,7 +234,7 @@ class Downloads:
         if job is not None:
             return job
         fetcher = fetcher or self.fetcher_for(request)
-        job = Download(request, self.store, self._reactor)
+        job = Download(request, self.store, self._reactor, writers=self.writers)
         self.jobs.failures.forget(request.url)  # retried: its last error is history
         if self._limited:
             job.make_room = self.eviction.make_room
@@ -272,6 +275,8 @@ class Downloads:
         gives it (proxy.service.peerpull). None: no peer did."""
         if self.peer_pull is None or not isinstance(error, OUT_OF_REACH) or job.cancelled:
             return None
+        if job.request.scheme == FILL_SCHEME:  # a fill a peer asked for: one hop
+            return None
         url = job.request.url
         log.info("%s: the origin is out of reach (%s); asking the peers", redact_url(url), error)
         try:
@@ -303,6 +308,11 @@ class Downloads:
             human_size(entry.size),
             seconds,
         )
+        if self.peer_pull is not None:  # in a cache array: where each blob came from
+            sources = Counter(b.source for b in job.progress.blobs if b.source is not None)
+            if sources:
+                where = ", ".join(f"{n} from {s}" for s, n in sorted(sources.items()))
+                log.info("%s: blobs %s", redact_url(url), where)
         job.settle((entry, True))
 
     async def _failed(self, job: Download, error: BaseException, started: float) -> None:
@@ -329,7 +339,9 @@ class Downloads:
         else:
             log.error("download of %s failed", redact_url(url), exc_info=value)
             message = "internal error (see the server log)"
-        if not job.cancelled:  # a DELETE removed it: nothing to remember
+        # A DELETE removed it: nothing to remember; a fill a peer asked for is the
+        # peer's to report (its log and metrics say it here).
+        if not job.cancelled and job.request.scheme != FILL_SCHEME:
             self.jobs.failures.record(
                 url, code if code != "INTERNAL" else "INTERNAL_ERROR", message
             )

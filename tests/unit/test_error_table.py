@@ -49,6 +49,7 @@ CASES = [
     Case(e.UpstreamError("m"), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
     Case(e.UpstreamError("m", 429), 502, "UPSTREAM_ERROR", "TOOMANYREQUESTS", 429),
     Case(e.SourceChanged("m"), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
+    Case(e.Redirected("m", 307, "http://peer/"), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
     Case(e.UpstreamUnreachable("m"), 502, "UPSTREAM_UNREACHABLE", "UNAVAILABLE", 502),
     Case(e.BadContent("m"), 502, "DIGEST_MISMATCH", "UNAVAILABLE", 502),
     Case(e.UpstreamTimeout("m"), 504, "UPSTREAM_TIMEOUT", "UNAVAILABLE", 504),
