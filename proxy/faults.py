@@ -29,7 +29,9 @@ import logging
 import os
 import threading
 
-POINTS = frozenset({"ingest-write", "blob-verified", "index-writing", "index-fsynced", "shared-upload"})
+POINTS = frozenset(
+    {"ingest-write", "blob-verified", "index-writing", "index-fsynced", "shared-upload"}
+)
 
 log = logging.getLogger(__name__)
 

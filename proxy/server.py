@@ -324,7 +324,10 @@ def _shared_tier(
         proxies=config.proxies,
     )
     shared = open_store(location, client, config.proxies, config.s3_addressing_style)
-    holder = config.advertise_address or str(config.address)
+    # The lease holder: how peers reach this node, and this cache's own id (every
+    # node of a DaemonSet may listen on the same ":8050"; the id survives restarts,
+    # so a lease taken before a crash is recognised as this node's own).
+    holder = f"{config.advertise_address or config.address}#{node_id(store.layout)}"
     tier = SharedTier(shared, store, reactor, reactor, holder)
     origin_client.tier = tier
     downloads.shared = tier
@@ -337,6 +340,22 @@ def _shared_tier(
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", tier.drain)
     return tier
+
+
+def node_id(layout: Layout) -> str:
+    """This cache's random id (``<cache>/node-id``, made once)."""
+    path = layout.root / "node-id"
+    try:
+        text = path.read_text().strip()
+        if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except FileNotFoundError:
+        pass
+    text = os.urandom(16).hex()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return text
 
 
 def _registry(

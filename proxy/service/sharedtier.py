@@ -33,6 +33,7 @@ download goes on from the peers or the origin as if there were no store.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -146,6 +147,7 @@ class SharedTier:
         self._background: set[Deferred[Any]] = set()
         self._job = Detached()
         self._stopping = False
+        self._bad: set[Digest] = set()  # objects found not to match their name
 
     # -- start and stop -----------------------------------------------------
 
@@ -321,6 +323,7 @@ class SharedTier:
 
     def _mismatch(self, digest: Digest, why: str) -> None:
         metrics.SHARED_MISMATCHES.inc()
+        self._bad.add(digest)  # the write-back replaces it with the right bytes
         log.warning(
             "shared store: object %s does not match its name (%s): not used; "
             "fetched from the peers or the origin instead",
@@ -350,6 +353,11 @@ class SharedTier:
                 log.warning("%s: no lease (%s): fetching from the origin", digest, e.message)
                 return None, None
             if isinstance(got, Lease):
+                if said:  # the holder may have put it there and let go just now
+                    found = await self.fetch(ingest, want, job, blob)
+                    if found is not None:
+                        self.fetched(got, ok=False)
+                        return found, None
                 return None, got
             assert isinstance(got, Held)
             if not said:
@@ -404,10 +412,8 @@ class SharedTier:
                 metrics.SHARED_UPLOAD_FAILURES.inc()
                 log.warning("shared store: %s not uploaded: %s", lease.digest, msg)
             finally:
-                try:
+                with contextlib.suppress(SharedStoreError, Cancelled):  # else it expires
                     await leases.release(lease, self._job)
-                except (SharedStoreError, Cancelled):
-                    pass  # it expires
 
         self._spawn(Deferred.fromCoroutine(upload_then_release()))
 
@@ -514,10 +520,12 @@ class SharedTier:
             size = await in_thread(self.reactor, layout.blob_size, digest)
             if size is None:
                 return  # evicted or deleted before its turn
-            info = await self.store.head(key, self._job)
-            if info is not None and info.size == size:
-                return
+            if digest not in self._bad:
+                info = await self.store.head(key, self._job)
+                if info is not None and info.size == size:
+                    return
             await self.store.put_file(key, str(layout.blob_path(digest)), self._job)
+            self._bad.discard(digest)
             metrics.SHARED_BYTES.labels("written").inc(size)
             log.info("shared store: uploaded %s (%d bytes)", digest, size)
         finally:
