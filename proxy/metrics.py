@@ -83,6 +83,22 @@ PEER_FAILURES = Counter(
     "Requests to peers that failed (unreachable, refused, or wrong bytes)",
     registry=REGISTRY,
 )
+SHARED_BYTES = Counter(
+    "storage_manager_shared_store_bytes",
+    "Bytes of blobs read from the shared store (--shared-store) and written to it",
+    ["direction"],
+    registry=REGISTRY,
+)
+SHARED_MISMATCHES = Counter(
+    "storage_manager_shared_store_mismatches",
+    "Objects of the shared store not used because their bytes or size did not match their name",
+    registry=REGISTRY,
+)
+SHARED_UPLOAD_FAILURES = Counter(
+    "storage_manager_shared_store_upload_failures",
+    "Write-backs to the shared store that failed (each is retried with backoff)",
+    registry=REGISTRY,
+)
 EVICTIONS = Counter(
     "storage_manager_evictions",
     "Entries evicted to keep the cache under --max-cache-size",

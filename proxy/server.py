@@ -55,7 +55,9 @@ from proxy.service.mirror import Mirror
 from proxy.service.peerfills import OriginFill, PeerBlobs, fill_url
 from proxy.service.peerpull import PeerPull
 from proxy.service.peerroute import PeerRoute
+from proxy.service.sharedtier import SharedTier
 from proxy.service.sources import BlobSource, Chain, LocalBlobs
+from proxy.shared.opening import open_store
 from proxy.threads import in_thread
 from proxy.types import Digest
 from proxy.units import human_size, plural
@@ -67,6 +69,8 @@ LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
 SHUTDOWN_SYNC_WAIT = 60.0  # seconds a stop waits for committed blobs' fsyncs
 PEER_CONNECT_TIMEOUT = 3.0  # seconds: a peer that does not accept by then is down
 PEER_IDLE_TIMEOUT = 10.0  # seconds without a byte of a peer's stream: it is left
+SHARED_CONNECT_TIMEOUT = 5.0  # seconds: a store that does not accept by then is skipped
+SHARED_IDLE_TIMEOUT = 30.0  # seconds without a byte from the store
 EVICT_INTERVAL = 60.0  # seconds between two checks of the cache's size (also after downloads)
 
 
@@ -152,6 +156,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     fetchers = _fetchers(config, reactor, layout, client)
     downloads = _downloads(config, reactor, store, fetchers)
     _keep_state(reactor, layout, store, downloads)
+    _shared_tier(config, reactor, store, downloads, client)
     views.sync(layout, store.entries())
     registry = _registry(config, reactor, store, downloads, fetchers["oci"])
     root = Root(
@@ -293,6 +298,64 @@ def _keep_state(reactor: Any, layout: Layout, store: Store, downloads: Downloads
         store.referenced_bytes,
         syncer.pending if syncer is not None else (lambda: 0),
     )
+
+
+def _shared_tier(
+    config: Config, reactor: Any, store: Store, downloads: Downloads, origin_client: HttpClient
+) -> SharedTier | None:
+    """With --shared-store: the object store as the cluster's second tier
+    (read-through before the peers and the origin, write-back after each
+    stored entry, cluster single flight when it honours conditional writes).
+    The probe of conditional writes and the resumption of pending uploads
+    run once the reactor runs; a clean stop finishes pending uploads first."""
+    location = config.shared_store
+    if location is None:
+        return None
+    # The store is the operator's own: --allow-upstream is for origins.
+    client = HttpClient(
+        reactor,
+        ReachPolicy(),
+        TransferOptions(
+            idle_timeout=min(config.idle_timeout, SHARED_IDLE_TIMEOUT),
+            connect_timeout=SHARED_CONNECT_TIMEOUT,
+            attempts=2,
+            backoff=0.2,
+        ),
+        proxies=config.proxies,
+    )
+    shared = open_store(location, client, config.proxies, config.s3_addressing_style)
+    # The lease holder: how peers reach this node, and this cache's own id (every
+    # node of a DaemonSet may listen on the same ":8050"; the id survives restarts,
+    # so a lease taken before a crash is recognised as this node's own).
+    holder = f"{config.advertise_address or config.address}#{node_id(store.layout)}"
+    tier = SharedTier(shared, store, reactor, reactor, holder)
+    origin_client.tier = tier
+    downloads.shared = tier
+    log.info("shared store %s: read before the peers and the origin, written back", location)
+
+    def start() -> None:
+        d = Deferred.fromCoroutine(tier.start())
+        d.addErrback(lambda f: log.error("shared store: start-up failed: %s", f.value))
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", tier.drain)
+    return tier
+
+
+def node_id(layout: Layout) -> str:
+    """This cache's random id (``<cache>/node-id``, made once)."""
+    path = layout.root / "node-id"
+    try:
+        text = path.read_text().strip()
+        if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except FileNotFoundError:
+        pass
+    text = os.urandom(16).hex()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return text
 
 
 def _registry(

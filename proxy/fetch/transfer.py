@@ -168,12 +168,36 @@ class BlobRoute(TypingProtocol):
         from its origin (``ingest`` then holds whatever bytes arrived)."""
 
 
+class SharedTierRoute(TypingProtocol):
+    """The shared store as a tier (:class:`proxy.service.sharedtier.SharedTier`)."""
+
+    async def fetch(
+        self, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+    ) -> tuple[Digest, int] | None:
+        """The blob from the store, verified and committed; None: not there."""
+
+    async def before_origin(
+        self, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+    ) -> tuple[tuple[Digest, int] | None, Any]:
+        """Cluster single flight: (the blob, if another node's fetch put it
+        in the store meanwhile; the lease taken, or None)."""
+
+    def renewing(self, lease: Any) -> Callable[[], Any]:
+        """Keep ``lease`` alive until the returned function is called."""
+
+    def fetched(self, lease: Any, ok: bool) -> None:
+        """The origin fetch under ``lease`` ended (uploads it, then releases)."""
+
+
 class HttpClient:
     """Outbound HTTP for the fetchers (treq over :class:`OutboundAgent`: the
     reach guard, and the environment's forward proxy)."""
 
     # With --peers: blobs of known digest are asked of their owner first.
     route: BlobRoute | None = None
+    # With --shared-store: blobs of known digest are looked up there before
+    # the route and the origin (proxy.service.sharedtier.SharedTier).
+    tier: SharedTierRoute | None = None
 
     def __init__(
         self,
@@ -637,16 +661,48 @@ async def _known(
             return want.expected, size
         end = job.writing(want.expected, blob, ingest.data_path)
         try:
+            tier = client.tier
+            if tier is not None:
+                stored = await tier.fetch(ingest, want, job, blob)
+                if stored is not None:
+                    return stored
             if client.route is not None and want.via_peers:
                 routed = await client.route.fetch(ingest, want, job, blob)
                 if routed is not None:
                     return routed
-            return await _download(client, ingest, want, job, blob)
+            if tier is None:
+                return await _download(client, ingest, want, job, blob)
+            return await _leased(client, tier, ingest, want, job, blob)
         finally:
             end()
     finally:
         if same is not None:
             same.release()
+
+
+async def _leased(
+    client: HttpClient,
+    tier: SharedTierRoute,
+    ingest: IngestFile,
+    want: Wanted,
+    job: Job,
+    blob: BlobProgress,
+) -> tuple[Digest, int]:
+    """From the origin under the cluster's lease on the digest (or from the
+    store, when the node holding it put it there meanwhile)."""
+    stored, lease = await tier.before_origin(ingest, want, job, blob)
+    if stored is not None:
+        return stored
+    if lease is None:
+        return await _download(client, ingest, want, job, blob)
+    stop = tier.renewing(lease)
+    ok = False
+    try:
+        got = await _download(client, ingest, want, job, blob)
+        ok = True
+        return got
+    finally:
+        tier.fetched(stop(), ok)
 
 
 async def transfer(

@@ -46,6 +46,7 @@ from proxy.service.failures import Failed, Failures
 from proxy.service.jobs import Download, Interrupted, Jobs, read_interrupted
 from proxy.service.peerfills import SCHEME as FILL_SCHEME
 from proxy.service.peerpull import PeerPull
+from proxy.service.sharedtier import SharedTier
 from proxy.service.upkeep import GcReport, Upkeep
 from proxy.threads import in_thread
 from proxy.units import human_size, plural
@@ -90,6 +91,8 @@ class Downloads:
         self.fetchers = dict(fetchers)
         # With --peers: where an entry comes from when its origin is out of reach.
         self.peer_pull: PeerPull | None = None
+        # With --shared-store: where stored entries are written back to.
+        self.shared: SharedTier | None = None
         self.jobs = Jobs()
         self.writers = Writers()  # the blobs being written now, by digest
         self._slots = DeferredSemaphore(max_downloads)
@@ -313,6 +316,8 @@ class Downloads:
             if sources:
                 where = ", ".join(f"{n} from {s}" for s, n in sorted(sources.items()))
                 log.info("%s: blobs %s", redact_url(url), where)
+        if self.shared is not None:  # in the background: the answer does not wait
+            self.shared.written(entry, record=job.request.scheme != FILL_SCHEME)
         job.settle((entry, True))
 
     async def _failed(self, job: Download, error: BaseException, started: float) -> None:
