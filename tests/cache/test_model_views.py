@@ -381,3 +381,26 @@ def test_titled_oras_files_and_plain_file_entries_get_a_directory(
     directory = Path(body["directory"])
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == files
     assert all(p.is_symlink() for p in directory.iterdir())
+
+
+def test_file_directory_gets_a_directory_of_links(cache_dir: Path, tmp_path: Path) -> None:
+    """A ``file://`` directory (nested files): the same names, links into blobs/."""
+    drop = tmp_path / "drop"
+    model = drop / "m"
+    (model / "sub").mkdir(parents=True)
+    files = {"config.json": b'{"a": 1}', "sub/weights.bin": os.urandom(1000)}
+    for name, data in files.items():
+        (model / name).write_bytes(data)
+    with (
+        ServerProcess(cache_dir, "--allow-file-import", str(drop)) as srv,
+        srv.client() as c,
+    ):
+        r = c.post("/content/", json={"url": f"file://{model}"})
+        assert r.status_code == 201, r.text
+        directory = Path(r.json()["directory"])
+    assert directory.parent == cache_dir / "views" / "models"
+    got = {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+    assert got == files
+    assert (directory / "sub" / "weights.bin").is_symlink()
