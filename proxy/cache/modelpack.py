@@ -95,7 +95,8 @@ def summary(config: Any) -> dict[str, Any]:
                 value = part.get(f)
                 if isinstance(value, str) and value:
                     out[f] = value[:1000]
-    caps = config.get("config", {}).get("capabilities") if isinstance(config, dict) else None
+    section = config.get("config")
+    caps = section.get("capabilities") if isinstance(section, dict) else None
     if isinstance(caps, dict):
         out["capabilities"] = {
             k: v for k, v in caps.items() if isinstance(v, bool | str | list) and len(str(v)) < 1000
