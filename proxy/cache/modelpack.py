@@ -95,8 +95,8 @@ def summary(config: Any) -> dict[str, Any]:
                 value = part.get(f)
                 if isinstance(value, str) and value:
                     out[f] = value[:1000]
-    section = config.get("config")
-    caps = section.get("capabilities") if isinstance(section, dict) else None
+    params = config.get("config")
+    caps = params.get("capabilities") if isinstance(params, dict) else None
     if isinstance(caps, dict):
         out["capabilities"] = {
             k: v for k, v in caps.items() if isinstance(v, bool | str | list) and len(str(v)) < 1000
