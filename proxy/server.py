@@ -25,7 +25,7 @@ from proxy.api.peers import PeerAPI
 from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
-from proxy.cache import direct, durable, verify, views
+from proxy.cache import direct, durable, modelviews, verify
 from proxy.cache.catalog import Catalog
 from proxy.cache.durable import Syncer
 from proxy.cache.layout import Layout
@@ -157,7 +157,10 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     downloads = _downloads(config, reactor, store, fetchers)
     _keep_state(reactor, layout, store, downloads)
     _shared_tier(config, reactor, store, downloads, client)
-    views.sync(layout, store.entries())
+    # Views are derived from the entries: rebuilt here, whatever a crash left.
+    entries = downloads.entries
+    limit = entries.limit() if entries.limit is not None else None
+    entries.built = modelviews.sync_all(layout, store.entries(), limit)
     registry = _registry(config, reactor, store, downloads, fetchers["oci"])
     root = Root(
         ContentAPI(downloads),
@@ -268,6 +271,7 @@ def _downloads(
         limit=cache_limit if limit is not None else None,
         low_watermark=config.low_watermark,
     )
+    downloads.entries.limit = cache_limit if limit is not None else None
     downloads.scan_ingest()
     if limit is not None:
         downloads.eviction.start(EVICT_INTERVAL)
