@@ -26,6 +26,6 @@ ENV CACHE_DIR=/var/lib/nekko/cache
 VOLUME ["/var/lib/nekko/cache"]
 WORKDIR /var/lib/nekko
 USER 10001:10001
-EXPOSE 8050
+EXPOSE 8050 8443
 ENTRYPOINT ["storage-manager"]
 CMD ["serve", "--address", "0.0.0.0:8050"]

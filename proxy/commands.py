@@ -153,6 +153,10 @@ def pull(
         b = answer.body
         verb = "stored" if answer.status == 201 else "already cached"
         print(f"{verb}: {b['url']}\n  digest {b['digest']}\n  path   {b.get('path', '')}")
+        if b.get("directory"):
+            print(f"  dir    {b['directory']}")  # the model's files by name
+        if b.get("ollamaModels"):
+            print(f"  ollama OLLAMA_MODELS={b['ollamaModels']}")
         _print_files(b)
     return OK
 
@@ -399,6 +403,8 @@ def _print_entry(e: dict[str, Any]) -> None:
         "manifestDigest",
         "path",
         "directory",
+        "directoryError",
+        "ollamaModels",
         "created",
         "lastUsed",
     ):
@@ -520,6 +526,8 @@ def du(client: Client, as_json: bool) -> int:
     print(f"  blobs        {human_size(b['blobBytes'])}")
     print(f"  unreferenced {human_size(b['unreferencedBytes'])} (storage-manager gc frees it)")
     print(f"  downloading  {human_size(b['ingestBytes'])}")
+    if b.get("viewBytes"):
+        print(f"  unpacked     {human_size(b['viewBytes'])} (tar layers in model directories)")
     print(f"  filesystem   {human_size(fs['free'])} free of {human_size(fs['bytes'])}")
     return OK
 

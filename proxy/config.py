@@ -24,6 +24,7 @@ import attrs
 from proxy.fetch.proxyenv import ProxyConfig, ProxyConfigError
 from proxy.fetch.reach import check_allow_entry
 from proxy.service.membership import PeerSpec, PeerSpecError, is_loopback, parse_peers
+from proxy.shared.location import InvalidLocation, StoreLocation, parse_location
 
 DEFAULT_CACHE_DIR = "/var/lib/nekko/cache"
 DEFAULT_ADDRESS = "localhost:8050"
@@ -166,12 +167,14 @@ class Config:
     sync_commits: bool  # fsync each blob before its commit, not just after
     buffered_writes: bool  # write downloads through the page cache (no O_DIRECT)
     peers: tuple[PeerSpec, ...]
+    peer_fanout: int
     advertise_address: str | None
     cluster_token: str | None = attrs.field(repr=False)
     tls_cert: Path | None
     tls_key: Path | None
     tls_ca: Path | None
     tls_address: Address | None  # the HTTPS listener (None: none)
+    shared_store: StoreLocation | None  # the cluster's shared second tier (None: none)
 
     @property
     def peer_tls(self) -> bool:
@@ -220,6 +223,15 @@ def _switch(name: str, text: str) -> bool:
     if text.strip().lower() not in _BOOLS:
         raise ConfigError(f"{name} must be 1 or 0, not {text!r}")
     return text.strip().lower() in ("1", "true", "yes")
+
+
+def _shared_store(name: str, text: str) -> StoreLocation | None:
+    if not text.strip():
+        return None
+    try:
+        return parse_location(text.strip())
+    except InvalidLocation as e:
+        raise ConfigError(f"{name}: {e.message}") from None
 
 
 def _cache_dir(name: str, text: str) -> Path:
@@ -534,6 +546,16 @@ OPTIONS: tuple[Option, ...] = (
         "none",
     ),
     Option(
+        "peer_fanout",
+        "peer-fanout",
+        "NEKKO_PEER_FANOUT",
+        "8",
+        "how many peers this node streams one blob to at once; the next ones are redirected "
+        "to a peer that holds it, so the array fans out as a tree",
+        lambda n, t: _int(n, t, minimum=1),
+        "N",
+    ),
+    Option(
         "advertise_address",
         "advertise-address",
         "NEKKO_ADVERTISE_ADDRESS",
@@ -595,6 +617,18 @@ OPTIONS: tuple[Option, ...] = (
         lambda n, t: _address(n, t) if t.strip() else None,
         "ADDR",
         ":8443 with --tls-cert",
+    ),
+    Option(
+        "shared_store",
+        "shared-store",
+        "NEKKO_SHARED_STORE",
+        "",
+        "the cluster's shared second tier: s3://bucket/prefix, gs://bucket/prefix or "
+        "azure://account/container/prefix; blobs of known digest are read from it before the "
+        "peers and the origin, and what this node fetches is written back to it",
+        _shared_store,
+        "URL",
+        "none",
     ),
 )
 BY_DEST = {o.dest: o for o in OPTIONS}

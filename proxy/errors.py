@@ -59,6 +59,15 @@ class UpstreamError(StorageError):
             self.code = "UPSTREAM_NOT_FOUND"
 
 
+class Redirected(UpstreamError):
+    """A redirect not followed (a peer's fan-out): ``location`` is where the
+    source said to go."""
+
+    def __init__(self, message: str, status: int, location: str) -> None:
+        super().__init__(message, status)
+        self.location = location
+
+
 class PlatformUnavailable(UpstreamError):
     """The image has no manifest for the platform asked for (``?platform=``)."""
 

@@ -18,6 +18,9 @@ Points (each in a worker thread, never on the reactor):
 ``index-fsynced``
     the temporary ``index.json`` is complete and fsync'd, just before its
     rename over ``index.json``.
+``shared-upload``
+    an entry's write-back to the shared store was queued
+    (``shared-uploads/<hex>.json`` written), before any of it is uploaded.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import logging
 import os
 import threading
 
-POINTS = frozenset({"ingest-write", "blob-verified", "index-writing", "index-fsynced"})
+POINTS = frozenset(
+    {"ingest-write", "blob-verified", "index-writing", "index-fsynced", "shared-upload"}
+)
 
 log = logging.getLogger(__name__)
 

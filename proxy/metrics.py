@@ -71,6 +71,12 @@ UPSTREAM_ERRORS = Counter(
     ["scheme", "code"],
     registry=REGISTRY,
 )
+ORIGIN_BYTES = Counter(
+    "storage_manager_origin_bytes",
+    "Bytes of blobs received from their origins (registries, hubs, buckets, servers), "
+    "not from peers",
+    registry=REGISTRY,
+)
 PEER_BYTES = Counter(
     "storage_manager_peer_bytes",
     "Bytes of blobs exchanged with peers of the cache array: received from them, served to them",
@@ -80,6 +86,22 @@ PEER_BYTES = Counter(
 PEER_FAILURES = Counter(
     "storage_manager_peer_failures",
     "Requests to peers that failed (unreachable, refused, or wrong bytes)",
+    registry=REGISTRY,
+)
+SHARED_BYTES = Counter(
+    "storage_manager_shared_store_bytes",
+    "Bytes of blobs read from the shared store (--shared-store) and written to it",
+    ["direction"],
+    registry=REGISTRY,
+)
+SHARED_MISMATCHES = Counter(
+    "storage_manager_shared_store_mismatches",
+    "Objects of the shared store not used because their bytes or size did not match their name",
+    registry=REGISTRY,
+)
+SHARED_UPLOAD_FAILURES = Counter(
+    "storage_manager_shared_store_upload_failures",
+    "Write-backs to the shared store that failed (each is retried with backoff)",
     registry=REGISTRY,
 )
 EVICTIONS = Counter(

@@ -25,7 +25,7 @@ from proxy.api.peers import PeerAPI
 from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
-from proxy.cache import direct, durable, verify, views
+from proxy.cache import direct, durable, modelviews, verify
 from proxy.cache.catalog import Catalog
 from proxy.cache.durable import Syncer
 from proxy.cache.layout import Layout
@@ -44,13 +44,20 @@ from proxy.fetch.ollama import OllamaFetcher
 from proxy.fetch.reach import ReachPolicy, is_loopback_host
 from proxy.fetch.s3 import S3Fetcher, Signer
 from proxy.fetch.transfer import HttpClient, TransferOptions
-from proxy.request import Credentials
+from proxy.request import Credentials, FetchRequest
 from proxy.service.downloads import Downloads
+from proxy.service.fanout import Fanout
 from proxy.service.fills import MirrorBlobs
+from proxy.service.forward import Origin
+from proxy.service.jobs import Download
 from proxy.service.membership import Membership
 from proxy.service.mirror import Mirror
+from proxy.service.peerfills import OriginFill, PeerBlobs, fill_url
 from proxy.service.peerpull import PeerPull
+from proxy.service.peerroute import PeerRoute
+from proxy.service.sharedtier import SharedTier
 from proxy.service.sources import BlobSource, Chain, LocalBlobs
+from proxy.shared.opening import open_store
 from proxy.threads import in_thread
 from proxy.types import Digest
 from proxy.units import human_size, plural
@@ -61,6 +68,10 @@ log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
 SHUTDOWN_SYNC_WAIT = 60.0  # seconds a stop waits for committed blobs' fsyncs
 GAUGES_INTERVAL = 1.0  # seconds between two writes of the gauges (--workers above 1)
+PEER_CONNECT_TIMEOUT = 3.0  # seconds: a peer that does not accept by then is down
+PEER_IDLE_TIMEOUT = 10.0  # seconds without a byte of a peer's stream: it is left
+SHARED_CONNECT_TIMEOUT = 5.0  # seconds: a store that does not accept by then is skipped
+SHARED_IDLE_TIMEOUT = 30.0  # seconds without a byte from the store
 EVICT_INTERVAL = 60.0  # seconds between two checks of the cache's size (also after downloads)
 
 
@@ -143,10 +154,15 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         store.load()
     except ValueError as e:
         raise StartupError(f"cannot read {layout.index_path}: {e}") from None
-    fetchers = _fetchers(config, reactor, layout)
+    client = _origin_client(config, reactor)
+    fetchers = _fetchers(config, reactor, layout, client)
     downloads = _downloads(config, reactor, store, fetchers)
     _keep_state(reactor, layout, store, downloads)
-    views.sync(layout, store.entries())
+    _shared_tier(config, reactor, store, downloads, client)
+    # Views are derived from the entries: rebuilt here, whatever a crash left.
+    entries = downloads.entries
+    limit = entries.limit() if entries.limit is not None else None
+    entries.built = modelviews.sync_all(layout, store.entries(), limit)
     registry = _registry(config, reactor, store, downloads, fetchers["oci"])
     admin = AdminAPI(downloads)
     root = Root(
@@ -155,7 +171,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
         config.api_token,
         config.protect_reads,
         admin,
-        _cluster(config, reactor, store, downloads, registry),
+        _cluster(config, reactor, store, downloads, registry, client),
         config.cluster_token,
     )
     root.show_pid = config.verbose >= 1
@@ -197,8 +213,8 @@ def _open_cache(config: Config) -> tuple[Layout, int]:
     return layout, lock_fd
 
 
-def _fetchers(config: Config, reactor: Any, layout: Layout) -> dict[str, Fetcher]:
-    """One fetcher per URL scheme, all on one HTTP client (reach rules, proxies)."""
+def _origin_client(config: Config, reactor: Any) -> HttpClient:
+    """The HTTP client of every origin fetch (reach rules, proxies, retries)."""
     client = HttpClient(
         reactor,
         ReachPolicy(allow_hosts=config.allow_upstream),
@@ -212,6 +228,13 @@ def _fetchers(config: Config, reactor: Any, layout: Layout) -> dict[str, Fetcher
     proxy_line = config.proxies.describe()
     if proxy_line is not None:
         log.info("%s", proxy_line)
+    return client
+
+
+def _fetchers(
+    config: Config, reactor: Any, layout: Layout, client: HttpClient
+) -> dict[str, Fetcher]:
+    """One fetcher per URL scheme, all on one HTTP client (reach rules, proxies)."""
     http = HttpFetcher(client, layout)
     hf = HfFetcher(client, layout)
     insecure = config.insecure_registries
@@ -252,6 +275,7 @@ def _downloads(
         limit=cache_limit if limit is not None else None,
         low_watermark=config.low_watermark,
     )
+    downloads.entries.limit = cache_limit if limit is not None else None
     downloads.scan_ingest()
     if limit is not None:
         downloads.eviction.start(EVICT_INTERVAL)
@@ -287,6 +311,64 @@ def _keep_state(reactor: Any, layout: Layout, store: Store, downloads: Downloads
         gauges = LoopingCall(metrics.refresh)
         gauges.clock = reactor
         gauges.start(GAUGES_INTERVAL)
+
+
+def _shared_tier(
+    config: Config, reactor: Any, store: Store, downloads: Downloads, origin_client: HttpClient
+) -> SharedTier | None:
+    """With --shared-store: the object store as the cluster's second tier
+    (read-through before the peers and the origin, write-back after each
+    stored entry, cluster single flight when it honours conditional writes).
+    The probe of conditional writes and the resumption of pending uploads
+    run once the reactor runs; a clean stop finishes pending uploads first."""
+    location = config.shared_store
+    if location is None:
+        return None
+    # The store is the operator's own: --allow-upstream is for origins.
+    client = HttpClient(
+        reactor,
+        ReachPolicy(),
+        TransferOptions(
+            idle_timeout=min(config.idle_timeout, SHARED_IDLE_TIMEOUT),
+            connect_timeout=SHARED_CONNECT_TIMEOUT,
+            attempts=2,
+            backoff=0.2,
+        ),
+        proxies=config.proxies,
+    )
+    shared = open_store(location, client, config.proxies, config.s3_addressing_style)
+    # The lease holder: how peers reach this node, and this cache's own id (every
+    # node of a DaemonSet may listen on the same ":8050"; the id survives restarts,
+    # so a lease taken before a crash is recognised as this node's own).
+    holder = f"{config.advertise_address or config.address}#{node_id(store.layout)}"
+    tier = SharedTier(shared, store, reactor, reactor, holder)
+    origin_client.tier = tier
+    downloads.shared = tier
+    log.info("shared store %s: read before the peers and the origin, written back", location)
+
+    def start() -> None:
+        d = Deferred.fromCoroutine(tier.start())
+        d.addErrback(lambda f: log.error("shared store: start-up failed: %s", f.value))
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", tier.drain)
+    return tier
+
+
+def node_id(layout: Layout) -> str:
+    """This cache's random id (``<cache>/node-id``, made once)."""
+    path = layout.root / "node-id"
+    try:
+        text = path.read_text().strip()
+        if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except FileNotFoundError:
+        pass
+    text = os.urandom(16).hex()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return text
 
 
 def _registry(
@@ -337,10 +419,16 @@ def _registry(
 
 
 def _cluster(
-    config: Config, reactor: Any, store: Store, downloads: Downloads, registry: RegistryAPI
+    config: Config,
+    reactor: Any,
+    store: Store,
+    downloads: Downloads,
+    registry: RegistryAPI,
+    origin_client: HttpClient,
 ) -> PeerAPI | None:
     """With --peers: this node's membership of the cache array, the peer
-    routes, and the copy of entries from peers when the origin is out of reach."""
+    routes, blobs of known digest asked of their owner first, and the copy of
+    entries from peers when the origin is out of reach."""
     if not config.peers:
         return None
     listener = config.tls_address if config.peer_tls else config.address
@@ -358,28 +446,44 @@ def _cluster(
     if config.peer_tls:
         assert config.tls_ca is not None
         trust = ssl.Certificate.loadPEM(config.tls_ca.read_bytes())
+    scheme = "https" if config.peer_tls else "http"
+    # Peers, not origins: --allow-upstream is for what they fetch.
     client = HttpClient(
         reactor,
-        ReachPolicy(),  # peers, not origins: --allow-upstream is for what they fetch
+        ReachPolicy(),
         TransferOptions(idle_timeout=config.idle_timeout, attempts=2, backoff=0.2),
         trust=trust,
     )
-    downloads.peer_pull = PeerPull(
-        membership,
-        client,
-        store,
-        config.cluster_token,
-        scheme="https" if config.peer_tls else "http",
+    downloads.peer_pull = PeerPull(membership, client, store, config.cluster_token, scheme)
+    # A blob's stream from its owner: a dead or silent peer is left within seconds.
+    streams = HttpClient(
+        reactor,
+        ReachPolicy(),
+        TransferOptions(
+            idle_timeout=min(config.idle_timeout, PEER_IDLE_TIMEOUT),
+            connect_timeout=PEER_CONNECT_TIMEOUT,
+            attempts=1,
+        ),
+        trust=trust,
     )
-    local = RegistryAPI(
-        store.layout, registry.catalog, registry.sender, LocalBlobs(store.layout, registry.catalog)
-    )
+    origin_client.route = PeerRoute(membership, streams, config.cluster_token, scheme)
+    local = LocalBlobs(store.layout, registry.catalog)
+
+    def start_fill(digest: Digest, origin: Origin) -> Download:
+        request = FetchRequest(fill_url(digest))
+        fill = OriginFill(origin_client, store.layout, digest, origin)
+        return downloads.start(request, fill, queued=False)
+
+    blobs = PeerBlobs(downloads.writers, local, start_fill, reactor)
+    fanout = Fanout(config.peer_fanout, lambda a: a in membership.addresses())
+    answers = RegistryAPI(store.layout, registry.catalog, registry.sender, local)
     log.info(
-        "cache array: this node is %s; peers %s",
+        "cache array: this node is %s; peers %s; fan-out %d",
         self_address,
         ", ".join(str(p) for p in config.peers),
+        config.peer_fanout,
     )
-    return PeerAPI(store, local, membership, reactor)
+    return PeerAPI(store, answers, membership, reactor, blobs, fanout, scheme)
 
 
 def _addresses_of(name: str, port: int) -> list[str]:

@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from proxy.api.answers import json_answer
 from proxy.api.errors import json_error, render_error
 from proxy.api.requests import parse_post
-from proxy.cache import views
+from proxy.cache import modelviews, ollamaview, views
 from proxy.cache.store import Entry
 from proxy.errors import BadRequest, EntryUnknown, StorageError
 from proxy.redact import redact_url
@@ -143,12 +143,27 @@ class ContentAPI:
         }
 
     def _view_json(self, entry: Entry) -> dict[str, Any]:
-        """Where a multi-file entry's directory of links is (hf: a hub cache)."""
+        """Where the entry's files are by name: its directory (hf: a snapshot of
+        a hub cache), Ollama's models directory, a ModelPack config's fields."""
         view = views.entry_view(self.layout, entry)
-        if view is None:
-            return {}
-        hub_cache, snapshot = view
-        return {"directory": str(snapshot), "hfHubCache": str(hub_cache)}
+        if view is not None:
+            hub_cache, snapshot = view
+            return {"directory": str(snapshot), "hfHubCache": str(hub_cache)}
+        out: dict[str, Any] = {}
+        if entry.kind == "ollama":
+            out["ollamaModels"] = str(ollamaview.models_dir(self.layout))
+        name = modelviews.directory_name(entry)
+        if name is None:
+            return out
+        built = self.downloads.entries.built
+        if name in built.directories:
+            out["directory"] = str(modelviews.models_dir(self.layout) / name)
+        elif name in built.problems:
+            out["directory"] = None
+            out["directoryError"] = built.problems[name]
+        if name in built.models:
+            out["modelpack"] = built.models[name]
+        return out
 
     def describe_download(self, job: Download) -> dict[str, Any]:
         progress = job.progress

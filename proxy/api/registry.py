@@ -35,6 +35,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, version
@@ -525,6 +526,16 @@ class RegistryAPI:
             return self._answer_blob(request, name, digest, found)
         d.addCallback(self._answer_later, request, name, digest)
         d.addErrback(self._blob_failed, request, digest)
+        return NOT_DONE_YET
+
+    def answer_found(
+        self, found: Deferred[BlobHandle | None], request: Any, name: str, digest: Digest
+    ) -> Any:
+        """Answer ``request`` with the blob ``found`` fires with (404 for None;
+        an OciError it fails with is the answer, any other failure cuts the
+        connection)."""
+        found.addCallback(self._answer_later, request, name, digest)
+        found.addErrback(self._blob_failed, request, digest)
         return NOT_DONE_YET
 
     def _answer_later(

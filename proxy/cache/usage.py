@@ -1,13 +1,18 @@
 """How much of the disk the cache uses (``storage-manager du``, ``GET /admin/du``).
 
 Blocking: call it from a thread. Shared blobs count once; "unreferenced" is
-what ``gc`` would free from ``blobs/``.
+what ``gc`` would free from ``blobs/``. The regular files under ``views/``
+(tar layers unpacked into model directories, :mod:`proxy.cache.modelviews`)
+count too: they are bytes of the cache, bounded by ``--max-cache-size`` like
+blobs (links count nothing).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Set
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -24,10 +29,11 @@ class Usage:
     ingest_bytes: int
     filesystem_bytes: int
     filesystem_free: int
+    view_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.blob_bytes + self.ingest_bytes
+        return self.blob_bytes + self.ingest_bytes + self.view_bytes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +41,7 @@ class Usage:
             "blobBytes": self.blob_bytes,
             "unreferencedBytes": self.unreferenced_bytes,
             "ingestBytes": self.ingest_bytes,
+            "viewBytes": self.view_bytes,
             "totalBytes": self.total_bytes,
             "filesystem": {"bytes": self.filesystem_bytes, "free": self.filesystem_free},
         }
@@ -63,5 +70,25 @@ def usage(layout: Layout, referenced: Set[Digest]) -> Usage:
                 continue  # finished meanwhile
     fs = os.statvfs(layout.root)
     return Usage(
-        count, total, unreferenced, ingest, fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize
+        count,
+        total,
+        unreferenced,
+        ingest,
+        fs.f_blocks * fs.f_frsize,
+        fs.f_bavail * fs.f_frsize,
+        _files_bytes(layout.root / "views"),
     )
+
+
+def _files_bytes(top: Path) -> int:
+    """Bytes of the regular files below ``top`` (never following a link)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total

@@ -8,6 +8,7 @@ the cache and returns a :class:`FetchResult` naming what it stored.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import attrs
@@ -37,6 +38,7 @@ class BlobProgress:
     digest: Digest | None = None
     state: str = "downloading"  # downloading | complete
     written: int = 0  # bytes of the ingest file on disk, readable by a tail reader
+    source: str | None = None  # where it came from: origin, peer <address>, cache
     _waiters: list[Deferred[None]] = attrs.field(factory=list, repr=False, eq=False)
 
     def complete(self, digest: Digest, size: int) -> None:
@@ -84,6 +86,59 @@ class Progress:
         if not totals or any(t is None for t in totals):
             return None
         return sum(t for t in totals if t is not None)
+
+
+@attrs.define(eq=False)
+class Writing:
+    """One blob being written into ``ingest/`` now: its progress, and whether
+    the writer is done with it (``ok``: verified and committed)."""
+
+    blob: BlobProgress
+    path: Path  # the ingest file being written (renamed into blobs/ by the commit)
+    ended: bool = False
+    ok: bool = False
+
+
+class Writers:
+    """The blobs being written into ``ingest/`` now, by digest, whoever writes
+    them (a POST's download, a mirror fill, a fill for a peer): a reader that
+    wants one of them follows it as it grows instead of fetching it again."""
+
+    def __init__(self) -> None:
+        self._now: dict[Digest, Writing] = {}
+        self._waiters: dict[Digest, list[Deferred[None]]] = {}
+
+    def start(self, digest: Digest, blob: BlobProgress, path: Path) -> Callable[[], None]:
+        """``blob`` is being written as ``digest`` into ``path``; returns what
+        to call when the writer is done with it (after its commit, or on failure)."""
+        writing = Writing(blob, path)
+        self._now[digest] = writing
+        _fire(self._waiters.pop(digest, []))
+
+        def end() -> None:
+            writing.ended = True
+            writing.ok = blob.state == "complete"
+            if self._now.get(digest) is writing:
+                del self._now[digest]
+            blob.changed()  # a reader waiting for more learns the end
+
+        return end
+
+    def get(self, digest: Digest) -> Writing | None:
+        return self._now.get(digest)
+
+    def when_started(self, digest: Digest) -> Deferred[None]:
+        """Fires when a writer of ``digest`` starts."""
+        d: Deferred[None] = Deferred()
+        self._waiters.setdefault(digest, []).append(d)
+        return d
+
+    def forget_waiter(self, digest: Digest, d: Deferred[None]) -> None:
+        waiters = self._waiters.get(digest)
+        if waiters is not None and d in waiters:
+            waiters.remove(d)
+            if not waiters:
+                del self._waiters[digest]
 
 
 @attrs.frozen
@@ -143,6 +198,10 @@ class Job(Protocol):
     def reserve(self, nbytes: int) -> Deferred[None]:
         """Make room for ``nbytes`` more in the cache (evicting if there is a
         size limit); errback with DiskFull when they cannot fit."""
+
+    def writing(self, digest: Digest, blob: BlobProgress, path: Path) -> Callable[[], None]:
+        """``blob`` is now written as ``digest`` into ``path`` (others may follow it, see
+        :class:`Writers`); returns what to call when the writer is done."""
 
 
 class Fetcher(Protocol):

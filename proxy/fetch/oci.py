@@ -32,7 +32,7 @@ from proxy.errors import (
     UpstreamError,
 )
 from proxy.fetch.auth import RegistryAuth
-from proxy.fetch.base import FetchResult, Job
+from proxy.fetch.base import BlobProgress, FetchResult, Job
 from proxy.fetch.ociref import ImageReference, Platform, parse_oci_url
 from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import (
@@ -153,12 +153,63 @@ class OciFetcher:
         raise UpstreamError("registry kept asking for authentication", 401)
 
     async def fetch_manifest(
-        self, auth: RegistryAuth, base: str, ref: ImageReference, target: str, job: Job
+        self,
+        auth: RegistryAuth,
+        base: str,
+        ref: ImageReference,
+        target: str,
+        job: Job,
+        known: Descriptor | None = None,
     ) -> Manifest:
+        """The manifest ``target`` names (a tag or a digest). ``known``: its
+        descriptor in the index that named it; then, in a cache array, it
+        comes through its owner as any blob of known digest does."""
         url = f"{base}/v2/{ref.repository}/manifests/{target}"
+        if known is not None and self.client.route is not None and known.size <= MAX_MANIFEST:
+            return await self._routed_manifest(auth, url, ref, known, job)
         response, data = await self._get_small(auth, url, job, {b"Accept": ACCEPT}, MAX_MANIFEST)
+        return self._manifest_of(
+            ref,
+            target,
+            data,
+            header(response, b"Docker-Content-Digest"),
+            header(response, b"Content-Type"),
+        )
+
+    async def _routed_manifest(
+        self, auth: RegistryAuth, url: str, ref: ImageReference, known: Descriptor, job: Job
+    ) -> Manifest:
+        """A manifest by digest and size, fetched as a blob (through its owner,
+        verified, committed), then read back."""
+        accept = {b"Accept": ACCEPT}
+
+        async def prepare(headers: dict[bytes, bytes]) -> tuple[str, dict[bytes, bytes]]:
+            return url, accept
+
+        want = Wanted(
+            url=url,
+            authorization=auth.authorization,
+            expected=known.digest,
+            size=known.size,
+            immutable=True,
+            prepare=prepare,
+            name=f"{ref.name}@{known.digest}",
+        )
+        ingest = IngestFile(self.layout, blob_ingest_key(known.digest))
+        progress = BlobProgress(f"manifest {known.digest.hex[:12]}", known.size)
+        await download(self.client, ingest, want, job, progress)
+        data = await self.client.thread(self.layout.blob_path(known.digest).read_bytes)
+        return self._manifest_of(ref, str(known.digest), data, None, known.media_type)
+
+    def _manifest_of(
+        self,
+        ref: ImageReference,
+        target: str,
+        data: bytes,
+        reported: str | None,
+        content_type: str | None,
+    ) -> Manifest:
         digest = Digest(hashlib.sha256(data).hexdigest())
-        reported = header(response, b"Docker-Content-Digest")
         if target.startswith("sha256:") and str(digest) != target:
             raise BadContent(f"manifest {target} has digest {digest}; rejected")
         if reported is not None and reported != str(digest):
@@ -171,7 +222,7 @@ class OciFetcher:
             raise BadContent(f"manifest {target} is not JSON: {e}") from None
         if doc.get("schemaVersion") == 1:
             raise UpstreamError(f"{ref.name}: Docker schema 1 manifests are not supported", 415)
-        media_type = _media_type(doc, header(response, b"Content-Type"))
+        media_type = _media_type(doc, content_type)
         if media_type not in INDEX_TYPES and media_type not in MANIFEST_TYPES:
             raise UpstreamError(f"{ref.name}: unsupported manifest type {media_type!r}", 415)
         return Manifest(Descriptor(media_type, digest, len(data)), data, doc)
@@ -263,7 +314,7 @@ class OciFetcher:
             if current.descriptor.media_type not in INDEX_TYPES:
                 break
             child = self._select(current, platform, ref)
-            current = await self.fetch_manifest(auth, base, ref, str(child.digest), job)
+            current = await self.fetch_manifest(auth, base, ref, str(child.digest), job, child)
             if current.descriptor.digest != child.digest:
                 raise BadContent(f"child manifest {child.digest} has another digest")
             manifests.append(current)

@@ -13,6 +13,12 @@ strong ETag or Last-Modified recorded when the transfer began (a server that
 answers 200 starts the file over; without a validator nothing is resumed).
 Cuts, stalls, 429 and 5xx are retried a bounded number of times with
 exponential backoff, resuming each time.
+
+A blob whose digest is known before it is fetched may come from somewhere
+nearer than its origin first: the client's :class:`BlobRoute` (the cache
+array's owner of the digest, :mod:`proxy.service.peerroute`). While it is
+written, the blob is announced to the job's writers (readers follow it as it
+grows: a peer's request, a mirror client).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from typing import Protocol as TypingProtocol
 from urllib.parse import urljoin, urlsplit
 
 import attrs
@@ -41,10 +48,11 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from proxy.cache.ingest import IngestFile, IngestState
-from proxy.cache.layout import is_disk_full
+from proxy.cache.layout import blob_ingest_key, is_disk_full
 from proxy.errors import (
     BadContent,
     DiskFull,
+    Redirected,
     SourceChanged,
     StorageError,
     TargetDenied,
@@ -57,7 +65,7 @@ from proxy.fetch.outbound import OutboundAgent
 from proxy.fetch.proxyenv import ProxyConfig
 from proxy.fetch.reach import ReachPolicy
 from proxy.fetch.stream import BodyCut, stream_body
-from proxy.metrics import INGESTED
+from proxy.metrics import INGESTED, ORIGIN_BYTES, PEER_BYTES
 from proxy.redact import redact_url
 from proxy.types import Digest
 
@@ -150,9 +158,46 @@ def upstream_error(url: str, response: Any, body: bytes = b"") -> UpstreamError:
     return UpstreamError(msg, response.code)
 
 
+class BlobRoute(TypingProtocol):
+    """Where a blob of known digest is fetched before its origin."""
+
+    async def fetch(
+        self, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+    ) -> tuple[Digest, int] | None:
+        """The blob, verified and committed through ``job``; None: fetch it
+        from its origin (``ingest`` then holds whatever bytes arrived)."""
+
+
+class SharedTierRoute(TypingProtocol):
+    """The shared store as a tier (:class:`proxy.service.sharedtier.SharedTier`)."""
+
+    async def fetch(
+        self, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+    ) -> tuple[Digest, int] | None:
+        """The blob from the store, verified and committed; None: not there."""
+
+    async def before_origin(
+        self, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+    ) -> tuple[tuple[Digest, int] | None, Any]:
+        """Cluster single flight: (the blob, if another node's fetch put it
+        in the store meanwhile; the lease taken, or None)."""
+
+    def renewing(self, lease: Any) -> Callable[[], Any]:
+        """Keep ``lease`` alive until the returned function is called."""
+
+    def fetched(self, lease: Any, ok: bool) -> None:
+        """The origin fetch under ``lease`` ended (uploads it, then releases)."""
+
+
 class HttpClient:
     """Outbound HTTP for the fetchers (treq over :class:`OutboundAgent`: the
     reach guard, and the environment's forward proxy)."""
+
+    # With --peers: blobs of known digest are asked of their owner first.
+    route: BlobRoute | None = None
+    # With --shared-store: blobs of known digest are looked up there before
+    # the route and the origin (proxy.service.sharedtier.SharedTier).
+    tier: SharedTierRoute | None = None
 
     def __init__(
         self,
@@ -340,6 +385,12 @@ class Wanted:
     prepare: Callable[[dict[bytes, bytes]], Awaitable[tuple[str, dict[bytes, bytes]]]] | None = (
         attrs.field(default=None, eq=False)
     )
+    # Whether the client's BlobRoute may serve it first (False: a peer's own
+    # request, or what a peer asked of this node: one hop).
+    via_peers: bool = True
+    source: str = "origin"  # where the bytes come from, as counted: origin | peer
+    # False: a redirect to another origin is the answer (raised as Redirected).
+    follow_redirects: bool = True
 
     @property
     def recorded(self) -> str:
@@ -356,7 +407,14 @@ async def _attempt(
     url, private = want.url, None
     if want.prepare is not None:
         url, private = await want.prepare(headers)
-    response = await client.get(url, job, headers, want.authorization, private=private)
+    response = await client.get(
+        url,
+        job,
+        headers,
+        want.authorization,
+        private=private,
+        cross_origin_redirects=want.follow_redirects,
+    )
     code = response.code
     if code == 412 and want.if_match is not None:
         client.discard(response)
@@ -373,7 +431,7 @@ async def _attempt(
     else:
         raise await _refused(client, want, response)
     await _check_size_and_reserve(client, ingest, want, job, blob, response, state)
-    await _stream(client, ingest, job, blob, response, state)
+    await _stream(client, ingest, job, blob, response, state, want.source)
     return state
 
 
@@ -470,6 +528,11 @@ async def _from_the_start(
 
 async def _refused(client: HttpClient, want: Wanted, response: Any) -> Exception:
     """The error of any other answer: Retryable for 5xx and 429."""
+    location = header(response, b"Location")
+    if response.code in _REDIRECTS and location and not want.follow_redirects:
+        client.discard(response)
+        where = urljoin(want.url, location)
+        return Redirected(f"{want.recorded}: redirected", response.code, where)
     body = b""
     with contextlib.suppress(StorageError, Retryable):
         body = await client.read_small(response, 64 * 1024)
@@ -514,12 +577,15 @@ async def _stream(
     blob: BlobProgress,
     response: Any,
     state: IngestState,
+    source: str,
 ) -> None:
     """The body into ``ingest``, counted in ``blob``; a cut or a stall is Retryable."""
+    counter = PEER_BYTES.labels("received") if source == "peer" else ORIGIN_BYTES
 
     def on_bytes(n: int) -> None:
         blob.done += n
         INGESTED.inc(n)
+        counter.inc(n)
 
     def on_written(offset: int) -> None:
         blob.written = offset
@@ -567,21 +633,84 @@ async def download(
         adopted = await _adopt_verified(client, ingest, want, job, blob)
         if adopted is not None:
             return adopted
-        if want.expected is not None:
-            size = await job.hold_existing(want.expected)
-            if size is not None:
-                blob.digest, blob.done, blob.total, blob.state = (
-                    want.expected,
-                    size,
-                    size,
-                    "complete",
-                )
-                blob.written = size
-                blob.changed()
-                return want.expected, size
-        return await _download(client, ingest, want, job, blob)
+        if want.expected is None:
+            return await _download(client, ingest, want, job, blob)
+        return await _known(client, ingest, want, job, blob)
     finally:
         lock.release()
+
+
+async def _known(
+    client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+) -> tuple[Digest, int]:
+    """A blob of known digest: one writer per digest, whatever ingest file it
+    goes to (a file's is keyed by its URL); announced while it is written;
+    from the client's route first."""
+    assert want.expected is not None
+    key = blob_ingest_key(want.expected)
+    same = job.ingest_lock(key) if key != ingest.dir.name else None
+    if same is not None:
+        await same.acquire()  # always after the ingest's own lock: no cycle
+    try:
+        size = await job.hold_existing(want.expected)
+        if size is not None:
+            blob.complete(want.expected, size)
+            blob.written = size
+            blob.source = "cache"
+            blob.changed()
+            return want.expected, size
+        end = job.writing(want.expected, blob, ingest.data_path)
+        try:
+            tier = client.tier
+            if tier is not None:
+                stored = await tier.fetch(ingest, want, job, blob)
+                if stored is not None:
+                    return stored
+            if client.route is not None and want.via_peers:
+                routed = await client.route.fetch(ingest, want, job, blob)
+                if routed is not None:
+                    return routed
+            if tier is None:
+                return await _download(client, ingest, want, job, blob)
+            return await _leased(client, tier, ingest, want, job, blob)
+        finally:
+            end()
+    finally:
+        if same is not None:
+            same.release()
+
+
+async def _leased(
+    client: HttpClient,
+    tier: SharedTierRoute,
+    ingest: IngestFile,
+    want: Wanted,
+    job: Job,
+    blob: BlobProgress,
+) -> tuple[Digest, int]:
+    """From the origin under the cluster's lease on the digest (or from the
+    store, when the node holding it put it there meanwhile)."""
+    stored, lease = await tier.before_origin(ingest, want, job, blob)
+    if stored is not None:
+        return stored
+    if lease is None:
+        return await _download(client, ingest, want, job, blob)
+    stop = tier.renewing(lease)
+    ok = False
+    try:
+        got = await _download(client, ingest, want, job, blob)
+        ok = True
+        return got
+    finally:
+        tier.fetched(stop(), ok)
+
+
+async def transfer(
+    client: HttpClient, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+) -> tuple[Digest, int]:
+    """:func:`download`'s transfer alone, from ``want``'s URL (no lock, no
+    route, no adoption): the caller holds the ingest lock."""
+    return await _download(client, ingest, want, job, blob)
 
 
 async def _adopt_verified(
@@ -680,6 +809,7 @@ async def _download(
     await job.commit(ingest, digest)
     blob.digest, blob.done, blob.total, blob.state = digest, size, size, "complete"
     blob.written = size
+    blob.source = want.source
     blob.changed()
     return digest, size
 

@@ -13,6 +13,7 @@ names: :mod:`proxy.service.jobs` (the state by URL, one download),
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import IO
 
@@ -36,14 +37,16 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.fetch.base import Fetcher, FetchResult, Job
+from proxy.fetch.base import Fetcher, FetchResult, Job, Writers
 from proxy.redact import redact_url
 from proxy.request import FetchRequest
 from proxy.service.entries import Entries
 from proxy.service.eviction import Eviction
 from proxy.service.failures import Failed, Failures
 from proxy.service.jobs import Download, Interrupted, Jobs, read_interrupted
+from proxy.service.peerfills import SCHEME as FILL_SCHEME
 from proxy.service.peerpull import PeerPull
+from proxy.service.sharedtier import SharedTier
 from proxy.service.upkeep import GcReport, Upkeep
 from proxy.threads import in_thread
 from proxy.units import human_size, plural
@@ -88,7 +91,10 @@ class Downloads:
         self.fetchers = dict(fetchers)
         # With --peers: where an entry comes from when its origin is out of reach.
         self.peer_pull: PeerPull | None = None
+        # With --shared-store: where stored entries are written back to.
+        self.shared: SharedTier | None = None
         self.jobs = Jobs()
+        self.writers = Writers()  # the blobs being written now, by digest
         self._slots = DeferredSemaphore(max_downloads)
         self._limited = limit is not None
         self.entries = Entries(store, reactor)
@@ -231,7 +237,7 @@ class Downloads:
         if job is not None:
             return job
         fetcher = fetcher or self.fetcher_for(request)
-        job = Download(request, self.store, self._reactor)
+        job = Download(request, self.store, self._reactor, writers=self.writers)
         self.jobs.failures.forget(request.url)  # retried: its last error is history
         if self._limited:
             job.make_room = self.eviction.make_room
@@ -272,6 +278,8 @@ class Downloads:
         gives it (proxy.service.peerpull). None: no peer did."""
         if self.peer_pull is None or not isinstance(error, OUT_OF_REACH) or job.cancelled:
             return None
+        if job.request.scheme == FILL_SCHEME:  # a fill a peer asked for: one hop
+            return None
         url = job.request.url
         log.info("%s: the origin is out of reach (%s); asking the peers", redact_url(url), error)
         try:
@@ -303,6 +311,13 @@ class Downloads:
             human_size(entry.size),
             seconds,
         )
+        if self.peer_pull is not None:  # in a cache array: where each blob came from
+            sources = Counter(b.source for b in job.progress.blobs if b.source is not None)
+            if sources:
+                where = ", ".join(f"{n} from {s}" for s, n in sorted(sources.items()))
+                log.info("%s: blobs %s", redact_url(url), where)
+        if self.shared is not None:  # in the background: the answer does not wait
+            self.shared.written(entry, record=job.request.scheme != FILL_SCHEME)
         job.settle((entry, True))
 
     async def _failed(self, job: Download, error: BaseException, started: float) -> None:
@@ -329,7 +344,9 @@ class Downloads:
         else:
             log.error("download of %s failed", redact_url(url), exc_info=value)
             message = "internal error (see the server log)"
-        if not job.cancelled:  # a DELETE removed it: nothing to remember
+        # A DELETE removed it: nothing to remember; a fill a peer asked for is the
+        # peer's to report (its log and metrics say it here).
+        if not job.cancelled and job.request.scheme != FILL_SCHEME:
             self.jobs.failures.record(
                 url, code if code != "INTERNAL" else "INTERNAL_ERROR", message
             )

@@ -1,14 +1,17 @@
 """Entries from what a fetcher stored: a :class:`proxy.fetch.base.FetchResult`
 becomes an :class:`proxy.cache.store.Entry` (with an artifact manifest made
-for plain files), put in the store; and the directories of links (the hub
-cache view) kept in line with the entries after every change."""
+for plain files), put in the store; and the views (the hub caches, Ollama's
+models directory, the model directories of :mod:`proxy.cache.modelviews`)
+kept in line with the entries after every change."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorThreads
 
-from proxy.cache import artifact, views
+from proxy.cache import artifact, modelpack, modelviews
 from proxy.cache.store import Entry, Store, new_entry
 from proxy.fetch.base import FetchResult
 from proxy.service.jobs import Download
@@ -25,16 +28,32 @@ from proxy.types import (
 class Entries:
     """Stores the entries of finished downloads; keeps the views in line."""
 
-    def __init__(self, store: Store, threads: IReactorThreads) -> None:
+    def __init__(
+        self,
+        store: Store,
+        threads: IReactorThreads,
+        limit: Callable[[], int | None] | None = None,
+    ) -> None:
         self._store = store
         self._threads = threads
         self._views_lock = DeferredLock()
+        # The cache's size limit (unpacked tar layers count in it); set by the server.
+        self.limit = limit
+        # What the last sync made: which model directories exist, their problems.
+        self.built = modelviews.Built()
 
     def sync_views(self) -> Deferred[None]:
-        """Bring the directories of links (hub cache view) in line with the entries."""
+        """Bring the views (hub caches, Ollama's, model directories) in line with the entries."""
         snapshot = self._store.entries()
         layout = self._store.layout
-        return self._views_lock.run(in_thread, self._threads, views.sync, layout, snapshot)
+        limit = self.limit() if self.limit is not None else None
+
+        def done(built: modelviews.Built) -> None:
+            self.built = built
+
+        return self._views_lock.run(
+            in_thread, self._threads, modelviews.sync_all, layout, snapshot, limit
+        ).addCallback(done)
 
     async def store_result(self, job: Download, result: FetchResult) -> Entry:
         """The entry of ``job``'s URL, as ``result`` describes it, stored."""
@@ -54,9 +73,12 @@ class Entries:
             and existing.descriptor.digest == manifest.digest
         ):
             return existing  # a mirror's fill never replaces a full pull of the same manifest
+        kind = result.kind
+        if kind == "oci" and modelpack.is_modelpack_files(result.files):
+            kind = "modelpack"
         entry = new_entry(
             job.request.url,
-            result.kind,
+            kind,
             manifest,
             list(result.files),
             result.primary or manifest,  # a set of files: the manifest names it

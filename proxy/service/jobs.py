@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -21,7 +22,7 @@ from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.layout import Layout, ingest_key
 from proxy.cache.store import Entry, Store
 from proxy.errors import Cancelled
-from proxy.fetch.base import Progress
+from proxy.fetch.base import BlobProgress, Progress, Writers
 from proxy.redact import redact_url
 from proxy.request import FetchRequest
 from proxy.service.failures import Failures
@@ -78,6 +79,7 @@ class Download:
     _waiters: list[Deferred[tuple[Entry, bool]]] = attrs.field(factory=list)
     _finished: list[Deferred[None]] = attrs.field(factory=list)
     make_room: Callable[[int], Deferred[None]] | None = None  # Eviction.make_room
+    writers: Writers | None = None  # the blobs this server writes now (Downloads')
 
     # -- Job -------------------------------------------------------------------
 
@@ -133,6 +135,11 @@ class Download:
         if self.make_room is None:
             return succeed(None)
         return self.make_room(nbytes)
+
+    def writing(self, digest: Digest, blob: BlobProgress, path: Path) -> Callable[[], None]:
+        if self.writers is None:
+            return lambda: None
+        return self.writers.start(digest, blob, path)
 
     def _hold(self, digest: Digest) -> Digest:
         self.store.hold(digest)

@@ -129,10 +129,11 @@ class PeerPull:
                 size=size,
                 immutable=True,
                 name=f"peer {address} {digest}",
+                via_peers=False,  # it is a peer: one hop
+                source="peer",
             )
             ingest = IngestFile(self.store.layout, blob_ingest_key(digest))
             await download(self.client, ingest, want, job, blob)
-            metrics.PEER_BYTES.labels("received").inc(size)
         try:
             entries = await self.store.adopt([listing.descriptor])
         except StorageError as e:

@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
+from proxy.service.forward import Origin
 from proxy.types import Digest
 
 
@@ -40,6 +41,8 @@ class BlobWant:
     digest: Digest
     name: str
     ns: str | None = None
+    # A peer's request for a blob its owner may fetch from the origin (the cache array).
+    origin: Origin | None = None
 
 
 def _nothing() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -46,7 +47,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.fetch.base import Job, Progress
+from proxy.fetch.base import BlobProgress, Job, Progress
 from proxy.fetch.transfer import USER_AGENT, HttpClient, Retryable, gave_up
 from proxy.threads import in_thread
 from proxy.types import Digest
@@ -104,6 +105,9 @@ class Detached:
 
     def reserve(self, nbytes: int) -> Deferred[None]:
         raise self._nothing("reserve cache space")
+
+    def writing(self, digest: Digest, blob: BlobProgress, path: Path) -> Callable[[], None]:
+        raise self._nothing("write blobs")
 
 
 @implementer(IBodyProducer)

@@ -14,5 +14,6 @@ System tools it needs (Debian)::
 Content-Length (see ``loads.py``).
 
 Modules: ``harness`` (nginx, wrk, curl, RSS sampling, machine info), ``loads`` (hey, oras-py,
-skopeo), ``run`` (fixtures and scenarios), ``report`` (targets, table, JSON).
+skopeo), ``run`` (fixtures and scenarios), ``report`` (targets, table, JSON), ``array`` (the
+cache array: 8 nodes pulling one model, ``--only array``) and ``wan`` (its rate-capped origin).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from tests.bench import array
 from tests.bench.run import MEMORY_LIMIT_MIB, NGINX, REGISTRY, SM, Bench, size_label
 
 
@@ -111,6 +112,8 @@ def comparisons(bench: Bench) -> list[dict[str, Any]]:
                 "measured": growth is not None,
             }
         )
+    if array.SCENARIO in bench.plan.only:
+        rows += array.comparisons(bench)
     return rows
 
 

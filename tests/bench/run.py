@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.bench.array import run_array
 from tests.bench.harness import (
     WRK_SCRIPT,
     GiB,
@@ -57,7 +58,9 @@ SCENARIOS = (
     "ingest",
     "oci_pull",
     "serve_during_ingest",
+    "array",
 )
+FIXTURE_FREE = frozenset({"array"})  # scenarios with their own fixtures and servers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -765,6 +768,14 @@ class Bench:
                 f"the machine was {busy:.0%} busy before the run started: other processes "
                 "compete with the servers and the load generators, figures are noisier"
             )
+        if self.plan.only - FIXTURE_FREE:
+            self.run_common()
+        if "array" in self.plan.only:
+            run_array(self)
+        self.observe()
+
+    def run_common(self) -> None:
+        """The scenarios that share the blobs, nginx, docker-registry and one server."""
         self.prepare_files()
         with contextlib.ExitStack() as stack:
             self.start_servers(stack)
@@ -798,7 +809,6 @@ class Bench:
                 self.oci_pull()
             if "serve_during_ingest" in only:
                 self.serve_during_ingest()
-        self.observe()
 
     def observe(self) -> None:
         """Notes on storage-manager's behaviour that the figures alone do not show."""

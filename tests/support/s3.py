@@ -26,6 +26,7 @@ import boto3
 from tests.support.processes import access_requests, start_listening, stop_process
 
 REGION = "us-east-1"
+_METHODS = frozenset({b"GET", b"HEAD", b"PUT", b"POST", b"DELETE"})
 
 
 def free_port() -> int:
@@ -127,6 +128,8 @@ class Relay:
     toward the client, then call ``on_cut``. ``corrupt_at``: flip the byte
     at this offset of a connection's stream toward the client (headers
     included), once: ``corrupted`` tells whether it happened.
+    ``request_delay``: hold each request (a chunk from the client that starts
+    with an HTTP method) this many seconds before it goes on.
     """
 
     def __init__(
@@ -136,12 +139,14 @@ class Relay:
         cut_after: int | None = None,
         on_cut: Callable[[], None] | None = None,
         corrupt_at: int | None = None,
+        request_delay: float | None = None,
     ) -> None:
         self.target = target
         self.rate = rate
         self.cut_after = cut_after
         self.on_cut = on_cut
         self.corrupt_at = corrupt_at
+        self.request_delay = request_delay
         self.corrupted = False
         self.cuts = 0
         self.sent_up = bytearray()  # everything clients sent toward the target
@@ -209,6 +214,8 @@ class Relay:
             while data := client.recv(65536):
                 if len(self.sent_up) < 1 << 20:
                     self.sent_up += data
+                if self.request_delay and data.split(b" ", 1)[0] in _METHODS:
+                    time.sleep(self.request_delay)
                 upstream.sendall(data)
         except OSError:
             pass

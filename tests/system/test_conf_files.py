@@ -66,7 +66,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 def test_kubernetes_daemonset() -> None:
     docs = list(yaml.safe_load_all((CONF / "kubernetes" / "daemonset.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"Namespace", "Secret", "DaemonSet"}
+    assert set(kinds) == {"Namespace", "Secret", "Service", "DaemonSet"}
     ds = kinds["DaemonSet"]
     assert ds["apiVersion"] == "apps/v1"
     spec = ds["spec"]["template"]["spec"]
@@ -77,9 +77,28 @@ def test_kubernetes_daemonset() -> None:
     assert spec["hostNetwork"] is True  # containerd and nydusd reach it on localhost
     (container,) = spec["containers"]
     make_parser().parse_args(container["args"])
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     known = {var for var, _ in config.ENV.values()}
-    assert set(env) <= known
+    assert set(env) - {"POD_IP"} <= known
+    # The cache array: the headless Service's name, the TLS listener's port, the
+    # pod's own IP as its address, certificates where the CSI volume is mounted.
+    service = kinds["Service"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert (
+        service["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    )
+    port = service["spec"]["ports"][0]["port"]
+    name = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert env["NEKKO_PEERS"] == f"dns:{name}:{port}"
+    assert env["NEKKO_ADVERTISE_ADDRESS"] == f"$(POD_IP):{port}"
+    assert env["NEKKO_TLS_ADDRESS"] == f":{port}"
+    tls_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tls")
+    for var in ("NEKKO_TLS_CERT", "NEKKO_TLS_KEY", "NEKKO_TLS_CA"):
+        assert env[var].startswith(tls_mount + "/")
+    peers = {
+        k: v for k, v in env.items() if k.startswith(("NEKKO_PEERS", "NEKKO_TLS", "NEKKO_ADV"))
+    }
+    env = {k: v for k, v in env.items() if k not in peers and k != "POD_IP"}
     cfg = config.build({}, environ=env)
     assert str(cfg.cache_dir) == "/var/lib/nekko/cache"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -92,3 +111,4 @@ def test_kubernetes_daemonset() -> None:
     secret = kinds["Secret"]
     assert container["envFrom"][0]["secretRef"]["name"] == secret["metadata"]["name"]
     assert set(secret["stringData"]) <= known
+    assert "NEKKO_CLUSTER_TOKEN" in secret["stringData"]

@@ -88,9 +88,8 @@ def test_the_image_user_is_not_root_and_is_the_daemonsets() -> None:
     assert f"chown -h {uid}:{gid}" in " ".join(init["command"])
     assert {m["mountPath"] for m in init["volumeMounts"]} == {env["CACHE_DIR"]}
     # The port and the image's name and version.
-    (port,) = container["ports"]
     exposed = {int(p.split("/")[0]) for w, a in steps if w == "EXPOSE" for p in a.split()}
-    assert port["containerPort"] in exposed
+    assert {p["containerPort"] for p in container["ports"]} == exposed  # the API, peers' TLS
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert container["image"].endswith(f"/storage-manager:{version}")
     assert f"docker build -t {container['image']} ." in (ROOT / "README.md").read_text()

@@ -20,6 +20,8 @@ from proxy.api.errors import (
     oci_error,
     render_error,
 )
+from proxy.shared.location import InvalidLocation
+from proxy.shared.store import SharedStoreError
 
 ASKED = "<asked>"  # the unknown code of what was asked: MANIFEST_UNKNOWN or BLOB_UNKNOWN
 
@@ -35,6 +37,7 @@ class Case:
 
 CASES = [
     Case(e.BadRequest("m"), 400, "BAD_REQUEST", "UNSUPPORTED", 400),
+    Case(InvalidLocation("m"), 400, "BAD_REQUEST", "UNSUPPORTED", 400),
     Case(e.UnsupportedScheme("m"), 400, "UNSUPPORTED_SCHEME", "UNSUPPORTED", 400),
     Case(e.TargetDenied("m"), 403, "DENIED", "DENIED", 403),
     Case(e.EntryUnknown("m"), 404, "NOT_FOUND", ASKED, 404),
@@ -48,7 +51,9 @@ CASES = [
     Case(e.UpstreamError("m", 500), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
     Case(e.UpstreamError("m"), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
     Case(e.UpstreamError("m", 429), 502, "UPSTREAM_ERROR", "TOOMANYREQUESTS", 429),
+    Case(SharedStoreError("m"), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
     Case(e.SourceChanged("m"), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
+    Case(e.Redirected("m", 307, "http://peer/"), 502, "UPSTREAM_ERROR", "UNAVAILABLE", 502),
     Case(e.UpstreamUnreachable("m"), 502, "UPSTREAM_UNREACHABLE", "UNAVAILABLE", 502),
     Case(e.BadContent("m"), 502, "DIGEST_MISMATCH", "UNAVAILABLE", 502),
     Case(e.UpstreamTimeout("m"), 504, "UPSTREAM_TIMEOUT", "UNAVAILABLE", 504),
