@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"storage-manager: error: {e}", file=sys.stderr)
         return 2
     if args.command in (None, "serve"):
-        return serve(cfg)
+        return serve(cfg, list(sys.argv[1:] if argv is None else argv))
     from proxy import commands
     from proxy.client import ClientError, Target
 
@@ -347,7 +348,20 @@ def verify(cache: Path, as_json: bool, quarantine: bool) -> int:
     return 0 if not report.problems else 1
 
 
-def serve(cfg: config_mod.Config) -> int:
+def serve(cfg: config_mod.Config, argv: list[str] | None = None) -> int:
+    """The server; with ``--workers`` above 1, the writer of
+    :mod:`proxy.workers`, which starts the readers (this same command, run
+    again with the listening socket and a link to the writer)."""
+    reader_family = os.environ.pop("NEKKO_READER", None)
+    if reader_family is not None:
+        return _serve_reader(cfg, int(reader_family))
+    metrics_dir = None
+    if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before prometheus_client is imported: every process counts in this directory.
+        import tempfile
+
+        metrics_dir = tempfile.mkdtemp(prefix="storage-manager-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from twisted.internet import reactor
 
     from proxy import logs, server
@@ -360,16 +374,33 @@ def serve(cfg: config_mod.Config) -> int:
             # Bound first: a port in use is said before the cache is created or locked.
             port = server.listen_tcp(cfg.address, site, reactor)
         srv = server.build(cfg, reactor, site)
-        server.listen(srv, reactor, port)
+        port = server.listen(srv, reactor, port)
         server.listen_tls(srv, reactor)
+        server.start_readers(srv, reactor, port, argv or [])
     except (server.StartupError, CacheLocked) as e:
         if port is not None:
             port.stopListening()
         print(f"storage-manager: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if metrics_dir is not None:
+            reactor.addSystemEventTrigger(
+                "after", "shutdown", shutil.rmtree, metrics_dir, ignore_errors=True
+            )
     reactor.run()
     log.info("stopped")
     return 0
+
+
+def _serve_reader(cfg: config_mod.Config, family: int) -> int:
+    """A reader of ``--workers`` (:mod:`proxy.workers.reader`)."""
+    from twisted.internet import reactor
+
+    from proxy import logs
+    from proxy.workers import reader
+
+    logs.setup(cfg.verbose, json_lines=cfg.log_format == "json", clock=reactor)
+    return reader.run(cfg, family)
 
 
 if __name__ == "__main__":

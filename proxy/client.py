@@ -293,6 +293,8 @@ def connect(target: Target, token: str | None) -> Iterator[Client]:
                     str(cache),
                     "--address",
                     f"unix:{sock}",
+                    "--workers",
+                    "1",  # one command's server: a single process is enough
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

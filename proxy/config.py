@@ -82,6 +82,15 @@ def _int(name: str, text: str, minimum: int = 0) -> int:
     return value
 
 
+MAX_AUTO_WORKERS = 8  # --workers auto: one per core, up to this many
+
+
+def _workers(name: str, text: str) -> int:
+    if text.strip().lower() == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+    return _int(name, text, minimum=1)
+
+
 _BOOLS = ("0", "1", "true", "false", "yes", "no", "")
 
 
@@ -173,6 +182,7 @@ class Config:
         return self.tls_address is not None and self.tls_ca is not None
 
     proxies: ProxyConfig = attrs.field(factory=ProxyConfig)  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY
+    workers: int = 1  # serving processes: one writer, workers - 1 readers (proxy.workers)
 
 
 def _optional_path(name: str, text: str) -> Path | None:
@@ -342,6 +352,16 @@ OPTIONS: tuple[Option, ...] = (
         "4",
         "concurrent downloads",
         lambda n, t: _int(n, t, minimum=1),
+        "N",
+    ),
+    Option(
+        "workers",
+        "workers",
+        "NEKKO_WORKERS",
+        "auto",
+        "serving processes sharing the port: one writer (downloads, changes) and N-1 "
+        "readers; auto: the number of cores, at most 8; 1: a single process",
+        _workers,
         "N",
     ),
     Option(

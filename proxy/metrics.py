@@ -15,7 +15,9 @@ costs memory for the life of the process, and bytes in every scrape).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,9 +28,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY)
+if not MULTIPROCESS:
+    ProcessCollector(registry=REGISTRY)
 
 REQUESTS = Counter(
     "storage_manager_http_requests",
@@ -109,17 +114,55 @@ EVICTED = Counter(
     "Bytes freed by eviction",
     registry=REGISTRY,
 )
-ACTIVE = Gauge("storage_manager_active_downloads", "Downloads running or queued", registry=REGISTRY)
-ENTRIES = Gauge("storage_manager_cache_entries", "Entries in the cache", registry=REGISTRY)
+ACTIVE = Gauge(
+    "storage_manager_active_downloads",
+    "Downloads running or queued",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",  # only the writer sets it: the others count 0
+)
+ENTRIES = Gauge(
+    "storage_manager_cache_entries",
+    "Entries in the cache",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 SIZE = Gauge(
     "storage_manager_cache_size_bytes",
     "Bytes of the blobs the cache's entries reference (shared blobs once)",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 UNSYNCED = Gauge(
     "storage_manager_unsynced_blobs",
     "Blobs committed and served whose data is still being fsync'd",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+_bound: list[tuple[Gauge, Callable[[], int]]] = []
+
+# Several processes: each writes its own process_* figures (resident and
+# virtual memory, descriptors) into gauges every process reads; a scrape
+# shows the sum over the serving processes (the earliest start time).
+_OWN = ProcessCollector(registry=None)
+_PROCESS_MODES: dict[str, Literal["livesum", "livemax", "livemin"]] = {
+    "process_resident_memory_bytes": "livesum",
+    "process_virtual_memory_bytes": "livesum",
+    "process_open_fds": "livesum",
+    "process_max_fds": "livemax",
+    "process_start_time_seconds": "livemin",
+}
+_PROCESS = (
+    {
+        name: Gauge(
+            name,
+            f"{name}, summed over the serving processes",
+            registry=REGISTRY,
+            multiprocess_mode=mode,
+        )
+        for name, mode in _PROCESS_MODES.items()
+    }
+    if MULTIPROCESS
+    else {}
 )
 
 
@@ -129,11 +172,31 @@ def bind(
     size: Callable[[], int],
     unsynced: Callable[[], int] = lambda: 0,
 ) -> None:
-    """Read the gauges from the running server when scraped."""
-    ACTIVE.set_function(active)
-    ENTRIES.set_function(entries)
-    SIZE.set_function(size)
-    UNSYNCED.set_function(unsynced)
+    """Read the gauges from the running server when scraped (several
+    processes: when :func:`refresh` is called)."""
+    _bound[:] = [(ACTIVE, active), (ENTRIES, entries), (SIZE, size), (UNSYNCED, unsynced)]
+    if not MULTIPROCESS:
+        for gauge, read in _bound:
+            gauge.set_function(read)
+
+
+def refresh() -> None:
+    """Several processes: write the bound gauges' values (the writer's) and
+    this process's own figures where every process reads them."""
+    for gauge, read in _bound:
+        gauge.set(read())
+    if _PROCESS:
+        for family in _OWN.collect():
+            for sample in family.samples:
+                own = _PROCESS.get(sample.name)
+                if own is not None:
+                    own.set(sample.value)
+
+
+def process_ended(pid: int) -> None:
+    """A serving process is gone: its gauges no longer count (its counters do)."""
+    if MULTIPROCESS:
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 OTHER = "other"
@@ -224,4 +287,9 @@ def observe_request(method: str, path: str, code: int, sent: int) -> None:
 
 def exposition() -> tuple[bytes, bytes]:
     """The body and Content-Type of ``GET /metrics``."""
+    if MULTIPROCESS:
+        refresh()
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed)  # type: ignore[no-untyped-call]
+        return generate_latest(summed), CONTENT_TYPE_LATEST.encode()
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode()

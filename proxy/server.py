@@ -67,6 +67,7 @@ from proxy.web.site import LoggingSite
 log = logging.getLogger("proxy")
 LAST_USED_INTERVAL = 30.0  # seconds between two writes of last-used.json
 SHUTDOWN_SYNC_WAIT = 60.0  # seconds a stop waits for committed blobs' fsyncs
+GAUGES_INTERVAL = 1.0  # seconds between two writes of the gauges (--workers above 1)
 PEER_CONNECT_TIMEOUT = 3.0  # seconds: a peer that does not accept by then is down
 PEER_IDLE_TIMEOUT = 10.0  # seconds without a byte of a peer's stream: it is left
 SHARED_CONNECT_TIMEOUT = 5.0  # seconds: a store that does not accept by then is skipped
@@ -86,6 +87,7 @@ class Server:
     downloads: Downloads
     site: LoggingSite
     lock_fd: int
+    admin: AdminAPI | None = None
 
 
 def settle_unsynced(layout: Layout) -> None:
@@ -162,15 +164,17 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     limit = entries.limit() if entries.limit is not None else None
     entries.built = modelviews.sync_all(layout, store.entries(), limit)
     registry = _registry(config, reactor, store, downloads, fetchers["oci"])
+    admin = AdminAPI(downloads)
     root = Root(
         ContentAPI(downloads),
         registry,
         config.api_token,
         config.protect_reads,
-        AdminAPI(downloads),
+        admin,
         _cluster(config, reactor, store, downloads, registry, client),
         config.cluster_token,
     )
+    root.show_pid = config.verbose >= 1
     site = _wire(site or new_site(), root, layout)
     if not (config.protect_reads and config.api_token is not None):
         # HEAD and small GETs of cached blobs skip twisted.web (proxy.web.channel);
@@ -184,7 +188,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
             len([u for u in downloads.urls() if downloads.interrupted(u)]), "interrupted download"
         ),
     )
-    return Server(config, layout, store, downloads, site, lock_fd)
+    return Server(config, layout, store, downloads, site, lock_fd, admin)
 
 
 def _open_cache(config: Config) -> tuple[Layout, int]:
@@ -302,6 +306,11 @@ def _keep_state(reactor: Any, layout: Layout, store: Store, downloads: Downloads
         store.referenced_bytes,
         syncer.pending if syncer is not None else (lambda: 0),
     )
+    if metrics.MULTIPROCESS:
+        # Readers answer /metrics too: the gauges are written where they read them.
+        gauges = LoopingCall(metrics.refresh)
+        gauges.clock = reactor
+        gauges.start(GAUGES_INTERVAL)
 
 
 def _shared_tier(
@@ -559,6 +568,20 @@ def listen_tls(server: Server, reactor: Any) -> Any:
     shown = f"[{bound.host}]" if ":" in bound.host else bound.host
     log.info("listening on https://%s:%d", shown, bound.port)
     return port
+
+
+def start_readers(server: Server, reactor: Any, port: Any, argv: list[str]) -> Any:
+    """With --workers above 1: the reader processes beside this writer
+    (:mod:`proxy.workers`), sharing ``port``; None with one worker."""
+    if server.config.workers <= 1:
+        return None
+    from proxy.workers.supervisor import Readers
+
+    readers = Readers(reactor, server.config.workers - 1, port, server.site, server.store, argv)
+    readers.start()
+    if server.admin is not None:
+        server.admin.workers = readers.info
+    return readers
 
 
 def _announce_tcp(server: Server, port: Any) -> None:

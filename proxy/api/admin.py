@@ -38,6 +38,9 @@ DEFAULT_INGEST_AGE = 24 * 3600.0
 
 
 class AdminAPI:
+    # With --workers above 1: the serving processes, for /admin/info.
+    workers: Callable[[], dict[str, Any]] | None = None
+
     def __init__(self, downloads: Downloads) -> None:
         self.downloads = downloads
 
@@ -73,7 +76,12 @@ class AdminAPI:
         store = self.downloads.store
         return json_answer(
             request,
-            {"cache": str(store.layout.root), "pid": os.getpid(), "version": __version__},
+            {
+                "cache": str(store.layout.root),
+                "pid": os.getpid(),
+                "version": __version__,
+                **({"workers": self.workers()} if self.workers is not None else {}),
+            },
         )
 
     def _import(self, request: Any) -> Any:

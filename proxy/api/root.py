@@ -40,6 +40,9 @@ from proxy.web.auth import authorized
 
 class Root(Resource):
     isLeaf = True
+    # Debug (--verbose 1 and up): /healthz says which process answered
+    # (X-Worker-Pid), to see the --workers processes share the port.
+    show_pid = False
 
     def __init__(
         self,
@@ -111,6 +114,8 @@ class Root(Resource):
             request.setHeader(b"Content-Type", ctype)
             return body
         if path == b"/healthz":
+            if self.show_pid:
+                request.setHeader(b"X-Worker-Pid", b"%d" % os.getpid())
             return json_answer(request, {"status": "ok"}, 200)
         if path == b"/readyz":
             layout = self._layout

@@ -148,8 +148,10 @@ class Store:
 
     # -- loading (blocking; at startup, before the reactor serves) ----------------
 
-    def load(self) -> None:
-        index = self.layout.read_index()
+    def load(self, index: dict[str, Any] | None = None) -> None:
+        """Read ``index.json`` (or ``index``, its contents read elsewhere)."""
+        if index is None:
+            index = self.layout.read_index()
         self._index_meta = {k: v for k, v in index.items() if k != "manifests"}
         self._index_meta.setdefault("schemaVersion", 2)
         for raw in index["manifests"]:
@@ -390,6 +392,31 @@ class Store:
 
     def last_used(self, url: str) -> float | None:
         return self._last_used.get(url)
+
+    def uses(self) -> dict[str, float]:
+        """Every recorded last use (the live map: read it, do not change it)."""
+        return self._last_used
+
+    def merge_uses(self, used: dict[str, float]) -> None:
+        """Last uses another process saw (a reader of :mod:`proxy.workers`):
+        kept where they are later than ours, for entries that still exist."""
+        for url, at in used.items():
+            if url in self._entries and at > self._last_used.get(url, 0.0):
+                self._last_used[url] = at
+                self._used_dirty = True
+
+    def take_over(self, other: Store) -> None:
+        """Serve what ``other`` loaded (a newer ``index.json``) from now on;
+        for a read-only reader of the cache, which never changes it itself."""
+        self._entries = other._entries
+        self._foreign = other._foreign
+        self._foreign_blobs = other._foreign_blobs
+        self._index_meta = other._index_meta
+        self._users = other._users
+        for url, at in other._last_used.items():
+            if at > self._last_used.get(url, 0.0):
+                self._last_used[url] = at
+        self._last_used = {u: t for u, t in self._last_used.items() if u in self._entries}
 
     def save_last_used(self) -> Deferred[None]:
         """Write the last-use times if they changed (atomically, in a thread)."""

@@ -37,9 +37,6 @@ from typing import Literal
 import attrs
 
 from proxy.errors import BadRequest
-from proxy.fetch.azure import parse_azure_url
-from proxy.fetch.gcs import parse_gcs_url
-from proxy.fetch.s3 import parse_s3_url
 from proxy.types import SHA256_HEX_RE, Digest
 
 Kind = Literal["s3", "gs", "azure"]
@@ -151,6 +148,13 @@ def parse_location(value: str) -> StoreLocation:
     # Checked before any URL parsing: no %, @, ?, #, ":", whitespace or controls at all.
     if not _RAW_RE.fullmatch(rest) or "//" in rest:
         raise InvalidLocation(f"invalid characters in shared-store {value[:100]!r}")
+    # The URL grammars live with the fetchers; imported here, not at the top, so
+    # that reading the configuration (proxy.config) loads no fetcher and, through
+    # them, no prometheus_client: --workers must choose its multiprocess mode first.
+    from proxy.fetch.azure import parse_azure_url
+    from proxy.fetch.gcs import parse_gcs_url
+    from proxy.fetch.s3 import parse_s3_url
+
     try:
         if kind == "s3":
             s3 = parse_s3_url(value)

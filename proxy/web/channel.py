@@ -25,6 +25,12 @@ at every read, so a byte every 50 s would keep a connection forever), else
 and how large it may be; a refused one is answered at once and never read
 (the routes' rules: :mod:`proxy.api.admission`), and a chunked body that passes its limit is
 cut off the same way.
+
+Readers (``--workers``, :mod:`proxy.workers`): a site may carry a
+:class:`Handoff`. Each request head it does not answer itself (``local``
+says False: a change, something only the writer knows) is handed, with the
+connection and whatever bytes of it were read, to the writer process before
+any body byte is read here; the writer serves the connection from then on.
 """
 
 from __future__ import annotations
@@ -75,9 +81,22 @@ class FastAnswer(Protocol):
         (nothing written)."""
 
 
+class Handoff(Protocol):
+    """The readers' side of :mod:`proxy.workers`."""
+
+    def local(self, method: bytes, target: bytes) -> bool:
+        """Whether this process answers the request itself."""
+
+    def take(self, channel: PlainHTTPChannel, raw: bytes) -> None:
+        """Give the connection (reading stopped) to the writer, with ``raw``:
+        the request head and the bytes read after it."""
+
+
 class PlainHTTPChannel(HTTPChannel):
     _first = True
     fast: FastAnswer | None = None
+    handoff: Handoff | None = None
+    _head_lines: list[bytes]
     admission: Admission | None = None
     peer_host = "unix"
     head_timeout = HEAD_TIMEOUT
@@ -90,6 +109,8 @@ class PlainHTTPChannel(HTTPChannel):
         site = getattr(self, "site", None)
         self.fast = getattr(site, "fast_blobs", None)
         self.admission = getattr(site, "admission", None)
+        self.handoff = getattr(site, "handoff", None)
+        self._head_lines = []
         assert self.transport is not None
         self.peer_host = getattr(self.transport.getPeer(), "host", None) or "unix"
 
@@ -129,14 +150,27 @@ class PlainHTTPChannel(HTTPChannel):
 
         self.refuse(timed_out(self.head_timeout))
 
+    def lineReceived(self, line: bytes) -> None:
+        if self.handoff is not None:  # a reader keeps the head as it came, for the writer
+            if self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+                self._head_lines = [line]
+            else:
+                self._head_lines.append(line)
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+
     def allHeadersReceived(self) -> None:
         """The head is in: stop its clock, and, when a body follows, decide
-        before reading it whether it may come (see proxy.api.admission)."""
+        before reading it whether it may come (see proxy.api.admission); in
+        a reader, first whether the writer answers it."""
         call = self._head_call
         if call is not None:
             self._head_call = None
             if call.active():
                 call.cancel()
+        handoff = self.handoff
+        if handoff is not None and not handoff.local(self._command, self._path):
+            self._hand_off(handoff)
+            return
         access = self.admission
         if self.length != 0 and access is not None:
             from proxy.web.admission import Refusal
@@ -201,6 +235,18 @@ class PlainHTTPChannel(HTTPChannel):
             transport.loseConnection()
             return
         self._linger = self.callLater(LINGER, transport.abortConnection)  # type: ignore[no-untyped-call]
+
+    def _hand_off(self, handoff: Handoff) -> None:
+        """Stop reading (what the client sends next stays in the socket, and
+        goes with it) and give the connection to the writer."""
+        raw = b"\r\n".join(self._head_lines) + b"\r\n" + self.clearLineBuffer()  # type: ignore[no-untyped-call]
+        self._head_lines = []
+        self._refused = True  # nothing more of this connection is parsed here
+        self.dataReceived = self._drop  # type: ignore[method-assign]
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        transport: Any = self.transport
+        transport.stopReading()
+        handoff.take(self, raw)
 
     def _drop(self, data: bytes) -> None:
         """Bytes after a refusal: read (so the peer is not reset), never kept."""

@@ -75,6 +75,9 @@ class LoggingSite(Site):
     # Set by the server: answers HEAD and small GETs of cached blobs without
     # twisted.web's request machinery (see proxy.web.channel); None: off.
     fast_blobs: Any = None
+    # Set in a reader of --workers (proxy.workers.reader): what it answers
+    # itself, and the way to the writer for the rest; None: everything here.
+    handoff: Any = None
     # Set by the server: which request bodies are taken (None: all, as
     # twisted.web does), and where large ones are spooled (None: /tmp).
     admission: Admission | None = None

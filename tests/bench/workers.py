@@ -1,0 +1,215 @@
+"""``python -m tests.bench.workers``: storage-manager with ``--workers 1``
+and ``--workers 2`` (and nginx, its 2 workers, as the yardstick), side by
+side on the serving scenarios of :mod:`tests.bench.run`: 1 MiB and 4 KiB
+random ranges (wrk, 8 connections), HEAD (hey, 8 connections) and full
+GETs (curl, 1 client, and 8 at once).
+
+Rounds alternate the contenders (1 worker, 2 workers, nginx, then again),
+so a drift of the machine hits each alike; each figure is the median of the
+rounds, with the range of the rounds beside it. One command, the same
+tools as the main benchmark (``wrk``, ``hey``, ``curl``, ``nginx``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.bench.harness import (
+    WRK_SCRIPT,
+    Nginx,
+    cpu_busy,
+    curl_get,
+    machine_info,
+    run_wrk,
+)
+from tests.bench.loads import run_hey_head
+from tests.support.images import OCI_INDEX, random_file
+from tests.support.server import ServerProcess
+
+REPO = Path(__file__).resolve().parents[2]
+MiB = 1024 * 1024
+CONNECTIONS = 8
+SCENARIOS = ("range_1MiB", "range_4KiB", "head", "full_get_1", "full_get_8")
+
+
+class Setup:
+    """A cache with a random blob (for ranges and HEAD) and a big one (full GETs), and nginx's
+    tree naming the same files."""
+
+    def __init__(self, tmp: Path, ranged_size: int, big_size: int) -> None:
+        self.cache = tmp / "cache"
+        self.www = tmp / "www"
+        blobs = self.cache / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        (self.cache / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        (self.cache / "index.json").write_text(json.dumps(index))
+        www_blobs = self.www / "v2" / "x" / "blobs"
+        www_blobs.mkdir(parents=True)
+        self.blobs: dict[str, tuple[str, int]] = {}
+        for name, size, seed in (("ranged", ranged_size, 2), ("big", big_size, 1)):
+            part = tmp / f"{name}.partial"
+            digest, _ = random_file(part, size, seed=seed)
+            path = blobs / digest.removeprefix("sha256:")
+            part.rename(path)
+            (www_blobs / digest).symlink_to(path)
+            self.blobs[name] = (digest, size)
+        self.script = tmp / "ranges.lua"
+        self.script.write_text(WRK_SCRIPT)
+
+
+def _measure(
+    scenario: str, base: str, setup: Setup, duration: float, nginx: bool
+) -> dict[str, Any]:
+    prefix = "/v2/x/blobs/" if nginx else "/v2/bench/blob/blobs/"
+    digest, size = setup.blobs["ranged"]
+    url = base + prefix + digest
+    if scenario in ("range_1MiB", "range_4KiB"):
+        length = MiB if scenario == "range_1MiB" else 4096
+        r = run_wrk(
+            url,
+            setup.script,
+            mode="range",
+            size=size,
+            length=length,
+            connections=CONNECTIONS,
+            threads=2,
+            duration=duration,
+        )
+        return {"requests_per_s": round(r.rps, 1), "MiB_per_s": round(r.bytes / r.duration_s / MiB)}
+    if scenario == "head":
+        h = run_hey_head(url, CONNECTIONS, duration)
+        return {"requests_per_s": h["requests_per_s"]}
+    big, big_size = setup.blobs["big"]
+    big_url = base + prefix + big
+    clients = 1 if scenario == "full_get_1" else CONNECTIONS
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda _: curl_get(big_url), range(clients)))
+    seconds = time.monotonic() - t0
+    if any(r.status != 200 or r.size != big_size for r in results):
+        raise RuntimeError(f"full GET answers: {[(r.status, r.size) for r in results]}")
+    return {"MiB_per_s": round(big_size * clients / seconds / MiB, 1)}
+
+
+def _key(figure: dict[str, Any]) -> float:
+    return float(figure.get("requests_per_s", figure.get("MiB_per_s", 0.0)))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    contenders: list[tuple[str, Callable[[Setup], Any]]] = [
+        ("sm_1_worker", lambda s: ServerProcess(s.cache, "--workers", "1")),
+        ("sm_2_workers", lambda s: ServerProcess(s.cache, "--workers", "2")),
+    ]
+    if not args.no_nginx:
+        contenders.append(("nginx_2_workers", lambda s: Nginx(s.cache.parent / "nginx", s.www)))
+    figures: dict[str, dict[str, list[dict[str, Any]]]] = {
+        sc: {name: [] for name, _ in contenders} for sc in args.only
+    }
+    busy = cpu_busy(1.0)
+    with tempfile.TemporaryDirectory(prefix="sm-bench-workers-", dir=args.workdir) as tmp:
+        setup = Setup(Path(tmp), args.ranged_mib * MiB, args.big_mib * MiB)
+        for round_ in range(args.rounds):
+            for name, make in contenders:
+                server = make(setup)
+                server.start()
+                base = server.base_url if isinstance(server, ServerProcess) else server.url
+                try:
+                    for scenario in args.only:
+                        figure = _measure(
+                            scenario, base, setup, args.duration, isinstance(server, Nginx)
+                        )
+                        figures[scenario][name].append(figure)
+                        print(
+                            f"[round {round_ + 1}] {scenario} {name}: {figure}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                finally:
+                    server.stop()
+    summary: dict[str, Any] = {}
+    for scenario, by_name in figures.items():
+        summary[scenario] = {}
+        for name, runs in by_name.items():
+            values = [_key(f) for f in runs]
+            if values:
+                summary[scenario][name] = {
+                    "median": statistics.median(values),
+                    "min": min(values),
+                    "max": max(values),
+                    "runs": values,
+                    "unit": "requests/s" if "requests_per_s" in runs[0] else "MiB/s",
+                }
+    return {
+        "machine": machine_info(REPO),
+        "cpu_busy_before": round(busy, 3),
+        "cores": os.cpu_count(),
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "summary": summary,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | unit | 1 worker | 2 workers | 2 / 1 | nginx (2 workers) "
+        "| 2 workers / nginx |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(f: dict[str, Any] | None) -> str:
+        if f is None:
+            return "-"
+        return f"{f['median']:.0f} ({f['min']:.0f}-{f['max']:.0f})"
+
+    for scenario, by_name in result["summary"].items():
+        one, two = by_name.get("sm_1_worker"), by_name.get("sm_2_workers")
+        ngx = by_name.get("nginx_2_workers")
+        unit = (one or two or ngx or {}).get("unit", "")
+        ratio = f"{two['median'] / one['median']:.2f}" if one and two and one["median"] else "-"
+        vs = f"{two['median'] / ngx['median']:.2f}" if two and ngx and ngx["median"] else "-"
+        lines.append(
+            f"| {scenario} | {unit} | {cell(one)} | {cell(two)} | {ratio} | {cell(ngx)} | {vs} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.workers", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of each load run")
+    parser.add_argument("--ranged-mib", type=int, default=256, help="the ranged blob's size")
+    parser.add_argument("--big-mib", type=int, default=256, help="the fully read blob's size")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--no-nginx", action="store_true", help="storage-manager only")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--workdir", type=Path, help="where the temporary files go")
+    args = parser.parse_args(argv)
+    args.only = [s for s in args.only.split(",") if s]
+    unknown = set(args.only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    result = run(args)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print(
+        f"\n{result['cores']} cores, {result['machine'].get('cpu', '')}; machine "
+        f"{result['cpu_busy_before']:.0%} busy before the run; median (range) of "
+        f"{result['rounds']} rounds, {result['duration_s']:.0f} s per load run"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
