@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tests.bench.array import report_lines as array_report
 from tests.bench.harness import BenchTimeout, Terminated, clear_limits, install_limits, machine_info
-from tests.bench.report import comparisons, document, table
 from tests.bench.model_ready import report_lines as model_ready_report
+from tests.bench.report import comparisons, document, table
 from tests.bench.run import SCENARIOS, Bench, Plan
 
 REPO = Path(__file__).resolve().parents[2]

@@ -34,8 +34,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -162,7 +160,8 @@ class ModelReady:
         return 120 + self.size / (10 * MiB)
 
     def check(self, result: dict[str, Any]) -> dict[str, Any]:
-        if result["tensors"] != self.expected["tensors"] or result["bytes"] != self.expected["bytes"]:
+        want = self.expected
+        if result["tensors"] != want["tensors"] or result["bytes"] != want["bytes"]:
             raise MeasurementError(
                 f"loaded {result['tensors']} tensors, {result['bytes']} bytes; expected "
                 f"{self.expected['tensors']}, {self.expected['bytes']}"
