@@ -291,7 +291,8 @@ def test_a_direct_download_is_fsynced_before_its_rename(
     cache = tmp_path / "cache"
     with paused_before_the_rename(cache, source.url("/d.bin"), "--direct-writes"):
         assert markers(cache) == []  # fsync'd already: nothing for the syncer to do
-    with ServerProcess(cache, "--direct-writes") as srv:  # the kill at that point is survived, as ever
+    # The kill at that point is survived, as ever.
+    with ServerProcess(cache, "--direct-writes") as srv:
         entry = download(srv, source.url("/d.bin"))
         assert entry["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
         assert markers(cache) == []
