@@ -21,7 +21,8 @@ It is served under the name the entry's annotations record
 (:data:`ANNOTATION_NAME`), see :func:`name_for`: ``hf/<org>/<repo>:<revision>``
 (``hf/datasets/<org>/<repo>``, ``hf/spaces/...``), ``ollama/<namespace>/<model>:<tag>``,
 ``s3/<bucket>/<prefix>:latest`` (``gs/``, ``azure/<account>/``) and
-``file/<path>:latest``. Pure functions: the caller stores the bytes.
+``file/<path>:latest``; only for a whole repository, directory or prefix (a single file
+keeps its one manifest). Pure functions: the caller stores the bytes.
 """
 
 from __future__ import annotations
@@ -144,9 +145,17 @@ def _files(url: str, files: Sequence[Descriptor]) -> list[tuple[str, Descriptor]
 
 
 def make(
-    url: str, files: Sequence[Descriptor], annotations: Mapping[str, str], created: str
+    url: str,
+    files: Sequence[Descriptor],
+    annotations: Mapping[str, str],
+    created: str,
+    collection: bool,
 ) -> Made | None:
-    """The ModelPack artifact of an entry (None: not a kind served so, or no files)."""
+    """The ModelPack artifact of an entry (None: not a kind served so, or no files).
+    ``collection``: the URL names a set of files (a repository, a directory, a prefix),
+    not one file of it; only Ollama models and collections are served so."""
+    if not collection and not url.startswith("ollama://"):
+        return None
     name = name_for(url, annotations)
     named = _files(url, files)
     if name is None or not named:

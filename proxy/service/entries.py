@@ -62,7 +62,8 @@ class Entries:
     ) -> dict[str, str]:
         """Write the entry's ModelPack artifact (proxy.cache.modelpackout), if it has
         one; the annotations that record it."""
-        made = modelpackout.make(job.request.url, result.files, result.annotations, now_rfc3339())
+        url, collection = job.request.url, result.primary is None
+        made = modelpackout.make(url, result.files, result.annotations, now_rfc3339(), collection)
         if made is None:
             return {}
         blobs.add(await job.put_blob(made.config))
