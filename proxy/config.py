@@ -166,6 +166,7 @@ class Config:
     retry_backoff: float
     sync_commits: bool  # fsync each blob before its commit, not just after
     buffered_writes: bool  # write downloads through the page cache (no O_DIRECT)
+    direct_writes: bool  # write downloads past the page cache (O_DIRECT), not through it
     peers: tuple[PeerSpec, ...]
     peer_fanout: int
     advertise_address: str | None
@@ -530,8 +531,18 @@ OPTIONS: tuple[Option, ...] = (
         "buffered-writes",
         "NEKKO_BUFFERED_WRITES",
         "0",
-        "write downloads and uploads through the page cache; by default they go past it "
-        "(O_DIRECT) where the filesystem allows",
+        "write downloads and uploads through the page cache (the default; wins over "
+        "--direct-writes)",
+        _switch,
+    ),
+    Option(
+        "direct_writes",
+        "direct-writes",
+        "NEKKO_DIRECT_WRITES",
+        "0",
+        "write downloads and uploads past the page cache (O_DIRECT) where the filesystem "
+        "allows; by default they go through it (tests/bench model_ready: a model written "
+        "past the page cache loads slower, first from the disk, then from the page cache)",
         _switch,
     ),
     Option(

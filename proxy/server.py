@@ -128,7 +128,7 @@ def settle_unsynced(layout: Layout) -> None:
 def _choose_writes(layout: Layout) -> Layout:
     """Say how downloads reach the disk; buffered where the filesystem refuses O_DIRECT."""
     if not layout.direct_writes:
-        log.info("downloads are written through the page cache (--buffered-writes)")
+        log.info("downloads are written through the page cache (the default; --direct-writes)")
     elif direct.supported(layout.ingest_dir):
         log.info("downloads are written past the page cache (O_DIRECT), fsync'd before commit")
     else:
@@ -196,7 +196,8 @@ def _open_cache(config: Config) -> tuple[Layout, int]:
     behind settled; and the lock's descriptor."""
     if config.cache_dir.exists() and not config.cache_dir.is_dir():
         raise StartupError(f"cache directory {config.cache_dir} is a file, not a directory")
-    layout = Layout(config.cache_dir, direct_writes=not config.buffered_writes)
+    direct_writes = config.direct_writes and not config.buffered_writes
+    layout = Layout(config.cache_dir, direct_writes=direct_writes)
     if not config.sync_commits:
         layout = layout.with_deferred_sync()
     try:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from proxy.cache import artifact
+from proxy.cache import artifact, modelpackout
 from proxy.naming import NAME_RE, PUSH_SCHEME, TAG_RE, is_host_name
 from proxy.types import Descriptor
 
@@ -66,6 +66,9 @@ def push_conflict(name: str, entries: Iterable[Entry]) -> str | None:
         s = served(entry) if not is_pushed(entry) else None
         if s is not None and s.name == name:
             return f"{name}: this name belongs to downloaded content in the cache"
+        m = served_as_modelpack(entry) if not is_pushed(entry) else None
+        if m is not None and m.name == name:
+            return f"{name}: this name belongs to a model in the cache (served as ModelPack)"
     return None
 
 
@@ -98,6 +101,23 @@ def served(entry: Entry) -> Served | None:
     return Served(registry, rest, tag, entry)
 
 
+def served_as_modelpack(entry: Entry) -> Served | None:
+    """How ``entry``'s ModelPack artifact appears under /v2 (``hf/<org>/<repo>:<revision>``,
+    ... see :mod:`proxy.cache.modelpackout`), or None. The entry in the answer is a copy
+    whose descriptor and reference are the artifact's, so that it is what a tag serves."""
+    if not entry.complete:
+        return None
+    found = modelpackout.recorded(entry.descriptor.annotations)
+    if found is None:
+        return None
+    reference, manifest = found
+    name, _, tag = reference.rpartition(":")
+    if not NAME_RE.fullmatch(name) or not TAG_RE.fullmatch(tag):
+        return None
+    as_modelpack = attrs.evolve(entry, descriptor=manifest, reference=reference, files=())
+    return Served(None, name, tag, as_modelpack)
+
+
 class Catalog:
     """Names and tags of a store, as the distribution API sees them."""
 
@@ -114,9 +134,9 @@ class Catalog:
     def _all(self) -> list[Served]:
         out = []
         for entry in self._store.entries():
-            s = served(entry)
-            if s is not None:
-                out.append(s)
+            for s in (served(entry), served_as_modelpack(entry)):
+                if s is not None:
+                    out.append(s)
         return out
 
     def _in_scope(self, items: list[Served], ns: str | None) -> list[Served]:

@@ -148,7 +148,7 @@ class Layout:
     # each blob is fsync'd before it (the offline commands, --sync-commits).
     syncer: Syncer | None = attrs.field(default=None, eq=False, repr=False)
     # Downloads and uploads are written past the page cache where the filesystem
-    # allows (proxy.cache.direct); False: through it (--buffered-writes).
+    # allows (proxy.cache.direct; the server's --direct-writes); False: through it.
     direct_writes: bool = True
 
     def with_deferred_sync(self) -> Layout:

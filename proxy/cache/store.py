@@ -21,7 +21,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 
-from proxy.cache import artifact, grammar
+from proxy.cache import artifact, grammar, modelpackout
 from proxy.cache.layout import Layout
 from proxy.errors import BadRequest, Conflict
 from proxy.naming import reference_for_url
@@ -226,13 +226,16 @@ class Store:
         if primary is None:
             log.warning("entry %s: manifest %s names no files; kept as is", url, desc.digest)
             return None
+        # Its ModelPack artifact (proxy.cache.modelpackout) is kept alive with it.
+        served_as = modelpackout.recorded(ann)
+        extra = self._closure(served_as[1]) if served_as is not None else {}
         return Entry(
             url=url,
             reference=ann.get(ANNOTATION_REF_NAME) or reference_for_url(url),
             descriptor=desc,
             files=tuple(files),
             primary=primary,
-            blobs=frozenset(closure),
+            blobs=frozenset(closure) | frozenset(extra),
             kind=kind,
             created=ann.get(ANNOTATION_CREATED, ""),
         )

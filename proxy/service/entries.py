@@ -11,8 +11,8 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorThreads
 
-from proxy.cache import artifact, modelpack, modelviews
-from proxy.cache.store import Entry, Store, new_entry
+from proxy.cache import artifact, modelpack, modelpackout, modelviews
+from proxy.cache.store import Entry, Store, new_entry, now_rfc3339
 from proxy.fetch.base import FetchResult
 from proxy.service.jobs import Download
 from proxy.threads import in_thread
@@ -22,6 +22,7 @@ from proxy.types import (
     EMPTY_JSON,
     MEDIA_TYPE_IMAGE_MANIFEST,
     Descriptor,
+    Digest,
 )
 
 
@@ -55,6 +56,25 @@ class Entries:
             in_thread, self._threads, modelviews.sync_all, layout, snapshot, limit
         ).addCallback(done)
 
+    @staticmethod
+    async def _modelpack_out(
+        job: Download, result: FetchResult, blobs: set[Digest]
+    ) -> dict[str, str]:
+        """Write the entry's ModelPack artifact (proxy.cache.modelpackout), if it has
+        one; the annotations that record it."""
+        url, collection = job.request.url, result.primary is None
+        made = modelpackout.make(url, result.files, result.annotations, now_rfc3339(), collection)
+        if made is None:
+            return {}
+        blobs.add(await job.put_blob(made.config))
+        digest = await job.put_blob(made.manifest)
+        blobs.add(digest)
+        return {
+            modelpackout.ANNOTATION_NAME: made.name,
+            modelpackout.ANNOTATION_MANIFEST: str(digest),
+            modelpackout.ANNOTATION_SIZE: str(len(made.manifest)),
+        }
+
     async def store_result(self, job: Download, result: FetchResult) -> Entry:
         """The entry of ``job``'s URL, as ``result`` describes it, stored."""
         blobs = {f.digest for f in result.files}
@@ -76,6 +96,7 @@ class Entries:
         kind = result.kind
         if kind == "oci" and modelpack.is_modelpack_files(result.files):
             kind = "modelpack"
+        served_as = await self._modelpack_out(job, result, blobs)
         entry = new_entry(
             job.request.url,
             kind,
@@ -86,6 +107,7 @@ class Entries:
             reference=result.reference,
             annotations={
                 **result.annotations,
+                **served_as,
                 **({ANNOTATION_PINNED: "true"} if job.request.pin else {}),
             },
         )

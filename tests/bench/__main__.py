@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.bench.array import report_lines as array_report
 from tests.bench.harness import BenchTimeout, Terminated, clear_limits, install_limits, machine_info
+from tests.bench.model_ready import report_lines as model_ready_report
 from tests.bench.report import comparisons, document, table
 from tests.bench.run import SCENARIOS, Bench, Plan
 
@@ -72,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    array_lines = array_report(bench)
-    if array_lines:
-        print("\n".join(array_lines))
-        print()
+    for lines in (array_report(bench), model_ready_report(bench)):
+        if lines:
+            print("\n".join(lines))
+            print()
     if bench.notes:
         print("notes:")
         for note in bench.notes:

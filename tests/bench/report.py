@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tests.bench import array
+from tests.bench import array, model_ready
 from tests.bench.run import MEMORY_LIMIT_MIB, NGINX, REGISTRY, SM, Bench, size_label
 
 
@@ -114,6 +114,8 @@ def comparisons(bench: Bench) -> list[dict[str, Any]]:
         )
     if array.SCENARIO in bench.plan.only:
         rows += array.comparisons(bench)
+    if model_ready.SCENARIO in bench.plan.only:
+        rows += model_ready.comparisons(bench)
     return rows
 
 

@@ -37,6 +37,7 @@ from tests.bench.harness import (
     vm_rss_kib,
 )
 from tests.bench.loads import clean_env, oras_pull, run_hey_head, skopeo_pull
+from tests.bench.model_ready import run_model_ready
 from tests.support.images import OCI_INDEX, OCI_LAYER_TAR, Blobs, push_raw, random_file
 from tests.support.registry import Registry
 from tests.support.server import ServerProcess
@@ -59,8 +60,9 @@ SCENARIOS = (
     "oci_pull",
     "serve_during_ingest",
     "array",
+    "model_ready",
 )
-FIXTURE_FREE = frozenset({"array"})  # scenarios with their own fixtures and servers
+FIXTURE_FREE = frozenset({"array", "model_ready"})  # scenarios with their own fixtures and servers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -772,6 +774,8 @@ class Bench:
             self.run_common()
         if "array" in self.plan.only:
             run_array(self)
+        if "model_ready" in self.plan.only:
+            run_model_ready(self)
         self.observe()
 
     def run_common(self) -> None:
