@@ -12,8 +12,8 @@ per-process queues would) and one end of a Unix socket pair to the writer
 
 A reader (:mod:`proxy.workers.reader`) opens the cache read-only and
 answers what a committed cache answers alone: ``/v2`` blob, manifest, tag,
-catalog and referrer reads (the mirror's misses aside), ``/content/<url>`` of
-a complete entry, ``/hf`` and ``/metrics``. Every other request -- and every
+catalog and referrer reads (the mirror's misses aside) and ``/hf``. Every other
+request (``/metrics`` and ``/content`` among them) -- and every
 request while its view of ``index.json`` is older than the file -- is handed
 to the writer before its body is read: the connection's descriptor goes over
 the socket pair (``SCM_RIGHTS``) with the bytes read so far, and the writer

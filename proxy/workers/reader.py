@@ -19,14 +19,13 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from proxy import metrics
-from proxy.api.content import ContentAPI, decode_url, display_path
+from proxy.api.content import ContentAPI, display_path
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
 from proxy.cache.store import Store
 from proxy.config import Config
-from proxy.errors import BadRequest
 from proxy.service.downloads import Downloads
 from proxy.service.sources import LocalBlobs
 from proxy.threads import in_thread
@@ -101,16 +100,18 @@ class Reader:
     def local(self, method: bytes, target: bytes) -> bool:
         if method not in _READS:
             return False
-        path, _, query = target.partition(b"?")
-        if path in (b"/metrics", b"/healthz"):
+        path = target.partition(b"?")[0]
+        if path == b"/healthz":
             return True
+        # /metrics and /content/<url> go to the writer: it refreshes the gauges
+        # it owns before it sums every process's figures (a reader's copy may be
+        # a second old), and it knows each entry's model directory and the
+        # state of its download (a reader has only index.json).
         if not self.index.current():
             self.reload()  # the writer answers until this reader has the new index
             return False
         if path.startswith(b"/v2/") or path == b"/v2":
             return self._registry_local(path)
-        if path.startswith(b"/content/") and len(path) > len(b"/content/"):
-            return self._content_local(path, query)
         return path.startswith(b"/hf/")
 
     def _registry_local(self, path: bytes) -> bool:
@@ -127,16 +128,6 @@ class Reader:
                     self._blobs_dir + hex_
                 )
         return False
-
-    def _content_local(self, path: bytes, query: bytes) -> bool:
-        if b"watch" in query:
-            return False  # following a download: the writer knows it
-        try:
-            url = decode_url(path[len(b"/content/") :])
-        except BadRequest:
-            return False
-        entry = self.store.get(url)
-        return entry is not None and entry.complete
 
     # -- the rest goes to the writer -------------------------------------------------
 

@@ -106,9 +106,10 @@ def test_a_post_through_a_reader_is_the_writers_then_readers_serve_it(
 
     def served_by_the_reader() -> bool:
         with closing(_connection_to(workers, reader)) as c:
-            got = c.get(f"/content/{b64(url)}")
+            got = c.get(f"/content/{b64(url)}")  # the writer's (it keeps the connection)
             assert got.status_code == 200
             assert got.json()["digest"] == digest
+        with closing(_connection_to(workers, reader)) as c:
             blob = c.get(f"/v2/127.0.0.1/model.bin/blobs/{digest}", headers={"Range": "bytes=0-6"})
             assert blob.status_code in (200, 206)
             return _pid(c) == reader  # answered here, not handed to the writer
