@@ -55,6 +55,7 @@ from proxy.service.mirror import Mirror
 from proxy.service.peerfills import OriginFill, PeerBlobs, fill_url
 from proxy.service.peerpull import PeerPull
 from proxy.service.peerroute import PeerRoute
+from proxy.service.sharedpull import SharedPull
 from proxy.service.sharedtier import SharedTier
 from proxy.service.sources import BlobSource, Chain, LocalBlobs
 from proxy.shared.opening import open_store
@@ -335,6 +336,7 @@ def _shared_tier(
     tier = SharedTier(shared, store, reactor, reactor, holder)
     origin_client.tier = tier
     downloads.shared = tier
+    downloads.shared_pull = SharedPull(tier, store, reactor)
     log.info("shared store %s: read before the peers and the origin, written back", location)
 
     def start() -> None:

@@ -205,7 +205,8 @@ class SharedTier:
             return succeed(None)
         if not self.up:
             log.warning(
-                "shared store: %d uploads pending, the store is down: they resume at the next start",
+                "shared store: %d uploads pending, the store is down: "
+                "they resume at the next start",
                 len(pending),
             )
             self._job.cancel()
@@ -274,8 +275,7 @@ class SharedTier:
             if not out.called:
                 out.errback(
                     SharedStoreError(
-                        f"shared store {self.store.location}: no answer "
-                        f"within {LOOKUP_TIMEOUT:g} s"
+                        f"shared store {self.store.location}: no answer within {LOOKUP_TIMEOUT:g} s"
                     )
                 )
 
