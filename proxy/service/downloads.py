@@ -50,6 +50,7 @@ from proxy.service.peerpull import PeerPull
 from proxy.service.sharedpull import SharedPull
 from proxy.service.sharedtier import SharedTier
 from proxy.service.upkeep import GcReport, Upkeep
+from proxy.shared.location import StoreLocation
 from proxy.shared.record import RefRecord
 from proxy.threads import in_thread
 from proxy.units import human_size, plural
@@ -101,6 +102,9 @@ class Downloads:
         # Entries copied from a record of the shared store, by URL: the record
         # (the answer says so, with its age, until the URL is fetched again).
         self.from_store: dict[str, RefRecord] = {}
+        # export --to / import --from: the tier of any store location (the server's
+        # endpoints and credentials); None until the server sets it.
+        self.tier_for: Callable[[StoreLocation], SharedTier] | None = None
         self.jobs = Jobs()
         self.writers = Writers()  # the blobs being written now, by digest
         self._slots = DeferredSemaphore(max_downloads)

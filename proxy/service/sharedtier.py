@@ -529,6 +529,13 @@ class SharedTier:
         d.addErrback(lambda f: log.warning("shared store: cannot queue %s: %s", entry.url, f.value))
         self._spawn(d)
 
+    async def put_entry(self, entry: Entry) -> None:
+        """Upload ``entry``'s blobs the store lacks, then its record, now
+        (``export --to``); a failure is raised."""
+        blobs = [d for d in entry.blobs if d.algorithm == "sha256"]
+        await _every([self._upload_blob(d) for d in blobs])
+        await self._record(entry)
+
     def _queue_path(self, url: str) -> Path:
         return self.queue_dir / (hashlib.sha256(url.encode()).hexdigest() + ".json")
 
