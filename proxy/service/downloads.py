@@ -166,6 +166,7 @@ class Downloads:
         return await self.upkeep.gc(ingest_age)
 
     async def delete(self, url: str) -> int:
+        self.from_store.pop(url, None)
         return await self.upkeep.delete(url)
 
     async def layout_at(self, request: FetchRequest) -> bundle.LocalLayout | None:
