@@ -90,6 +90,7 @@ MAX_POLL = 2.0
 QUEUE_DIR = "shared-uploads"
 LOOKUP_TIMEOUT = 5.0  # seconds a lookup on a download's path may take
 DOWN_FOR = 30.0  # seconds a store that failed a lookup is left out of downloads
+WAITING_MISSES = 4  # failed lookups in a row that end a wait for another node's fetch
 
 
 class _Counting:
@@ -304,10 +305,17 @@ class SharedTier:
     # -- read-through -------------------------------------------------------
 
     async def fetch(
-        self, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+        self,
+        ingest: IngestFile,
+        want: Wanted,
+        job: Job,
+        blob: BlobProgress,
+        patient: bool = False,
     ) -> tuple[Digest, int] | None:
         """The blob from the store, verified and committed; None when the
-        store does not have it (or cannot give it: the caller goes on)."""
+        store does not have it (or cannot give it: the caller goes on).
+        ``patient``: a lookup that fails is not the store down (the caller,
+        waiting for another node's fetch, asks again)."""
         assert want.expected is not None
         digest = want.expected
         if digest.algorithm != "sha256":
@@ -318,7 +326,8 @@ class SharedTier:
         try:
             info = await self._quick(self.store.head(key, job), job)
         except SharedStoreError as e:
-            self._down(e.message)
+            if not patient:
+                self._down(e.message)
             return None
         if info is None:
             return None
@@ -438,15 +447,22 @@ class SharedTier:
             return None, None
         pause = POLL
         said = False
+        misses = 0  # lookups in a row that failed while another node fetches
         while True:
             if not self.up:
                 return None, None
             try:
                 got = await self._quick(leases.acquire(digest, job), job)
             except SharedStoreError as e:
-                self._down(e.message)
-                log.warning("%s: no lease (%s): fetching from the origin", digest, e.message)
-                return None, None
+                misses += 1
+                # A store slow to answer while it takes another node's upload is
+                # not down: while waiting, a few misses are allowed.
+                if not said or misses >= WAITING_MISSES:
+                    self._down(e.message)
+                    log.warning("%s: no lease (%s): fetching from the origin", digest, e.message)
+                    return None, None
+                continue
+            misses = 0
             if isinstance(got, Lease):
                 if said:  # the holder may have put it there and let go just now
                     found = await self.fetch(ingest, want, job, blob)
@@ -461,7 +477,7 @@ class SharedTier:
                 said = True
             await _sleep(self, pause, job)
             pause = min(pause * 2, MAX_POLL)
-            found = await self.fetch(ingest, want, job, blob)
+            found = await self.fetch(ingest, want, job, blob, patient=True)
             if found is not None:
                 return found, None
 
