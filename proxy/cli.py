@@ -177,8 +177,16 @@ def _add_bundle_commands(sub: Any) -> None:
         help="write entries to an OCI image layout tarball (skopeo oci-archive:, oras, umoci)",
         description="Write entries (and every blob they need) to an OCI image layout tar.",
     )
-    export.add_argument("targets", nargs="+", metavar="TARGET", help=_TARGET_HELP)
-    export.add_argument("-o", "--output", required=True, metavar="FILE", help="the tar to write")
+    export.add_argument("targets", nargs="*", metavar="TARGET", help=_TARGET_HELP)
+    to = export.add_mutually_exclusive_group(required=True)
+    to.add_argument("-o", "--output", metavar="FILE", help="the tar to write")
+    to.add_argument(
+        "--to",
+        metavar="STORE",
+        help="an object store instead of a tar (s3://bucket/prefix, gs://bucket/prefix, "
+        "azure://account/container/prefix; the --shared-store layout), through the server; "
+        "no TARGET: every entry",
+    )
     _client_flags(export)
     imp = sub.add_parser(
         "import",
@@ -186,7 +194,15 @@ def _add_bundle_commands(sub: Any) -> None:
         description="Load an OCI image layout tar (from export, skopeo, oras) into the "
         "cache; a new or empty cache directory is created.",
     )
-    imp.add_argument("bundle", metavar="FILE", help="the OCI image layout tar to load")
+    fro = imp.add_mutually_exclusive_group(required=True)
+    fro.add_argument("bundle", nargs="?", metavar="FILE", help="the OCI image layout tar to load")
+    fro.add_argument(
+        "--from",
+        dest="from_store",
+        metavar="STORE",
+        help="every entry of an object store in the --shared-store layout "
+        "(s3://bucket/prefix...) instead of a tar",
+    )
     _client_flags(imp)
 
 
@@ -256,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         writes=args.command in _WRITES,
     )
     try:
-        if args.command in ("verify", "export"):
+        if args.command == "export" and not args.targets and not args.to:
+            parser.error("export: give at least one TARGET (or --to STORE for every entry)")
+        if args.command == "verify" or (args.command == "export" and not args.to):
             return _offline(args, cfg, target)
         return run_command(args, cfg, target)
     except ClientError as e:
@@ -312,8 +330,12 @@ def run_command(args: argparse.Namespace, cfg: config_mod.Config, target: Any) -
             return commands.inspect(client, args.targets, args.json)
         if args.command == "rm":
             return commands.rm(client, args.targets, args.json)
+        if args.command == "import" and args.from_store:
+            return commands.import_store(client, args.from_store, args.json)
         if args.command == "import":
             return commands.import_bundle(client, args.bundle, args.json)
+        if args.command == "export":
+            return commands.export_store(client, args.to, args.targets, args.json)
         if args.command in ("pin", "unpin"):
             return commands.pin(client, args.targets, args.command == "pin", args.json)
         if args.command == "peers":

@@ -557,6 +557,39 @@ def import_bundle(client: Client, path: str, as_json: bool) -> int:
     return OK
 
 
+def export_store(client: Client, to: str, targets: list[str], as_json: bool) -> int:
+    """Every entry (or the ones named) to an object store, by the server."""
+    urls: list[str] | None = None
+    if targets:
+        urls, unknown = resolve(client, targets)
+        if unknown:
+            _not_found(unknown)
+            return NOT_FOUND
+    answer = client.request("POST", "/admin/export-store", {"to": to, "urls": urls})
+    return _store_copied(answer, "exported", "to", to, as_json)
+
+
+def import_store(client: Client, source: str, as_json: bool) -> int:
+    """Every entry an object store has a record of, into the cache, by the server."""
+    answer = client.request("POST", "/admin/import-store", {"from": source})
+    return _store_copied(answer, "imported", "from", source, as_json)
+
+
+def _store_copied(answer: Answer, did: str, way: str, where: str, as_json: bool) -> int:
+    if answer.status != 200:
+        return _failed(answer)
+    b = answer.body
+    if as_json:
+        _dump(b)
+    else:
+        print(f"{did} {plural(len(b['entries']), 'entry', 'entries')} {way} {where}")
+        for url in b["entries"]:
+            print(f"  {url}")
+        for f in b["failed"]:
+            _err(f"{f['what']}: {f['error']}")
+    return FAILED if b["failed"] else OK
+
+
 def export_bundle(cache_dir: str, targets: list[str], output: str, as_json: bool) -> int:
     """Write the entries named by URL or reference to an OCI layout tar
     (reads the cache directly: blobs never change, index.json is atomic)."""

@@ -104,6 +104,11 @@ SHARED_UPLOAD_FAILURES = Counter(
     "Write-backs to the shared store that failed (each is retried with backoff)",
     registry=REGISTRY,
 )
+SHARED_DOWN = Counter(
+    "storage_manager_shared_store_down",
+    "Times the shared store failed or timed out and was left out of downloads for a while",
+    registry=REGISTRY,
+)
 EVICTIONS = Counter(
     "storage_manager_evictions",
     "Entries evicted to keep the cache under --max-cache-size",

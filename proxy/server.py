@@ -55,8 +55,10 @@ from proxy.service.mirror import Mirror
 from proxy.service.peerfills import OriginFill, PeerBlobs, fill_url
 from proxy.service.peerpull import PeerPull
 from proxy.service.peerroute import PeerRoute
+from proxy.service.sharedpull import SharedPull
 from proxy.service.sharedtier import SharedTier
 from proxy.service.sources import BlobSource, Chain, LocalBlobs
+from proxy.shared.location import StoreLocation
 from proxy.shared.opening import open_store
 from proxy.threads import in_thread
 from proxy.types import Digest
@@ -322,11 +324,56 @@ def _shared_tier(
     stored entry, cluster single flight when it honours conditional writes).
     The probe of conditional writes and the resumption of pending uploads
     run once the reactor runs; a clean stop finishes pending uploads first."""
+
+    # The lease holder: how peers reach this node, and this cache's own id (every
+    # node of a DaemonSet may listen on the same ":8050"; the id survives restarts,
+    # so a lease taken before a crash is recognised as this node's own).
+    def holder() -> str:  # made once a store is used (the id is a file in the cache)
+        return f"{config.advertise_address or config.address}#{node_id(store.layout)}"
+
+    main: list[SharedTier] = []
+
+    def tier_for(where: StoreLocation) -> SharedTier:
+        """The tier of a store location (export --to, import --from)."""
+        if main and main[0].store.location == where:
+            return main[0]
+        shared = open_store(
+            where, _store_client(config, reactor), config.proxies, config.s3_addressing_style
+        )
+        return SharedTier(shared, store, reactor, reactor, holder())
+
+    downloads.tier_for = tier_for
     location = config.shared_store
     if location is None:
         return None
-    # The store is the operator's own: --allow-upstream is for origins.
-    client = HttpClient(
+    tier = SharedTier(
+        open_store(
+            location, _store_client(config, reactor), config.proxies, config.s3_addressing_style
+        ),
+        store,
+        reactor,
+        reactor,
+        holder(),
+    )
+    main.append(tier)
+    origin_client.tier = tier
+    downloads.shared = tier
+    downloads.shared_pull = SharedPull(tier, store, reactor)
+    log.info("shared store %s: read before the peers and the origin, written back", location)
+
+    def start() -> None:
+        d = Deferred.fromCoroutine(tier.start())
+        d.addErrback(lambda f: log.error("shared store: start-up failed: %s", f.value))
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", tier.drain)
+    return tier
+
+
+def _store_client(config: Config, reactor: Any) -> HttpClient:
+    """Outbound HTTP to an object store used as a tier: the store is the
+    operator's own (--allow-upstream is for origins), short timeouts."""
+    return HttpClient(
         reactor,
         ReachPolicy(),
         TransferOptions(
@@ -337,23 +384,6 @@ def _shared_tier(
         ),
         proxies=config.proxies,
     )
-    shared = open_store(location, client, config.proxies, config.s3_addressing_style)
-    # The lease holder: how peers reach this node, and this cache's own id (every
-    # node of a DaemonSet may listen on the same ":8050"; the id survives restarts,
-    # so a lease taken before a crash is recognised as this node's own).
-    holder = f"{config.advertise_address or config.address}#{node_id(store.layout)}"
-    tier = SharedTier(shared, store, reactor, reactor, holder)
-    origin_client.tier = tier
-    downloads.shared = tier
-    log.info("shared store %s: read before the peers and the origin, written back", location)
-
-    def start() -> None:
-        d = Deferred.fromCoroutine(tier.start())
-        d.addErrback(lambda f: log.error("shared store: start-up failed: %s", f.value))
-
-    reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", tier.drain)
-    return tier
 
 
 def node_id(layout: Layout) -> str:

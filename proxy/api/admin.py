@@ -7,7 +7,10 @@ downloads are kept so they can resume); ``du`` reports what the cache holds
 on disk; ``pin`` sets whether an entry may be evicted (``{"url", "pin"}``);
 ``info`` says which cache this server serves (``cache``, ``pid``, ``version``).
 ``import`` loads an OCI layout tar sent as the body (see
-:mod:`proxy.cache.bundle`). The CLI's ``gc``, ``du``, ``pin``, ``unpin``
+:mod:`proxy.cache.bundle`). ``export-store`` (``{"to": "s3://...", "urls":
+[...]}``, no urls: every entry) and ``import-store`` (``{"from": "s3://..."}``)
+copy entries to and from an object store in the shared store's layout
+(:mod:`proxy.service.storecopy`). The CLI's ``gc``, ``du``, ``pin``, ``unpin``
 and ``import`` call these.
 """
 
@@ -98,6 +101,43 @@ class AdminAPI:
 
         return self._later(request, loaded.addCallback(report))
 
+    def _store_copy(self, request: Any, field: str) -> Any:
+        from proxy.service import storecopy
+        from proxy.shared.location import parse_location
+
+        try:
+            body = json.loads(request.content.read(64 * 1024))
+            where, urls = body[field], body.get("urls")
+            if not isinstance(where, str) or not (
+                urls is None or (isinstance(urls, list) and all(isinstance(u, str) for u in urls))
+            ):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            what = (
+                '{"to": "s3://bucket/prefix", "urls": [...]}'
+                if field == "to"
+                else ('{"from": "s3://bucket/prefix"}')
+            )
+            return json_error(request, 400, "BAD_REQUEST", f"body is {what}")
+        tier_for = self.downloads.tier_for
+        if tier_for is None:
+            return json_error(request, 503, "UNAVAILABLE", "no object-store support here")
+        try:
+            tier = tier_for(parse_location(where))
+        except StorageError as e:
+            return render_error(request, e)
+        if field == "to":
+            copied = Deferred.fromCoroutine(storecopy.export_to(tier, self.downloads, urls))
+        else:
+            copied = Deferred.fromCoroutine(storecopy.import_from(tier, self.downloads))
+        return self._later(request, copied.addCallback(lambda report: report.to_json()))
+
+    def _export_store(self, request: Any) -> Any:
+        return self._store_copy(request, "to")
+
+    def _import_store(self, request: Any) -> Any:
+        return self._store_copy(request, "from")
+
     def _pin(self, request: Any) -> Any:
         try:
             body = json.loads(request.content.read(64 * 1024))
@@ -152,4 +192,6 @@ _ROUTES: dict[bytes, _Route] = {
     b"/admin/info": _Route((), AdminAPI._info),
     b"/admin/import": _Route((b"POST",), AdminAPI._import),
     b"/admin/pin": _Route((b"POST",), AdminAPI._pin),
+    b"/admin/export-store": _Route((b"POST",), AdminAPI._export_store),
+    b"/admin/import-store": _Route((b"POST",), AdminAPI._import_store),
 }

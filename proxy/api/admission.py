@@ -16,6 +16,7 @@ at most :data:`SMALL_BODY` bytes)::
 
     POST /content                            JSON, MAX_BODY (64 KiB; over: 413)
     POST /admin/pin                          JSON, 64 KiB (over: 413)
+    POST /admin/export-store, import-store   JSON, 64 KiB (over: 413)
     POST /admin/import                       unbounded, spooled into ingest/
     PUT  /v2/<name>/manifests/<ref>          MAX_MANIFEST (4 MiB, as distribution)
     POST /v2/<name>/blobs/uploads/           unbounded, spooled into ingest/
@@ -168,7 +169,7 @@ class Access:
         elif route is Route.ADMIN and method == b"POST":
             if path == b"/admin/import":
                 return Limit(None, _too_large(0, oci))
-            if path == b"/admin/pin":
+            if path in (b"/admin/pin", b"/admin/export-store", b"/admin/import-store"):
                 return Limit(PIN_BODY, _too_large(PIN_BODY, False))
         return Limit(size, _too_large(size, oci))
 

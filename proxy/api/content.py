@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import logging
 import re
@@ -140,6 +141,21 @@ class ContentAPI:
             "pinned": entry.pinned,
             "blobs": [self._blob_json(f, state) for f in entry.files],
             **self._view_json(entry),
+            **self._source_json(entry),
+        }
+
+    def _source_json(self, entry: Entry) -> dict[str, Any]:
+        """For an entry rebuilt from the shared store's record (its origin was
+        out of reach): so, and how old the record is."""
+        record = self.downloads.from_store.get(entry.url)
+        if record is None:
+            return {}
+        age = datetime.datetime.now(datetime.UTC) - record.written
+        return {
+            "source": "shared-store",
+            "recordWrittenAt": record.written_at,
+            "recordAgeSeconds": max(0, int(age.total_seconds())),
+            "recordNode": record.node,
         }
 
     def _view_json(self, entry: Entry) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.fetch.base import Fetcher, FetchResult, Job, Writers
+from proxy.fetch.transfer import Retryable
 from proxy.redact import redact_url
 from proxy.request import FetchRequest
 from proxy.service.entries import Entries
@@ -46,8 +47,11 @@ from proxy.service.failures import Failed, Failures
 from proxy.service.jobs import Download, Interrupted, Jobs, read_interrupted
 from proxy.service.peerfills import SCHEME as FILL_SCHEME
 from proxy.service.peerpull import PeerPull
+from proxy.service.sharedpull import SharedPull
 from proxy.service.sharedtier import SharedTier
 from proxy.service.upkeep import GcReport, Upkeep
+from proxy.shared.location import StoreLocation
+from proxy.shared.record import RefRecord
 from proxy.threads import in_thread
 from proxy.units import human_size, plural
 
@@ -91,8 +95,16 @@ class Downloads:
         self.fetchers = dict(fetchers)
         # With --peers: where an entry comes from when its origin is out of reach.
         self.peer_pull: PeerPull | None = None
-        # With --shared-store: where stored entries are written back to.
+        # With --shared-store: where stored entries are written back to, and
+        # where an entry comes from when its origin (and every peer) is out of reach.
         self.shared: SharedTier | None = None
+        self.shared_pull: SharedPull | None = None
+        # Entries copied from a record of the shared store, by URL: the record
+        # (the answer says so, with its age, until the URL is fetched again).
+        self.from_store: dict[str, RefRecord] = {}
+        # export --to / import --from: the tier of any store location (the server's
+        # endpoints and credentials); None until the server sets it.
+        self.tier_for: Callable[[StoreLocation], SharedTier] | None = None
         self.jobs = Jobs()
         self.writers = Writers()  # the blobs being written now, by digest
         self._slots = DeferredSemaphore(max_downloads)
@@ -154,6 +166,7 @@ class Downloads:
         return await self.upkeep.gc(ingest_age)
 
     async def delete(self, url: str) -> int:
+        self.from_store.pop(url, None)
         return await self.upkeep.delete(url)
 
     async def layout_at(self, request: FetchRequest) -> bundle.LocalLayout | None:
@@ -164,7 +177,11 @@ class Downloads:
     async def import_bundle(
         self, source: IO[bytes] | bundle.LocalLayout
     ) -> tuple[list[Entry], int, int]:
-        return await self.upkeep.import_bundle(source)
+        entries, added, skipped = await self.upkeep.import_bundle(source)
+        if self.shared is not None:  # every blob and record, for the other nodes
+            for entry in entries:
+                self.shared.written(entry)
+        return entries, added, skipped
 
     def evict_soon(self) -> None:
         self.eviction.evict_soon()
@@ -193,9 +210,10 @@ class Downloads:
         try:
             fetcher.validate(request)
         except TargetDenied as e:
-            if self.peer_pull is None:
+            if self.peer_pull is None and self.shared_pull is None:
                 raise
-            # Out of this node's reach: its peers may hold the entry (one hop, no origin).
+            # Out of this node's reach: its peers may hold the entry (one hop, no
+            # origin), or the shared store its record.
             fetcher = _Refused(e)
         entry = self.store.get(request.url)
         # A mirror fill of a tag holds only its manifest: a POST pulls the rest.
@@ -264,12 +282,17 @@ class Downloads:
             result = await fetcher.fetch(job.request, job)
             job.check_cancelled()
             entry = await self.entries.store_result(job, result)
-        except BaseException as e:
-            from_peer = await self._from_peers(job, e)
-            if from_peer is None:
-                await self._failed(job, e, started)
-                return
-            entry = from_peer
+            self.from_store.pop(url, None)
+        except BaseException as raised:
+            # A transfer's retryable error that escaped its fetcher: its cause is the error.
+            e = raised.cause if isinstance(raised, Retryable) else raised
+            from_elsewhere = await self._from_peers(job, e)
+            if from_elsewhere is None:
+                from_elsewhere = await self._from_store(job, e)
+                if from_elsewhere is None:
+                    await self._failed(job, e, started)
+                    return
+            entry = from_elsewhere
         await self._stored(job, entry, started)
 
     async def _from_peers(self, job: Download, error: BaseException) -> Entry | None:
@@ -289,6 +312,31 @@ class Downloads:
             return None
         if entry is not None:
             await self.entries.sync_views()
+        return entry
+
+    async def _from_store(self, job: Download, error: BaseException) -> Entry | None:
+        """An air-gapped node: the origin is out of reach, so the entry is
+        rebuilt from its record in the shared store (proxy.service.sharedpull).
+        None: the store has no usable record of it."""
+        pull = self.shared_pull
+        if pull is None or not isinstance(error, OUT_OF_REACH) or job.cancelled:
+            return None
+        if job.request.scheme == FILL_SCHEME:  # a fill a peer asked for: one hop
+            return None
+        url = job.request.url
+        log.info(
+            "%s: the origin is out of reach (%s); asking the shared store", redact_url(url), error
+        )
+        try:
+            found = await pull.pull(url, job)
+        except Exception:  # whatever it was, the origin's error is the answer
+            log.exception("%s: asking the shared store failed", redact_url(url))
+            return None
+        if found is None:
+            return None
+        entry, record = found
+        self.from_store[url] = record
+        await self.entries.sync_views()
         return entry
 
     async def _stored(self, job: Download, entry: Entry, started: float) -> None:
@@ -316,7 +364,9 @@ class Downloads:
             if sources:
                 where = ", ".join(f"{n} from {s}" for s, n in sorted(sources.items()))
                 log.info("%s: blobs %s", redact_url(url), where)
-        if self.shared is not None:  # in the background: the answer does not wait
+        # In the background: the answer does not wait. An entry copied from the
+        # store is there already (its record keeps the writer's time).
+        if self.shared is not None and url not in self.from_store:
             self.shared.written(entry, record=job.request.scheme != FILL_SCHEME)
         job.settle((entry, True))
 

@@ -29,6 +29,12 @@ flight on the object store of ``--shared-store`` (:mod:`proxy.shared`).
 
 Whatever goes wrong with the store (down, slow, refusing, wrong bytes) the
 download goes on from the peers or the origin as if there were no store.
+A lookup on a download's path (the HEAD of a blob, a lease, the wait for the
+start-up probe) gets at most :data:`LOOKUP_TIMEOUT` seconds; a store that
+failed one is *down*: not asked on the download path for :data:`DOWN_FOR`
+seconds (said once in the log), and a clean stop does not wait for uploads
+to a store that is down (they resume at the next start). Nothing here ever
+deletes a blob or a record from the store (its own lifecycle rules do).
 """
 
 from __future__ import annotations
@@ -38,11 +44,17 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    ensureDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
@@ -64,6 +76,8 @@ from proxy.types import Digest
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 PART = 8 * 1024 * 1024  # bytes of one ranged read
 READS = 4  # ranged reads of one blob at once
 UPLOADS = 4  # blob uploads at once
@@ -74,6 +88,9 @@ LEASE_TTL = 120.0  # seconds a lease lives without renewal
 POLL = 0.5  # seconds between two looks for a blob another node fetches (first)
 MAX_POLL = 2.0
 QUEUE_DIR = "shared-uploads"
+LOOKUP_TIMEOUT = 5.0  # seconds a lookup on a download's path may take
+DOWN_FOR = 30.0  # seconds a store that failed a lookup is left out of downloads
+WAITING_MISSES = 4  # failed lookups in a row that end a wait for another node's fetch
 
 
 class _Counting:
@@ -148,6 +165,7 @@ class SharedTier:
         self._job = Detached()
         self._stopping = False
         self._bad: set[Digest] = set()  # objects found not to match their name
+        self._down_until = 0.0  # clock seconds: the store is not asked before then
 
     # -- start and stop -----------------------------------------------------
 
@@ -186,6 +204,14 @@ class SharedTier:
         pending = list(self._background)
         if not pending:
             return succeed(None)
+        if not self.up:
+            log.warning(
+                "shared store: %d uploads pending, the store is down: "
+                "they resume at the next start",
+                len(pending),
+            )
+            self._job.cancel()
+            return succeed(None)
         log.info("shared store: finishing %d pending uploads before stopping", len(pending))
         done: Deferred[None] = Deferred()
 
@@ -219,22 +245,89 @@ class SharedTier:
         d.addBoth(gone)
         return d
 
+    # -- faults ---------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        """Whether the store may be asked on a download's path now."""
+        return self.clock.seconds() >= self._down_until
+
+    def _down(self, why: str) -> None:
+        """The store failed: leave it out of downloads for :data:`DOWN_FOR` s."""
+        was_up = self.up
+        self._down_until = self.clock.seconds() + DOWN_FOR
+        if was_up:
+            metrics.SHARED_DOWN.inc()
+            log.warning(
+                "shared store %s: %s; not used for %g s (the peers and the origin serve)",
+                self.store.location,
+                why,
+                DOWN_FOR,
+            )
+
+    async def _quick(self, call: Coroutine[Any, Any, T] | Deferred[T], job: Job | Detached) -> T:
+        """``call``'s result within :data:`LOOKUP_TIMEOUT` seconds; a
+        :class:`SharedStoreError` after that (the call goes on in the
+        background until its own timeouts end it)."""
+        inner: Deferred[T] = ensureDeferred(call)
+        out: Deferred[T] = Deferred()
+
+        def late() -> None:
+            if not out.called:
+                out.errback(
+                    SharedStoreError(
+                        f"shared store {self.store.location}: no answer within {LOOKUP_TIMEOUT:g} s"
+                    )
+                )
+
+        timer = self.clock.callLater(LOOKUP_TIMEOUT, late)
+
+        def aborted() -> None:
+            if not out.called:
+                out.errback(Cancelled("cancelled"))
+
+        remove = job.abortable(aborted)
+
+        def done(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            remove()
+            if out.called:
+                return  # too late: dropped (a failure is consumed here)
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)  # type: ignore[arg-type]
+
+        inner.addBoth(done)
+        return await out
+
     # -- read-through -------------------------------------------------------
 
     async def fetch(
-        self, ingest: IngestFile, want: Wanted, job: Job, blob: BlobProgress
+        self,
+        ingest: IngestFile,
+        want: Wanted,
+        job: Job,
+        blob: BlobProgress,
+        patient: bool = False,
     ) -> tuple[Digest, int] | None:
         """The blob from the store, verified and committed; None when the
-        store does not have it (or cannot give it: the caller goes on)."""
+        store does not have it (or cannot give it: the caller goes on).
+        ``patient``: a lookup that fails is not the store down (the caller,
+        waiting for another node's fetch, asks again)."""
         assert want.expected is not None
         digest = want.expected
         if digest.algorithm != "sha256":
             return None
+        if not self.up:
+            return None
         key = blob_key(digest)
         try:
-            info = await self.store.head(key, job)
+            info = await self._quick(self.store.head(key, job), job)
         except SharedStoreError as e:
-            log.warning("%s: shared store not used: %s", digest, e.message)
+            if not patient:
+                self._down(e.message)
             return None
         if info is None:
             return None
@@ -247,6 +340,7 @@ class SharedTier:
         except SharedStoreError as e:
             await in_thread(self.reactor, ingest.discard)
             log.warning("%s: reading it from the shared store failed: %s", digest, e.message)
+            self._down(e.message)
             return None
         except BaseException:
             await in_thread(self.reactor, ingest.discard)
@@ -340,18 +434,35 @@ class SharedTier:
         the store meanwhile; the lease this node now holds, if any)."""
         assert want.expected is not None
         digest = want.expected
-        await self._probed
+        if not self.up or digest.algorithm != "sha256":
+            return None, None
+        if not self._probed.called:
+            try:  # a store that stalls its probe does not hold downloads back
+                await self._quick(_observe(self._probed), job)
+            except SharedStoreError:
+                log.info("%s: the shared store's probe is not done: no lease", digest)
+                return None, None
         leases = self.leases
-        if leases is None or digest.algorithm != "sha256":
+        if leases is None:
             return None, None
         pause = POLL
         said = False
+        misses = 0  # lookups in a row that failed while another node fetches
         while True:
-            try:
-                got = await leases.acquire(digest, job)
-            except SharedStoreError as e:
-                log.warning("%s: no lease (%s): fetching from the origin", digest, e.message)
+            if not self.up:
                 return None, None
+            try:
+                got = await self._quick(leases.acquire(digest, job), job)
+            except SharedStoreError as e:
+                misses += 1
+                # A store slow to answer while it takes another node's upload is
+                # not down: while waiting, a few misses are allowed.
+                if not said or misses >= WAITING_MISSES:
+                    self._down(e.message)
+                    log.warning("%s: no lease (%s): fetching from the origin", digest, e.message)
+                    return None, None
+                continue
+            misses = 0
             if isinstance(got, Lease):
                 if said:  # the holder may have put it there and let go just now
                     found = await self.fetch(ingest, want, job, blob)
@@ -366,7 +477,7 @@ class SharedTier:
                 said = True
             await _sleep(self, pause, job)
             pause = min(pause * 2, MAX_POLL)
-            found = await self.fetch(ingest, want, job, blob)
+            found = await self.fetch(ingest, want, job, blob, patient=True)
             if found is not None:
                 return found, None
 
@@ -434,6 +545,13 @@ class SharedTier:
         d.addErrback(lambda f: log.warning("shared store: cannot queue %s: %s", entry.url, f.value))
         self._spawn(d)
 
+    async def put_entry(self, entry: Entry) -> None:
+        """Upload ``entry``'s blobs the store lacks, then its record, now
+        (``export --to``); a failure is raised."""
+        blobs = [d for d in entry.blobs if d.algorithm == "sha256"]
+        await _every([self._upload_blob(d) for d in blobs])
+        await self._record(entry)
+
     def _queue_path(self, url: str) -> Path:
         return self.queue_dir / (hashlib.sha256(url.encode()).hexdigest() + ".json")
 
@@ -469,6 +587,8 @@ class SharedTier:
             except (StorageError, OSError) as e:
                 metrics.SHARED_UPLOAD_FAILURES.inc()
                 msg = e.message if isinstance(e, StorageError) else str(e)
+                if isinstance(e, SharedStoreError):
+                    self._down(msg)
                 if attempt == ATTEMPTS:
                     log.warning(
                         "shared store: write-back of %s failed %d times (%s); "
@@ -552,6 +672,18 @@ class SharedTier:
             await self.store.replace_if_match(key, data, existing.etag, self._job)
             return
         await self.store.create_if_absent(key, data, self._job)
+
+
+def _observe(d: Deferred[None]) -> Deferred[None]:
+    """A Deferred that fires when ``d`` does, leaving ``d``'s result alone."""
+    seen: Deferred[None] = Deferred()
+
+    def fired(result: object) -> object:
+        seen.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return seen
 
 
 async def _every(waits: list[Deferred[None]]) -> None:
