@@ -103,3 +103,18 @@ def test_a_bridge_serving_wrong_bytes_is_rejected(hub: FakeHub, server: ServerPr
         r = c.post("/content/", json={"url": url, "credentials": TOKEN})
         assert r.status_code == 201, r.text
         assert Path(r.json()["path"]).read_bytes() == files["weights/model-00002.safetensors"]
+
+
+def test_a_cut_on_the_bridge_resumes_with_a_range(hub: FakeHub, server: ServerProcess) -> None:
+    files = publish(hub)
+    data = files["weights/model-00001.safetensors"]
+    hub.bridge.interrupt_next(250_000)
+    url = f"hf://{host_of(hub)}/org/model/weights/model-00001.safetensors"
+    with server.client() as c:
+        r = c.post("/content/", json={"url": url, "credentials": TOKEN})
+        assert r.status_code == 201, r.text
+        assert Path(r.json()["path"]).read_bytes() == data
+    gets = [r for r in hub.bridge.requests if r.method == "GET"]
+    assert len(gets) == 2, gets
+    assert gets[1].headers.get("range", "").startswith("bytes=") and gets[1].status == 206
+    assert all("authorization" not in r.headers for r in gets)
