@@ -17,10 +17,12 @@ importable, ``HF_ENDPOINT=<node>/hf``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -107,3 +109,47 @@ def test_the_mirror_of_a_xet_repository_serves_clients_with_hf_xet(
     assert got["same"] is True
     assert got["one"] == hashlib.sha256(files["model.safetensors"]).hexdigest()
     assert not any("xet" in line.lower() for line in server.log().splitlines() if "/hf/" in line)
+
+
+def test_a_tree_cache_written_against_the_xet_hub_needs_xet_disabled(
+    hub: FakeHub, server: ServerProcess, tmp_path: Path
+) -> None:
+    """The one case the mirror cannot cover: ``huggingface_hub`` (``_tree_cache.py``, 2026)
+    keeps tree listings under ``<HF_HUB_CACHE>/<repo folder>/trees/<commit>.json``, whatever
+    the endpoint, and ``file_download.py`` ``_xet_file_metadata_from_tree_cache`` then takes
+    the Xet path for a file with a ``xet_hash`` there without asking the endpoint. A cache
+    first filled from huggingface.co and then pointed at the node fails for the files it does
+    not hold yet, unless ``HF_HUB_DISABLE_XET=1`` (the README says so)."""
+    pytest.importorskip("huggingface_hub._tree_cache")
+    data = os.urandom(200_000)
+    hub.add_repo("org/model")
+    hub.add_file("org/model", "model.safetensors", data)
+    hub.add_file("org/model", "config.json", b"{}\n")
+    commit = hub.commit("org/model")
+    with httpx.Client(base_url=hub.endpoint) as h:
+        listing = h.get(f"/api/models/org/model/tree/{commit}?recursive=true").json()
+    with server.client() as c:
+        url = f"hf://{hub.endpoint.split('://', 1)[1]}/org/model"
+        assert c.post("/content/", json={"url": url}).status_code == 201
+    hub.stop()
+    files: dict[str, Any] = {}
+    for e in listing:  # what huggingface_hub writes after listing the tree on the Hub
+        entry: dict[str, Any] = {"size": e["size"], "blob_id": e["oid"]}
+        if "lfs" in e:
+            entry.update(lfs_sha256=e["lfs"]["oid"], lfs_size=e["lfs"]["size"])
+        if "xetHash" in e:
+            entry["xet_hash"] = e["xetHash"]
+        files[e["path"]] = entry
+    trees = tmp_path / "hub" / "models--org--model" / "trees"
+    trees.mkdir(parents=True)
+    (trees / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": files}))
+    code = f"""
+        import hashlib
+        got = attempt(hf_hub_download, "org/model", "model.safetensors", revision="{commit}")
+        result = got if "error" in got else hashlib.sha256(open(got["ok"], "rb").read()).hexdigest()
+        """
+    endpoint = f"{server.base_url}/hf"
+    with_xet = run_client(tmp_path, endpoint, code, xet=True)
+    assert "error" in with_xet, with_xet
+    assert "xet-read-token" in with_xet["message"], with_xet
+    assert run_client(tmp_path, endpoint, code) == hashlib.sha256(data).hexdigest()
