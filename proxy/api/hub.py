@@ -18,8 +18,9 @@ recorded different commits) or a commit sha some entry holds.
 * ``resolve`` answers ``200``/``206`` with the bytes (never a redirect),
   ``X-Repo-Commit``, ``ETag`` (the git oid; the sha256 for LFS files),
   ``X-Linked-Etag`` and ``X-Linked-Size`` for LFS files, ``Content-Length``,
-  ``Accept-Ranges``; never ``Content-Encoding`` nor any ``X-Xet-*`` header, so
-  clients take the plain HTTP path.
+  ``Accept-Ranges``; never ``Content-Encoding``, any ``X-Xet-*`` header or a
+  ``rel="xet-auth"`` link (nor ``xetHash`` in tree listings), so clients with
+  ``hf_xet`` still take the plain HTTP path: this node has no Xet storage.
 * The repo info and the tree listing are only answered for a commit the
   cache holds completely (an entry pulled without a path, ``hf:///org/repo``).
   A repository only partly cached (single files) answers ``404``

@@ -14,7 +14,11 @@ one to the CDN not), reading ``X-Repo-Commit``, ``X-Linked-Etag``/``ETag``,
 fetched at the commit, so what is stored is exactly that commit's file,
 following the redirect to the CDN without the Authorization header. LFS files
 are verified against their sha256 (the ``X-Linked-Etag``); the blob is named
-by the file's sha256, so the path in the answer is the file itself.
+by the file's sha256, so the path in the answer is the file itself. For a
+Xet-backed file the Hub adds ``X-Xet-Hash`` and a ``rel="xet-auth"`` link to
+the same answer and redirects to its Xet bridge instead of the LFS CDN; this
+downloader speaks no Xet, so it reads neither and follows that redirect the
+same way (huggingface_hub's own path when ``hf_xet`` is missing).
 
 A whole repository (no path): ``/api/models/<repo>/revision/<revision>`` for
 the commit, its recursive tree listing (paginated with ``Link``) for the

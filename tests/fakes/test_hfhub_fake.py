@@ -75,8 +75,11 @@ def run_client(
     token: str | None = None,
     offline: bool = False,
     cache: Path | None = None,
+    xet: bool = False,
 ) -> Any:
-    """Run ``code`` (which sets ``result``) with the official client; return ``result``."""
+    """Run ``code`` (which sets ``result``) with the official client; return ``result``.
+
+    ``xet=True`` leaves Xet enabled (``hf_xet`` is used where the server advertises Xet)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -88,7 +91,7 @@ def run_client(
         HF_HOME=str(tmp_path / "hf_home"),
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_ENABLE_HF_TRANSFER="0",
-        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_XET="0" if xet else "1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         HF_HUB_DISABLE_UPDATE_CHECK="1",
         NO_PROXY="127.0.0.1,127.0.0.2,localhost",

@@ -79,6 +79,38 @@ URL plus an ``Authorization`` header) unless ``hub.cdn.reject_authorization = Fa
 
 The CDN listens on ``127.0.0.2`` (another origin than the Hub, as ``cdn-lfs`` is another host
 than ``huggingface.co``), or on another port of ``127.0.0.1`` if ``127.0.0.2`` cannot be bound.
+
+Xet-era Hub (opt-in: ``FakeHub(xet=True)``). The Hub now stores most LFS files with Xet, and
+answers for them as ``huggingface_hub`` (0.32+, read in huggingface/huggingface_hub
+``src/huggingface_hub/file_download.py`` ``get_hf_file_metadata``,
+``src/huggingface_hub/utils/_xet.py`` ``parse_xet_file_data_from_response`` and
+``src/huggingface_hub/constants.py``) expects; every LFS file of the hub is then Xet-backed:
+
+* ``HEAD|GET /resolve`` of an LFS file: the same ``302`` with ``X-Repo-Commit``,
+  ``X-Linked-Etag`` (still the LFS sha256), ``X-Linked-Size`` and ``ETag``, plus
+  ``X-Xet-Hash: <64 hex>`` and, with ``hub.xet_auth == "link"`` (the default, what the Hub sends
+  today), ``Link: <{bridge}/reconstruction/<hash>>; rel="xet-reconstruction-info",
+  <{endpoint}/api/{type}s/{repo}/xet-read-token/{commit}>; rel="xet-auth"``, or with
+  ``"header"`` the older ``X-Xet-Refresh-Route: <the same token URL>``. A client with ``hf_xet``
+  takes the Xet path on seeing them; any other follows ``Location``: a presigned URL on the Xet
+  *bridge* (``hub.bridge``, mimicking ``cas-bridge.xethub.hf.co``: S3-style ``X-Amz-*`` query
+  parameters, ``/xet-bridge-us/{h}/{xet hash}``), which serves the whole file like the CDN
+  (``200``/``206``, signature checked, ``Authorization`` refused, recorded in
+  ``hub.bridge.requests``). ``hub.bridge.serve_wrong_bytes = True`` makes it serve other bytes of
+  the same length, as a broken bridge would.
+* ``Access-Control-Expose-Headers`` also names the ``X-Xet-*`` headers (as in the Hub answers
+  recorded in huggingface_hub's ``tests/cassettes/*.yaml``).
+* tree listings carry ``"xetHash"`` on LFS files (``hf_api.py`` ``RepoFile``; read by
+  ``_snapshot_download.py`` into its tree cache, from which ``file_download.py``
+  ``_xet_file_metadata_from_tree_cache`` skips the ``HEAD`` altogether).
+* ``GET /api/{type}s/{repo}/xet-read-token/{revision}``: ``{accessToken, exp, casUrl}`` and the
+  same in ``X-Xet-Access-Token``, ``X-Xet-Token-Expiration``, ``X-Xet-Cas-Url``. The CAS
+  protocol itself is not faked: ``casUrl`` names the bridge, which answers ``404`` there, so a
+  client with ``hf_xet`` enabled fails against this fake (run it with ``HF_HUB_DISABLE_XET=1``
+  for the plain-HTTP fallback).
+
+The Xet hash here is a stand-in (a keyed BLAKE2b of the bytes, 64 hex digits), not Xet's
+chunk Merkle hash: nothing here can check one without a CAS.
 """
 
 from __future__ import annotations
@@ -87,6 +119,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
 import hmac
 import json
@@ -108,6 +141,7 @@ __all__ = [
     "CacheLayout",
     "FakeCdn",
     "FakeHub",
+    "FakeXetBridge",
     "HubCommit",
     "HubFile",
     "HubRepo",
@@ -120,6 +154,8 @@ __all__ = [
 
 RepoType = Literal["model", "dataset", "space"]
 Gated = Literal[False, "auto", "manual"]
+ServerName = Literal["hub", "cdn", "bridge"]
+XetAuth = Literal["link", "header"]
 
 LFS_THRESHOLD = 10 * 1024 * 1024
 """Files of at least this many bytes are stored in LFS unless ``add_file(lfs=False)``."""
@@ -141,10 +177,14 @@ _BASE_TIME = 1_704_067_200  # 2024-01-01T00:00:00Z: commit dates are _BASE_TIME 
 _URL_PREFIX: dict[str, str] = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _API_TYPES: dict[str, RepoType] = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _TYPE_PREFIXES: dict[str, RepoType] = {"datasets": "dataset", "spaces": "space"}
-_API_KEYWORDS = frozenset({"revision", "tree", "refs"})
+_API_KEYWORDS = frozenset({"revision", "tree", "refs", "xet-read-token"})
 _EXPOSE = (
     "X-Repo-Commit,X-Request-Id,X-Error-Code,X-Error-Message,X-Total-Count,ETag,Link,"
     "Accept-Ranges,Content-Range,X-Linked-Size,X-Linked-ETag"
+)
+_EXPOSE_XET = (
+    f"{_EXPOSE},X-Xet-Access-Token,X-Xet-Token-Expiration,X-Xet-Refresh-Route,X-Xet-Cas-Url,"
+    "X-Xet-Hash"
 )
 _INFO_FIELDS = (
     "author",
@@ -202,6 +242,11 @@ class HubFile:
     def etag(self) -> str:
         """What ``huggingface_hub`` names the cached blob: sha256 for LFS, git sha1 otherwise."""
         return self.sha256 if self.lfs else self.oid
+
+    @functools.cached_property
+    def xet_hash(self) -> str:
+        """The stand-in Xet hash of the file (64 hex digits; see the module docstring)."""
+        return hashlib.blake2b(self.data, digest_size=32, key=b"fake-xet").hexdigest()
 
     @classmethod
     def make(cls, path: str, data: bytes, lfs: bool) -> HubFile:
@@ -357,7 +402,7 @@ class CacheLayout:
 class RecordedRequest:
     """One request as a server saw it. ``headers`` keys are lowercased."""
 
-    server: Literal["hub", "cdn"]
+    server: ServerName
     method: str
     path: str
     """Path and query string, as sent (still percent-encoded)."""
@@ -527,7 +572,7 @@ def _loopback_only(host: str) -> None:
 class _Service:
     """One HTTP server in a daemon thread, with request recording and injected cuts."""
 
-    name: Literal["hub", "cdn"]
+    name: ServerName
     server_header = "fake"
 
     def __init__(self, owner: FakeHub, host: str) -> None:
@@ -701,6 +746,90 @@ class FakeCdn(_Service):
         return _Response(status, headers, body)
 
 
+class FakeXetBridge(_Service):
+    """The Xet bridge (``cas-bridge.xethub.hf.co``): whole files by Xet hash, at presigned URLs.
+
+    Only used by ``FakeHub(xet=True)``; see the module docstring.
+    """
+
+    name = "bridge"
+    server_header = "cas-bridge"
+
+    def __init__(self, owner: FakeHub, host: str) -> None:
+        super().__init__(owner, host)
+        self.reject_authorization = True
+        """Refuse (400) a request carrying ``Authorization``; it is recorded either way."""
+        self.serve_wrong_bytes = False
+        """Serve other bytes (same length) than the file's, as a broken bridge would."""
+        self.url_ttl = 3600
+        self._secret = secrets.token_bytes(32)
+
+    def signed_url(self, repo: HubRepo, file: HubFile) -> str:
+        """A presigned bridge URL for ``file``, as the Xet-era Hub's 302 ``Location``."""
+        name = file.path.rsplit("/", 1)[-1]
+        repo_hash = hashlib.sha256(f"{repo.repo_type}s/{repo.repo_id}".encode()).hexdigest()
+        path = f"/xet-bridge-us/{repo_hash[:24]}/{file.xet_hash}"
+        now = datetime.datetime.now(tz=datetime.UTC)
+        params = {
+            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Content-Sha256": "UNSIGNED-PAYLOAD",
+            "X-Amz-Credential": f"cas/{now:%Y%m%d}/us-east-1/s3/aws4_request",
+            "X-Amz-Date": f"{now:%Y%m%dT%H%M%SZ}",
+            "X-Amz-Expires": str(self.url_ttl),
+            "X-Amz-SignedHeaders": "host",
+            "X-Xet-Cas-Uid": "public",
+            "response-content-disposition": (
+                f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
+            ),
+            "response-content-type": "application/octet-stream",
+            "x-id": "GetObject",
+        }
+        params["X-Amz-Signature"] = self._sign(path, params)
+        return f"{self.url}{path}?{urlencode(params, quote_via=quote)}"
+
+    def _sign(self, path: str, params: Mapping[str, str]) -> str:
+        fields = sorted((k, v) for k, v in params.items() if k != "X-Amz-Signature")
+        message = "\n".join([path, *(f"{k}={v}" for k, v in fields)]).encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def _respond(self, request: _Request) -> _Response:
+        if request.method not in ("GET", "HEAD"):
+            return _s3_error(405, "MethodNotAllowed", "The specified method is not allowed.")
+        if self.reject_authorization and "authorization" in request.headers:
+            return _s3_error(
+                400, "InvalidArgument", "Only one auth mechanism allowed; presigned URL"
+            )
+        query = {key: values[0] for key, values in request.query.items()}
+        if not request.route.startswith("/xet-bridge-us/"):
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        signature = query.get("X-Amz-Signature", "")
+        if not hmac.compare_digest(signature, self._sign(request.route, query)):
+            return _s3_error(403, "SignatureDoesNotMatch", "The request signature does not match")
+        try:
+            signed_at = datetime.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+            expires = signed_at.replace(tzinfo=datetime.UTC).timestamp() + int(
+                query["X-Amz-Expires"]
+            )
+        except (KeyError, ValueError):
+            return _s3_error(403, "AccessDenied", "Access denied")
+        if expires < time.time():
+            return _s3_error(403, "AccessDenied", "Request has expired")
+        data = self._owner._xet_objects.get(request.route.rsplit("/", 1)[-1])
+        if data is None:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        if self.serve_wrong_bytes:
+            data = bytes([data[0] ^ 0xFF]) + data[1:] if data else b"x"
+        headers = [
+            ("Content-Type", query.get("response-content-type", "application/octet-stream")),
+            ("Content-Disposition", query.get("response-content-disposition", "")),
+            ("ETag", f'"{request.route.rsplit("/", 1)[-1]}"'),
+            ("Last-Modified", _http_date(_BASE_TIME)),
+            ("Accept-Ranges", "bytes"),
+        ]
+        status, headers, body = _ranged(request, data, headers)
+        return _Response(status, headers, body)
+
+
 def _cloudfront_b64(raw: bytes) -> str:
     """CloudFront's URL-safe base64 (``+=/`` become ``-_~``)."""
     encoded = base64.b64encode(raw).decode()
@@ -734,11 +863,20 @@ class _HubService(_Service):
 class FakeHub:
     """The Hub and its CDN; a context manager that starts and stops both. See module docstring."""
 
-    def __init__(self, cdn_host: str | None = None) -> None:
+    def __init__(
+        self, cdn_host: str | None = None, *, xet: bool = False, bridge_host: str | None = None
+    ) -> None:
         self._lock = threading.RLock()
         self._hub = _HubService(self, "127.0.0.1")
         self._cdn_host = cdn_host
         self.cdn = FakeCdn(self, cdn_host or "127.0.0.2")
+        self.xet = xet
+        """Answer as the Xet-era Hub (every LFS file Xet-backed); fixed at construction."""
+        self._bridge_host = bridge_host
+        self.bridge = FakeXetBridge(self, bridge_host or "127.0.0.3")
+        """The Xet bridge, started only with ``xet=True``."""
+        self.xet_auth: XetAuth = "link"
+        """How the token route is named: ``Link: rel="xet-auth"`` or ``X-Xet-Refresh-Route``."""
         self.tokens: set[str] = set()
         """Valid bearer tokens (``Authorization: Bearer <token>``)."""
         self.reject_invalid_tokens = True
@@ -748,6 +886,7 @@ class FakeHub:
         self.repos: dict[tuple[RepoType, str], HubRepo] = {}
         self._renamed: dict[tuple[RepoType, str], str] = {}
         self._lfs_objects: dict[str, bytes] = {}
+        self._xet_objects: dict[str, bytes] = {}
         self._requests: list[RecordedRequest] = []
         self._clock = 0
 
@@ -763,10 +902,19 @@ class FakeHub:
                 raise
             self.cdn._host = "127.0.0.1"  # no 127.0.0.2 here: another port is another origin
             self.cdn._start()
+        if self.xet:
+            try:
+                self.bridge._start()
+            except OSError:
+                if self._bridge_host is not None:
+                    raise
+                self.bridge._host = "127.0.0.1"
+                self.bridge._start()
         return self
 
     def stop(self) -> None:
-        """Stop both servers and close their connections. Idempotent."""
+        """Stop the servers and close their connections. Idempotent."""
+        self.bridge._stop()
         self.cdn._stop()
         self._hub._stop()
 
@@ -813,7 +961,7 @@ class FakeHub:
         """Cut the Hub's next GET bodies; see ``FakeCdn.interrupt_next``."""
         self._hub.interrupt_next(nbytes, times, route_contains)
 
-    def _record(self, server: Literal["hub", "cdn"], host: str, req: _Request, status: int) -> None:
+    def _record(self, server: ServerName, host: str, req: _Request, status: int) -> None:
         with self._lock:
             seq = len(self._requests)
             self._requests.append(
@@ -879,6 +1027,8 @@ class FakeHub:
             repo.staged.setdefault(revision, {})[path] = file
             if lfs:
                 self._lfs_objects[file.sha256] = file.data
+                if self.xet:
+                    self._xet_objects[file.xet_hash] = file.data
         return file
 
     def delete_file(self, repo: HubRepo | str, path_in_repo: str, revision: str = "main") -> None:
@@ -1016,11 +1166,10 @@ class FakeHub:
             headers.append(("X-Repo-Commit", commit))
         return _json_response(status, {"error": message}, headers)
 
-    @staticmethod
-    def _common_headers() -> list[tuple[str, str]]:
+    def _common_headers(self) -> list[tuple[str, str]]:
         return [
             ("X-Request-Id", f"Root=1-{secrets.token_hex(4)}-{secrets.token_hex(12)}"),
-            ("Access-Control-Expose-Headers", _EXPOSE),
+            ("Access-Control-Expose-Headers", _EXPOSE_XET if self.xet else _EXPOSE),
             ("Vary", "Origin"),
         ]
 
@@ -1103,13 +1252,14 @@ class FakeHub:
         common = [("X-Repo-Commit", commit.sha), ("Accept-Ranges", "bytes")]
         common += self._common_headers()
         if file.lfs:
-            location = self.cdn.signed_url(repo, file)
+            location = (self.bridge if self.xet else self.cdn).signed_url(repo, file)
             headers = [
                 ("Content-Type", "text/plain; charset=utf-8"),
                 ("Location", location),
                 ("ETag", f'"{file.oid}"'),
                 ("X-Linked-Size", str(file.size)),
                 ("X-Linked-ETag", f'"{file.sha256}"'),
+                *self._xet_headers(repo, commit, file),
                 *common,
             ]
             return _Response(302, headers, f"Found. Redirecting to {location}".encode())
@@ -1128,6 +1278,40 @@ class FakeHub:
         ]
         status, headers, body = _ranged(req, file.data, headers)
         return _Response(status, headers, body)
+
+    def _token_url(self, repo: HubRepo, commit: HubCommit) -> str:
+        return f"{self.endpoint}/api/{repo.repo_type}s/{repo.repo_id}/xet-read-token/{commit.sha}"
+
+    def _xet_headers(
+        self, repo: HubRepo, commit: HubCommit, file: HubFile
+    ) -> list[tuple[str, str]]:
+        """What the Xet-era Hub adds to the ``/resolve`` answer of a Xet-backed file."""
+        if not self.xet:
+            return []
+        headers = [("X-Xet-Hash", file.xet_hash)]
+        token_url = self._token_url(repo, commit)
+        if self.xet_auth == "header":
+            return [*headers, ("X-Xet-Refresh-Route", token_url)]
+        reconstruction = f"{self.bridge.url}/reconstruction/{file.xet_hash}"
+        link = f'<{reconstruction}>; rel="xet-reconstruction-info", <{token_url}>; rel="xet-auth"'
+        return [*headers, ("Link", link)]
+
+    def _xet_token(self, repo: HubRepo, revision: str) -> _Response:
+        with self._lock:
+            commit = repo.resolve(revision)
+        if not self.xet:
+            return self._error(404, None, "Not Found")
+        if commit is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        token, expires = secrets.token_urlsafe(24), int(time.time()) + 3600
+        payload = {"accessToken": token, "exp": expires, "casUrl": self.bridge.url}
+        headers = [
+            ("X-Xet-Access-Token", token),
+            ("X-Xet-Token-Expiration", str(expires)),
+            ("X-Xet-Cas-Url", self.bridge.url),
+            *self._common_headers(),
+        ]
+        return _json_response(200, payload, headers)
 
     def _api(self, req: _Request, repo_type: RepoType, segments: list[str]) -> _Response:
         rest: list[str]
@@ -1154,6 +1338,8 @@ class FakeHub:
             return self._tree(req, repo, revision, unquote("/".join(path_parts)).strip("/"))
         if rest == ["refs"]:
             return self._refs(req, repo)
+        if rest[0] == "xet-read-token" and len(rest) >= 2:
+            return self._xet_token(repo, unquote("/".join(rest[1:])))
         return self._error(404, None, "Not Found")
 
     def _info(self, req: _Request, repo: HubRepo, revision: str) -> _Response:
@@ -1234,6 +1420,8 @@ class FakeHub:
                         "size": file.size,
                         "pointerSize": file.pointer_size,
                     }
+                    if self.xet:
+                        entry["xetHash"] = file.xet_hash
                 entries.append(entry)
         entries.sort(key=lambda e: str(e["path"]))
         if expand:
