@@ -34,6 +34,7 @@ async def measure(cache: Path, changes: int) -> dict[str, Any]:
     started = time.perf_counter()
     store = Store(layout, reactor, reactor)
     store.load()
+    store.open_journal()
     loaded = time.perf_counter() - started
     after = rss_bytes()
     entries = len(store.entries())
@@ -56,9 +57,9 @@ async def measure(cache: Path, changes: int) -> dict[str, Any]:
         t = time.perf_counter()
         await store.remove(f"https://bench.invalid/serial-{os.getpid()}-{i}")
         removed.append(time.perf_counter() - t)
-    flush = getattr(store, "close", None)
-    if flush is not None:
-        await flush()
+    t = time.perf_counter()
+    await store.close()
+    closed = time.perf_counter() - t
     return {
         "entries": entries,
         "load_s": loaded,
@@ -68,6 +69,7 @@ async def measure(cache: Path, changes: int) -> dict[str, Any]:
         "put_s_max": max(serial),
         "put8_s_per_change_median": statistics.median(concurrent),
         "remove_s_median": statistics.median(removed),
+        "close_s": closed,
     }
 
 
