@@ -125,16 +125,16 @@ def merge(index: dict[str, Any], records: list[Record]) -> dict[str, Any]:
             url = url_of(record["put"])
             if url is None:
                 continue
-            i = where.get(url)
-            if i is None or i in gone:
+            at = where.get(url)
+            if at is None:
                 where[url] = len(manifests)
                 manifests.append(record["put"])
             else:
-                manifests[i] = record["put"]
+                manifests[at] = record["put"]
         elif isinstance(record.get("remove"), str):
-            i = where.pop(record["remove"], None)
-            if i is not None:
-                gone.add(i)
+            removed = where.pop(record["remove"], None)
+            if removed is not None:
+                gone.add(removed)
     return {**index, "manifests": [d for i, d in enumerate(manifests) if i not in gone]}
 
 
@@ -308,10 +308,12 @@ class Follower:
             return False
         return (st.st_dev, st.st_ino) == self._key and st.st_size == self.offset
 
-    def _read(self, fd: int, offset: int) -> tuple[list[Record], int]:
-        chunks = []
-        while chunk := os.pread(fd, 1 << 20, offset + sum(len(c) for c in chunks)):
+    def read(self, fd: int, offset: int) -> tuple[list[Record], int]:
+        chunks: list[bytes] = []
+        at = offset
+        while chunk := os.pread(fd, 1 << 20, at):
             chunks.append(chunk)
+            at += len(chunk)
         records, good, _ = decode(b"".join(chunks))
         return records, offset + good
 
@@ -320,7 +322,7 @@ class Follower:
             st = os.stat(self.path)
         except OSError:
             return None
-        records, offset = self._read(self._fd, self.offset)
+        records, offset = self.read(self._fd, self.offset)
         if (st.st_dev, st.st_ino) == self._key:
 
             def advance() -> None:
@@ -331,7 +333,7 @@ class Follower:
         if opened[1] != self.generation + 1:
             os.close(opened[0])
             return None
-        more, end = self._read(opened[0], opened[2])
+        more, end = self.read(opened[0], opened[2])
         fd, generation, _ = opened
 
         def switch() -> None:

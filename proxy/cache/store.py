@@ -512,7 +512,14 @@ class Store:
         def delete_blobs() -> Deferred[int]:
             # Computed under the blob lock, so a commit cannot re-use a blob
             # between this check and its deletion.
-            orphans = entry.blobs - self.referenced()
+            # Not every entry's blobs (O(entries)): those of this one no user holds.
+            orphans = {
+                b
+                for b in entry.blobs
+                if b.hex not in self._users
+                and b not in self._foreign_blobs
+                and b not in self._held
+            }
             return in_thread(
                 self._reactor,
                 lambda: sum(self.layout.remove_blob(b) for b in orphans),
