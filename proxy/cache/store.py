@@ -516,9 +516,7 @@ class Store:
             orphans = {
                 b
                 for b in entry.blobs
-                if b.hex not in self._users
-                and b not in self._foreign_blobs
-                and b not in self._held
+                if b.hex not in self._users and b not in self._foreign_blobs and b not in self._held
             }
             return in_thread(
                 self._reactor,

@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +70,9 @@ def fabricate_entry(layout: Layout, name: str, *, write: bool) -> Entry:
     )
     manifest_bytes = artifact.file_manifest([file])
     manifest = Descriptor(
-        MEDIA_TYPE_IMAGE_MANIFEST, Digest(hashlib.sha256(manifest_bytes).hexdigest()), len(manifest_bytes)
+        MEDIA_TYPE_IMAGE_MANIFEST,
+        Digest(hashlib.sha256(manifest_bytes).hexdigest()),
+        len(manifest_bytes),
     )
     if write:
         _write_blob(layout, data)
@@ -114,18 +114,55 @@ def child(cache: Path, changes: int) -> dict[str, Any]:
     return result
 
 
+def measure_sizes(root: Path, sizes: list[int]) -> list[dict[str, Any]]:
+    """The store-level figures at each size (a fresh cache and process each)."""
+    rows = []
+    for n in sizes:
+        t = time.perf_counter()
+        cache = make_cache(root / f"c{n}", n)
+        made = time.perf_counter() - t
+        r = child(cache, CHANGES)
+        r["made_s"] = made
+        r["rss_per_entry"] = (r["rss_after_load"] - r["rss_before"]) / max(1, n)
+        rows.append(r)
+    return rows
+
+
+def run_index_cost(bench: Bench) -> None:
+    sizes = list(QUICK_SIZES if bench.plan.quick else SIZES)
+    bench.log(f"index_cost: caches of {', '.join(map(str, sizes))} entries")
+    root = bench.tmp / "index-cost"
+    try:
+        bench.figures[SCENARIO] = {"store": measure_sizes(root, sizes)}
+    except (subprocess.SubprocessError, OSError, ValueError) as e:
+        bench.fail(SCENARIO, "storage-manager", str(e))
+
+
+def report_lines(bench: Bench) -> list[str]:
+    """The curve: per-change cost, RSS per entry and load time against entries."""
+    figures = bench.figures.get(SCENARIO)
+    if not figures:
+        return []
+    lines = [
+        "index_cost: entries | put (1 at a time) | put (8 at once, per change) | remove"
+        " | RSS per entry | load (restart)"
+    ]
+    for r in figures["store"]:
+        lines.append(
+            f"  {r['entries']:>7} | {r['put_s_median'] * 1e3:.2f} ms | "
+            f"{r['put8_s_per_change_median'] * 1e3:.2f} ms | {r['remove_s_median'] * 1e3:.2f} ms"
+            f" | {r['rss_per_entry'] / 1024:.2f} KiB | {r['load_s']:.2f} s"
+        )
+    return lines
+
+
 def main() -> None:
+    """``python -m tests.bench.index_cost [N ...]``: the store-level curve alone."""
     import tempfile
 
     sizes = [int(a) for a in sys.argv[1:]] or list(SIZES)
     with tempfile.TemporaryDirectory(prefix="sm-index-") as tmp:
-        for n in sizes:
-            t = time.perf_counter()
-            cache = make_cache(Path(tmp) / f"c{n}", n)
-            made = time.perf_counter() - t
-            r = child(cache, CHANGES)
-            r["made_s"] = made
-            r["rss_per_entry"] = (r["rss_after_load"] - r["rss_before"]) / max(1, n)
+        for r in measure_sizes(Path(tmp), sizes):
             print(json.dumps(r), flush=True)
 
 
