@@ -18,6 +18,12 @@ Points (each in a worker thread, never on the reactor):
 ``index-fsynced``
     the temporary ``index.json`` is complete and fsync'd, just before its
     rename over ``index.json``.
+``journal-written``
+    entry changes were written to ``index.journal``, before their fdatasync
+    (:mod:`proxy.cache.journal`).
+``journal-rotating``
+    a compaction wrote and fsync'd the journal's next generation, just before
+    its rename over ``index.journal`` (``index.json`` is already replaced).
 ``shared-upload``
     an entry's write-back to the shared store was queued
     (``shared-uploads/<hex>.json`` written), before any of it is uploaded.
@@ -30,7 +36,15 @@ import os
 import threading
 
 POINTS = frozenset(
-    {"ingest-write", "blob-verified", "index-writing", "index-fsynced", "shared-upload"}
+    {
+        "ingest-write",
+        "blob-verified",
+        "index-writing",
+        "index-fsynced",
+        "journal-written",
+        "journal-rotating",
+        "shared-upload",
+    }
 )
 
 log = logging.getLogger(__name__)

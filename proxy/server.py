@@ -154,6 +154,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     store = Store(layout, reactor, reactor)
     try:
         store.load()
+        store.open_journal()
     except ValueError as e:
         raise StartupError(f"cannot read {layout.index_path}: {e}") from None
     client = _origin_client(config, reactor)
@@ -296,6 +297,7 @@ def _keep_state(reactor: Any, layout: Layout, store: Store, downloads: Downloads
     saver.clock = reactor
     saver.start(LAST_USED_INTERVAL, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", store.save_last_used)
+    reactor.addSystemEventTrigger("before", "shutdown", store.close)
     reactor.addSystemEventTrigger("before", "shutdown", downloads.log_interrupted)
     syncer = layout.syncer
     if syncer is not None:

@@ -15,6 +15,10 @@ downloads in progress::
                                   entries written by the Go storage-manager carry
                                   only ref.name = the raw URL; they are adopted
                                   as they are and never rewritten or collected.
+      index.journal               entry changes since (at most) index.json's
+                                  snapshot, one checksummed line each, replayed
+                                  over it when the cache is read; index.json is
+                                  rewritten from them (proxy.cache.journal)
       index.json.tmp-<pid>-<n>    index being replaced (write, fsync, rename);
                                   stray ones are removed at startup
       blobs/sha256/<hex>          verified, immutable, read-only (0444) content:
@@ -52,8 +56,10 @@ Invariants: a file appears under ``blobs/`` only by ``rename(2)`` after its
 size and sha256 were checked, and either its data was fsync'd first or its
 ``ingest/unsynced/`` marker was (the data is fsync'd right after; a restart
 after a power loss hashes a marked blob again before serving it); its
-directory is fsync'd after the rename; ``index.json`` only ever references blobs that are
-present. After a crash at any point the layout is valid and every download
+directory is fsync'd after the rename; ``index.json`` with ``index.journal``
+replayed over it only ever references blobs that are present (index.json alone
+may still name an entry removed since its last compaction, until the next one).
+After a crash at any point the layout is valid and every download
 can resume from ``ingest/``.
 """
 
@@ -75,6 +81,7 @@ from typing import Any
 import attrs
 
 from proxy import faults
+from proxy.cache import journal
 from proxy.cache.durable import Syncer, fsync_dir, fsync_file
 from proxy.types import MAX_MANIFEST, Digest
 
@@ -265,6 +272,7 @@ class Layout:
         for p in [
             *self.root.glob("index.json.tmp-*"),
             *self.root.glob("last-used.json.tmp-*"),
+            *self.root.glob("index.journal.tmp-*"),
             *self.ingest_dir.glob(".direct-probe-*"),  # proxy.cache.direct.supported
         ]:
             p.unlink(missing_ok=True)
@@ -273,17 +281,42 @@ class Layout:
 
     # -- index.json --------------------------------------------------------
 
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "index.journal"
+
     def read_index(self) -> dict[str, Any]:
+        """The entries: ``index.json`` with ``index.journal`` replayed over it
+        (the journal is opened first: a compaction between the two reads then
+        replays changes the newer index.json has, which is harmless)."""
+        _, records, _, _ = journal.read_file(self.journal_path)
+        return journal.merge(self.read_index_file(), records)
+
+    def read_index_file(self) -> dict[str, Any]:
+        """``index.json`` alone, as an OCI tool reads it."""
         with open(self.index_path, "rb") as f:
-            index = json.load(f)
+            return self.parse_index(f.read())
+
+    def parse_index(self, data: bytes) -> dict[str, Any]:
+        index = json.loads(data)
         if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
             raise ValueError(f"{self.index_path} is not an OCI image index")
         index.setdefault("manifests", [])
         return index
 
     def write_index(self, index: dict[str, Any]) -> None:
+        """Replace the entries by ``index`` (the offline commands): index.json,
+        then a new generation of an empty journal, when there is one."""
+        self.write_index_file(index)
+        generation, records, _, _ = journal.read_file(self.journal_path)
+        if generation >= 0 and records:
+            journal.create(self.journal_path, generation + 1)
+
+    def write_index_file(self, index: dict[str, Any]) -> int:
+        """Replace index.json (atomically, fsync'd); return its size."""
         data = json.dumps(index, indent=2, sort_keys=False).encode() + b"\n"
         self._write_atomic(self.index_path, data, fault="index")
+        return len(data)
 
     def _write_atomic(self, path: Path, data: bytes, fault: str | None = None) -> None:
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{next(_tmp_counter)}")

@@ -2,16 +2,19 @@
 
 The store keeps ``index.json`` in memory (the one writer is this process, see
 :meth:`Layout.lock`), answers which entry a URL names, persists every change
-atomically from a worker thread, and on removal deletes exactly the blobs no
-remaining entry references. Descriptors it does not own -- entries written by
-the Go storage-manager, or anything another tool put in the layout -- are kept
-verbatim and everything they reference is treated as in use.
+as a line of ``index.journal`` before it is answered, rewrites ``index.json``
+from memory when the journal says so (:mod:`proxy.cache.journal`), and on
+removal deletes exactly the blobs no remaining entry references. Descriptors
+it does not own -- entries written by the Go storage-manager, or anything
+another tool put in the layout -- are kept verbatim and everything they
+reference is treated as in use.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -20,8 +23,9 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.python.failure import Failure
 
-from proxy.cache import artifact, grammar, modelpackout
+from proxy.cache import artifact, grammar, journal, modelpackout
 from proxy.cache.layout import Layout
 from proxy.errors import BadRequest, Conflict
 from proxy.naming import reference_for_url
@@ -142,6 +146,11 @@ class Store:
         self._users: dict[str, set[str]] = {}
         self._used_dirty = False
         self._reading: Counter[str] = Counter()  # blob hex -> answers streaming it
+        # The writer's journal (open_journal); None: changes rewrite index.json.
+        self._journal: journal.Journal | None = None
+        self._index_bytes = 0  # of index.json as last written
+        self._compacting = False
+        self._compact_waiters: list[Deferred[None]] = []
 
     def _now(self) -> float:
         return self._clock.seconds() if self._clock is not None else time.time()
@@ -155,35 +164,82 @@ class Store:
         self._index_meta = {k: v for k, v in index.items() if k != "manifests"}
         self._index_meta.setdefault("schemaVersion", 2)
         for raw in index["manifests"]:
-            try:
-                desc = Descriptor.from_json(raw)
-            except ValueError as e:
-                log.warning("index.json: keeping a descriptor this server cannot read: %s", e)
-                self._foreign.append(raw)
-                continue
-            ann = desc.annotations
-            if ANNOTATION_URL in ann:
-                entry = self._load_own(desc)
-            elif "://" in ann.get(ANNOTATION_REF_NAME, ""):
-                entry = self._load_legacy(desc, raw)
-            else:
-                entry = None
-            if entry is not None and (problem := grammar.entry_problem(entry, False)) is not None:
-                # Never served nor given a view; kept for whatever wrote it.
-                log.warning(
-                    "index.json: keeping the descriptor of %r as is, not as an entry: %s",
-                    entry.url[:200],
-                    problem,
-                )
-                entry = None
+            desc, entry = self._read_descriptor(raw)
             if entry is None or entry.url in self._entries:
                 self._foreign.append(raw)
-                self._foreign_blobs |= set(self._closure(desc))
+                if desc is not None:
+                    self._foreign_blobs |= set(self._closure(desc))
             else:
                 self._entries[entry.url] = entry
                 self._index_users(entry)
         recorded = self.layout.read_last_used()
         self._last_used = {u: t for u, t in recorded.items() if u in self._entries}
+
+    def _read_descriptor(self, raw: Any) -> tuple[Descriptor | None, Entry | None]:
+        """A descriptor of index.json, and the entry it is (None: kept as is)."""
+        try:
+            desc = Descriptor.from_json(raw)
+        except ValueError as e:
+            log.warning("index.json: keeping a descriptor this server cannot read: %s", e)
+            return None, None
+        ann = desc.annotations
+        if ANNOTATION_URL in ann:
+            entry = self._load_own(desc)
+        elif "://" in ann.get(ANNOTATION_REF_NAME, ""):
+            entry = self._load_legacy(desc, raw)
+        else:
+            entry = None
+        if entry is not None and (problem := grammar.entry_problem(entry, False)) is not None:
+            # Never served nor given a view; kept for whatever wrote it.
+            log.warning(
+                "index.json: keeping the descriptor of %r as is, not as an entry: %s",
+                entry.url[:200],
+                problem,
+            )
+            entry = None
+        return desc, entry
+
+    def open_journal(self) -> None:
+        """Make this store the cache's writer: changes go to ``index.journal``
+        (blocking; at startup, after :meth:`load`)."""
+        self._journal = journal.Journal(self._reactor, self.layout.journal_path)
+        self._journal.open()
+        try:
+            self._index_bytes = os.stat(self.layout.index_path).st_size
+        except OSError:
+            self._index_bytes = 0
+
+    def close(self) -> Deferred[None]:
+        """At a clean stop: bring index.json up to date (what OCI tools read)."""
+        j = self._journal
+        if j is None or j.records() == 0:
+            return succeed(None)
+        return self._compact().addErrback(self._compaction_failed)
+
+    def prepare(self, records: list[journal.Record]) -> list[tuple[str, Entry | None]]:
+        """What journal records (written by the writer) change (blocking: reads
+        manifests); for :meth:`apply` on the reactor. A reader's catch-up."""
+        out: list[tuple[str, Entry | None]] = []
+        for record in records:
+            if "put" in record:
+                _, entry = self._read_descriptor(record["put"])
+                if entry is not None:
+                    out.append((entry.url, entry))
+            elif isinstance(record.get("remove"), str):
+                out.append((record["remove"], None))
+        return out
+
+    def apply(self, changes: list[tuple[str, Entry | None]]) -> None:
+        """Apply what :meth:`prepare` read (a read-only reader's store)."""
+        for url, entry in changes:
+            old = self._entries.pop(url, None)
+            if old is not None:
+                self._unindex_users(old)
+            if entry is not None:
+                self._entries[url] = entry
+                self._index_users(entry)
+            else:
+                self._last_used.pop(url, None)
 
     def _closure(self, desc: Descriptor) -> dict[Digest, Descriptor]:
         """Descriptors reachable from ``desc`` through manifests on disk, in
@@ -385,7 +441,7 @@ class Store:
             ann[ANNOTATION_PINNED] = "true"
         updated = attrs.evolve(entry, descriptor=attrs.evolve(entry.descriptor, annotations=ann))
         self._entries[url] = updated
-        return self._persist().addCallback(lambda _: updated)
+        return self._persist([{"put": updated.index_json()}]).addCallback(lambda _: updated)
 
     def lru(self) -> list[Entry]:
         """Entries, least recently used first (never used: by creation)."""
@@ -434,7 +490,7 @@ class Store:
     def put(self, entry: Entry) -> Deferred[None]:
         """Add or replace an entry and persist index.json."""
         self._set(entry)
-        return self._persist()
+        return self._persist([{"put": entry.index_json()}])
 
     def _set(self, entry: Entry) -> None:
         old = self._entries.get(entry.url)
@@ -451,12 +507,17 @@ class Store:
         self._unindex_users(entry)
         if self._last_used.pop(url, None) is not None:
             self._used_dirty = True
-        d = self._persist()
+        d = self._persist([{"remove": url}])
 
         def delete_blobs() -> Deferred[int]:
             # Computed under the blob lock, so a commit cannot re-use a blob
             # between this check and its deletion.
-            orphans = entry.blobs - self.referenced()
+            # Not every entry's blobs (O(entries)): those of this one no user holds.
+            orphans = {
+                b
+                for b in entry.blobs
+                if b.hex not in self._users and b not in self._foreign_blobs and b not in self._held
+            }
             return in_thread(
                 self._reactor,
                 lambda: sum(self.layout.remove_blob(b) for b in orphans),
@@ -533,15 +594,77 @@ class Store:
                 raise BadRequest(f"{entry.url}: {reason}")
         for entry in entries:
             self._set(entry)
-        return self._persist().addCallback(lambda _: entries)
+        records = [{"put": e.index_json()} for e in entries]
+        return self._persist(records).addCallback(lambda _: entries)
 
     def _snapshot(self) -> dict[str, Any]:
         manifests = list(self._foreign) + [e.index_json() for e in self._entries.values()]
         return {**self._index_meta, "manifests": manifests}
 
-    def _persist(self) -> Deferred[None]:
-        def locked() -> Deferred[None]:
-            snapshot = self._snapshot()
-            return in_thread(self._reactor, self.layout.write_index, snapshot)
+    def _persist(self, records: list[journal.Record]) -> Deferred[None]:
+        """Fire once the change is durable: its journal records written, and
+        index.json rewritten too while it is small (journal.EAGER_BYTES)."""
+        j = self._journal
+        if j is None:  # not the writer of a cache (tests, tools): index.json alone
 
-        return self._write_lock.run(locked)
+            def locked() -> Deferred[None]:
+                snapshot = self._snapshot()
+                return in_thread(self._reactor, self.layout.write_index, snapshot)
+
+            return self._write_lock.run(locked)
+
+        def appended(_: None) -> Deferred[None] | None:
+            if self._index_bytes <= journal.EAGER_BYTES:
+                return self._compact().addErrback(self._compaction_failed)
+            if j.records() >= max(journal.MIN_BYTES, self._index_bytes // 2):
+                self._compact().addErrback(self._compaction_failed)
+            return None
+
+        return j.append(records).addCallback(appended)
+
+    @staticmethod
+    def _compaction_failed(f: Failure) -> None:
+        # The changes are in the journal: nothing is lost, the next one tries again.
+        log.warning("index.json could not be rewritten: %s", f.getErrorMessage())
+
+    def _compact(self) -> Deferred[None]:
+        """Rewrite index.json from memory (in a thread), then start the
+        journal's next generation with what came after the snapshot; fire when
+        a compaction that started after this call is done."""
+        d: Deferred[None] = Deferred()
+        self._compact_waiters.append(d)
+        if not self._compacting:
+            self._run_compaction()
+        return d
+
+    def _run_compaction(self) -> None:
+        j = self._journal
+        assert j is not None
+        self._compacting = True
+        waiters, self._compact_waiters = self._compact_waiters, []
+        since = j.queued_end  # every change made so far is in the snapshot
+        entries = list(self._entries.values())
+        head = {**self._index_meta}
+        foreign = list(self._foreign)
+
+        def write() -> int:
+            index = {**head, "manifests": foreign + [e.index_json() for e in entries]}
+            return self.layout.write_index_file(index)
+
+        def written(size: int) -> Deferred[None] | None:
+            self._index_bytes = size
+            if size > journal.EAGER_BYTES or j.records() >= journal.MIN_BYTES:
+                return j.rotate(since)
+            return None
+
+        def done(result: object) -> None:
+            self._compacting = False
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(None)
+            if self._compact_waiters:
+                self._run_compaction()
+
+        in_thread(self._reactor, write).addCallback(written).addBoth(done)

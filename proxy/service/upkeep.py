@@ -114,6 +114,16 @@ class Upkeep:
             state = ingest.read_state()
             if state is None:
                 continue
+            entry = self._store.get(state.url)
+            if (
+                entry is not None
+                and state.verified is not None
+                and state.verified in {str(f.digest) for f in entry.files}
+            ):
+                # Its entry was recorded (index.journal) before the process died,
+                # before this directory was removed: nothing is left to resume.
+                shutil.rmtree(d, ignore_errors=True)
+                continue
             self._jobs.interrupted[state.url] = interrupted_from(state, ingest)
         # Small-blob scratch files are never resumable.
         for p in layout.small_dir.glob("*.tmp"):

@@ -8,7 +8,6 @@ writer goes away (its end of the link reads EOF).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ from proxy import metrics
 from proxy.api.content import ContentAPI, display_path
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
+from proxy.cache import journal
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout
 from proxy.cache.store import Store
@@ -42,49 +42,11 @@ USES_INTERVAL = 1.0  # seconds between two reports of last uses to the writer
 _READS = (b"GET", b"HEAD")
 
 
-class Index:
-    """The ``index.json`` this reader loaded, held open: the path names
-    another file exactly when the writer has renamed a newer one into place
-    (a held inode is never reused)."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self._held: int | None = None
-        self._key: tuple[int, int] | None = None
-
-    def read(self) -> tuple[int, dict[str, Any]]:
-        """Open and parse ``index.json`` (blocking): its descriptor, its contents."""
-        fd = os.open(self.layout.index_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with os.fdopen(os.dup(fd), "rb") as f:
-                index = json.load(f)
-            if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
-                raise ValueError(f"{self.layout.index_path} is not an OCI image index")
-            index.setdefault("manifests", [])
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, index
-
-    def hold(self, fd: int) -> None:
-        st = os.fstat(fd)
-        old, self._held, self._key = self._held, fd, (st.st_dev, st.st_ino)
-        if old is not None:
-            os.close(old)
-
-    def current(self) -> bool:
-        try:
-            st = os.stat(self.layout.index_path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._key
-
-
 class Reader:
     """What this reader answers (:meth:`local`) and the way to the writer
     for the rest (:meth:`take`): the site's ``handoff``."""
 
-    def __init__(self, reactor: Any, store: Store, index: Index, mirror: bool) -> None:
+    def __init__(self, reactor: Any, store: Store, index: journal.Follower, mirror: bool) -> None:
         self._reactor = reactor
         self.store = store
         self.index = index
@@ -150,38 +112,40 @@ class Reader:
     # -- keeping up with the writer ----------------------------------------------
 
     def reload(self) -> None:
-        """Load the newer ``index.json`` (in a thread), then serve it."""
+        """Catch up with the writer's journal (read in a thread), then serve
+        what it says; everything again when a generation was missed."""
         if self._loading:
             self._again = True
             return
         self._loading = True
         self._again = False
+        follower = self.index
 
-        def load() -> tuple[int, Store]:
-            fd, index = self.index.read()
-            try:
-                fresh = Store(self.store.layout, self._reactor, self._reactor)
-                fresh.load(index)
-            except BaseException:
-                os.close(fd)
-                raise
-            return fd, fresh
+        def catch_up() -> Any:
+            found = follower.catch_up()
+            if found is None:
+                return load_all(self.store.layout, self._reactor, follower)
+            records, advance = found
+            return self.store.prepare(records), advance
 
-        def loaded(result: tuple[int, Store]) -> None:
-            fd, fresh = result
-            self.store.take_over(fresh)
-            self.index.hold(fd)
+        def caught_up(result: Any) -> None:
+            if isinstance(result, Store):
+                self.store.take_over(result)
+                return
+            changes, advance = result
+            self.store.apply(changes)
+            advance()
 
         def failed(f: Failure) -> None:
-            log.warning("reader: cannot load %s: %s", self.store.layout.index_path, f.value)
+            log.warning("reader: cannot follow %s: %s", follower.path, f.value)
 
         def done(_: object) -> None:
             self._loading = False
             if self._again and not self.index.current():
                 self.reload()
 
-        d = in_thread(self._reactor, load)
-        d.addCallbacks(loaded, failed).addBoth(done)
+        d = in_thread(self._reactor, catch_up)
+        d.addCallbacks(caught_up, failed).addBoth(done)
 
     def report_uses(self) -> None:
         """Send the writer the last uses seen since the previous report."""
@@ -193,9 +157,29 @@ class Reader:
             self.link.send_uses(changed)
 
 
+def load_all(layout: Layout, reactor: Any, follower: journal.Follower) -> Store:
+    """The entries as they are now (blocking): the journal opened first, then
+    index.json, then the journal replayed; ``follower`` then holds the
+    journal -- call it on the reactor only before serving, or hand the store
+    to :meth:`Store.take_over` (the follower's fields are set here, in the
+    thread, while the reactor does not read them: it waits for the result)."""
+    opened = follower.open()
+    try:
+        index = layout.read_index_file()
+        records, end = follower.read(opened[0], opened[2])
+        store = Store(layout, reactor, reactor)
+        store.load(journal.merge(index, records))
+    except BaseException:
+        os.close(opened[0])
+        raise
+    follower.hold((opened[0], opened[1], end))
+    return store
+
+
 def _watch_index(reactor: Any, reader: Reader) -> None:
-    """Start a reload as soon as the writer renames a new ``index.json`` in
-    (inotify); without it, the first request that finds the index newer does."""
+    """Catch up as soon as the writer appends to the journal or renames a
+    new generation in (inotify); without it, the first request that finds the
+    journal longer does."""
     try:
         from twisted.internet import inotify
         from twisted.python.filepath import FilePath
@@ -204,7 +188,7 @@ def _watch_index(reactor: Any, reader: Reader) -> None:
 
     def changed(_watch: object, path: FilePath[Any], _mask: int) -> None:
         name = path.basename()
-        if name in ("index.json", b"index.json") and not reader.index.current():
+        if name in ("index.journal", b"index.journal") and not reader.index.current():
             reader.reload()
 
     try:
@@ -212,7 +196,7 @@ def _watch_index(reactor: Any, reader: Reader) -> None:
         notifier.startReading()
         notifier.watch(
             FilePath(str(reader.store.layout.root)),
-            mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE,
+            mask=inotify.IN_MOVED_TO | inotify.IN_MODIFY,
             callbacks=[changed],
         )
     except Exception as e:  # no inotify here (another OS, no watches left): requests notice
@@ -223,11 +207,8 @@ def build(config: Config, reactor: Any) -> tuple[LoggingSite, Reader]:
     """The reader's site: the API of :func:`proxy.server.build` on a
     read-only store, every change and writer-only state handed to the writer."""
     layout = Layout(config.cache_dir, direct_writes=False)
-    index = Index(layout)
-    fd, contents = index.read()
-    store = Store(layout, reactor, reactor)
-    store.load(contents)
-    index.hold(fd)
+    index = journal.Follower(layout.journal_path)
+    store = load_all(layout, reactor, index)
     catalog = Catalog(store, upstream=config.upstream)
     from twisted.python.threadpool import ThreadPool
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.bench.array import report_lines as array_report
 from tests.bench.harness import BenchTimeout, Terminated, clear_limits, install_limits, machine_info
+from tests.bench.index_cost import report_lines as index_cost_report
 from tests.bench.model_ready import report_lines as model_ready_report
 from tests.bench.report import comparisons, document, table
 from tests.bench.run import SCENARIOS, Bench, Plan
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    for lines in (array_report(bench), model_ready_report(bench)):
+    for lines in (array_report(bench), model_ready_report(bench), index_cost_report(bench)):
         if lines:
             print("\n".join(lines))
             print()

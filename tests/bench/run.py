@@ -36,6 +36,7 @@ from tests.bench.harness import (
     settle_disk,
     vm_rss_kib,
 )
+from tests.bench.index_cost import run_index_cost
 from tests.bench.loads import clean_env, oras_pull, run_hey_head, skopeo_pull
 from tests.bench.model_ready import run_model_ready
 from tests.support.images import OCI_INDEX, OCI_LAYER_TAR, Blobs, push_raw, random_file
@@ -61,8 +62,11 @@ SCENARIOS = (
     "serve_during_ingest",
     "array",
     "model_ready",
+    "index_cost",
 )
-FIXTURE_FREE = frozenset({"array", "model_ready"})  # scenarios with their own fixtures and servers
+FIXTURE_FREE = frozenset(
+    {"array", "model_ready", "index_cost"}
+)  # scenarios with their own fixtures and servers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -776,6 +780,8 @@ class Bench:
             run_array(self)
         if "model_ready" in self.plan.only:
             run_model_ready(self)
+        if "index_cost" in self.plan.only:
+            run_index_cost(self)
         self.observe()
 
     def run_common(self) -> None:
