@@ -20,6 +20,7 @@ from tests.bench.index_cost import report_lines as index_cost_report
 from tests.bench.model_ready import report_lines as model_ready_report
 from tests.bench.report import comparisons, document, table
 from tests.bench.run import SCENARIOS, Bench, Plan
+from tests.bench.shared import scenario_lines as shared_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    for lines in (array_report(bench), model_ready_report(bench), index_cost_report(bench)):
+    reports = (array_report, model_ready_report, index_cost_report, shared_report)
+    for lines in (report(bench) for report in reports):
         if lines:
             print("\n".join(lines))
             print()

@@ -39,6 +39,7 @@ from tests.bench.harness import (
 from tests.bench.index_cost import run_index_cost
 from tests.bench.loads import clean_env, oras_pull, run_hey_head, skopeo_pull
 from tests.bench.model_ready import run_model_ready
+from tests.bench.shared import run_scenario as run_shared
 from tests.support.images import OCI_INDEX, OCI_LAYER_TAR, Blobs, push_raw, random_file
 from tests.support.registry import Registry
 from tests.support.server import ServerProcess
@@ -63,9 +64,10 @@ SCENARIOS = (
     "array",
     "model_ready",
     "index_cost",
+    "shared",
 )
 FIXTURE_FREE = frozenset(
-    {"array", "model_ready", "index_cost"}
+    {"array", "model_ready", "index_cost", "shared"}
 )  # scenarios with their own fixtures and servers
 
 
@@ -782,6 +784,8 @@ class Bench:
             run_model_ready(self)
         if "index_cost" in self.plan.only:
             run_index_cost(self)
+        if "shared" in self.plan.only:
+            run_shared(self)
         self.observe()
 
     def run_common(self) -> None:

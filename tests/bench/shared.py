@@ -200,6 +200,22 @@ def report_lines(figures: dict[str, Any]) -> list[str]:
     return lines
 
 
+SCENARIO = "shared"
+
+
+def run_scenario(bench: Any) -> None:
+    """``python -m tests.bench --only shared``: both modes, in the bench's directory."""
+    try:
+        bench.figures[SCENARIO] = run(bench.plan.quick, bench.tmp / "shared", log=bench.log)
+    except (OSError, RuntimeError, ValueError) as e:
+        bench.fail(SCENARIO, "storage-manager", str(e))
+
+
+def scenario_lines(bench: Any) -> list[str]:
+    figures = bench.figures.get(SCENARIO)
+    return report_lines(figures) if figures else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.shared")
     parser.add_argument("--quick", action="store_true", help="a 128 MiB model")
