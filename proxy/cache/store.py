@@ -148,6 +148,7 @@ class Store:
         self._reading: Counter[str] = Counter()  # blob hex -> answers streaming it
         # The writer's journal (open_journal); None: changes rewrite index.json.
         self._journal: journal.Journal | None = None
+        self._empty_journal = False  # a clean stop: the next compaction empties the journal
         self._index_bytes = 0  # of index.json as last written
         self._compacting = False
         self._compact_waiters: list[Deferred[None]] = []
@@ -214,6 +215,9 @@ class Store:
         j = self._journal
         if j is None or j.records() == 0:
             return succeed(None)
+        # Nothing left in the journal after a clean stop: index.json alone is the
+        # cache, as another program (or this one, restarted) reads and checks it.
+        self._empty_journal = True
         return self._compact().addErrback(self._compaction_failed)
 
     def prepare(self, records: list[journal.Record]) -> list[tuple[str, Entry | None]]:
@@ -616,7 +620,10 @@ class Store:
         def appended(_: None) -> Deferred[None] | None:
             if self._index_bytes <= journal.EAGER_BYTES:
                 return self._compact().addErrback(self._compaction_failed)
-            if j.records() >= max(journal.MIN_BYTES, self._index_bytes // 2):
+            # Half of index.json's size in changes (at least MIN_BYTES); MIN_BYTES 0
+            # (a test's setting) compacts after every change.
+            every = journal.MIN_BYTES == 0
+            if every or j.records() >= max(journal.MIN_BYTES, self._index_bytes // 2):
                 self._compact().addErrback(self._compaction_failed)
             return None
 
@@ -654,6 +661,8 @@ class Store:
         def written(size: int) -> Deferred[None] | None:
             self._index_bytes = size
             if size > journal.EAGER_BYTES or j.records() >= journal.MIN_BYTES:
+                return j.rotate(since)
+            if self._empty_journal:
                 return j.rotate(since)
             return None
 

@@ -134,11 +134,14 @@ def test_readers_follow_the_journal(tmp_path: Path, source: Source) -> None:
     cache = tmp_path / "cache"
     with ServerProcess(cache, "--workers", "2", "--verbose", "1", env=COMPACT_EVERY_CHANGE) as srv:
         (reader,) = _reader_pids(srv)
+        answers: dict[str, dict[str, str]] = {}
         for i in range(6):  # across journal generations: every change compacts
             source.add_file(f"/w{i}", f"w {i}\n".encode())
             url = source.url(f"/w{i}")
             with srv.client() as c:
-                assert c.post("/content/", json={"url": url}).status_code == 201
+                posted = c.post("/content/", json={"url": url})
+                assert posted.status_code == 201
+                answers[url] = posted.json()
             with closing(_connection_to(srv, reader)) as c:  # at once, wherever answered
                 assert c.get(f"/content/{b64(url)}").status_code == 200
             with srv.client() as c:
@@ -146,12 +149,15 @@ def test_readers_follow_the_journal(tmp_path: Path, source: Source) -> None:
                     assert c.delete(f"/content/{b64(url)}").status_code == 204
             with closing(_connection_to(srv, reader)) as c:
                 assert c.get(f"/content/{b64(url)}").status_code == (404 if i % 2 else 200)
-        # And the reader serves them itself once it has caught up.
+        # And the reader serves their blobs itself once it has caught up (/content
+        # is the writer's: it knows downloads and model directories).
+        w4 = answers[source.url("/w4")]
+        name = w4["reference"].rsplit(":", 1)[0]
         deadline = time.monotonic() + 30
         while True:
             with closing(_connection_to(srv, reader)) as c:
-                r = c.get(f"/content/{b64(source.url('/w4'))}")
-                assert r.status_code == 200
+                r = c.get(f"/v2/{name}/blobs/{w4['digest']}")
+                assert r.status_code == 200 and r.content == b"w 4\n"
                 if _pid(c) == reader:  # answered there, not handed to the writer
                     break
             assert time.monotonic() < deadline, "the reader never caught up"
