@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, FirstError, succeed
 from twisted.internet.interfaces import IConsumer, IReactorThreads, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
@@ -392,17 +392,45 @@ class FileSink:
         self.offset = offset
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._writing: list[Deferred[None]] = []  # writes in threads, not yet done
 
     def write(self, data: bytes) -> Deferred[None] | None:
         self._buffer.append(data)
         self._buffered += len(data)
-        return self.flush() if self._buffered >= CHUNK else None
+        return self._write_out() if self._buffered >= CHUNK else None
 
-    def flush(self) -> Deferred[None]:
+    def _write_out(self) -> Deferred[None]:
         data = b"".join(self._buffer)
         self._buffer, self._buffered = [], 0
         at = self.offset
         self.offset += len(data)
         if not data:
             return succeed(None)
-        return in_thread(self.threads, _write_at, self.path, at, data)
+        d = in_thread(self.threads, _write_at, self.path, at, data)
+        self._writing.append(d)
+
+        def done(result: object) -> object:
+            if d in self._writing:
+                self._writing.remove(d)
+            return result
+
+        return d.addBoth(done)
+
+    def flush(self) -> Deferred[None]:
+        """Write what is buffered; fire once every write so far is in the
+        file (a write handed to a thread earlier may still be running: the
+        caller hashes the file next)."""
+        self._write_out()
+        pending = list(self._writing)
+        if not pending:
+            return succeed(None)
+        every = DeferredList(pending, fireOnOneErrback=True, consumeErrors=True)
+
+        def settled(results: object) -> None:
+            return None
+
+        def first_error(f: Failure) -> Failure:
+            value = f.value
+            return value.subFailure if isinstance(value, FirstError) else f
+
+        return every.addCallbacks(settled, first_error)

@@ -122,3 +122,20 @@ def test_file_sink_buffers_about_a_chunk(tmp_path: Path) -> None:
     sink.flush()
     reactor.run_threads()
     assert out.read_bytes() == b"\0" * 3 + b"x" * 10 + b"y" * CHUNK + b"z"
+
+
+def test_file_sink_flush_waits_for_every_write_before_it(tmp_path: Path) -> None:
+    """A chunk handed to a thread by write() and the rest by flush(): flush
+    fires only once both are in the file (the caller hashes the file next; a
+    flush that waited for its own write only let a read of the store hash a
+    file whose first chunk was not written yet)."""
+    reactor = FakeReactor()
+    out = tmp_path / "out"
+    sink = FileSink(reactor, str(out))
+    first = sink.write(b"a" * CHUNK)  # its thread work waits in the manual pool
+    assert first is not None and not first.called
+    flushed = sink.flush()
+    assert not flushed.called  # the first chunk is not written yet
+    reactor.run_threads()
+    assert flushed.called
+    assert out.read_bytes() == b"a" * CHUNK
