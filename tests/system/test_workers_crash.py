@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from proxy.cache.layout import Layout
+from tests.cache.test_crash import check_cache
 from tests.conftest import b64
 from tests.support.server import ServerProcess
 from tests.support.source import Source
@@ -29,7 +30,7 @@ WAIT = 30.0  # seconds a bounded wait may take before the test fails
 LOAD_SECONDS = 8.0  # how long the client threads of a round run at most
 
 
-def _digest(data: bytes) -> str:
+def _digest(data: bytes | bytearray) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -90,6 +91,7 @@ class Load:
     pulled: int = 0
     connection_errors: int = 0
     wrong: list[str] = attrs.field(factory=list)  # anything but a good answer or a cut
+    quiet: threading.Event = attrs.field(factory=threading.Event)  # set: no POSTs
     _stop: threading.Event = attrs.field(factory=threading.Event)
     _threads: list[threading.Thread] = attrs.field(factory=list)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
@@ -118,18 +120,22 @@ class Load:
         until = time.monotonic() + LOAD_SECONDS
         while self._running(until):
             digest = rng.choice(digests)
+            body = bytearray()
             try:
-                with self.srv.client() as c:
-                    r = c.get(f"/v2/x/blobs/{digest}")
+                with self.srv.client() as c, c.stream("GET", f"/v2/x/blobs/{digest}") as r:
+                    status = r.status_code
+                    for chunk in r.iter_bytes(256 * 1024):
+                        body += chunk
+                        time.sleep(0.002)  # a slowish client: kills land mid-body
             except httpx.TransportError:
                 with self._lock:
                     self.connection_errors += 1
                 continue
             with self._lock:
-                if r.status_code != 200:
-                    self.wrong.append(f"GET {digest}: {r.status_code} {r.text[:200]}")
-                elif len(r.content) != self.blobs[digest] or _digest(r.content) != digest:
-                    self.wrong.append(f"GET {digest}: 200 with {len(r.content)} other bytes")
+                if status != 200:
+                    self.wrong.append(f"GET {digest}: {status} {bytes(body[:200])!r}")
+                elif len(body) != self.blobs[digest] or _digest(body) != digest:
+                    self.wrong.append(f"GET {digest}: 200 with {len(body)} other bytes")
                 else:
                     self.pulled += 1
 
@@ -137,6 +143,9 @@ class Load:
         n = 0
         until = time.monotonic() + LOAD_SECONDS
         while self._running(until):
+            if self.quiet.is_set():
+                time.sleep(0.01)
+                continue
             n += 1
             path = f"/{self.prefix}-{seed}-{n}.bin"
             data = f"{path} ".encode() * 300
@@ -195,8 +204,11 @@ def _all_served(srv: ServerProcess, answered: dict[str, str]) -> None:
 
 @pytest.fixture
 def pulled_files() -> dict[str, bytes]:
+    """Blobs of each way a blob is sent: one pread and write, sendfile from
+    the fast path, sendfile from a thread of the ordinary path."""
     rng = random.Random(24)
-    return {f"/pull{i}.bin": rng.randbytes(512 * 1024 + 4099 * i) for i in range(4)}
+    sizes = (100 * 1024, 700 * 1024 + 1, 6 * 1024 * 1024 + 3)
+    return {f"/pull{i}.bin": rng.randbytes(size) for i, size in enumerate(sizes)}
 
 
 # -- (a) kill -9 of a reader --------------------------------------------------------
@@ -208,15 +220,27 @@ def test_kill_9_of_readers_under_load(
     rng = random.Random(3)
     with ServerProcess(cache_dir, "--workers", "3", "--verbose", "1", "--retries", "0") as srv:
         blobs = _ingest(srv, source, pulled_files)
+        # Far more than the socket buffers hold: a kill cuts its stream.
+        sizes = _ingest(srv, source, {"/big.bin": random.Random(4).randbytes(48 * 1024 * 1024)})
+        (big,) = sizes
         load = Load(srv, source, blobs, "a").start()
-        kills = 0
+        kills = cut = 0
         try:
-            for _ in range(4):
+            for _ in range(5):
                 time.sleep(rng.uniform(0.05, 0.8))  # a random point of the load
                 readers = _reader_pids(srv)
                 victim = rng.choice(readers)
+                # At least one request in flight on it: a stream begun, not taken.
+                load.quiet.set()  # no change meanwhile: the victim stays current
+                stream = _stream_from(srv, victim, big)
+                first = next(stream)
+                load.quiet.clear()
                 os.kill(victim, signal.SIGKILL)
                 kills += 1
+                try:
+                    _finish(first, stream, big, sizes[big])  # all of it was sent already
+                except httpx.TransportError:
+                    cut += 1  # cut short: an error, never a short body taken as whole
 
                 def replaced(victim: int = victim) -> bool:
                     pids = _reader_pids(srv)
@@ -225,7 +249,10 @@ def test_kill_9_of_readers_under_load(
                 _wait_until(replaced, f"reader {victim} replaced")
         finally:
             load.stop()
+        print(f"pulled {load.pulled}, posted {len(load.answered)}, cut {load.connection_errors}")
         assert not load.wrong, load.wrong
+        print(f"{cut} of {kills} streams on a killed reader cut")
+        assert cut, "no stream was cut by a kill"
         assert load.pulled > 0 and load.answered, (load.pulled, load.answered)
         with srv.client() as c:
             info = c.get("/admin/info").json()["workers"]
@@ -255,13 +282,15 @@ def test_kill_9_of_the_writer_under_load_then_restart(
             time.sleep(rng.uniform(0.3, 2.0))  # a random point of the load
             srv.kill()
             # The readers notice by themselves (their link to the writer closes).
-            _wait_until(lambda: all(_gone(p) for p in readers), "the readers stop")
+            _wait_until(lambda r=readers: all(_gone(p) for p in r), "the readers stop")
         finally:
             load.stop()
+        print(f"pulled {load.pulled}, posted {len(load.answered)}, cut {load.connection_errors}")
         assert not load.wrong, load.wrong
         answered.update(load.answered)
         # Nothing holds the cache any more: its lock is free.
         assert Layout(cache_dir).lock_holder() is None
+        check_cache(cache_dir)  # every blob hashes to its name; index.json whole
 
     assert answered
     with ServerProcess(cache_dir, "--workers", "3", "--verbose", "1") as srv:
@@ -328,9 +357,23 @@ def test_a_reader_never_serves_a_blob_before_its_commit(cache_dir: Path, source:
 # -- (d) DELETE and eviction while readers stream -------------------------------------
 
 
+def _current_connection_to(srv: ServerProcess, pid: int) -> httpx.Client:
+    """A connection that process ``pid`` accepted and, if a reader, kept
+    after a request it answers only when its index is current."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        c = _connection_to(srv, pid)
+        assert c.get("/v2/").status_code == 200
+        if _pid(c) == pid:
+            return c
+        c.close()
+    raise AssertionError(f"{pid} never had the current index")
+
+
 def _stream_from(srv: ServerProcess, pid: int, digest: str) -> Iterator[bytes]:
-    """The body of a GET of ``digest`` on a connection ``pid`` accepted, chunk by chunk."""
-    with closing(_connection_to(srv, pid)) as c, c.stream("GET", f"/v2/x/blobs/{digest}") as r:
+    """The body of a GET of ``digest`` from process ``pid``, chunk by chunk."""
+    c = _current_connection_to(srv, pid)
+    with closing(c), c.stream("GET", f"/v2/x/blobs/{digest}") as r:
         assert r.status_code == 200
         yield from r.iter_bytes(256 * 1024)
 
@@ -357,8 +400,10 @@ def test_delete_while_a_reader_streams(cache_dir: Path, source: Source) -> None:
         first = next(stream)
         with srv.client() as c:
             assert c.delete(f"/content/{b64(url)}").status_code == 204
-        blob = cache_dir / "blobs" / "sha256" / digest.split(":", 1)[1]
-        _wait_until(lambda: not blob.exists(), "the blob is unlinked")
+        # Gone once answered, though a reader streams it.
+        assert not (cache_dir / "blobs" / "sha256" / digest.split(":", 1)[1]).exists()
+        with closing(_connection_to(srv, reader)) as c:
+            assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
         _finish(first, stream, digest, len(data))
         with srv.client() as c:
             assert c.get(f"/content/{b64(url)}").status_code == 404
@@ -381,8 +426,11 @@ def test_eviction_while_a_reader_streams(cache_dir: Path, source: Source) -> Non
         stream = _stream_from(srv, reader, digest)
         first = next(stream)
         _ingest(srv, source, {"/new.bin": new})  # 80M > 60M: the old entry goes
-        blob = cache_dir / "blobs" / "sha256" / digest.split(":", 1)[1]
-        _wait_until(lambda: not blob.exists(), "the old blob is evicted")
+        # Evicted before the answer, though a reader streams it (the writer
+        # does not know: a reader's uses reach it as last-use times only).
+        assert not (cache_dir / "blobs" / "sha256" / digest.split(":", 1)[1]).exists()
+        with closing(_connection_to(srv, reader)) as c:
+            assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
         _finish(first, stream, digest, len(old))
         with srv.client() as c:
             assert c.get(f"/content/{b64(url)}").status_code == 404
