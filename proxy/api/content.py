@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from proxy.api.answers import json_answer
 from proxy.api.errors import json_error, render_error
+from proxy.api.paging import BadPage, next_link, paginate
 from proxy.api.requests import parse_post
 from proxy.cache import modelviews, ollamaview, views
 from proxy.cache.store import Entry
@@ -280,8 +281,18 @@ class ContentAPI:
 
     @app.route("/content/", methods=["GET"])
     def list_all(self, request: IRequest) -> bytes:
+        """Every entry and download, sorted by URL; paged by ``?n=`` and
+        ``?last=`` as ``/v2/<name>/tags/list`` is (proxy.api.paging), with a
+        ``Link: <...>; rel="next"`` while more remain."""
+        args: dict[bytes, list[bytes]] = request.args
+        try:
+            urls, next_last = paginate(sorted(self.downloads.urls()), args)
+        except BadPage as e:
+            raise BadRequest(str(e)) from None
+        if next_last is not None:
+            request.setHeader(b"Link", next_link("/content/", next_last, args))
         items = []
-        for url in self.downloads.urls():
+        for url in urls:
             found = self.describe(url)
             if found is not None:
                 items.append(found[1])

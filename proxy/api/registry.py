@@ -44,6 +44,7 @@ from proxy.api.answers import finish_with_length, json_answer
 from proxy.api.content import display_path
 from proxy.api.errors import OciError, error_body, oci_error
 from proxy.api.fill import FillWriter
+from proxy.api.paging import BadPage, next_link, paginate
 from proxy.api.referrers import FILTERS_APPLIED, Referrers
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
@@ -51,7 +52,6 @@ from proxy.cache.layout import Layout, NotAManifest
 from proxy.errors import StorageError
 from proxy.logs import log_access
 from proxy.naming import NAME_RE, TAG_RE
-from proxy.numerals import read_decimal
 from proxy.service.mirror import Denied, Mirror
 from proxy.service.sources import BlobHandle, BlobSource, BlobWant, GrowingBlob, StoredBlob
 from proxy.types import (
@@ -130,17 +130,10 @@ def _digest(text: str, unknown: str) -> Digest:
 
 
 def _paginate(items: list[str], args: dict[bytes, list[bytes]]) -> tuple[list[str], str | None]:
-    last = args.get(b"last", [b""])[0].decode("utf-8", "replace")
-    if last:
-        items = [i for i in items if i > last]
-    n_raw = args.get(b"n", [b""])[0]
-    if n_raw:
-        if not n_raw.isdigit():
-            raise OciError("UNSUPPORTED", "n must be a non-negative number", 400)
-        n = read_decimal(n_raw.decode("ascii"))
-        if len(items) > n:
-            return items[:n], items[n - 1] if n > 0 else None
-    return items, None
+    try:
+        return paginate(items, args)
+    except BadPage as e:
+        raise OciError("UNSUPPORTED", str(e), 400) from None
 
 
 class RegistryAPI:
@@ -311,10 +304,7 @@ class RegistryAPI:
     def _catalog(self, request: Any, args: dict[bytes, list[bytes]], ns: str | None) -> bytes:
         names, next_last = _paginate(self.catalog.names(ns), args)
         if next_last is not None:
-            n = args[b"n"][0].decode()
-            request.setHeader(
-                b"Link", f'</v2/_catalog?last={next_last}&n={n}>; rel="next"'.encode()
-            )
+            request.setHeader(b"Link", next_link("/v2/_catalog", next_last, args))
         return self._json(request, {"repositories": names})
 
     def _tags(self, request: Any, name: str, args: dict[bytes, list[bytes]], ns: str | None) -> Any:
@@ -358,9 +348,7 @@ class RegistryAPI:
             raise OciError("NAME_UNKNOWN", f"repository {name} is not in this cache")
         tags, next_last = _paginate(tags, args)
         if next_last is not None:
-            n = args[b"n"][0].decode()
-            link = f'</v2/{name}/tags/list?last={next_last}&n={n}>; rel="next"'
-            request.setHeader(b"Link", link.encode())
+            request.setHeader(b"Link", next_link(f"/v2/{name}/tags/list", next_last, args))
         return self._json(request, {"name": name, "tags": tags})
 
     # -- referrers -------------------------------------------------------------

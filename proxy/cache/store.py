@@ -152,6 +152,9 @@ class Store:
         self._index_bytes = 0  # of index.json as last written
         self._compacting = False
         self._compact_waiters: list[Deferred[None]] = []
+        # While load() runs: the blobs on disk, listed once (algorithm -> hex names),
+        # so an entry costs no stat of each of its blobs; None: ask the filesystem.
+        self._present: dict[str, set[str]] | None = None
 
     def _now(self) -> float:
         return self._clock.seconds() if self._clock is not None else time.time()
@@ -164,15 +167,20 @@ class Store:
             index = self.layout.read_index()
         self._index_meta = {k: v for k, v in index.items() if k != "manifests"}
         self._index_meta.setdefault("schemaVersion", 2)
-        for raw in index["manifests"]:
-            desc, entry = self._read_descriptor(raw)
-            if entry is None or entry.url in self._entries:
-                self._foreign.append(raw)
-                if desc is not None:
-                    self._foreign_blobs |= set(self._closure(desc))
-            else:
-                self._entries[entry.url] = entry
-                self._index_users(entry)
+        # Listed after index.json was read: every blob its entries name is committed by now.
+        self._present = {a: self.layout.blob_names(a) for a in HEX_RE}
+        try:
+            for raw in index["manifests"]:
+                desc, entry = self._read_descriptor(raw)
+                if entry is None or entry.url in self._entries:
+                    self._foreign.append(raw)
+                    if desc is not None:
+                        self._foreign_blobs |= set(self._closure(desc))
+                else:
+                    self._entries[entry.url] = entry
+                    self._index_users(entry)
+        finally:
+            self._present = None
         recorded = self.layout.read_last_used()
         self._last_used = {u: t for u, t in recorded.items() if u in self._entries}
 
@@ -245,6 +253,12 @@ class Store:
             else:
                 self._last_used.pop(url, None)
 
+    def _has_blob(self, digest: Digest) -> bool:
+        present = self._present
+        if present is not None:
+            return digest.hex in present.get(digest.algorithm, ())
+        return self.layout.has_blob(digest)
+
     def _closure(self, desc: Descriptor) -> dict[Digest, Descriptor]:
         """Descriptors reachable from ``desc`` through manifests on disk, in
         order (``desc`` first)."""
@@ -255,10 +269,12 @@ class Store:
             if d.digest in seen:
                 continue
             seen[d.digest] = d
-            if d.media_type in artifact.MANIFEST_MEDIA_TYPES and self.layout.has_blob(d.digest):
+            if d.media_type in artifact.MANIFEST_MEDIA_TYPES and self._has_blob(d.digest):
                 try:
                     data = self.layout.read_manifest(d.digest)
                     todo.extend(artifact.children(d.media_type, data))
+                except FileNotFoundError:
+                    pass  # removed since it was listed: as if it were absent
                 except ValueError as e:
                     log.warning("blob %s is not a readable manifest: %s", d.digest, e)
         return seen
@@ -267,14 +283,14 @@ class Store:
         ann = desc.annotations
         url = ann[ANNOTATION_URL]
         kind = ann.get(ANNOTATION_KIND, "file")
-        if not self.layout.has_blob(desc.digest):
+        if not self._has_blob(desc.digest):
             log.warning("entry %s: manifest %s is missing; kept as is", url, desc.digest)
             return None
         closure = self._closure(desc)
         if kind in FILE_KINDS:
             files = [c for c in closure.values() if artifact.title_of(c) is not None]
         else:
-            files = [c for c in closure.values() if self.layout.has_blob(c.digest)]
+            files = [c for c in closure.values() if self._has_blob(c.digest)]
         # A set of files (a directory, a repository, a prefix) is named by its manifest.
         many = kind in FILE_KINDS and len(files) > 1
         primary: Descriptor | None = files[0] if kind in FILE_KINDS and files and not many else desc
