@@ -855,6 +855,8 @@ class Bench:
                 )
         for scenario, servers in self.figures.items():
             for server, figure in servers.items():
+                if not isinstance(figure, dict):  # a scenario's own figures (shared: waves)
+                    continue
                 problems = figure.get("log", {}).get("problem_lines", 0) + figure.get(
                     "log_problem_lines", 0
                 )
