@@ -183,20 +183,22 @@ class MirrorBlobs:
             if job.state == "complete":
                 size = self.layout.blob_size(digest)
                 return (None, size) if size is not None else None
-            await _first(
+            await first_of(
                 blobs[0].when_changed() if blobs else job.progress.when_added(),
                 job.finished(),
             )
 
 
-def _first(*waits: Deferred[None]) -> Deferred[None]:
-    """Fires when the first of ``waits`` does (the others are left to fire unheard)."""
+def first_of(*waits: Deferred[Any]) -> Deferred[None]:
+    """Fires when the first of ``waits`` does, success or failure; their
+    results are passed on untouched (the others are left to fire unheard)."""
     d: Deferred[None] = Deferred()
 
-    def fire(_: object) -> None:
+    def fire(result: object) -> object:
         if not d.called:
             d.callback(None)
+        return result
 
     for w in waits:
-        w.addCallback(fire)
+        w.addBoth(fire)
     return d

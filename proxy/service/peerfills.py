@@ -39,6 +39,7 @@ from proxy.cache.layout import Layout, blob_ingest_key
 from proxy.fetch.base import FetchResult, Job, Writers, Writing
 from proxy.fetch.transfer import HttpClient, Wanted, download
 from proxy.request import FetchRequest
+from proxy.service.fills import first_of
 from proxy.service.forward import Origin
 from proxy.service.jobs import Download
 from proxy.service.sources import BlobHandle, BlobWant, LocalBlobs
@@ -194,20 +195,6 @@ class PeerBlobs:
                 return await self.local.open(want)  # committed (None: evicted at once)
             started = self.writers.when_started(digest)
             try:
-                await _first(started, fill.finished())
+                await first_of(started, fill.finished())
             finally:
                 self.writers.forget_waiter(digest, started)
-
-
-def _first(*waits: Deferred[Any]) -> Deferred[None]:
-    """Fires when the first of ``waits`` does, without taking their results."""
-    d: Deferred[None] = Deferred()
-
-    def fire(result: object) -> object:
-        if not d.called:
-            d.callback(None)
-        return result
-
-    for w in waits:
-        w.addBoth(fire)
-    return d
