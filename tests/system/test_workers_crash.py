@@ -23,6 +23,7 @@ from tests.cache.test_crash import check_cache
 from tests.conftest import b64
 from tests.support.server import ServerProcess
 from tests.support.source import Source
+from tests.system.test_workers import _gone, _wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,23 +59,6 @@ def _connection_to(srv: ServerProcess, pid: int) -> httpx.Client:
             pass
         c.close()
     raise AssertionError(f"no connection was accepted by {pid}")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def _wait_until(check: object, what: str) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT}s: {what}")
-        time.sleep(0.02)
 
 
 @attrs.define
