@@ -101,13 +101,10 @@ class FillStream:
     def _open(self) -> int | None:
         if self._fd is None:
             digest = self._want.digest
-            for path in (
+            self._fd = open_first(
                 self._layout.ingest_path(blob_ingest_key(digest)) / "data",
                 self._layout.blob_path(digest),
-            ):
-                with contextlib.suppress(FileNotFoundError):
-                    self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    break
+            )
         return self._fd
 
     def when_more(self) -> Deferred[None]:
@@ -141,6 +138,15 @@ class FillStream:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def open_first(*paths: os.PathLike[str] | str) -> int | None:
+    """A descriptor of the first of ``paths`` that exists (a fill's ingest
+    file, then the blob it was renamed to once committed); None: neither."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return None
 
 
 class MirrorBlobs:

@@ -39,7 +39,7 @@ from proxy.cache.layout import Layout, blob_ingest_key
 from proxy.fetch.base import FetchResult, Job, Writers, Writing
 from proxy.fetch.transfer import HttpClient, Wanted, download
 from proxy.request import FetchRequest
-from proxy.service.fills import first_of
+from proxy.service.fills import first_of, open_first
 from proxy.service.forward import Origin
 from proxy.service.jobs import Download
 from proxy.service.sources import BlobHandle, BlobWant, LocalBlobs
@@ -81,11 +81,8 @@ class GrowingFile:
 
     def read(self, offset: int, n: int) -> bytes:
         if self._fd is None:
-            for path in (self._writing.path, self._layout.blob_path(self._digest)):
-                with contextlib.suppress(FileNotFoundError):
-                    self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    break
-            else:
+            self._fd = open_first(self._writing.path, self._layout.blob_path(self._digest))
+            if self._fd is None:
                 return b""
         return os.pread(self._fd, n, offset)
 
