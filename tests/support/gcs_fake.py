@@ -20,6 +20,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    # Keep-alive, as the real service: an HTTP/1.0 answer closes its connection
+    # without saying "Connection: close", so Twisted's pool kept it and a later
+    # POST sent on it, before the close was read, failed ("closed cleanly").
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
