@@ -384,8 +384,9 @@ def serve(cfg: config_mod.Config, argv: list[str] | None = None) -> int:
 
         metrics_dir = tempfile.mkdtemp(prefix="storage-manager-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from twisted.internet import reactor
+    from proxy.web import reactor as reactors
 
+    reactor = reactors.install()
     from proxy import logs, server
 
     logs.setup(cfg.verbose, json_lines=cfg.log_format == "json", clock=reactor)
@@ -416,8 +417,9 @@ def serve(cfg: config_mod.Config, argv: list[str] | None = None) -> int:
 
 def _serve_reader(cfg: config_mod.Config, family: int) -> int:
     """A reader of ``--workers`` (:mod:`proxy.workers.reader`)."""
-    from twisted.internet import reactor
+    from proxy.web import reactor as reactors
 
+    reactor = reactors.install()
     from proxy import logs
     from proxy.workers import reader
 

@@ -254,7 +254,10 @@ def route_of(path: str) -> str:
     return "other"
 
 
-_children: dict[tuple[str, str, int], tuple[Counter, Counter]] = {}
+# (route, method label, status) -> the counters one answer increments: its
+# request count, its bytes, and the cache hit or miss it is (or None).
+_children: dict[tuple[str, str, int], tuple[Counter, Counter, Counter | None]] = {}
+_flushers: list[Callable[[], None]] = []
 
 
 def observe_download(scheme: str, result: str, seconds: float, code: str | None = None) -> None:
@@ -267,31 +270,44 @@ def observe_download(scheme: str, result: str, seconds: float, code: str | None 
 
 def observe_request(method: str, path: str, code: int, sent: int) -> None:
     """Count one answered request (cheap: children are cached)."""
-    method = method_label(method)
-    key = (route_of(path), method, code)
+    count_answers(route_of(path), method_label(method), code, 1, sent)
+
+
+def count_answers(route: str, method: str, code: int, answers: int, sent: int) -> None:
+    """Count ``answers`` answers of one route, method label and status that
+    sent ``sent`` bytes in all (:mod:`proxy.logs` adds up a reactor turn's)."""
+    key = (route, method, code)
     child = _children.get(key)
     if child is None:
-        route = key[0]
-        child = (REQUESTS.labels(route, method, status_label(code)), SERVED.labels(route))
+        child = (REQUESTS.labels(route, method, status_label(code)), SERVED.labels(route), None)
+        if route in ("v2_blob", "v2_manifest") and method in ("GET", "HEAD"):
+            if code in (200, 206, 304, 416):
+                child = (child[0], child[1], CACHE.labels(route[3:], "hit"))
+            elif code == 404:
+                child = (child[0], child[1], CACHE.labels(route[3:], "miss"))
+        elif route == "content" and method == "POST" and code in (200, 201):
+            child = (child[0], child[1], CACHE.labels("content", "hit" if code == 200 else "miss"))
         if len(_children) < 10_000:  # bounded anyway; the labels already are
             _children[key] = child
-    child[0].inc()
+    child[0].inc(answers)
     if sent:
         child[1].inc(sent)
-    route = key[0]
-    if route in ("v2_blob", "v2_manifest") and method in ("GET", "HEAD"):
-        if code in (200, 206, 304, 416):
-            CACHE.labels(route[3:], "hit").inc()
-        elif code == 404:
-            CACHE.labels(route[3:], "miss").inc()
-    elif route == "peer_blob" and sent:
+    if child[2] is not None:
+        child[2].inc(answers)
+    if route == "peer_blob" and sent:
         PEER_BYTES.labels("served").inc(sent)
-    elif route == "content" and method == "POST" and code in (200, 201):
-        CACHE.labels("content", "hit" if code == 200 else "miss").inc()
+
+
+def before_exposition(flush: Callable[[], None]) -> None:
+    """Have ``flush`` (counts held back, see :mod:`proxy.logs`) run before
+    every ``/metrics`` answer this process makes."""
+    _flushers.append(flush)
 
 
 def exposition() -> tuple[bytes, bytes]:
     """The body and Content-Type of ``GET /metrics``."""
+    for flush in _flushers:
+        flush()
     if MULTIPROCESS:
         refresh()
         summed = CollectorRegistry()

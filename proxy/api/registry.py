@@ -86,6 +86,7 @@ _FAST_TARGET_RE = re.compile(
 # Larger GETs take the ordinary way (sendfile from a worker thread): the fast
 # path may read what the socket does not take at once into memory.
 FAST_SENDFILE_MAX = 2 * 1024 * 1024
+FAST_MEMO = 1024  # entries of each of the fast path's memos
 
 # The headers of every blob answer, both ways (the fast path and twisted.web):
 # fixed ones, and templates of those that depend on the request (filled with
@@ -161,6 +162,10 @@ class RegistryAPI:
         self._date = HttpDate()
         self._touch = catalog.touch_blob  # a read is a use of every entry holding the blob
         self.referrers = Referrers(layout)
+        # The fast path's memos, each bounded (cleared when full): repository
+        # names found valid, and the header lines of (name, digest, Host).
+        self._fast_names: set[bytes] = set()
+        self._fast_fields: dict[tuple[bytes, bytes, bytes], bytes] = {}
 
     def fast_blob(self, channel: PlainHTTPChannel, head: bytes) -> bool:
         """Answer a plain ``HEAD``, or a small ``GET``, of a cached blob, with
@@ -173,9 +178,13 @@ class RegistryAPI:
         m = _FAST_TARGET_RE.fullmatch(request.target)
         if m is None:
             return False
-        name, hex_ = m.group(1), m.group(2)
-        if len(name) > 255 or not NAME_RE.fullmatch(name.decode("ascii")):
-            return False
+        name, hex_ = m.group(1, 2)
+        if name not in self._fast_names:
+            if not NAME_RE.fullmatch(name.decode("ascii")):
+                return False
+            if len(self._fast_names) >= FAST_MEMO:
+                self._fast_names.clear()
+            self._fast_names.add(name)
         answered = self._fast_answer(channel, request, name, hex_)
         if answered is None:
             return False
@@ -189,6 +198,7 @@ class RegistryAPI:
             answered[0],
             answered[1],
             0.0,
+            "v2_blob",
         )
         return True
 
@@ -208,20 +218,28 @@ class RegistryAPI:
             if not stat.S_ISREG(st.st_mode):
                 return None
             size = st.st_size
+            wanted = request.range
             try:
-                wanted = request.range
-                byte_range = parse_range(wanted.decode("latin-1"), size) if wanted else None
+                span = fastpath.simple_range(wanted, size) if wanted else None
+                if span is None and wanted:
+                    byte_range = parse_range(wanted.decode("latin-1"), size)
+                    span = None if byte_range is None else (byte_range.start, byte_range.end)
             except Unsatisfiable:
-                return None
-            digest = b"sha256:" + hex_
-            fields = _FAST_FIELDS % {b"digest": digest, b"host": request.host, b"name": name}
-            if byte_range is None:
+                return None  # the ordinary way answers 416
+            key = (name, hex_, request.host)
+            fields = self._fast_fields.get(key)
+            if fields is None:
+                digest = b"sha256:" + hex_
+                fields = _FAST_FIELDS % {b"digest": digest, b"host": request.host, b"name": name}
+                if len(self._fast_fields) >= FAST_MEMO:
+                    self._fast_fields.clear()
+                self._fast_fields[key] = fields
+            if span is None:
                 status, offset, length = 200, 0, size
                 head = fastpath.answer_head(fields, self._date.now(), length)
             else:
-                status, offset, length = 206, byte_range.start, byte_range.length
-                part = (byte_range.start, byte_range.end, size)
-                head = fastpath.answer_head(fields, self._date.now(), length, part)
+                status, offset, length = 206, span[0], span[1] - span[0] + 1
+                head = fastpath.answer_head(fields, self._date.now(), length, (*span, size))
             if head_only:
                 channel.send(head)
                 return status, 0

@@ -103,6 +103,7 @@ class PlainHTTPChannel(HTTPChannel):
     _head_call: IDelayedCall | None = None
     _linger: IDelayedCall | None = None
     _refused = False
+    _quiet_until = 0.0  # time.monotonic() before which fast answers leave the idle timeout
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
@@ -132,7 +133,7 @@ class PlainHTTPChannel(HTTPChannel):
         if self.fast is not None and self._idle():
             data = self._answer_fast(self.fast, data)
             if not data:
-                self.resetTimeout()  # type: ignore[no-untyped-call]
+                self._active()
                 return
         if (
             self._head_call is None
@@ -143,6 +144,16 @@ class PlainHTTPChannel(HTTPChannel):
             # A request head starts: it has HEAD_TIMEOUT from now, however it dribbles.
             self._head_call = self.callLater(self.head_timeout, self._head_too_slow)  # type: ignore[no-untyped-call]
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def _active(self) -> None:
+        """Restart the idle timeout after fast answers, at most once per
+        1/64 of it: rescheduling it per request was a twentieth of a blob
+        ``HEAD``; the connection may so be closed up to 1/64 of the timeout
+        early (at most 0.94 s of the default 60 s)."""
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            self._quiet_until = now + (self.timeOut or 0) / 64
+            self.resetTimeout()  # type: ignore[no-untyped-call]
 
     def _head_too_slow(self) -> None:
         self._head_call = None
@@ -356,11 +367,14 @@ class PlainHTTPChannel(HTTPChannel):
     def _answer_fast(self, fast: FastAnswer, data: bytes) -> bytes:
         """Answer the complete requests at the start of ``data`` that ``fast``
         takes; return the rest (from the first one it declines)."""
+        transport: Any = self.transport
         while data:
             end = data.find(b"\r\n\r\n", 0, MAX_FAST_HEAD)
             if end < 0 or not fast(self, data[:end]):
                 return data
             data = data[end + 4 :]
-            if not self._idle():
+            # A fast answer changes none of what makes the channel idle but the
+            # transport's state (an answer cut short aborts the connection).
+            if transport.disconnecting:
                 return data
         return data

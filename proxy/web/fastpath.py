@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 from twisted.web.http import datetimeToString
 
+from proxy.web.ranges import Unsatisfiable
+
 _TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CTL = b"\x00\r\n"
 # Request headers that make the fast path decline (twisted.web's own handling,
@@ -76,6 +78,24 @@ def parse(head: bytes) -> FastRequest | None:
         elif key == b"range":
             wanted = value.strip(b" \t")
     return FastRequest(method, target, host, wanted)
+
+
+_SIMPLE_RANGE_RE = re.compile(rb"bytes=([0-9]{1,18})-([0-9]{1,18})")
+
+
+def simple_range(wanted: bytes, size: int) -> tuple[int, int] | None:
+    """The (first, last) bytes of ``size`` that ``wanted`` selects when it is
+    the plain ``bytes=<first>-<last>`` of clients' ranged reads (numerals of
+    at most 18 digits), read as :func:`proxy.web.ranges.parse_range` reads
+    it (a last past the end is the end; :class:`~proxy.web.ranges.Unsatisfiable`
+    for no byte selected); None for any other form, which that function reads."""
+    m = _SIMPLE_RANGE_RE.fullmatch(wanted)
+    if m is None:
+        return None
+    first, last = int(m.group(1)), int(m.group(2))
+    if last < first or first >= size:
+        raise Unsatisfiable()
+    return first, min(last, size - 1)
 
 
 class HttpDate:
