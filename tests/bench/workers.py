@@ -8,14 +8,29 @@ Rounds alternate the contenders (1 worker, 2 workers, nginx, then again),
 so a drift of the machine hits each alike; each figure is the median of the
 rounds, with the range of the rounds beside it. One command, the same
 tools as the main benchmark (``wrk``, ``hey``, ``curl``, ``nginx``).
+
+Besides the rate, each load run records the CPU time it cost: the server's
+(every process of it: storage-manager's writer and readers, nginx's master
+and workers, from ``/proc``) and the load generator's (``wrk``, ``hey``,
+``curl``: the run's children), per request (per GiB for full GETs). On a
+machine whose cores the load generator shares, those two say why a figure
+stops where it does: at most ``cores / (server + client CPU per request)``
+requests a second, whatever the number of workers. They also give the
+estimate printed for a large node, whose clients are elsewhere (peers, the
+GPUs' processes on other cores): each worker serves about
+``1 / server CPU per request``, and workers share nothing on this path but
+the listening socket and the page cache, so the estimate is linear in them
+-- an estimate, not a measurement (memory bandwidth and the NIC bound it).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -66,6 +81,51 @@ class Setup:
             self.blobs[name] = (digest, size)
         self.script = tmp / "ranges.lua"
         self.script.write_text(WRK_SCRIPT)
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its descendants."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in (
+            os.listdir(f"/proc/{pids[i]}/task") if os.path.isdir(f"/proc/{pids[i]}") else []
+        ):
+            with contextlib.suppress(OSError):
+                pids += [
+                    int(c)
+                    for c in Path(f"/proc/{pids[i]}/task/{task}/children").read_text().split()
+                ]
+        i += 1
+    ticks = 0
+    for p in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _measure_cpu(
+    scenario: str, base: str, setup: Setup, duration: float, nginx: bool, pid: int
+) -> dict[str, Any]:
+    """:func:`_measure`, with the CPU the server and the load generator used for it."""
+    server0, client0, t0 = _tree_cpu_s(pid), _children_cpu_s(), time.monotonic()
+    figure = _measure(scenario, base, setup, duration, nginx)
+    seconds = time.monotonic() - t0
+    server, client = _tree_cpu_s(pid) - server0, _children_cpu_s() - client0
+    if "requests_per_s" in figure:
+        requests = figure["requests_per_s"] * seconds  # wall time includes the tools' start
+        figure["server_us_per_request"] = round(1e6 * server / max(requests, 1), 1)
+        figure["client_us_per_request"] = round(1e6 * client / max(requests, 1), 1)
+    else:
+        gib = figure["MiB_per_s"] * seconds / 1024
+        figure["server_cpu_s_per_GiB"] = round(server / max(gib, 1e-9), 3)
+        figure["client_cpu_s_per_GiB"] = round(client / max(gib, 1e-9), 3)
+    return figure
 
 
 def _measure(
@@ -125,9 +185,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.start()
                 base = server.base_url if isinstance(server, ServerProcess) else server.url
                 try:
+                    pid = server.proc.pid if server.proc is not None else os.getpid()
                     for scenario in args.only:
-                        figure = _measure(
-                            scenario, base, setup, args.duration, isinstance(server, Nginx)
+                        figure = _measure_cpu(
+                            scenario, base, setup, args.duration, isinstance(server, Nginx), pid
                         )
                         figures[scenario][name].append(figure)
                         print(
@@ -150,6 +211,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "runs": values,
                     "unit": "requests/s" if "requests_per_s" in runs[0] else "MiB/s",
                 }
+                for cost in _COSTS:
+                    spent = [float(f[cost]) for f in runs if cost in f]
+                    if spent:
+                        summary[scenario][name][cost] = statistics.median(spent)
     return {
         "machine": machine_info(REPO),
         "cpu_busy_before": round(busy, 3),
@@ -158,6 +223,81 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "summary": summary,
     }
+
+
+_COSTS = (
+    "server_us_per_request",
+    "client_us_per_request",
+    "server_cpu_s_per_GiB",
+    "client_cpu_s_per_GiB",
+)
+LARGE_NODE = 64  # cores of the node the estimate is for
+DEFAULT_WORKERS_CAP = 8  # --workers auto: the number of cores, at most this
+
+
+def _pair(by_name: dict[str, Any], name: str, s_key: str, c_key: str) -> str:
+    f = by_name.get(name) or {}
+    return f"{f[s_key]:g} / {f[c_key]:g}" if s_key in f else "-"
+
+
+def cost_table(result: dict[str, Any]) -> str:
+    """CPU per request (per GiB for full GETs), medians over the rounds, and
+    what they allow on this machine and on a large node."""
+    lines = [
+        "| scenario | CPU per | storage-manager 1 worker: server / client "
+        "| 2 workers: server / client | nginx: server / client "
+        "| this machine's ceiling, 2 workers / nginx |",
+        "|---|---|---|---|---|---|",
+    ]
+    cores = int(result["cores"] or 1)
+    for scenario, by_name in result["summary"].items():
+        per_request = any("server_us_per_request" in f for f in by_name.values())
+        s_key, c_key = (
+            ("server_us_per_request", "client_us_per_request")
+            if per_request
+            else ("server_cpu_s_per_GiB", "client_cpu_s_per_GiB")
+        )
+
+        ceiling = "-"
+        two, ngx = by_name.get("sm_2_workers") or {}, by_name.get("nginx_2_workers") or {}
+        if s_key in two and s_key in ngx:
+            ours = cores / (two[s_key] + two[c_key])
+            theirs = cores / (ngx[s_key] + ngx[c_key])
+            ceiling = f"{ours / theirs:.2f}x"
+        unit = "request (us)" if per_request else "GiB (CPU s)"
+        lines.append(
+            f"| {scenario} | {unit} | {_pair(by_name, 'sm_1_worker', s_key, c_key)} "
+            f"| {_pair(by_name, 'sm_2_workers', s_key, c_key)} "
+            f"| {_pair(by_name, 'nginx_2_workers', s_key, c_key)} | {ceiling} |"
+        )
+    return "\n".join(lines)
+
+
+def estimate(result: dict[str, Any]) -> list[str]:
+    """Lines estimating a large node's serving rate from the 1-worker CPU cost."""
+    out = []
+    workers = min(LARGE_NODE, DEFAULT_WORKERS_CAP)
+    for scenario, by_name in result["summary"].items():
+        one = by_name.get("sm_1_worker") or {}
+        if "server_us_per_request" in one:
+            per_worker = 1e6 / max(one["server_us_per_request"], 1e-9)
+            size = {"range_1MiB": MiB, "range_4KiB": 4096}.get(scenario, 0)
+            rate = f"{per_worker * workers:,.0f} requests/s"
+            if size:
+                rate += f" ({per_worker * workers * size / 1e9:.1f} GB/s)"
+            out.append(
+                f"- {scenario}: {per_worker:,.0f} requests/s per worker; "
+                f"{LARGE_NODE} cores, {workers} workers (the default cap): {rate}; "
+                f"--workers {LARGE_NODE}: {per_worker * LARGE_NODE:,.0f} requests/s"
+            )
+        elif "server_cpu_s_per_GiB" in one:
+            gib_s = 1 / max(one["server_cpu_s_per_GiB"], 1e-9)
+            out.append(
+                f"- {scenario}: {gib_s:.1f} GiB/s per worker; {LARGE_NODE} cores, "
+                f"{workers} workers: {gib_s * workers * 1.074:.0f} GB/s before the NIC "
+                "(100 Gbit/s is 12.5 GB/s)"
+            )
+    return out
 
 
 def table(result: dict[str, Any]) -> str:
@@ -203,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2))
     print(table(result))
+    print()
+    print(cost_table(result))
+    print(f"\nEstimate for a {LARGE_NODE}-core node, clients elsewhere (linear in workers):")
+    print("\n".join(estimate(result)))
     print(
         f"\n{result['cores']} cores, {result['machine'].get('cpu', '')}; machine "
         f"{result['cpu_busy_before']:.0%} busy before the run; median (range) of "
