@@ -881,7 +881,7 @@ class Bench:
             run_index_cost(self)
         if "shared" in self.plan.only:
             run_shared(self)
-        self.observe()
+        self.attempt("observe", SM, self.observe)  # notes: never worth the figures
 
     def run_common(self) -> None:
         """The scenarios that share the blobs, nginx, docker-registry and one server."""
@@ -962,7 +962,9 @@ class Bench:
             for server, figure in servers.items():
                 if not isinstance(figure, dict):  # a scenario's own figures (shared: waves)
                     continue
-                logs = [figure.get("log", {})] + [r.get("log", {}) for r in figure.get("runs", [])]
+                runs = figure.get("runs")
+                each = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+                logs = [figure.get("log", {})] + [r.get("log", {}) for r in each]
                 problems = sum(log.get("problem_lines", 0) for log in logs)
                 problems += figure.get("log_problem_lines", 0)
                 if problems:
