@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -52,10 +53,15 @@ def run_line(bench: Bench) -> str:
     """How the figures were taken, for the line under the machine's."""
     p = bench.plan
     processes = bench.setup.get("proxy_processes")
-    workers = f"{processes} processes" if processes else "the default"
+    workers = f"auto: {processes} processes" if processes else "auto"
+    if os.environ.get("NEKKO_WORKERS"):
+        workers = f"NEKKO_WORKERS={os.environ['NEKKO_WORKERS']}"
+    mode = "buffered (the default)"
+    if os.environ.get("NEKKO_DIRECT_WRITES", "0").lower() in ("1", "true", "yes"):
+        mode = "O_DIRECT (NEKKO_DIRECT_WRITES=1 in the environment)"
     parts = [
         f"{'`--quick`' if p.quick else 'full run'}, {time.strftime('%Y-%m-%d')}",
-        f"storage-manager with its default `--workers` (auto: {workers}) and write mode (buffered)",
+        f"storage-manager `--workers` {workers}, writes {mode}",
         "nginx 2 workers, sendfile",
         f"machine {bench.setup.get('cpu_busy_before_start', 0):.0%} busy before the run",
         "each figure the median of its rounds, the range of the rounds in brackets",
