@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ from tests.bench.array import report_lines as array_report
 from tests.bench.harness import BenchTimeout, Terminated, clear_limits, install_limits, machine_info
 from tests.bench.index_cost import report_lines as index_cost_report
 from tests.bench.model_ready import report_lines as model_ready_report
-from tests.bench.report import comparisons, document, table
+from tests.bench.report import comparisons, document, machine_line, table
 from tests.bench.run import SCENARIOS, Bench, Plan
 from tests.bench.shared import scenario_lines as shared_report
 
@@ -43,9 +44,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--time-limit",
         type=int,
-        help="stop (and exit 1) after this many seconds (default: 600, --quick 240)",
+        help="stop (and exit 1) after this many seconds (default: 2400, --quick 900)",
     )
     return parser.parse_args(argv)
+
+
+def run_line(bench: Bench) -> str:
+    """How the figures were taken, for the line under the machine's."""
+    p = bench.plan
+    processes = bench.setup.get("proxy_processes")
+    workers = f"auto: {processes} processes" if processes else "auto"
+    if os.environ.get("NEKKO_WORKERS"):
+        workers = f"NEKKO_WORKERS={os.environ['NEKKO_WORKERS']}"
+    mode = "buffered (the default)"
+    if os.environ.get("NEKKO_DIRECT_WRITES", "0").lower() in ("1", "true", "yes"):
+        mode = "O_DIRECT (NEKKO_DIRECT_WRITES=1 in the environment)"
+    parts = [
+        f"{'`--quick`' if p.quick else 'full run'}, {time.strftime('%Y-%m-%d')}",
+        f"storage-manager `--workers` {workers}, writes {mode}",
+        "nginx 2 workers, sendfile",
+        f"machine {bench.setup.get('cpu_busy_before_start', 0):.0%} busy before the run",
+        "each figure the median of its rounds, the range of the rounds in brackets",
+    ]
+    states = bench.setup.get("ingest_page_cache_states")
+    if states:
+        parts.append(f"before each ingest contender: {'; '.join(states)}")
+    return "; ".join(parts) + "."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = comparisons(bench)
     doc = document(bench, rows, machine_info(REPO))
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
+    print()
+    print(machine_line(doc["machine"]))
+    print()
+    print(run_line(bench))
     print()
     print(table(rows))
     print()

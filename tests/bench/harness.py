@@ -375,26 +375,54 @@ def vm_rss_kib(pid: int) -> int | None:
     return None
 
 
-class RssSampler:
-    """Samples ``VmRSS`` of ``pid`` every ``interval`` seconds in a thread.
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (``/proc/PID/task/*/children``)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
-    Use ``with RssSampler(pid) as s: s.mark(); <load>``: samples before ``mark`` are the
-    baseline (their median), the peak is the highest sample after it.
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (storage-manager's writer and its readers)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += [c for c in _children(current) if c not in tree]
+    return tree
+
+
+class RssSampler:
+    """Samples ``VmRSS`` of ``pid`` and of every process below it (with ``--workers``: the
+    writer and each reader) every ``interval`` seconds in a thread.
+
+    Use ``with RssSampler(pid) as s: s.mark(); <load>``: for each process, samples before
+    ``mark`` are its baseline (their median), its peak is its highest sample after it. The
+    summary is the process that grew most, with every process beside it.
     """
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.pid = pid
         self.interval = interval
-        self.samples: list[tuple[float, int]] = []
+        self.samples: dict[int, list[tuple[float, int]]] = {}
         self._mark: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
 
     def _run(self) -> None:
+        pids: list[int] = []
+        refreshed = 0.0
         while not self._stop.is_set():
-            kib = vm_rss_kib(self.pid)
-            if kib is not None:
-                self.samples.append((time.monotonic(), kib))
+            now = time.monotonic()
+            if now - refreshed > 0.5:  # a reader restarted, or started late
+                pids, refreshed = process_tree(self.pid), now
+            for pid in pids:
+                kib = vm_rss_kib(pid)
+                if kib is not None:
+                    self.samples.setdefault(pid, []).append((now, kib))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -412,19 +440,55 @@ class RssSampler:
 
     def summary(self) -> dict[str, Any]:
         mark = self._mark if self._mark is not None else 0.0
-        before = [kib for t, kib in self.samples if t < mark]
-        after = [kib for t, kib in self.samples if t >= mark]
-        if not after:
+        processes: list[dict[str, Any]] = []
+        for pid, samples in self.samples.items():
+            before = [kib for t, kib in samples if t < mark]
+            after = [kib for t, kib in samples if t >= mark]
+            if not after:
+                continue
+            baseline = statistics.median(before) if before else after[0]
+            peak = max(after)
+            processes.append(
+                {
+                    "pid": pid,
+                    "role": "writer" if pid == self.pid else "reader",
+                    "baseline_MiB": round(baseline / 1024, 1),
+                    "peak_MiB": round(peak / 1024, 1),
+                    "growth_MiB": round((peak - baseline) / 1024, 1),
+                    "final_MiB": round(after[-1] / 1024, 1),
+                    "samples": len(after),
+                }
+            )
+        if not processes:
             raise MeasurementError(f"no memory samples of pid {self.pid}")
-        baseline = statistics.median(before) if before else after[0]
-        peak = max(after)
-        return {
-            "baseline_MiB": round(baseline / 1024, 1),
-            "peak_MiB": round(peak / 1024, 1),
-            "growth_MiB": round((peak - baseline) / 1024, 1),
-            "final_MiB": round(after[-1] / 1024, 1),
-            "samples": len(after),
-        }
+        worst = max(processes, key=lambda p: float(p["growth_MiB"]))
+        return {**worst, "processes": processes}
+
+
+# -- the page cache between transfer runs ----------------------------------------------------------
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_page_cache() -> bool:
+    """``sync``, then ``echo 1 > /proc/sys/vm/drop_caches`` (clean page-cache pages freed)
+    where this process may (root, not in a container that forbids it). False if it may not:
+    then only the ``sync`` was done."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("1\n")
+    except OSError:
+        return False
+    return True
+
+
+def read_into_page_cache(path: Path) -> None:
+    """Read ``path`` once (into the page cache): a source that nginx then serves from memory,
+    as a remote server would serve it from its own."""
+    with path.open("rb", buffering=0) as f:
+        buf = bytearray(8 * MiB)
+        while f.readinto(buf):
+            pass
 
 
 # -- storage-manager's log ------------------------------------------------------------------------

@@ -30,8 +30,11 @@ from tests.bench.harness import (
     cpu_busy,
     curl_args,
     curl_get,
+    drop_page_cache,
     http_client,
     parse_curl,
+    process_tree,
+    read_into_page_cache,
     run_wrk,
     settle_disk,
     vm_rss_kib,
@@ -57,7 +60,7 @@ SCENARIOS = (
     "range_1MiB",
     "range_4KiB",
     "head",
-    "memory_get",
+    "full_get_8",
     "ingest",
     "oci_pull",
     "serve_during_ingest",
@@ -66,6 +69,7 @@ SCENARIOS = (
     "index_cost",
     "shared",
 )
+SERVING = frozenset({"full_get", "full_get_8", "range_1MiB", "range_4KiB", "head"})
 FIXTURE_FREE = frozenset(
     {"array", "model_ready", "index_cost", "shared"}
 )  # scenarios with their own fixtures and servers
@@ -84,6 +88,8 @@ class Plan:
     connections: int
     runs: int
     get_runs: int
+    ingest_sizes: tuple[int, ...]
+    ingest_rounds: int
     time_limit: int
     only: frozenset[str] = frozenset(SCENARIOS)
 
@@ -106,7 +112,9 @@ class Plan:
             connections=8,
             runs=3,
             get_runs=5,
-            time_limit=time_limit or (240 if quick else 600),
+            ingest_sizes=(512 * MiB // shrink, GiB // shrink),
+            ingest_rounds=5,
+            time_limit=time_limit or (900 if quick else 2400),
             only=only,
         )
 
@@ -136,6 +144,29 @@ def size_label(size: int) -> str:
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def spread(key: str, values: list[float], digits: int = 1) -> dict[str, Any]:
+    """``key``: the median of ``values``; beside it their minimum, maximum and every run."""
+    return {
+        key: round(median(values), digits),
+        f"{key}_min": round(min(values), digits),
+        f"{key}_max": round(max(values), digits),
+        f"{key}_runs": [round(v, digits) for v in values],
+    }
+
+
+def rotated(items: list[T], n: int) -> list[T]:
+    """``items`` starting at the ``n``-th: round ``n``'s order, so no contender always goes
+    first (right after the previous one's cleanup) or last."""
+    if not items:
+        return items
+    k = n % len(items)
+    return items[k:] + items[:k]
+
+
+def ingest_scenario(size: int) -> str:
+    return "ingest_" + size_label(size).replace(" ", "")
 
 
 class Bench:
@@ -354,41 +385,106 @@ class Bench:
 
     # -- scenarios ------------------------------------------------------------------------------
 
+    def _rounds(
+        self,
+        scenario: str,
+        servers: list[str],
+        runs: int,
+        measure: Callable[[str], dict[str, Any]],
+    ) -> dict[str, list[dict[str, Any]]]:
+        """``runs`` rounds, each server once per round in a rotating order (so a drift of the
+        machine hits every server alike); a server that fails once is dropped."""
+        results: dict[str, list[dict[str, Any]]] = {s: [] for s in servers}
+        for n in range(runs):
+            for server in rotated(servers, n):
+                if server not in results:
+                    continue
+                figure = self.attempt(scenario, server, lambda server=server: measure(server))
+                if figure is None:
+                    del results[server]
+                else:
+                    results[server].append(figure)
+        return {s: r for s, r in results.items() if r}
+
+    def _record_rounds(
+        self, scenario: str, key: str, results: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        for server, runs in results.items():
+            figure = spread(key, [float(r[key]) for r in runs])
+            figure["runs"] = runs
+            self.record(scenario, server, figure)
+
+    def _servers(self) -> list[str]:
+        return [s for s in (SM, NGINX, REGISTRY) if s in self.available]
+
     def full_get(self) -> None:
         assert self.big is not None
         big = self.big
-        servers = [s for s in (SM, NGINX, REGISTRY) if s in self.available]
-        runs: dict[str, list[float]] = {s: [] for s in servers}
         timeout = self.plan.transfer_timeout(big.size)
         settle_disk()
-        self.log(f"full GET of {size_label(big.size)}, 1 client (curl), {self.plan.get_runs} runs")
-        first = len(self.proxy.lines) if self.proxy is not None else 0
-        for _ in range(self.plan.get_runs):
-            for server in servers:  # interleaved, so drifts hit every server alike
+        self.log(
+            f"full GET of {size_label(big.size)}, 1 client (curl), {self.plan.get_runs} rounds"
+        )
 
-                def once(server: str = server) -> float:
-                    r = curl_get(self.blob_url(server, big), max_time=timeout)
-                    if r.status != 200 or r.size != big.size:
-                        raise MeasurementError(f"curl got {r.status}, {r.size} bytes")
-                    return r.seconds
+        def once(server: str) -> dict[str, Any]:
+            with self._watch(server) as watch:
+                r = curl_get(self.blob_url(server, big), max_time=timeout)
+            if r.status != 200 or r.size != big.size:
+                raise MeasurementError(f"curl got {r.status}, {r.size} bytes")
+            return {"seconds": r.seconds, "MiB_per_s": big.size / r.seconds / MiB, **watch}
 
-                if server in runs and (t := self.attempt("full_get", server, once)) is not None:
-                    runs[server].append(t)
-                else:
-                    runs.pop(server, None)
-        for server, times in runs.items():
-            self.record(
-                "full_get",
-                server,
-                {
-                    "MiB_per_s": round(big.size / median(times) / MiB, 1),
-                    "seconds_median": round(median(times), 3),
-                    "seconds_runs": [round(t, 3) for t in times],
-                },
-            )
-        if SM in runs and self.proxy is not None:
-            time.sleep(0.5)  # the access-log lines of the last answers
-            self.figures["full_get"][SM]["log"] = analyse_log(self.proxy.lines[first:])
+        results = self._rounds("full_get", self._servers(), self.plan.get_runs, once)
+        self._record_rounds("full_get", "MiB_per_s", results)
+
+    def full_get_8(self) -> None:
+        """``connections`` concurrent ``curl`` GETs of the whole big blob: the aggregate
+        throughput of each server."""
+        assert self.big is not None
+        big = self.big
+        clients = self.plan.connections
+        timeout = self.plan.transfer_timeout(big.size * clients)
+        settle_disk()
+        self.log(
+            f"full GET of {size_label(big.size)}, {clients} clients at once (curl), "
+            f"{self.plan.runs} rounds"
+        )
+
+        def measure(server: str) -> dict[str, Any]:
+            url = self.blob_url(server, big)
+            procs: list[subprocess.Popen[str]] = []
+            with self._watch(server) as watch:
+                try:
+                    t0 = time.monotonic()
+                    for _ in range(clients):
+                        procs.append(
+                            subprocess.Popen(
+                                curl_args(url, "/dev/null", timeout),
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                text=True,
+                                env=clean_env(),
+                            )
+                        )
+                    outputs = [p.communicate(timeout=timeout + 10) for p in procs]
+                    wall = time.monotonic() - t0
+                finally:
+                    for p in procs:
+                        if p.poll() is None:
+                            p.kill()
+                            p.wait(5)
+            results = [parse_curl(out) for out, _ in outputs]
+            bad = [r for r in results if r.status != 200 or r.size != big.size]
+            if bad or any(p.returncode != 0 for p in procs):
+                raise MeasurementError(f"concurrent GETs failed: {bad} {[e for _, e in outputs]}")
+            return {
+                "MiB_per_s": big.size * clients / wall / MiB,
+                "wall_s": round(wall, 3),
+                "clients": clients,
+                **watch,
+            }
+
+        results = self._rounds("full_get_8", self._servers(), self.plan.runs, measure)
+        self._record_rounds("full_get_8", "MiB_per_s", results)
 
     def _wrk_checked(self, server: str, url: str, mode: str, length: int, size: int) -> WrkResult:
         result = run_wrk(
@@ -422,118 +518,56 @@ class Bench:
         ranged = self.ranged
         self.log(
             f"{length // 1024} KiB random ranges of {size_label(ranged.size)}, "
-            f"{self.plan.connections} connections, {self.plan.duration:.0f} s each (wrk)"
+            f"{self.plan.connections} connections, {self.plan.duration:.0f} s each (wrk), "
+            f"{self.plan.runs} rounds"
         )
-        for server in (SM, NGINX, REGISTRY):
-            if server not in self.available:
-                continue
 
-            def measure(server: str = server) -> dict[str, Any]:
-                url = self.blob_url(server, ranged)
-                with self._watch(server) as watch:
-                    result = self._wrk_checked(server, url, "range", length, ranged.size)
-                figure = result.to_json()
-                figure.update(watch)
-                return figure
+        def measure(server: str) -> dict[str, Any]:
+            url = self.blob_url(server, ranged)
+            with self._watch(server) as watch:
+                result = self._wrk_checked(server, url, "range", length, ranged.size)
+            return {**result.to_json(), **watch}
 
-            if (figure := self.attempt(scenario, server, measure)) is not None:
-                self.record(scenario, server, figure)
+        results = self._rounds(scenario, self._servers(), self.plan.runs, measure)
+        self._record_rounds(scenario, "requests_per_s", results)
 
     def head(self) -> None:
         assert self.ranged is not None
         ranged = self.ranged
         self.log(
             f"HEAD blob, {self.plan.connections} connections, {self.plan.duration:.0f} s each "
-            "(hey: wrk cannot do HEAD)"
+            f"(hey: wrk cannot do HEAD), {self.plan.runs} rounds"
         )
-        for server in (SM, REGISTRY, NGINX):
-            if server not in self.available:
-                continue
 
-            def measure(server: str = server) -> dict[str, Any]:
-                url = self.blob_url(server, ranged)
-                with self._watch(server) as watch:
-                    figure = run_hey_head(url, self.plan.connections, self.plan.duration)
-                total = figure["requests"]
-                ok = figure["statuses"].get("200", 0)
-                if total - ok > total * 0.01:
-                    raise MeasurementError(f"HEAD answers: {figure['statuses']}")
-                if total != ok or figure["errors"]:
-                    self.notes.append(
-                        f"{server}: HEAD answers {figure['statuses']}, errors {figure['errors']}"
-                    )
-                figure.update(watch)
-                return figure
+        def measure(server: str) -> dict[str, Any]:
+            url = self.blob_url(server, ranged)
+            with self._watch(server) as watch:
+                figure = run_hey_head(url, self.plan.connections, self.plan.duration)
+            total = figure["requests"]
+            ok = figure["statuses"].get("200", 0)
+            if total - ok > total * 0.01:
+                raise MeasurementError(f"HEAD answers: {figure['statuses']}")
+            if total != ok or figure["errors"]:
+                self.notes.append(
+                    f"{server}: HEAD answers {figure['statuses']}, errors {figure['errors']}"
+                )
+            return {**figure, **watch}
 
-            if (figure := self.attempt("head", server, measure)) is not None:
-                self.record("head", server, figure)
+        results = self._rounds("head", self._servers(), self.plan.runs, measure)
+        self._record_rounds("head", "requests_per_s", results)
 
     @contextlib.contextmanager
     def _watch(self, server: str) -> Iterator[dict[str, Any]]:
-        """For storage-manager: its memory and its log during the block (added to ``out``)."""
+        """For storage-manager: its log during the block (added to ``out``; its memory is
+        sampled over all the serving scenarios at once, by :meth:`run_common`)."""
         out: dict[str, Any] = {}
-        if server != SM or self.proxy is None or self.proxy.proc is None:
+        if server != SM or self.proxy is None:
             yield out
             return
         first = len(self.proxy.lines)
-        with RssSampler(self.proxy.proc.pid) as rss:
-            rss.mark(settle=0.2)
-            yield out
+        yield out
         time.sleep(0.2)  # the last access-log lines
-        out["rss"] = rss.summary()
         out["log"] = analyse_log(self.proxy.lines[first:])
-
-    def memory_get(self) -> None:
-        """storage-manager's RSS while 8 clients GET the big blob at once."""
-        assert self.big is not None
-        big = self.big
-        if not self.ready(SM) or self.proxy is None or self.proxy.proc is None:
-            return
-        pid = self.proxy.proc.pid
-        clients = self.plan.connections
-        self.log(f"memory: {clients} concurrent GETs of {size_label(big.size)} (curl)")
-        timeout = self.plan.transfer_timeout(big.size * clients)
-
-        def measure() -> dict[str, Any]:
-            url = self.blob_url(SM, big)
-            procs: list[subprocess.Popen[str]] = []
-            first = len(self.proxy.lines) if self.proxy else 0
-            try:
-                with RssSampler(pid) as rss:
-                    rss.mark()
-                    t0 = time.monotonic()
-                    for _ in range(clients):
-                        procs.append(
-                            subprocess.Popen(
-                                curl_args(url, "/dev/null", timeout),
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE,
-                                text=True,
-                                env=clean_env(),
-                            )
-                        )
-                    outputs = [p.communicate(timeout=timeout + 10) for p in procs]
-                    wall = time.monotonic() - t0
-            finally:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait(5)
-            results = [parse_curl(out) for out, _ in outputs]
-            bad = [r for r in results if r.status != 200 or r.size != big.size]
-            if bad or any(p.returncode != 0 for p in procs):
-                raise MeasurementError(f"concurrent GETs failed: {bad} {[e for _, e in outputs]}")
-            time.sleep(0.5)  # the access-log lines of the last answers
-            figure = rss.summary()
-            figure["clients"] = clients
-            figure["aggregate_MiB_per_s"] = round(big.size * clients / wall / MiB, 1)
-            figure["wall_s"] = round(wall, 3)
-            assert self.proxy is not None
-            figure["log"] = analyse_log(self.proxy.lines[first:])
-            return figure
-
-        if (figure := self.attempt("memory_get", SM, measure)) is not None:
-            self.record("memory_get", SM, figure)
 
     def _output(self, name: str) -> Path:
         """A new path for one transfer run's output; removed by the next :meth:`_clock_ready`."""
@@ -563,9 +597,16 @@ class Bench:
         self._leftovers = keep
 
     def _post_content(
-        self, url: str, size: int | None, digest: str | None, timeout: float
+        self,
+        url: str,
+        size: int | None,
+        digest: str | None,
+        timeout: float,
+        ready: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """A fresh storage-manager on an empty cache; time ``POST /content/ {url}`` to its 201."""
+        """A fresh storage-manager on an empty cache (its default ``--workers`` and write
+        mode); time ``POST /content/ {url}`` to its 201. ``ready`` (default
+        :meth:`_clock_ready`) runs right before the clock starts."""
         cache = self._output("fresh-cache")
         server = ServerProcess(cache)
         try:
@@ -578,7 +619,7 @@ class Bench:
                 client.get("/readyz")  # the connection is open before the clock starts
                 with RssSampler(server.proc.pid) as rss:
                     rss.mark()
-                    self._clock_ready()
+                    (ready or self._clock_ready)()
                     t0 = time.monotonic()
                     r = client.post("/content/", json=body)
                     seconds = time.monotonic() - t0
@@ -597,13 +638,18 @@ class Bench:
             server.stop()
 
     def _interleaved(
-        self, scenario: str, contenders: list[tuple[str, Callable[[], dict[str, Any]]]]
+        self,
+        scenario: str,
+        contenders: list[tuple[str, Callable[[], dict[str, Any]]]],
+        rounds: int | None = None,
+        alternate: bool = False,
     ) -> None:
-        """``runs`` rounds, each contender once per round (so drifts hit them alike); a
-        contender that fails once is dropped. Records the median ``seconds`` of each."""
+        """``rounds`` (default ``plan.runs``) rounds, each contender once per round (so drifts
+        hit them alike; with ``alternate``, in a rotating order); a contender that fails once
+        is dropped. Records the median ``seconds`` of each."""
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in contenders}
-        for _ in range(self.plan.runs):
-            for name, fn in contenders:
+        for n in range(rounds or self.plan.runs):
+            for name, fn in rotated(contenders, n) if alternate else contenders:
                 if name not in results:
                     continue
                 run = self.attempt(scenario, name, fn)
@@ -615,24 +661,61 @@ class Bench:
         for name, runs in results.items():
             self._record_timed(scenario, name, runs)
 
+    def _same_state(self, source: Path) -> None:
+        """Before each ingest contender's clock: every earlier output deleted, ``sync`` (no
+        dirty pages), the page cache dropped where root may (``echo 1 >
+        /proc/sys/vm/drop_caches``), then the source file read back in, so that nginx serves
+        it from memory as a remote server would. Each contender starts from this same state,
+        at the same step: a fresh file of its own to write into memory that nobody has just
+        freed."""
+        self._clear_outputs(keep_last=True)  # the run about to start has named its output
+        dropped = drop_page_cache()
+        read_into_page_cache(source)
+        state = (
+            "outputs deleted, sync, page cache dropped (drop_caches 1), source read back in"
+            if dropped
+            else "outputs deleted, sync (drop_caches not permitted: the page cache was kept)"
+        )
+        self.setup.setdefault("ingest_page_cache_states", [])
+        if state not in self.setup["ingest_page_cache_states"]:
+            self.setup["ingest_page_cache_states"].append(state)
+
+    def _ingest_source(self, size: int) -> BlobFile:
+        """A new random file of ``size`` bytes for nginx to serve: in no cache, never read."""
+        files = self.www / "files"
+        path = files / f"ingest-{size}.bin"
+        digest, _ = random_file(path, size, seed=1000 + size // MiB)
+        return BlobFile(path, digest, size)
+
     def ingest(self) -> None:
-        assert self.big is not None
-        big = self.big
         if not self.ready(NGINX) or self.nginx is None:
             self.fail("ingest", NGINX, "nginx (the ingest source) is not running")
             return
-        url = f"{self.nginx.url}/files/big.bin"
+        for size in self.plan.ingest_sizes:
+            self._ingest_one(size)
+
+    def _ingest_one(self, size: int) -> None:
+        """``POST /content/ {url}`` into a fresh storage-manager (its default write mode)
+        against ``curl -o FILE``, ``ingest_rounds`` alternating rounds (storage-manager first
+        in the even ones, curl in the odd ones), each contender from :meth:`_same_state` and
+        with a URL of its own (a query nginx ignores), so that every run is a download."""
+        assert self.nginx is not None
+        scenario = ingest_scenario(size)
+        rounds = self.plan.ingest_rounds
         self.log(
-            f"ingest of {size_label(big.size)} over http:// (POST /content/ vs curl -o), "
-            f"{self.plan.runs} runs"
+            f"ingest of a fresh {size_label(size)} file over http:// (POST /content/ vs "
+            f"curl -o), {rounds} alternating rounds"
         )
-        timeout = self.plan.transfer_timeout(big.size)
+        source = self._ingest_source(size)
+        base = f"{self.nginx.url}/files/{source.path.name}"
+        timeout = self.plan.transfer_timeout(size)
+        runs = itertools.count()
 
         def with_curl() -> dict[str, Any]:
             out = self._output("curl-ingest.bin")
-            self._clock_ready()
-            r = curl_get(url, str(out), max_time=timeout)
-            if r.status != 200 or r.size != big.size:
+            self._same_state(source.path)
+            r = curl_get(f"{base}?run={next(runs)}", str(out), max_time=timeout)
+            if r.status != 200 or r.size != size:
                 raise MeasurementError(f"curl got {r.status}, {r.size} bytes")
             t0 = time.monotonic()
             fd = os.open(out, os.O_RDONLY)
@@ -642,19 +725,29 @@ class Bench:
                 os.close(fd)
             return {"seconds": r.seconds, "fsync_seconds": time.monotonic() - t0}
 
+        def with_post() -> dict[str, Any]:
+            url = f"{base}?run={next(runs)}"
+            return self._post_content(
+                url, size, source.digest, timeout, ready=lambda: self._same_state(source.path)
+            )
+
         contenders: list[tuple[str, Callable[[], dict[str, Any]]]] = [("curl", with_curl)]
         if SM in self.available:
-            contenders.insert(
-                0, (SM, lambda: self._post_content(url, big.size, big.digest, timeout))
-            )
-        self._interleaved("ingest", contenders)
-        curl = self.figures.get("ingest", {}).get("curl")
+            contenders.insert(0, (SM, with_post))
+        try:
+            self._interleaved(scenario, contenders, rounds, alternate=True)
+        finally:
+            source.path.unlink(missing_ok=True)
+        curl = self.figures.get(scenario, {}).get("curl")
         if curl is not None:
             both = [r["seconds"] + r["fsync_seconds"] for r in curl["raw"]]
-            self.record("ingest", "curl+fsync", self._times(both))
-        ours = self.figures.get("ingest", {}).get(SM)
+            self.record(scenario, "curl+fsync", self._times(both))
+        ours = self.figures.get(scenario, {}).get(SM)
         if ours is not None:
-            self.record("memory_ingest", SM, max(ours["rss_runs"], key=_growth))
+            worst = max(ours["rss_runs"], key=_growth)
+            earlier = self.figures.get("memory_ingest", {}).get(SM)
+            if earlier is None or _growth(worst) > _growth(earlier):
+                self.record("memory_ingest", SM, {**worst, "ingest": size_label(size)})
 
     def oci_pull(self) -> None:
         if not self.ready(REGISTRY) or not self.image_ref:
@@ -750,6 +843,8 @@ class Bench:
     def _times(times: list[float]) -> dict[str, Any]:
         return {
             "seconds_median": round(median(times), 3),
+            "seconds_min": round(min(times), 3),
+            "seconds_max": round(max(times), 3),
             "seconds_runs": [round(t, 3) for t in times],
         }
 
@@ -786,7 +881,7 @@ class Bench:
             run_index_cost(self)
         if "shared" in self.plan.only:
             run_shared(self)
-        self.observe()
+        self.attempt("observe", SM, self.observe)  # notes: never worth the figures
 
     def run_common(self) -> None:
         """The scenarios that share the blobs, nginx, docker-registry and one server."""
@@ -801,18 +896,32 @@ class Bench:
             if self.proxy is not None and self.proxy.proc is not None:
                 self.setup["proxy_rss_at_start_MiB"] = _rss_mib(self.proxy.proc.pid)
             only = self.plan.only
-            if "full_get" in only:
-                self.full_get()
-            if "range_1MiB" in only:
-                self.ranges("range_1MiB", 1 << 20)
-            if "range_4KiB" in only:
-                self.ranges("range_4KiB", 4 << 10)
-            if "head" in only:
-                self.head()
-            if "memory_get" in only:
-                self.memory_get()
+            with contextlib.ExitStack() as serving:
+                proc = self.proxy.proc if self.proxy is not None else None
+                if proc is not None and only & SERVING:
+                    # Every process of the server (with --workers: the writer and each
+                    # reader) from before the first load to after the last.
+                    rss = serving.enter_context(RssSampler(proc.pid))
+                    rss.mark()
+
+                    def memory() -> None:
+                        if (figure := self.attempt("memory_serving", SM, rss.summary)) is not None:
+                            self.record("memory_serving", SM, figure)
+
+                    serving.callback(memory)
+                if "full_get" in only:
+                    self.full_get()
+                if "full_get_8" in only:
+                    self.full_get_8()
+                if "range_1MiB" in only:
+                    self.ranges("range_1MiB", 1 << 20)
+                if "range_4KiB" in only:
+                    self.ranges("range_4KiB", 4 << 10)
+                if "head" in only:
+                    self.head()
             if self.proxy is not None and self.proxy.proc is not None:
                 self.setup["proxy_rss_after_load_MiB"] = _rss_mib(self.proxy.proc.pid)
+                self.setup["proxy_processes"] = len(process_tree(self.proxy.proc.pid))
                 if self.proxy.proc.poll() is not None:
                     self.fail("run", SM, f"storage-manager exited: {self.proxy.proc.returncode}")
                 whole = analyse_log(self.proxy.lines)
@@ -826,21 +935,17 @@ class Bench:
 
     def observe(self) -> None:
         """Notes on storage-manager's behaviour that the figures alone do not show."""
-        for scenario, expected in (
-            ("full_get", len(self.figures.get("full_get", {}).get(SM, {}).get("seconds_runs", []))),
-            ("memory_get", self.plan.connections),
-        ):
-            log = self.figures.get(scenario, {}).get(SM, {}).get("log")
-            if log is None:
-                continue
-            logged = log["requests"].get("GET 200", 0)
-            if logged < expected:
+        for scenario, per_run in (("full_get", 1), ("full_get_8", self.plan.connections)):
+            runs = self.figures.get(scenario, {}).get(SM, {}).get("runs", [])
+            expected = per_run * len(runs)
+            logged = sum(r["log"]["requests"].get("GET 200", 0) for r in runs if "log" in r)
+            if runs and logged < expected:
                 self.notes.append(
                     f"storage-manager: {scenario}: {expected} complete GETs of the whole blob "
                     f"(curl, which closes the connection after the last byte) but only {logged} "
                     "access-log lines for them"
                 )
-        for scenario in ("ingest", "oci_pull"):
+        for scenario in (*map(ingest_scenario, self.plan.ingest_sizes), "oci_pull"):
             figure = self.figures.get(scenario, {}).get(SM)
             if figure is None:
                 continue
@@ -857,9 +962,11 @@ class Bench:
             for server, figure in servers.items():
                 if not isinstance(figure, dict):  # a scenario's own figures (shared: waves)
                     continue
-                problems = figure.get("log", {}).get("problem_lines", 0) + figure.get(
-                    "log_problem_lines", 0
-                )
+                runs = figure.get("runs")
+                each = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+                logs = [figure.get("log", {})] + [r.get("log", {}) for r in each]
+                problems = sum(log.get("problem_lines", 0) for log in logs)
+                problems += figure.get("log_problem_lines", 0)
                 if problems:
                     self.notes.append(
                         f"{server}: {scenario}: {problems} WARNING/ERROR lines in its log"
