@@ -22,6 +22,7 @@ from tests.bench.model_ready import report_lines as model_ready_report
 from tests.bench.report import comparisons, document, machine_line, table
 from tests.bench.run import SCENARIOS, Bench, Plan
 from tests.bench.shared import scenario_lines as shared_report
+from tests.bench.workers import report_lines as workers_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    reports = (array_report, model_ready_report, index_cost_report, shared_report)
+    reports = (
+        array_report,
+        model_ready_report,
+        index_cost_report,
+        shared_report,
+        workers_report,
+    )
     for lines in (report(bench) for report in reports):
         if lines:
             print("\n".join(lines))

@@ -68,10 +68,11 @@ SCENARIOS = (
     "model_ready",
     "index_cost",
     "shared",
+    "workers",
 )
 SERVING = frozenset({"full_get", "full_get_8", "range_1MiB", "range_4KiB", "head"})
 FIXTURE_FREE = frozenset(
-    {"array", "model_ready", "index_cost", "shared"}
+    {"array", "model_ready", "index_cost", "shared", "workers"}
 )  # scenarios with their own fixtures and servers
 
 
@@ -879,6 +880,10 @@ class Bench:
             run_model_ready(self)
         if "index_cost" in self.plan.only:
             run_index_cost(self)
+        if "workers" in self.plan.only:
+            from tests.bench.workers import run_in_bench
+
+            run_in_bench(self)
         if "shared" in self.plan.only:
             run_shared(self)
         self.attempt("observe", SM, self.observe)  # notes: never worth the figures

@@ -32,12 +32,13 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.bench.harness import (
     WRK_SCRIPT,
@@ -50,6 +51,9 @@ from tests.bench.harness import (
 from tests.bench.loads import run_hey_head
 from tests.support.images import OCI_INDEX, random_file
 from tests.support.server import ServerProcess
+
+if TYPE_CHECKING:
+    from tests.bench.run import Bench
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -322,6 +326,47 @@ def table(result: dict[str, Any]) -> str:
             f"| {scenario} | {unit} | {cell(one)} | {cell(two)} | {ratio} | {cell(ngx)} | {vs} |"
         )
     return "\n".join(lines)
+
+
+SCENARIO = "workers"
+
+
+def run_in_bench(bench: Bench) -> None:
+    """The curve as a scenario of ``python -m tests.bench`` (3 rounds; --quick: 1 round
+    and smaller blobs)."""
+    quick = bench.plan.quick
+    args = argparse.Namespace(
+        rounds=1 if quick else 3,
+        duration=bench.plan.duration,
+        ranged_mib=64 if quick else 256,
+        big_mib=128 if quick else 256,
+        only=list(SCENARIOS),
+        no_nginx=False,
+        workdir=bench.tmp,
+    )
+    bench.log(f"workers: 1 and 2 workers and nginx, {args.rounds} alternating rounds")
+    try:
+        bench.figures[SCENARIO] = {"curve": run(args)}
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        bench.fail(SCENARIO, "storage-manager", str(e))
+
+
+def report_lines(bench: Bench) -> list[str]:
+    """The curve's tables and the estimate, for the benchmark's report."""
+    figures = bench.figures.get(SCENARIO)
+    if not figures:
+        return []
+    result = figures["curve"]
+    return [
+        f"workers: 1 and 2 workers against nginx, median (range) of {result['rounds']} rounds",
+        "",
+        table(result),
+        "",
+        cost_table(result),
+        "",
+        f"Estimate for a {LARGE_NODE}-core node, clients elsewhere (linear in workers):",
+        *estimate(result),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
