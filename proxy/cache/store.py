@@ -161,6 +161,9 @@ class Store:
         self._index_bytes = 0  # of index.json as last written
         self._compacting = False
         self._compact_waiters: list[Deferred[None]] = []
+        # Entries changed since the views last looked (take_changes): each URL's
+        # entry as it was before the first of those changes (None: there was none).
+        self._changed: dict[str, Entry | None] = {}
         # While load() runs: the blobs on disk, listed once (algorithm -> hex names),
         # so an entry costs no stat of each of its blobs; None: ask the filesystem.
         self._present: dict[str, set[str]] | None = None
@@ -570,8 +573,16 @@ class Store:
         self._set(entry)
         return self._persist([{"put": entry.index_json()}])
 
+    def take_changes(self) -> list[tuple[Entry | None, Entry | None]]:
+        """Every entry changed since the last call: (as it was then, as it is
+        now), None where there was or is none; for the views
+        (:mod:`proxy.service.entries`), which follow the entries change by change."""
+        changed, self._changed = self._changed, {}
+        return [(old, self._entries.get(url)) for url, old in changed.items()]
+
     def _set(self, entry: Entry) -> None:
         old = self._entries.get(entry.url)
+        self._changed.setdefault(entry.url, old)
         if old is not None:
             self._unindex_users(old)
         self._entries[entry.url] = entry
@@ -582,6 +593,7 @@ class Store:
     def remove(self, url: str) -> Deferred[int]:
         """Remove an entry and the blobs only it referenced; fire with bytes freed."""
         entry = self._entries.pop(url)
+        self._changed.setdefault(url, entry)
         self._unindex_users(entry)
         if self._last_used.pop(url, None) is not None:
             self._used_dirty = True
