@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.python.failure import Failure
 
+from proxy import heap
 from proxy.cache import artifact, grammar, indexstream, journal, modelpackout
 from proxy.cache.layout import Layout
 from proxy.errors import BadRequest, Conflict
@@ -215,6 +216,7 @@ class Store:
             self._present = None
             if collecting:
                 gc.enable()
+        heap.trim()  # what reading the manifests left free in the C heap
         self._index_meta = head
         self._index_meta.setdefault("schemaVersion", 2)
         recorded = self.layout.read_last_used()
