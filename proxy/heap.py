@@ -14,7 +14,8 @@ import ctypes
 
 
 def trim() -> None:
-    """Return the C heap's free pages to the system (glibc); blocking, a few ms."""
+    """Return the C heap's free pages to the system (glibc); blocking: it
+    walks the heap (about 0.15 s after a load of 100,000 entries)."""
     try:
         malloc_trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
