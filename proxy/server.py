@@ -25,7 +25,7 @@ from proxy.api.peers import PeerAPI
 from proxy.api.push import PushAPI
 from proxy.api.registry import RegistryAPI
 from proxy.api.root import Root
-from proxy.cache import direct, durable, modelviews, verify
+from proxy.cache import direct, durable, verify
 from proxy.cache.catalog import Catalog
 from proxy.cache.durable import Syncer
 from proxy.cache.layout import Layout
@@ -163,9 +163,7 @@ def build(config: Config, reactor: Any, site: LoggingSite | None = None) -> Serv
     _keep_state(reactor, layout, store, downloads)
     _shared_tier(config, reactor, store, downloads, client)
     # Views are derived from the entries: rebuilt here, whatever a crash left.
-    entries = downloads.entries
-    limit = entries.limit() if entries.limit is not None else None
-    entries.built = modelviews.sync_all(layout, store.entries(), limit)
+    downloads.entries.sync_all()
     registry = _registry(config, reactor, store, downloads, fetchers["oci"])
     admin = AdminAPI(downloads)
     root = Root(

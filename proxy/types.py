@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from typing import Any
 
 import attrs
@@ -20,7 +21,7 @@ SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}")
 SHA512_HEX_RE = re.compile(r"[a-f0-9]{128}")
 HEX_RE = {"sha256": SHA256_HEX_RE, "sha512": SHA512_HEX_RE}
 ALGORITHMS = tuple(HEX_RE)  # sha256 first: the canonical one
-_DIGEST_RE = re.compile(r"(sha256|sha512):([a-f0-9]+)")
+_ALGORITHM_NAMES = {a: a for a in HEX_RE}
 
 MEDIA_TYPE_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -72,6 +73,11 @@ ANNOTATION_AZURE_SIZE = "io.nekko.storage-manager.azure.size"
 
 ARTIFACT_TYPE_FILE = "application/vnd.nekko.storage-manager.file.v1"
 
+# Annotations whose values are a small vocabulary: one string per value (sys.intern).
+_VOCABULARY = frozenset(
+    {ANNOTATION_KIND, ANNOTATION_PINNED, ANNOTATION_HF_REPO_TYPE, ANNOTATION_HF_REVISION}
+)
+
 EMPTY_JSON = b"{}"
 
 
@@ -100,13 +106,18 @@ class Digest:
         """Parse ``sha256:<hex>`` or ``sha512:<hex>``; raise :class:`InvalidDigest` otherwise."""
         if not isinstance(text, str):
             raise InvalidDigest("digest must be a string")
-        m = _DIGEST_RE.fullmatch(text)
-        if m is None or not HEX_RE[m.group(1)].fullmatch(m.group(2)):
+        known = _WELL_KNOWN.get(text)
+        if known is not None:  # one object for a digest every entry names (the empty config)
+            return known
+        algorithm, colon, hex_ = text.partition(":")
+        pattern = HEX_RE.get(algorithm)
+        if not colon or pattern is None or not pattern.fullmatch(hex_):
             raise InvalidDigest(
                 f"invalid digest {text[:80]!r}: expected sha256:<64 hex digits> "
                 "or sha512:<128 hex digits>"
             )
-        return cls(m.group(2), m.group(1))
+        # The algorithm's one string, not a copy per digest (a loaded cache holds 100,000s).
+        return cls(hex_, _ALGORITHM_NAMES[algorithm])
 
     @classmethod
     def from_file_name(cls, name: str) -> Digest:
@@ -126,6 +137,7 @@ class Digest:
 
 
 EMPTY_DIGEST = Digest("44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+_WELL_KNOWN = {str(EMPTY_DIGEST): EMPTY_DIGEST}
 
 
 @attrs.frozen
@@ -169,11 +181,17 @@ class Descriptor:
             raise ValueError("descriptor annotations must map strings to strings")
         artifact_type = obj.get("artifactType")
         data = obj.get("data")
+        # Media types and annotation keys are a small vocabulary repeated by every
+        # descriptor of a loaded cache: one string each (interned strings are freed
+        # with their last user, so names from outside cost nothing once gone).
         return cls(
-            media_type=media_type,
+            media_type=sys.intern(media_type),
             digest=Digest.parse(obj.get("digest", "")),
             size=size,
-            annotations=dict(annotations),
-            artifact_type=artifact_type if isinstance(artifact_type, str) else None,
+            annotations={
+                sys.intern(k): sys.intern(v) if k in _VOCABULARY else v
+                for k, v in annotations.items()
+            },
+            artifact_type=sys.intern(artifact_type) if isinstance(artifact_type, str) else None,
             data=data if isinstance(data, str) else None,
         )

@@ -571,7 +571,8 @@ class PushAPI:
         """Remove the blobs only a replaced entry used (shared ones stay)."""
 
         def locked() -> Deferred[int]:
-            orphans = old.blobs - self.store.referenced()
+            referenced = self.store.referenced()
+            orphans = [b for b in old.blobs if b not in referenced]
             return in_thread(
                 self._reactor, lambda: sum(self.layout.remove_blob(b) for b in orphans)
             )

@@ -308,8 +308,12 @@ class Layout:
 
     def read_index_file(self) -> dict[str, Any]:
         """``index.json`` alone, as an OCI tool reads it."""
+        return self.parse_index(self.read_index_bytes())
+
+    def read_index_bytes(self) -> bytes:
+        """The bytes of ``index.json``."""
         with open(self.index_path, "rb") as f:
-            return self.parse_index(f.read())
+            return f.read()
 
     def parse_index(self, data: bytes) -> dict[str, Any]:
         index = json.loads(data)

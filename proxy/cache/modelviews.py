@@ -46,16 +46,16 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
-from proxy.cache import artifact, grammar, modelpack
+from proxy.cache import artifact, grammar, modelpack, ollamaview, views
 from proxy.cache.bundle import MAX_MEMBERS, _BoundedTarInfo
 from proxy.cache.layout import Layout
-from proxy.cache.store import Entry
+from proxy.cache.store import FILE_KINDS, Entry
 from proxy.cache.views import Parts, Unsafe, _ensure_link, _open_dir, _parent
 from proxy.types import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest
 
@@ -86,13 +86,29 @@ class Plan:
     modelpack: dict[str, Any] | None = attrs.field(default=None, eq=False)
 
 
-@attrs.frozen
+@attrs.define
 class Built:
-    """What the last :func:`sync` made: directory names, problems, model configs."""
+    """What the syncs made: directory names, problems, model configs."""
 
-    directories: frozenset[str] = frozenset()
+    directories: set[str] = attrs.field(factory=set)
     problems: dict[str, str] = attrs.field(factory=dict)
     models: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+    def update(self, names: Iterable[str], made: Built) -> None:
+        """Take what ``made`` (a sync of ``names`` alone) says of them."""
+        for name in names:
+            if name in made.directories:
+                self.directories.add(name)
+            else:
+                self.directories.discard(name)
+            if name in made.problems:
+                self.problems[name] = made.problems[name]
+            else:
+                self.problems.pop(name, None)
+            if name in made.models:
+                self.models[name] = made.models[name]
+            else:
+                self.models.pop(name, None)
 
 
 def leaf_manifest(entry: Entry) -> Descriptor | None:
@@ -182,17 +198,55 @@ def _room(layout: Layout, limit: int | None) -> int:
 
 
 def sync(layout: Layout, entries: list[Entry], limit: int | None = None) -> Built:
-    """Make ``views/models`` match ``entries`` (blocking; run in a thread).
+    """Make ``views/models`` match ``entries`` (blocking; run in a thread): at
+    startup, whatever a crash left.
 
     ``limit`` is the cache's size limit in bytes (None: unlimited). Never
     raises for one entry's problem: it is logged and reported in the result.
+    A directory that exists for an entry of a file kind is kept without
+    reading its manifest again: the manifest is this server's artifact
+    manifest (:mod:`proxy.cache.artifact`, no ModelPack config), and what the
+    directory holds follows from it alone (so a cache of 100,000 files starts
+    without reading 100,000 manifests).
     """
-    plans: dict[str, Plan] = {}
-    problems: dict[str, str] = {}
+    where = models_dir(layout)
+    existing: set[str] = set()
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(where) as listing:
+        existing = {d.name for d in listing if d.is_dir(follow_symlinks=False)}
+    named: dict[str, Descriptor | None] = {}
+    kept: set[str] = set()
     for entry in entries:
         name = directory_name(entry)
         leaf = leaf_manifest(entry)
-        if name is None or leaf is None or name in plans or name in problems:
+        if name is None or leaf is None or name in named:
+            continue
+        named[name] = leaf
+        if name in existing and entry.kind in FILE_KINDS:
+            kept.add(name)
+    return _sync_names(layout, named, limit, kept=kept, tidy=True)
+
+
+def sync_named(layout: Layout, named: dict[str, Descriptor | None], limit: int | None) -> Built:
+    """Make the directories ``named`` what they should be (blocking): absent
+    where the name maps to None (no entry names it now), else built from that
+    manifest if missing. What a change needs: the names of its entries."""
+    return _sync_names(layout, named, limit, kept=set(), tidy=False)
+
+
+def _sync_names(
+    layout: Layout,
+    named: dict[str, Descriptor | None],
+    limit: int | None,
+    *,
+    kept: set[str],
+    tidy: bool,
+) -> Built:
+    """The directories of ``named`` (None: remove it); ``kept``: known to be
+    built already; ``tidy``: remove every other name under ``views/models``."""
+    plans: dict[str, Plan] = {}
+    problems: dict[str, str] = {}
+    for name, leaf in named.items():
+        if leaf is None or name in kept:
             continue
         try:
             found = plan(layout, leaf)
@@ -202,7 +256,7 @@ def sync(layout: Layout, entries: list[Entry], limit: int | None = None) -> Buil
         if found is not None:
             plans[name] = found
     where = models_dir(layout)
-    if not plans and not where.is_dir():
+    if not plans and not kept and not where.is_dir():
         return Built(problems=problems)
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -210,11 +264,11 @@ def sync(layout: Layout, entries: list[Entry], limit: int | None = None) -> Buil
     except OSError as e:
         log.warning("model directories: cannot open %s: %s", where, e)
         return Built(problems=problems)
-    built: set[str] = set()
+    built: set[str] = set(kept)
     budget = _Budget(layout, limit)
     try:
-        for name in os.listdir(top):
-            if name not in plans:
+        for name in os.listdir(top) if tidy else list(named):
+            if name not in plans and name not in kept:
                 _remove(top, name)
         for name, p in plans.items():
             with contextlib.suppress(FileNotFoundError):
@@ -231,7 +285,7 @@ def sync(layout: Layout, entries: list[Entry], limit: int | None = None) -> Buil
     finally:
         os.close(top)
     models = {n: p.modelpack for n, p in plans.items() if p.modelpack is not None}
-    return Built(frozenset(built), problems, models)
+    return Built(built, problems, models)
 
 
 def _remove(top: int, name: str) -> None:
@@ -349,14 +403,80 @@ def _write_file(dfd: int, parts: Parts, src: IO[bytes], mode: int) -> None:
         os.fsync(pfd)
 
 
-__all__ = ["Built", "Plan", "Refused", "Unsafe", "directory_name", "sync", "sync_all"]
+__all__ = ["Built", "Plan", "Refused", "Unsafe", "Views", "directory_name", "sync", "sync_all"]
 
 
 def sync_all(layout: Layout, entries: list[Entry], limit: int | None = None) -> Built:
     """Every view in line with ``entries``: the hub caches, Ollama's models
     directory and the model directories (blocking; run in a thread)."""
-    from proxy.cache import ollamaview, views
+    return Views(layout).sync_all(entries, limit)
 
-    views.sync(layout, entries)
-    ollamaview.sync(layout, entries)
-    return sync(layout, entries, limit)
+
+Change = tuple[Entry | None, Entry | None]  # an entry as it was, and as it is now
+
+
+class Views:
+    """Every view of one cache kept in line with its entries: all of them at
+    startup (:meth:`sync_all`, whatever a crash left), then change by change
+    (:meth:`sync_changes`), so a change costs what its entries need -- their
+    model directories, their hub cache repos, Ollama's view when it is an
+    Ollama entry -- not what the cache holds. Each step leaves the views as a
+    full sync would for what it touches, with the same atomic steps (a
+    directory renamed in whole, links replaced by rename), so a crash leaves
+    nothing the next start does not settle. Blocking; one call at a time (the
+    caller serialises them)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        # The entries each view shows, by hub cache repo and by URL (hf and
+        # ollama entries alone: a few, however many files the cache holds).
+        self._hub: dict[Parts, dict[str, Entry]] = {}
+        self._ollama: dict[str, Entry] = {}
+
+    def _track(self, entry: Entry, present: bool) -> None:
+        repo = views.repo_of(entry)
+        if repo is not None:
+            shown = self._hub.setdefault(repo, {})
+            if present:
+                shown[entry.url] = entry
+            else:
+                shown.pop(entry.url, None)
+                if not shown:
+                    del self._hub[repo]
+        if entry.kind == "ollama":
+            if present:
+                self._ollama[entry.url] = entry
+            else:
+                self._ollama.pop(entry.url, None)
+
+    def sync_all(self, entries: list[Entry], limit: int | None = None) -> Built:
+        self._hub, self._ollama = {}, {}
+        for entry in entries:
+            self._track(entry, True)
+        views.sync(self.layout, entries)
+        ollamaview.sync(self.layout, entries)
+        return sync(self.layout, entries, limit)
+
+    def sync_changes(
+        self, changes: list[Change], named: dict[str, Descriptor | None], limit: int | None
+    ) -> Built:
+        """After ``changes``: their hub cache repos and Ollama's view, and the
+        model directories ``named`` (each name: the manifest it shows, None
+        when no entry names it now; see :func:`sync_named`)."""
+        repos: set[Parts] = set()
+        ollama = False
+        for old, new in changes:
+            for entry, present in ((old, False), (new, True)):
+                if entry is None:
+                    continue
+                repo = views.repo_of(entry)
+                if repo is not None:
+                    repos.add(repo)
+                ollama = ollama or entry.kind == "ollama"
+                self._track(entry, present)
+        if repos:
+            shown = [e for r in repos for e in self._hub.get(r, {}).values()]
+            views.sync(self.layout, shown, only=repos)
+        if ollama:
+            ollamaview.sync(self.layout, list(self._ollama.values()))
+        return sync_named(self.layout, named, limit)

@@ -13,11 +13,12 @@ reference is treated as in use.
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import attrs
@@ -25,7 +26,8 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.python.failure import Failure
 
-from proxy.cache import artifact, grammar, journal, modelpackout
+from proxy import heap
+from proxy.cache import artifact, grammar, indexstream, journal, modelpackout
 from proxy.cache.layout import Layout
 from proxy.errors import BadRequest, Conflict
 from proxy.naming import reference_for_url
@@ -49,6 +51,12 @@ log = logging.getLogger(__name__)
 FILE_KINDS = frozenset({"file", "hf", "s3", "blob"})
 
 
+def _digests(blobs: Iterable[Digest]) -> tuple[Digest, ...]:
+    """Each digest once, in order: a tuple costs a third of a frozenset of
+    the few blobs an entry has (a cache holds 100,000s of entries)."""
+    return tuple(dict.fromkeys(blobs))
+
+
 @attrs.frozen
 class Entry:
     """One cached URL: the descriptor in ``index.json`` and what it holds."""
@@ -58,7 +66,7 @@ class Entry:
     descriptor: Descriptor
     files: tuple[Descriptor, ...]
     primary: Descriptor  # the file a consumer opens: /content's "digest"
-    blobs: frozenset[Digest]  # everything this entry keeps alive
+    blobs: tuple[Digest, ...] = attrs.field(converter=_digests)  # everything it keeps alive
     kind: str
     created: str
     legacy: bool = False
@@ -115,7 +123,7 @@ def new_entry(
         descriptor=descriptor,
         files=tuple(files),
         primary=primary,
-        blobs=frozenset(blobs | {manifest.digest} | {f.digest for f in files}),
+        blobs=[*blobs, manifest.digest, *(f.digest for f in files)],
         kind=kind,
         created=created,
     )
@@ -143,7 +151,9 @@ class Store:
         # last-used.json, never by rewriting index.json; and which entries use a
         # blob (by its hex), so a /v2 read of any of its blobs counts as a use.
         self._last_used: dict[str, float] = {}
-        self._users: dict[str, set[str]] = {}
+        # Almost every blob has one user: its URL alone, a set only beyond one
+        # (a set costs 216 bytes; a cache of 100,000 entries holds 200,000 of these).
+        self._users: dict[str, str | set[str]] = {}
         self._used_dirty = False
         self._reading: Counter[str] = Counter()  # blob hex -> answers streaming it
         # The writer's journal (open_journal); None: changes rewrite index.json.
@@ -152,6 +162,9 @@ class Store:
         self._index_bytes = 0  # of index.json as last written
         self._compacting = False
         self._compact_waiters: list[Deferred[None]] = []
+        # Entries changed since the views last looked (take_changes): each URL's
+        # entry as it was before the first of those changes (None: there was none).
+        self._changed: dict[str, Entry | None] = {}
         # While load() runs: the blobs on disk, listed once (algorithm -> hex names),
         # so an entry costs no stat of each of its blobs; None: ask the filesystem.
         self._present: dict[str, set[str]] | None = None
@@ -162,27 +175,62 @@ class Store:
     # -- loading (blocking; at startup, before the reactor serves) ----------------
 
     def load(self, index: dict[str, Any] | None = None) -> None:
-        """Read ``index.json`` (or ``index``, its contents read elsewhere)."""
+        """Read ``index.json`` with ``index.journal`` replayed over it (or
+        ``index``, the two read and merged elsewhere)."""
         if index is None:
-            index = self.layout.read_index()
-        self._index_meta = {k: v for k, v in index.items() if k != "manifests"}
-        self._index_meta.setdefault("schemaVersion", 2)
+            _, records, _, _ = journal.read_file(self.layout.journal_path)
+            self.load_from(self.layout.read_index_bytes(), records)
+            return
+        manifests = index["manifests"]
+
+        def each(use: Callable[[Any], None]) -> dict[str, Any]:
+            for raw in manifests:
+                use(raw)
+            return {k: v for k, v in index.items() if k != "manifests"}
+
+        self._fill(each)
+
+    def load_from(self, data: bytes, records: list[journal.Record]) -> None:
+        """Read the bytes of ``index.json`` with ``records`` (the journal's)
+        replayed over them, one descriptor at a time (:mod:`proxy.cache.indexstream`)."""
+        try:
+            self._fill(lambda use: indexstream.read(data, records, use))
+        except indexstream.Irregular:
+            self._entries, self._users = {}, {}
+            self._foreign, self._foreign_blobs = [], set()
+            self.load(journal.merge(self.layout.parse_index(data), records))
+
+    def _fill(self, each: Callable[[Callable[[Any], None]], dict[str, Any]]) -> None:
+        """Make the entries of the descriptors ``each`` passes on, then keep the
+        rest of the index it returns."""
         # Listed after index.json was read: every blob its entries name is committed by now.
         self._present = {a: self.layout.blob_names(a) for a in HEX_RE}
+        # No cycle collection while the table grows: what a load makes and drops
+        # (parsed JSON, manifests) has no cycles, and each collection would walk
+        # every object made so far (2 of 5.5 s at 100,000 entries).
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            for raw in index["manifests"]:
-                desc, entry = self._read_descriptor(raw)
-                if entry is None or entry.url in self._entries:
-                    self._foreign.append(raw)
-                    if desc is not None:
-                        self._foreign_blobs |= set(self._closure(desc))
-                else:
-                    self._entries[entry.url] = entry
-                    self._index_users(entry)
+            head = each(self._add_loaded)
         finally:
             self._present = None
+            if collecting:
+                gc.enable()
+        heap.trim()  # what reading the manifests left free in the C heap
+        self._index_meta = head
+        self._index_meta.setdefault("schemaVersion", 2)
         recorded = self.layout.read_last_used()
         self._last_used = {u: t for u, t in recorded.items() if u in self._entries}
+
+    def _add_loaded(self, raw: Any) -> None:
+        desc, entry = self._read_descriptor(raw)
+        if entry is None or entry.url in self._entries:
+            self._foreign.append(raw)
+            if desc is not None:
+                self._foreign_blobs |= set(self._closure(desc))
+        else:
+            self._entries[entry.url] = entry
+            self._index_users(entry)
 
     def _read_descriptor(self, raw: Any) -> tuple[Descriptor | None, Entry | None]:
         """A descriptor of index.json, and the entry it is (None: kept as is)."""
@@ -311,7 +359,7 @@ class Store:
             descriptor=desc,
             files=tuple(files),
             primary=primary,
-            blobs=frozenset(closure) | frozenset(extra),
+            blobs=[*closure, *extra],
             kind=kind,
             created=ann.get(ANNOTATION_CREATED, ""),
         )
@@ -329,7 +377,7 @@ class Store:
             descriptor=desc,
             files=(primary,),
             primary=primary,
-            blobs=frozenset(self._closure(desc)),
+            blobs=self._closure(desc),
             kind="legacy",
             created="",
             legacy=True,
@@ -383,7 +431,7 @@ class Store:
         refs = set(self._foreign_blobs) | set(self._held)
         for url, e in self._entries.items():
             if url != exclude and url not in excluding:
-                refs |= e.blobs
+                refs.update(e.blobs)
         return refs
 
     def user_of(self, digest: Digest) -> str | None:
@@ -405,16 +453,31 @@ class Store:
     # -- last use ------------------------------------------------------------
 
     def _index_users(self, entry: Entry) -> None:
+        url = entry.url
         for d in entry.blobs:
-            self._users.setdefault(d.hex, set()).add(entry.url)
+            users = self._users.setdefault(d.hex, url)
+            if isinstance(users, set):
+                users.add(url)
+            elif users != url:
+                self._users[d.hex] = {users, url}
 
     def _unindex_users(self, entry: Entry) -> None:
+        url = entry.url
         for d in entry.blobs:
             users = self._users.get(d.hex)
-            if users is not None:
-                users.discard(entry.url)
-                if not users:
-                    del self._users[d.hex]
+            if isinstance(users, set):
+                users.discard(url)
+                if len(users) == 1:
+                    self._users[d.hex] = next(iter(users))
+            elif users == url:
+                del self._users[d.hex]
+
+    def users(self, hex_: str) -> tuple[str, ...]:
+        """The URLs of the entries that hold a blob (by its hex)."""
+        users = self._users.get(hex_)
+        if users is None:
+            return ()
+        return (users,) if isinstance(users, str) else tuple(users)
 
     def touch(self, url: str) -> None:
         """The entry of ``url`` was just used (a /content GET or POST)."""
@@ -424,7 +487,7 @@ class Store:
 
     def touch_blob(self, hex_: str) -> None:
         """A blob was just read through /v2: every entry holding it was used."""
-        users = self._users.get(hex_)
+        users = self.users(hex_)
         if users:
             now = self._now()
             for url in users:
@@ -512,8 +575,16 @@ class Store:
         self._set(entry)
         return self._persist([{"put": entry.index_json()}])
 
+    def take_changes(self) -> list[tuple[Entry | None, Entry | None]]:
+        """Every entry changed since the last call: (as it was then, as it is
+        now), None where there was or is none; for the views
+        (:mod:`proxy.service.entries`), which follow the entries change by change."""
+        changed, self._changed = self._changed, {}
+        return [(old, self._entries.get(url)) for url, old in changed.items()]
+
     def _set(self, entry: Entry) -> None:
         old = self._entries.get(entry.url)
+        self._changed.setdefault(entry.url, old)
         if old is not None:
             self._unindex_users(old)
         self._entries[entry.url] = entry
@@ -524,6 +595,7 @@ class Store:
     def remove(self, url: str) -> Deferred[int]:
         """Remove an entry and the blobs only it referenced; fire with bytes freed."""
         entry = self._entries.pop(url)
+        self._changed.setdefault(url, entry)
         self._unindex_users(entry)
         if self._last_used.pop(url, None) is not None:
             self._used_dirty = True

@@ -102,8 +102,16 @@ def entry_view(layout: Layout, entry: Entry) -> tuple[Path, Path] | None:
     return hub, hub / repo_dir / "snapshots" / commit
 
 
-def sync(layout: Layout, entries: list[Entry]) -> None:
-    """Make the hub cache views match ``entries`` (blocking; run in a thread).
+def repo_of(entry: Entry) -> Parts | None:
+    """(hub cache, repo dir) an entry is shown in, if it is shown."""
+    found = _view_parts(entry) if entry.complete else None
+    return found[0] if found is not None else None
+
+
+def sync(layout: Layout, entries: list[Entry], only: set[Parts] | None = None) -> None:
+    """Make the hub cache views match ``entries`` (blocking; run in a thread);
+    ``only``: these repos (hub cache, repo dir) alone, ``entries`` being every
+    entry shown in them (a change's: its repos, not every repo).
 
     Never raises for a link it cannot make (two entries naming ``a`` and
     ``a/b`` in one snapshot, a full disk, a path that would leave ``views/``):
@@ -149,11 +157,14 @@ def sync(layout: Layout, entries: list[Entry]) -> None:
             except OSError as e:
                 log.warning("hub cache view: cannot write %s: %s", "/".join(ref)[:300], e)
         keep = set(links) | set(refs)
-        for name in os.listdir(top):
-            if not name.startswith("huggingface"):
-                continue
+        roots: dict[str, list[str] | None] = (
+            {n: None for n in os.listdir(top) if n.startswith("huggingface")}
+            if only is None
+            else {root: [r for h, r in only if h == root] for root, _ in only}
+        )
+        for name, names in roots.items():
             try:
-                _prune(top, name, keep, repos)
+                _prune(top, name, keep, repos, names)
             except (OSError, RecursionError) as e:  # a tree deeper than ours: left as is
                 log.warning("hub cache view: cannot tidy %s: %s", name, e)
     finally:
@@ -240,15 +251,21 @@ def _ensure_file(top: int, path: Parts, text: str) -> None:
         os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
 
 
-def _prune(top: int, root: str, keep: set[Parts], repos: set[Parts]) -> None:
-    """Remove from ``views/<root>`` what no entry names (never following a link)."""
+def _prune(
+    top: int, root: str, keep: set[Parts], repos: set[Parts], names: list[str] | None = None
+) -> None:
+    """Remove from ``views/<root>`` (from its ``names`` alone, if given) what
+    no entry names (never following a link)."""
     try:
         root_fd = _open_dir(top, (root,), create=False)
-    except Unsafe:
+    except (Unsafe, FileNotFoundError):
         return  # a file or a link someone else put there: not ours to tidy
     try:
-        for name in os.listdir(root_fd):
-            mode = os.lstat(name, dir_fd=root_fd).st_mode
+        for name in os.listdir(root_fd) if names is None else names:
+            try:
+                mode = os.lstat(_plain(name), dir_fd=root_fd).st_mode
+            except FileNotFoundError:
+                continue
             if (root, name) not in repos:
                 if stat.S_ISDIR(mode):
                     shutil.rmtree(name, dir_fd=root_fd, ignore_errors=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorThreads
 
+from proxy import heap
 from proxy.cache import artifact, modelpack, modelpackout, modelviews
 from proxy.cache.store import Entry, Store, new_entry, now_rfc3339
 from proxy.fetch.base import FetchResult
@@ -40,21 +41,65 @@ class Entries:
         self._views_lock = DeferredLock()
         # The cache's size limit (unpacked tar layers count in it); set by the server.
         self.limit = limit
-        # What the last sync made: which model directories exist, their problems.
+        # What the syncs made: which model directories exist, their problems.
         self.built = modelviews.Built()
+        self.views = modelviews.Views(store.layout)
+        self._synced = False  # all the views once (sync_all); then change by change
+
+    def sync_all(self) -> None:
+        """Bring every view in line with every entry (blocking: at startup,
+        before the reactor runs): whatever a crash left is settled here."""
+        self._store.take_changes()
+        limit = self.limit() if self.limit is not None else None
+        self.built = self.views.sync_all(self._store.entries(), limit)
+        self._synced = True
+        heap.trim()  # the full sync's listings, freed (0.2 KiB an entry of a large cache)
 
     def sync_views(self) -> Deferred[None]:
-        """Bring the views (hub caches, Ollama's, model directories) in line with the entries."""
-        snapshot = self._store.entries()
-        layout = self._store.layout
+        """Bring the views (hub caches, Ollama's, model directories) in line
+        with the entries changed since the last sync, and retry the model
+        directories that could not be made (the first call: every entry)."""
+        return self._views_lock.run(self._sync_locked)
+
+    def _sync_locked(self) -> Deferred[None]:
         limit = self.limit() if self.limit is not None else None
+        if not self._synced:
+            self._store.take_changes()
+            snapshot = self._store.entries()
 
-        def done(built: modelviews.Built) -> None:
-            self.built = built
+            def all_done(built: modelviews.Built) -> None:
+                self.built, self._synced = built, True
 
-        return self._views_lock.run(
-            in_thread, self._threads, modelviews.sync_all, layout, snapshot, limit
-        ).addCallback(done)
+            return in_thread(self._threads, self.views.sync_all, snapshot, limit).addCallback(
+                all_done
+            )
+        changes = self._store.take_changes()
+        names = {
+            name
+            for old, new in changes
+            for e in (old, new)
+            if e is not None and (name := modelviews.directory_name(e)) is not None
+        }
+        names |= set(self.built.problems)  # tried again, as room may have been made
+        if not changes and not names:
+            return succeed(None)
+        named = {name: self._shown_in(name) for name in names}
+
+        def done(made: modelviews.Built) -> None:
+            self.built.update(named, made)
+
+        return in_thread(self._threads, self.views.sync_changes, changes, named, limit).addCallback(
+            done
+        )
+
+    def _shown_in(self, name: str) -> Descriptor | None:
+        """The manifest the model directory ``name`` shows, if an entry names
+        it now (an entry names the directory of a manifest among its blobs)."""
+        for url in self._store.users(name):
+            entry = self._store.get(url)
+            if entry is not None and modelviews.directory_name(entry) == name:
+                return modelviews.leaf_manifest(entry)
+        return None
 
     @staticmethod
     async def _modelpack_out(

@@ -165,10 +165,10 @@ def load_all(layout: Layout, reactor: Any, follower: journal.Follower) -> Store:
     thread, while the reactor does not read them: it waits for the result)."""
     opened = follower.open()
     try:
-        index = layout.read_index_file()
+        index = layout.read_index_bytes()
         records, end = follower.read(opened[0], opened[2])
         store = Store(layout, reactor, reactor)
-        store.load(journal.merge(index, records))
+        store.load_from(index, records)
     except BaseException:
         os.close(opened[0])
         raise

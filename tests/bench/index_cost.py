@@ -6,7 +6,10 @@ config and an artifact manifest each, as a POST of an http file leaves them, and
 ``index.json``), then a fresh process (:mod:`tests.bench.index_child`) opens it as the server
 does and measures the seconds to load it (the restart), its RSS per entry, and the seconds a
 change takes until it is answered: ``Store.put`` one at a time and 8 at once, and
-``Store.remove``. A smaller run goes through real POSTs: a server on a cache of 1,000 and of
+``Store.remove``, then the same with the views kept in line after each change as the server
+does (:meth:`proxy.service.entries.Entries.sync_views`), and the seconds to start (the load and
+the full sync of the views, as ``proxy.server.build`` does before ``/readyz``). A smaller
+run goes through real POSTs: a server on a cache of 1,000 and of
 10,000 entries, 8 clients POSTing small http files; the figure is the median seconds per
 POST, and the server's start until ``/readyz``.
 """
@@ -89,12 +92,19 @@ def fabricate_entry(layout: Layout, name: str, *, write: bool) -> Entry:
 
 
 def make_cache(root: Path, entries: int) -> Path:
-    """A cache of ``entries`` small-file entries, written directly (no server)."""
+    """A cache of ``entries`` small-file entries, written directly (no server), with
+    the model directory a server makes for each (:mod:`proxy.cache.modelviews`)."""
     layout = Layout(root)
     layout.create()
-    manifests = [
-        fabricate_entry(layout, f"f{i:07d}", write=True).index_json() for i in range(entries)
-    ]
+    models = root / "views" / "models"
+    models.mkdir(parents=True)
+    manifests = []
+    for i in range(entries):
+        entry = fabricate_entry(layout, f"f{i:07d}", write=True)
+        manifests.append(entry.index_json())
+        directory = models / entry.descriptor.digest.hex
+        directory.mkdir()
+        (directory / f"f{i:07d}").symlink_to(f"../../../blobs/sha256/{entry.primary.digest.hex}")
     layout.write_index({"schemaVersion": 2, "manifests": manifests})
     return root
 
@@ -120,6 +130,7 @@ def measure_sizes(root: Path, sizes: list[int]) -> list[dict[str, Any]]:
     for n in sizes:
         t = time.perf_counter()
         cache = make_cache(root / f"c{n}", n)
+        os.sync()  # a restart opens a cache at rest, not one whose writes are still under way
         made = time.perf_counter() - t
         r = child(cache, CHANGES)
         r["made_s"] = made
@@ -145,13 +156,16 @@ def report_lines(bench: Bench) -> list[str]:
         return []
     lines = [
         "index_cost: entries | put (1 at a time) | put (8 at once, per change) | remove"
-        " | RSS per entry | load (restart)"
+        " | put + views | remove + views | RSS per entry | load | start (load + views)"
     ]
     for r in figures["store"]:
         lines.append(
             f"  {r['entries']:>7} | {r['put_s_median'] * 1e3:.2f} ms | "
             f"{r['put8_s_per_change_median'] * 1e3:.2f} ms | {r['remove_s_median'] * 1e3:.2f} ms"
+            f" | {r['put_views_s_median'] * 1e3:.2f} ms"
+            f" | {r['remove_views_s_median'] * 1e3:.2f} ms"
             f" | {r['rss_per_entry'] / 1024:.2f} KiB | {r['load_s']:.2f} s"
+            f" ({r['load_cpu_s']:.2f} s CPU) | {r['start_s']:.2f} s"
         )
     return lines
 
