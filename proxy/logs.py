@@ -54,6 +54,7 @@ class _AccessLines:
         # (route, method label, status) -> [answers, bytes sent]
         self._answers: dict[tuple[str, str, int], list[int]] = {}
         self._scheduled = False
+        self._batching: bool | None = None  # usable(), as found this turn
         self._second = -1
         self._stamp = ""
 
@@ -69,6 +70,14 @@ class _AccessLines:
             and not access_log.disabled
             and isInIOThread()
         )
+
+    def batching(self) -> bool:
+        """:meth:`usable`, asked once a turn (called on the reactor's thread:
+        logging is configured before the reactor runs, and :func:`setup`
+        flushes, which asks again)."""
+        if self._batching is None:
+            self._batching = self.usable()
+        return self._batching
 
     def count(self, route: str, method: str, code: int, sent: int) -> None:
         """Count one answer, on the reactor's thread, at the turn's end."""
@@ -103,6 +112,7 @@ class _AccessLines:
 
     def flush(self) -> None:
         self._scheduled = False
+        self._batching = None
         if self._answers:
             self.count_now()
         handler = self.handler
@@ -179,13 +189,14 @@ def log_access(
     """The access-log line of one answered request (and its metrics);
     ``route``, when the caller knows it, is :func:`proxy.metrics.route_of`
     of ``path``."""
-    if _access.clock is not None and isInIOThread():
+    on_reactor = _access.clock is not None and isInIOThread()
+    if on_reactor:
         _access.count(route or route_of(path), method_label(method), code, sent)
     else:
         observe_request(method, path, code, sent)
     if not access_log.isEnabledFor(logging.INFO):
         return
-    if _access.usable():
+    if on_reactor and _access.batching():
         _access.add(f'{peer} "{method} {path} {proto}" {code} {sent} {duration:.3f}s')
     else:
         fields = {
