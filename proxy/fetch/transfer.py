@@ -39,6 +39,7 @@ from hyperlink import EncodedURL
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -354,15 +355,21 @@ class HttpClient:
         return b"".join(chunks)
 
     def sleep(self, seconds: float, job: Job) -> Deferred[None]:
-        d: Deferred[None] = deferLater(self.reactor, seconds, lambda: None)
-        remove = job.abortable(d.cancel)
+        return cancellable_sleep(self.reactor, seconds, job)
 
-        def cleared(r: Any) -> Any:
-            remove()
-            job.check_cancelled()
-            return r
 
-        return d.addBoth(cleared)
+def cancellable_sleep(clock: IReactorTime, seconds: float, job: Job) -> Deferred[None]:
+    """A pause of ``seconds`` on ``clock`` that cancelling ``job`` cuts short
+    (then :class:`~proxy.errors.Cancelled`, by ``job.check_cancelled``)."""
+    d: Deferred[None] = deferLater(clock, seconds, lambda: None)
+    remove = job.abortable(d.cancel)
+
+    def cleared(r: Any) -> Any:
+        remove()
+        job.check_cancelled()
+        return r
+
+    return d.addBoth(cleared)
 
 
 @attrs.frozen
