@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from typing import Protocol as TypingProtocol
 from urllib.parse import urljoin, urlsplit
 
@@ -69,6 +69,8 @@ from proxy.fetch.stream import BodyCut, stream_body
 from proxy.metrics import INGESTED, ORIGIN_BYTES, PEER_BYTES
 from proxy.redact import redact_url
 from proxy.types import Digest
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,22 @@ class Retryable(Exception):
     def __init__(self, cause: StorageError) -> None:
         super().__init__(cause.message)
         self.cause = cause
+
+
+async def retried(
+    client: HttpClient, job: Job, attempt: Callable[[], Awaitable[T]], tries: int = 3
+) -> T:
+    """``attempt()``, made again after a pause (``client.options.pause``) when
+    it raises :class:`Retryable`, ``tries`` times at most; then its cause,
+    saying how many attempts were made."""
+    for n in range(tries):
+        try:
+            return await attempt()
+        except Retryable as r:
+            if n == tries - 1:
+                raise gave_up(r.cause, n + 1) from None
+            await client.sleep(client.options.pause(n), job)
+    raise AssertionError("unreachable")
 
 
 def origin(url: str) -> tuple[str, str, int]:
