@@ -16,7 +16,6 @@ Conditional writes: ``If-None-Match: *`` (create only: Azure answers 409
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 from typing import Any
 from xml.sax.saxutils import escape
@@ -28,7 +27,7 @@ from proxy.fetch import objects
 from proxy.fetch.azure import AzureUrl, BlobAccount, azure_error, azure_target, parse_listing
 from proxy.fetch.base import Job
 from proxy.fetch.transfer import HttpClient, header
-from proxy.shared.location import StoreLocation, is_layout_key, name_prefix
+from proxy.shared.location import StoreLocation, listed_key, name_prefix
 from proxy.shared.store import (
     MAX_LIST,
     MAX_SMALL,
@@ -36,7 +35,11 @@ from proxy.shared.store import (
     ObjectInfo,
     SharedStoreError,
     Small,
+    etag_of,
+    object_info,
     range_body,
+    refused,
+    small_object,
 )
 from proxy.shared.wire import BytesBody, Detached, FileBody, Sender, Sink
 
@@ -104,11 +107,7 @@ class AzureStore:
         return await self.sender.retrying(prepare, job)
 
     async def _fail(self, key: str, response: Any) -> SharedStoreError:
-        body = b""
-        with contextlib.suppress(Exception):  # without its document, the status tells
-            body = await self.client.read_small(response, 64 * 1024)
-        error = azure_error(self._what(key))(response, body)
-        return SharedStoreError(error.message, getattr(error, "upstream_status", response.code))
+        return await refused(self.client, response, azure_error(self._what(key)))
 
     # -- the interface -------------------------------------------------------------
 
@@ -116,13 +115,7 @@ class AzureStore:
         response = await self._small("HEAD", key, None, job or Detached())
         if response.code not in (200, 404):
             raise await self._fail(key, response)
-        self.client.discard(response)
-        if response.code == 404:
-            return None
-        length, etag = header(response, b"Content-Length"), header(response, b"ETag")
-        if length is None or not length.isdigit() or not etag:
-            raise SharedStoreError(f"{self._what(key)}: no size or ETag in the answer")
-        return ObjectInfo(int(length), etag)
+        return object_info(self.client, response, self._what(key))
 
     async def read_small(
         self, key: str, limit: int = MAX_SMALL, job: Job | None = None
@@ -133,11 +126,7 @@ class AzureStore:
             return None
         if response.code != 200:
             raise await self._fail(key, response)
-        etag = header(response, b"ETag")
-        data = await self.client.read_small(response, limit)
-        if not etag:
-            raise SharedStoreError(f"{self._what(key)}: no ETag in the answer")
-        return Small(data, etag)
+        return await small_object(self.client, response, limit, self._what(key))
 
     async def get_range(
         self, key: str, first: int, last: int, sink: Sink, job: Job | None = None
@@ -233,10 +222,7 @@ class AzureStore:
         self.client.discard(response)
         if response.code != 201:
             return None
-        etag = header(response, b"ETag")
-        if not etag:
-            raise SharedStoreError(f"{self._what(key)}: no ETag in the answer")
-        return etag
+        return etag_of(response, self._what(key))
 
     async def create_if_absent(self, key: str, data: bytes, job: Job | None = None) -> str | None:
         return await self._conditional(key, data, {b"If-None-Match": b"*"}, job)
@@ -271,10 +257,8 @@ class AzureStore:
             except Exception:
                 raise SharedStoreError(f"{self._what(prefix)}: unreadable listing") from None
             for b in blobs:
-                rel = self.location.relative(b.name)
-                if rel is None or not rel.startswith(prefix) or b.size is None:
-                    continue
-                if is_layout_key(rel):
+                rel = listed_key(self.location, b.name, prefix)
+                if rel is not None and b.size is not None:
                     found.append(Listed(rel, b.size, b.etag))
             if not marker:
                 break
