@@ -20,7 +20,6 @@ import os
 from typing import Any
 from xml.sax.saxutils import escape
 
-from twisted.internet.defer import DeferredList, DeferredSemaphore
 from twisted.web.iweb import IBodyProducer
 
 from proxy.fetch import objects
@@ -167,31 +166,23 @@ class AzureStore:
         block = max(self.block_size, -(-size // MAX_BLOCKS))
         count = -(-size // block)
         ids = [base64.b64encode(f"block-{n:08d}".encode()).decode() for n in range(count)]
-        slots = DeferredSemaphore(self.parallel)
-        failures: list[BaseException] = []
 
         async def one(n: int) -> None:
-            if failures:
-                return
             offset = n * block
             length = min(block, size - offset)
-            try:
-                r = await self._put(
-                    key,
-                    {"comp": "block", "blockid": ids[n]},
-                    {},
-                    lambda: FileBody(threads, path, offset, length),
-                    length,
-                    job,
-                )
-                if r.code != 201:
-                    raise await self._fail(key, r)
-                self.client.discard(r)
-            except BaseException as e:
-                failures.append(e)
-                raise
+            r = await self._put(
+                key,
+                {"comp": "block", "blockid": ids[n]},
+                {},
+                lambda: FileBody(threads, path, offset, length),
+                length,
+                job,
+            )
+            if r.code != 201:
+                raise await self._fail(key, r)
+            self.client.discard(r)
 
-        await DeferredList([slots.run(one, n) for n in range(count)], consumeErrors=True)
+        failures = await objects.each_parallel(range(count), one, self.parallel)
         if failures:
             raise failures[0]  # uncommitted blocks are dropped by the store after a week
         doc = '<?xml version="1.0" encoding="utf-8"?><BlockList>'

@@ -23,7 +23,6 @@ import io
 import os
 from typing import Any
 
-from twisted.internet.defer import DeferredList, DeferredSemaphore
 from twisted.web.iweb import IBodyProducer
 
 from proxy.fetch import objects
@@ -261,30 +260,22 @@ class S3Store:
         if not upload_id:
             raise SharedStoreError(f"{self._what(key)}: no UploadId in the answer")
         etags: dict[int, str] = {}
-        slots = DeferredSemaphore(self.parallel)
-        failures: list[BaseException] = []
 
         async def one(number: int) -> None:
-            if failures:
-                return
             offset = (number - 1) * part
             length = min(part, size - offset)
             params = self._params(key, PartNumber=number, UploadId=upload_id)
-            try:
-                r = await self._with_file(s3, "upload_part", params, path, offset, length, job)
-                if r.code != 200:
-                    raise await self._fail(s3, key, "UploadPart", r)
-                self.client.discard(r)
-                etag = header(r, b"ETag")
-                if not etag:
-                    raise SharedStoreError(f"{self._what(key)}: part {number} has no ETag")
-                etags[number] = etag
-            except BaseException as e:
-                failures.append(e)
-                raise
+            r = await self._with_file(s3, "upload_part", params, path, offset, length, job)
+            if r.code != 200:
+                raise await self._fail(s3, key, "UploadPart", r)
+            self.client.discard(r)
+            etag = header(r, b"ETag")
+            if not etag:
+                raise SharedStoreError(f"{self._what(key)}: part {number} has no ETag")
+            etags[number] = etag
 
         count = -(-size // part)
-        await DeferredList([slots.run(one, n) for n in range(1, count + 1)], consumeErrors=True)
+        failures = await objects.each_parallel(range(1, count + 1), one, self.parallel)
         try:
             if failures:
                 raise failures[0]
