@@ -287,9 +287,8 @@ def azure_error(what: str) -> Any:
                 message = (doc.findtext("Message") or "").split("\n", 1)[0].strip()
             except ET.ParseError:
                 pass
-        status = CODE_STATUS.get(code, response.code)
-        detail = f"{code}: {message}" if message else code or f"status {response.code}"
-        return UpstreamError(f"{what}: {detail}", status)
+        detail = store.error_detail(code, message, response.code)
+        return UpstreamError(f"{what}: {detail}", CODE_STATUS.get(code, response.code))
 
     return build
 

@@ -133,6 +133,12 @@ async def mark_interrupted(
     job.after_commit(marker.discard)
 
 
+def error_detail(code: str, message: str, status: int) -> str:
+    """What a store's error answer says: its code and message, whichever it
+    gave, else its status."""
+    return f"{code}: {message}" if message else code or f"status {status}"
+
+
 Prepare = Callable[[], Awaitable[tuple[str, str, dict[bytes, bytes]]]]
 
 

@@ -277,9 +277,8 @@ def s3_error(signer: Signer, s3: Any, what: str, operation: str) -> Any:
             pass
         if not code and response.code == 404:
             code = "NoSuchKey" if operation != "ListObjectsV2" else "NoSuchBucket"
-        status = CODE_STATUS.get(code, response.code)
-        detail = f"{code}: {message}" if message else code or f"status {response.code}"
-        return UpstreamError(f"{what}: {detail}", status)
+        detail = store.error_detail(code, message, response.code)
+        return UpstreamError(f"{what}: {detail}", CODE_STATUS.get(code, response.code))
 
     return build
 
