@@ -275,6 +275,25 @@ class BlobAccount:
         return url, private
 
 
+async def blob_request(
+    client: HttpClient,
+    api: BlobAccount,
+    method: str,
+    url: str,
+    job: Job,
+    sent: dict[bytes, bytes] | None = None,
+) -> Any:
+    """A request without a body, with the headers ``sent``, signed for each
+    attempt and retried on 5xx and cuts."""
+    headers = sent or {}
+
+    async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
+        signed, private = api.sign(method, url, headers)
+        return method, signed, {**headers, **private}
+
+    return await store.small_request(client, job, prepare)
+
+
 def azure_error(what: str) -> Any:
     """Builds the error of a non-success answer from x-ms-error-code or the XML document."""
 
@@ -333,11 +352,7 @@ class AzureFetcher:
         )
 
     def _request(self, api: BlobAccount, method: str, url: str, job: Job) -> Any:
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign(method, url, {})
-            return method, signed, private
-
-        return store.small_request(self.client, job, prepare)
+        return blob_request(self.client, api, method, url, job)
 
     async def _list(self, api: BlobAccount, job: Job) -> list[AzureBlob]:
         ref = api.ref

@@ -23,7 +23,14 @@ from xml.sax.saxutils import escape
 from twisted.web.iweb import IBodyProducer
 
 from proxy.fetch import objects
-from proxy.fetch.azure import AzureUrl, BlobAccount, azure_error, azure_target, parse_listing
+from proxy.fetch.azure import (
+    AzureUrl,
+    BlobAccount,
+    azure_error,
+    azure_target,
+    blob_request,
+    parse_listing,
+)
 from proxy.fetch.base import Job
 from proxy.fetch.transfer import HttpClient, header
 from proxy.shared.location import StoreLocation, listed_key, name_prefix
@@ -78,12 +85,7 @@ class AzureStore:
         """A body-less request for a blob (``key``) or the container, retried."""
         api = self._api()
         url = api.url(self.location.object_name(key) if key else None, query)
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign(method, url, {})
-            return method, signed, private
-
-        return await objects.small_request(self.client, job, prepare)
+        return await blob_request(self.client, api, method, url, job)
 
     async def _put(
         self,
@@ -136,12 +138,7 @@ class AzureStore:
         api = self._api()
         url = api.url(self.location.object_name(key))
         ranged = {b"Range": f"bytes={first}-{last}".encode()}
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign("GET", url, ranged)
-            return "GET", signed, {**ranged, **private}
-
-        response = await objects.small_request(self.client, job, prepare)
+        response = await blob_request(self.client, api, "GET", url, job, ranged)
         if response.code != 206:
             raise await self._fail(key, response)
         return await range_body(self.client, response, first, last, sink, self._what(key))
@@ -260,12 +257,7 @@ class AzureStore:
         api = self._api()
         url = api.url(self.location.object_name(key))
         condition = {b"If-Match": etag.encode("latin-1")} if etag else {}
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign("DELETE", url, condition)
-            return "DELETE", signed, {**condition, **private}
-
-        response = await objects.small_request(self.client, job, prepare)
+        response = await blob_request(self.client, api, "DELETE", url, job, condition)
         if response.code not in (202, 404, 412):
             raise await self._fail(key, response)
         self.client.discard(response)

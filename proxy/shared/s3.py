@@ -27,7 +27,7 @@ from twisted.web.iweb import IBodyProducer
 
 from proxy.fetch import objects
 from proxy.fetch.base import Job
-from proxy.fetch.s3 import Signer, s3_error
+from proxy.fetch.s3 import Signer, raw_headers, s3_error, signed_request
 from proxy.fetch.transfer import HttpClient, header
 from proxy.shared.location import StoreLocation, listed_key, name_prefix
 from proxy.shared.store import (
@@ -109,13 +109,6 @@ def _signed_part(
     return method, url, headers
 
 
-def _headers_of(response: Any) -> dict[str, str]:
-    return {
-        k.decode("latin-1").lower(): v[0].decode("latin-1")
-        for k, v in response.headers.getAllRawHeaders()
-    }
-
-
 class S3Store:
     """A :class:`~proxy.shared.store.SharedStore` on one S3 bucket and prefix."""
 
@@ -150,13 +143,7 @@ class S3Store:
 
     async def _small(self, s3: Any, operation: str, params: dict[str, Any], job: Job) -> Any:
         """A request without a body, retried on 5xx and cuts."""
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed: tuple[str, str, dict[bytes, bytes]]
-            signed = await self.client.thread(self.signer.prepare, s3, operation, params)
-            return signed
-
-        return await objects.small_request(self.client, job, prepare)
+        return await signed_request(self.client, self.signer, s3, operation, params, job)
 
     async def _with_bytes(
         self, s3: Any, operation: str, params: dict[str, Any], data: bytes | None, job: Job
@@ -197,7 +184,7 @@ class S3Store:
     async def _parse(self, s3: Any, operation: str, response: Any, limit: int) -> Any:
         body = await self.client.read_small(response, limit)
         return await self.client.thread(
-            self.signer.parse, s3, operation, response.code, _headers_of(response), body
+            self.signer.parse, s3, operation, response.code, raw_headers(response), body
         )
 
     # -- the interface -------------------------------------------------------------
