@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,17 @@ def _dump(body: Any) -> None:
 def _failed(answer: Answer) -> int:
     _err(answer.error)
     return NOT_FOUND if answer.status == 404 else FAILED
+
+
+def _shown(answer: Answer, as_json: bool, show: Callable[[Any], None]) -> int:
+    """A 200's body, as JSON (``--json``) or by ``show``; any other answer's error."""
+    if answer.status != 200:
+        return _failed(answer)
+    if as_json:
+        _dump(answer.body)
+    else:
+        show(answer.body)
+    return OK
 
 
 # -- progress without a terminal -------------------------------------------------
@@ -454,17 +466,14 @@ def rm(client: Client, targets: list[str], as_json: bool) -> int:
 
 def gc(client: Client, ingest_age: float, as_json: bool) -> int:
     answer = client.request("POST", f"/admin/gc?ingest-age={ingest_age:g}")
-    if answer.status != 200:
-        return _failed(answer)
-    b = answer.body
-    if as_json:
-        _dump(b)
-    else:
+
+    def show(b: Any) -> None:
         print(
             f"removed {b['blobsRemoved']} unreferenced blobs and {b['ingestRemoved']} "
             f"stale downloads: {human_size(b['bytesFreed'])} freed"
         )
-    return OK
+
+    return _shown(answer, as_json, show)
 
 
 def pin(client: Client, targets: list[str], on: bool, as_json: bool) -> int:
@@ -491,45 +500,40 @@ def peers(client: Client, as_json: bool) -> int:
     if answer.status == 404:
         _err("this server is not in a cache array (start it with --peers)")
         return NOT_FOUND
-    if answer.status != 200:
-        return _failed(answer)
-    if as_json:
-        _dump(answer.body)
-        return OK
-    table = Table(box=None, header_style="bold")
-    for col in ("PEER", "STATE", "FROM", "FAILURES", "LAST ERROR"):
-        table.add_column(col, overflow="fold")
-    for p in answer.body.get("peers", []):
-        table.add_row(
-            p.get("address", ""),
-            p.get("state", ""),
-            p.get("from", ""),
-            str(p.get("failures", 0)),
-            p.get("lastError") or "",
-        )
-    print(f"this node: {answer.body.get('self')}")
-    Console(width=max(120, Console().width)).print(table)
-    return OK
+
+    def show(b: Any) -> None:
+        table = Table(box=None, header_style="bold")
+        for col in ("PEER", "STATE", "FROM", "FAILURES", "LAST ERROR"):
+            table.add_column(col, overflow="fold")
+        for p in b.get("peers", []):
+            table.add_row(
+                p.get("address", ""),
+                p.get("state", ""),
+                p.get("from", ""),
+                str(p.get("failures", 0)),
+                p.get("lastError") or "",
+            )
+        print(f"this node: {b.get('self')}")
+        Console(width=max(120, Console().width)).print(table)
+
+    return _shown(answer, as_json, show)
 
 
 def du(client: Client, as_json: bool) -> int:
     answer = client.request("GET", "/admin/du")
-    if answer.status != 200:
-        return _failed(answer)
-    b = answer.body
-    if as_json:
-        _dump(b)
-        return OK
-    fs = b["filesystem"]
-    entries, blobs = plural(b["entries"], "entry", "entries"), plural(b["blobs"], "blob")
-    print(f"{human_size(b['totalBytes'])} in all: {entries}, {blobs}")
-    print(f"  blobs        {human_size(b['blobBytes'])}")
-    print(f"  unreferenced {human_size(b['unreferencedBytes'])} (storage-manager gc frees it)")
-    print(f"  downloading  {human_size(b['ingestBytes'])}")
-    if b.get("viewBytes"):
-        print(f"  unpacked     {human_size(b['viewBytes'])} (tar layers in model directories)")
-    print(f"  filesystem   {human_size(fs['free'])} free of {human_size(fs['bytes'])}")
-    return OK
+
+    def show(b: Any) -> None:
+        fs = b["filesystem"]
+        entries, blobs = plural(b["entries"], "entry", "entries"), plural(b["blobs"], "blob")
+        print(f"{human_size(b['totalBytes'])} in all: {entries}, {blobs}")
+        print(f"  blobs        {human_size(b['blobBytes'])}")
+        print(f"  unreferenced {human_size(b['unreferencedBytes'])} (storage-manager gc frees it)")
+        print(f"  downloading  {human_size(b['ingestBytes'])}")
+        if b.get("viewBytes"):
+            print(f"  unpacked     {human_size(b['viewBytes'])} (tar layers in model directories)")
+        print(f"  filesystem   {human_size(fs['free'])} free of {human_size(fs['bytes'])}")
+
+    return _shown(answer, as_json, show)
 
 
 def import_bundle(client: Client, path: str, as_json: bool) -> int:
@@ -542,19 +546,16 @@ def import_bundle(client: Client, path: str, as_json: bool) -> int:
         answer = client.upload(
             "/admin/import", f, os.fstat(f.fileno()).st_size, "application/x-tar"
         )
-    if answer.status != 200:
-        return _failed(answer)
-    b = answer.body
-    if as_json:
-        _dump(b)
-    else:
+
+    def show(b: Any) -> None:
         print(
             f"imported {plural(len(b['entries']), 'entry', 'entries')}: "
             f"{plural(b['blobsAdded'], 'blob')} added, {b['blobsSkipped']} already here"
         )
         for url in b["entries"]:
             print(f"  {url}")
-    return OK
+
+    return _shown(answer, as_json, show)
 
 
 def export_store(client: Client, to: str, targets: list[str], as_json: bool) -> int:

@@ -58,7 +58,7 @@ from twisted.web.server import NOT_DONE_YET
 from proxy.api.admission import is_push
 from proxy.api.deletes import Deletes
 from proxy.api.errors import OciError, error_body
-from proxy.api.registry import API_VERSION, check_name, query_args
+from proxy.api.registry import API_VERSION, check_name, query_args, v2_rest
 from proxy.cache import artifact
 from proxy.cache.catalog import Catalog
 from proxy.cache.layout import Layout, NotAManifest, is_disk_full
@@ -285,12 +285,7 @@ class PushAPI:
         (:class:`proxy.api.admission.Access`) decided it before, for
         :class:`proxy.api.root.Root` and, before a body was read, for the
         channel; it counts every push request, the ping included, as needing it."""
-        if b"%" in path:
-            raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
-        try:
-            rest = path[len(b"/v2/") :].decode("ascii")
-        except UnicodeDecodeError:
-            raise OciError("NAME_INVALID", "path is not ASCII") from None
+        rest = v2_rest(path)
         method = request.method
         args = query_args(request.uri)
 

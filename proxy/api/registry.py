@@ -115,6 +115,17 @@ def check_name(name: str) -> None:
         raise OciError("NAME_INVALID", f"invalid repository name {name[:100]!r}")
 
 
+def v2_rest(path: bytes) -> str:
+    """What follows ``/v2/`` in a request path, or NAME_INVALID (percent-escapes,
+    or not ASCII)."""
+    if b"%" in path:
+        raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
+    try:
+        return path[len(b"/v2/") :].decode("ascii")
+    except UnicodeDecodeError:
+        raise OciError("NAME_INVALID", "path is not ASCII") from None
+
+
 def _digest(text: str, unknown: str) -> Digest:
     if not _DIGEST_GRAMMAR_RE.fullmatch(text):
         raise OciError("DIGEST_INVALID", f"invalid digest {text[:100]!r}")
@@ -281,12 +292,7 @@ class RegistryAPI:
             raise OciError("UNSUPPORTED", "this registry is read-only (push is not enabled)")
         if path in (b"/v2", b"/v2/"):
             return self._json(request, {})
-        if b"%" in path:
-            raise OciError("NAME_INVALID", "percent-encoded characters are not allowed here")
-        try:
-            rest = path[len(b"/v2/") :].decode("ascii")
-        except UnicodeDecodeError:
-            raise OciError("NAME_INVALID", "path is not ASCII") from None
+        rest = v2_rest(path)
         args: dict[bytes, list[bytes]] = request.args or {}
         ns_raw = args.get(b"ns", [b""])[0].decode("ascii", "replace")
         ns = proxied_host or ns_raw or None

@@ -275,6 +275,25 @@ class BlobAccount:
         return url, private
 
 
+async def blob_request(
+    client: HttpClient,
+    api: BlobAccount,
+    method: str,
+    url: str,
+    job: Job,
+    sent: dict[bytes, bytes] | None = None,
+) -> Any:
+    """A request without a body, with the headers ``sent``, signed for each
+    attempt and retried on 5xx and cuts."""
+    headers = sent or {}
+
+    async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
+        signed, private = api.sign(method, url, headers)
+        return method, signed, {**headers, **private}
+
+    return await store.small_request(client, job, prepare)
+
+
 def azure_error(what: str) -> Any:
     """Builds the error of a non-success answer from x-ms-error-code or the XML document."""
 
@@ -287,9 +306,8 @@ def azure_error(what: str) -> Any:
                 message = (doc.findtext("Message") or "").split("\n", 1)[0].strip()
             except ET.ParseError:
                 pass
-        status = CODE_STATUS.get(code, response.code)
-        detail = f"{code}: {message}" if message else code or f"status {response.code}"
-        return UpstreamError(f"{what}: {detail}", status)
+        detail = store.error_detail(code, message, response.code)
+        return UpstreamError(f"{what}: {detail}", CODE_STATUS.get(code, response.code))
 
     return build
 
@@ -334,11 +352,7 @@ class AzureFetcher:
         )
 
     def _request(self, api: BlobAccount, method: str, url: str, job: Job) -> Any:
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign(method, url, {})
-            return method, signed, private
-
-        return store.small_request(self.client, job, prepare)
+        return blob_request(self.client, api, method, url, job)
 
     async def _list(self, api: BlobAccount, job: Job) -> list[AzureBlob]:
         ref = api.ref

@@ -359,7 +359,7 @@ def gcs_error(what: str) -> Any:
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             pass
         reason = reason or _STATUS_REASON.get(response.code, "")
-        detail = f"{reason}: {message}" if message else reason or f"status {response.code}"
+        detail = store.error_detail(reason, message, response.code)
         return UpstreamError(f"{what}: {detail} (status {response.code})", response.code)
 
     return build

@@ -48,11 +48,10 @@ from proxy.fetch.ociref import split_hub_url
 from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import (
     HttpClient,
-    Retryable,
     Wanted,
     download,
-    gave_up,
     header,
+    retried,
     upstream_error,
 )
 from proxy.request import FetchRequest
@@ -213,21 +212,18 @@ class HfFetcher:
     ) -> tuple[str, HubFile]:
         url = f"{base}/{ref.url_prefix}/resolve/{quote(ref.revision, safe='')}/{quote(path)}"
         what = f"{ref.repo}@{ref.revision}/{path}"
-        for attempt in range(3):
-            try:
-                response = await self.client.get(
-                    url,
-                    job,
-                    {b"Accept-Encoding": b"identity"},
-                    auth,
-                    method="HEAD",
-                    cross_origin_redirects=False,
-                )
-                break
-            except Retryable as r:
-                if attempt == 2:
-                    raise gave_up(r.cause, attempt + 1) from None
-                await self.client.sleep(self.client.options.pause(attempt), job)
+
+        async def head() -> Any:
+            return await self.client.get(
+                url,
+                job,
+                {b"Accept-Encoding": b"identity"},
+                auth,
+                method="HEAD",
+                cross_origin_redirects=False,
+            )
+
+        response = await retried(self.client, job, head)
         self.client.discard(response)
         if response.code >= 400:
             raise self._hub_error(url, response, b"", what)

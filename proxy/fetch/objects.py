@@ -7,14 +7,15 @@ the URL's object/prefix split, the paging loop of a listing, the check that
 listed names are safe relative file paths, the per-object restart loop when
 an object changes mid-download (:class:`SourceChanged`), the parallel
 download of a prefix's objects, the "interrupted" marker of a multi-object
-download, and a small request retried on 5xx and cuts.
+download, and a small request retried on 5xx and cuts; :func:`each_parallel`
+also serves the shared stores' multipart uploads.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -85,25 +86,38 @@ async def restarting(what: str, attempt: Callable[[], Awaitable[R]]) -> R:
     raise AssertionError("unreachable")
 
 
+async def each_parallel(
+    items: Iterable[T], one: Callable[[T], Awaitable[None]], parallel: int
+) -> list[BaseException]:
+    """``one(item)`` for every item, ``parallel`` at a time, in order; after a
+    failure those not yet started are not. The failures, as they happened."""
+    failures: list[BaseException] = []
+    slots = DeferredSemaphore(parallel)
+
+    async def run(item: T) -> None:
+        if failures:
+            return
+        try:
+            await one(item)
+        except BaseException as e:
+            failures.append(e)
+            raise
+
+    await DeferredList([slots.run(run, item) for item in items], consumeErrors=True)
+    return failures
+
+
 async def download_all(
     objects: Sequence[T], one: Callable[[T], Awaitable[Descriptor]], parallel: int
 ) -> list[Descriptor]:
     """``one(o)`` for every object, ``parallel`` at a time, in order; the first
     failure stops those not yet started and is raised (a StorageError first)."""
     results: dict[int, Descriptor] = {}
-    failures: list[BaseException] = []
-    slots = DeferredSemaphore(parallel)
 
     async def run(i: int) -> None:
-        if failures:
-            return
-        try:
-            results[i] = await one(objects[i])
-        except BaseException as e:
-            failures.append(e)
-            raise
+        results[i] = await one(objects[i])
 
-    await DeferredList([slots.run(run, i) for i in range(len(objects))], consumeErrors=True)
+    failures = await each_parallel(range(len(objects)), run, parallel)
     if failures:
         raise next((f for f in failures if isinstance(f, StorageError)), failures[0])
     return [results[i] for i in range(len(objects))]
@@ -117,6 +131,12 @@ async def mark_interrupted(
     marker = IngestFile(layout, ingest_key(url))
     await client.thread(marker.write_state, IngestState(url=url, kind=kind))
     job.after_commit(marker.discard)
+
+
+def error_detail(code: str, message: str, status: int) -> str:
+    """What a store's error answer says: its code and message, whichever it
+    gave, else its status."""
+    return f"{code}: {message}" if message else code or f"status {status}"
 
 
 Prepare = Callable[[], Awaitable[tuple[str, str, dict[bytes, bytes]]]]

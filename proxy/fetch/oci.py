@@ -37,11 +37,10 @@ from proxy.fetch.ociref import ImageReference, Platform, parse_oci_url
 from proxy.fetch.reach import is_loopback_host
 from proxy.fetch.transfer import (
     HttpClient,
-    Retryable,
     Wanted,
     download,
-    gave_up,
     header,
+    retried,
     upstream_error,
 )
 from proxy.request import Credentials, FetchRequest
@@ -234,15 +233,12 @@ class OciFetcher:
     ) -> tuple[Any, bytes]:
         """A small document (a manifest, a config) read whole, up to ``limit``
         bytes, with up to three attempts; an answer other than 200 raises."""
-        for attempt in range(3):
-            try:
-                response = await self.get(auth, url, job, headers)
-                data = await self.client.read_small(response, limit)
-                break
-            except Retryable as r:
-                if attempt == 2:
-                    raise gave_up(r.cause, attempt + 1) from None
-                await self.client.sleep(self.client.options.pause(attempt), job)
+
+        async def read() -> tuple[Any, bytes]:
+            response = await self.get(auth, url, job, headers)
+            return response, await self.client.read_small(response, limit)
+
+        response, data = await retried(self.client, job, read)
         if response.code != 200:
             raise upstream_error(url, response, data)
         return response, data

@@ -257,11 +257,26 @@ def _capture(request: Any, **_: Any) -> None:
     raise _Captured(request)
 
 
-def _raw_headers(response: Any) -> dict[str, str]:
+def raw_headers(response: Any) -> dict[str, str]:
+    """An answer's headers as botocore's parsers take them (lower-case names)."""
     return {
         k.decode("latin-1").lower(): v[0].decode("latin-1")
         for k, v in response.headers.getAllRawHeaders()
     }
+
+
+async def signed_request(
+    client: HttpClient, signer: Signer, s3: Any, operation: str, params: dict[str, Any], job: Job
+) -> Any:
+    """A request without a body (listing, HEAD, error probe), signed for each
+    attempt (in a thread) and retried on 5xx and cuts."""
+
+    async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
+        signed: tuple[str, str, dict[bytes, bytes]]
+        signed = await client.thread(signer.prepare, s3, operation, params)
+        return signed
+
+    return await store.small_request(client, job, prepare)
 
 
 def s3_error(signer: Signer, s3: Any, what: str, operation: str) -> Any:
@@ -270,16 +285,15 @@ def s3_error(signer: Signer, s3: Any, what: str, operation: str) -> Any:
     def build(response: Any, body: bytes) -> StorageError:
         code, message = "", ""
         try:
-            parsed = signer.parse(s3, operation, response.code, _raw_headers(response), body)
+            parsed = signer.parse(s3, operation, response.code, raw_headers(response), body)
             err = parsed.get("Error") or {}
             code, message = str(err.get("Code") or ""), str(err.get("Message") or "")
         except Exception:  # noqa: S110 - an unreadable error document: use the status
             pass
         if not code and response.code == 404:
             code = "NoSuchKey" if operation != "ListObjectsV2" else "NoSuchBucket"
-        status = CODE_STATUS.get(code, response.code)
-        detail = f"{code}: {message}" if message else code or f"status {response.code}"
-        return UpstreamError(f"{what}: {detail}", status)
+        detail = store.error_detail(code, message, response.code)
+        return UpstreamError(f"{what}: {detail}", CODE_STATUS.get(code, response.code))
 
     return build
 
@@ -343,7 +357,7 @@ class S3Fetcher:
             if response.code != 200:
                 raise self._error(s3, what, "ListObjectsV2")(response, body)
             parsed = await self.client.thread(
-                self.signer.parse, s3, "ListObjectsV2", 200, _raw_headers(response), body
+                self.signer.parse, s3, "ListObjectsV2", 200, raw_headers(response), body
             )
             encoded = parsed.get("EncodingType") == "url"
             found = []
@@ -361,15 +375,7 @@ class S3Fetcher:
         return sorted(objects, key=lambda o: o.key)
 
     def _retrying(self, s3: Any, operation: str, params: dict[str, Any], job: Job) -> Any:
-        """A small request (listing, HEAD, error probe), signed for each
-        attempt and retried on 5xx and cuts."""
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed: tuple[str, str, dict[bytes, bytes]]
-            signed = await self.client.thread(self.signer.prepare, s3, operation, params)
-            return signed
-
-        return store.small_request(self.client, job, prepare)
+        return signed_request(self.client, self.signer, s3, operation, params, job)
 
     # -- objects -----------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from typing import Protocol as TypingProtocol
 from urllib.parse import urljoin, urlsplit
 
@@ -39,6 +39,7 @@ from hyperlink import EncodedURL
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -68,6 +69,8 @@ from proxy.fetch.stream import BodyCut, stream_body
 from proxy.metrics import INGESTED, ORIGIN_BYTES, PEER_BYTES
 from proxy.redact import redact_url
 from proxy.types import Digest
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,22 @@ class Retryable(Exception):
     def __init__(self, cause: StorageError) -> None:
         super().__init__(cause.message)
         self.cause = cause
+
+
+async def retried(
+    client: HttpClient, job: Job, attempt: Callable[[], Awaitable[T]], tries: int = 3
+) -> T:
+    """``attempt()``, made again after a pause (``client.options.pause``) when
+    it raises :class:`Retryable`, ``tries`` times at most; then its cause,
+    saying how many attempts were made."""
+    for n in range(tries):
+        try:
+            return await attempt()
+        except Retryable as r:
+            if n == tries - 1:
+                raise gave_up(r.cause, n + 1) from None
+            await client.sleep(client.options.pause(n), job)
+    raise AssertionError("unreachable")
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -354,15 +373,21 @@ class HttpClient:
         return b"".join(chunks)
 
     def sleep(self, seconds: float, job: Job) -> Deferred[None]:
-        d: Deferred[None] = deferLater(self.reactor, seconds, lambda: None)
-        remove = job.abortable(d.cancel)
+        return cancellable_sleep(self.reactor, seconds, job)
 
-        def cleared(r: Any) -> Any:
-            remove()
-            job.check_cancelled()
-            return r
 
-        return d.addBoth(cleared)
+def cancellable_sleep(clock: IReactorTime, seconds: float, job: Job) -> Deferred[None]:
+    """A pause of ``seconds`` on ``clock`` that cancelling ``job`` cuts short
+    (then :class:`~proxy.errors.Cancelled`, by ``job.check_cancelled``)."""
+    d: Deferred[None] = deferLater(clock, seconds, lambda: None)
+    remove = job.abortable(d.cancel)
+
+    def cleared(r: Any) -> Any:
+        remove()
+        job.check_cancelled()
+        return r
+
+    return d.addBoth(cleared)
 
 
 @attrs.frozen

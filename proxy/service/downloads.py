@@ -61,6 +61,15 @@ log = logging.getLogger(__name__)
 OUT_OF_REACH = (UpstreamUnreachable, TargetDenied, UpstreamTimeout)
 
 
+def _elsewhere(job: Download, error: BaseException) -> bool:
+    """Whether a failed download may still be had from the peers or the
+    shared store: the origin is out of reach, the download was not
+    cancelled, and it is not a fill a peer asked for (one hop)."""
+    return (
+        isinstance(error, OUT_OF_REACH) and not job.cancelled and job.request.scheme != FILL_SCHEME
+    )
+
+
 @attrs.define
 class _Refused:
     """A fetcher for a URL this node may not reach: its download fails with
@@ -299,9 +308,7 @@ class Downloads:
         """An air-gapped member: the origin is out of reach (unreachable, or
         refused by the reach rules), so a peer that holds the entry complete
         gives it (proxy.service.peerpull). None: no peer did."""
-        if self.peer_pull is None or not isinstance(error, OUT_OF_REACH) or job.cancelled:
-            return None
-        if job.request.scheme == FILL_SCHEME:  # a fill a peer asked for: one hop
+        if self.peer_pull is None or not _elsewhere(job, error):
             return None
         url = job.request.url
         log.info("%s: the origin is out of reach (%s); asking the peers", redact_url(url), error)
@@ -319,9 +326,7 @@ class Downloads:
         rebuilt from its record in the shared store (proxy.service.sharedpull).
         None: the store has no usable record of it."""
         pull = self.shared_pull
-        if pull is None or not isinstance(error, OUT_OF_REACH) or job.cancelled:
-            return None
-        if job.request.scheme == FILL_SCHEME:  # a fill a peer asked for: one hop
+        if pull is None or not _elsewhere(job, error):
             return None
         url = job.request.url
         log.info(

@@ -56,7 +56,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from proxy import faults, metrics
@@ -64,7 +64,7 @@ from proxy.cache.ingest import IngestFile, IngestState
 from proxy.cache.store import Entry, Store, now_rfc3339
 from proxy.errors import Cancelled, StorageError
 from proxy.fetch.base import BlobProgress, Job
-from proxy.fetch.transfer import Wanted
+from proxy.fetch.transfer import Wanted, cancellable_sleep
 from proxy.redact import redact_url
 from proxy.shared.lease import Held, Lease, Leases, supports_conditional_writes
 from proxy.shared.location import blob_key, ref_key
@@ -475,7 +475,7 @@ class SharedTier:
                 holder = got.record.holder if got.record is not None else "another node"
                 log.info("%s: %s fetches it; waiting for it in the shared store", digest, holder)
                 said = True
-            await _sleep(self, pause, job)
+            await cancellable_sleep(self.clock, pause, job)
             pause = min(pause * 2, MAX_POLL)
             found = await self.fetch(ingest, want, job, blob, patient=True)
             if found is not None:
@@ -605,7 +605,7 @@ class SharedTier:
                     delay,
                 )
                 try:
-                    await _sleep(self, delay, self._job)
+                    await cancellable_sleep(self.clock, delay, self._job)
                 except Cancelled:
                     return
                 delay *= 2
@@ -693,15 +693,3 @@ async def _every(waits: list[Deferred[None]]) -> None:
         if not ok:
             assert isinstance(value, Failure)
             value.raiseException()
-
-
-def _sleep(tier: SharedTier, seconds: float, job: Job | Detached) -> Deferred[None]:
-    d: Deferred[None] = deferLater(tier.clock, seconds, lambda: None)
-    remove = job.abortable(d.cancel)
-
-    def cleared(r: Any) -> Any:
-        remove()
-        job.check_cancelled()
-        return r
-
-    return d.addBoth(cleared)

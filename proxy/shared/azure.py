@@ -16,19 +16,24 @@ Conditional writes: ``If-None-Match: *`` (create only: Azure answers 409
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 from typing import Any
 from xml.sax.saxutils import escape
 
-from twisted.internet.defer import DeferredList, DeferredSemaphore
 from twisted.web.iweb import IBodyProducer
 
 from proxy.fetch import objects
-from proxy.fetch.azure import AzureUrl, BlobAccount, azure_error, azure_target, parse_listing
+from proxy.fetch.azure import (
+    AzureUrl,
+    BlobAccount,
+    azure_error,
+    azure_target,
+    blob_request,
+    parse_listing,
+)
 from proxy.fetch.base import Job
 from proxy.fetch.transfer import HttpClient, header
-from proxy.shared.location import StoreLocation, is_layout_key, name_prefix
+from proxy.shared.location import StoreLocation, listed_key, name_prefix
 from proxy.shared.store import (
     MAX_LIST,
     MAX_SMALL,
@@ -36,7 +41,11 @@ from proxy.shared.store import (
     ObjectInfo,
     SharedStoreError,
     Small,
+    etag_of,
+    object_info,
     range_body,
+    refused,
+    small_object,
 )
 from proxy.shared.wire import BytesBody, Detached, FileBody, Sender, Sink
 
@@ -76,12 +85,7 @@ class AzureStore:
         """A body-less request for a blob (``key``) or the container, retried."""
         api = self._api()
         url = api.url(self.location.object_name(key) if key else None, query)
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign(method, url, {})
-            return method, signed, private
-
-        return await objects.small_request(self.client, job, prepare)
+        return await blob_request(self.client, api, method, url, job)
 
     async def _put(
         self,
@@ -104,11 +108,7 @@ class AzureStore:
         return await self.sender.retrying(prepare, job)
 
     async def _fail(self, key: str, response: Any) -> SharedStoreError:
-        body = b""
-        with contextlib.suppress(Exception):  # without its document, the status tells
-            body = await self.client.read_small(response, 64 * 1024)
-        error = azure_error(self._what(key))(response, body)
-        return SharedStoreError(error.message, getattr(error, "upstream_status", response.code))
+        return await refused(self.client, response, azure_error(self._what(key)))
 
     # -- the interface -------------------------------------------------------------
 
@@ -116,13 +116,7 @@ class AzureStore:
         response = await self._small("HEAD", key, None, job or Detached())
         if response.code not in (200, 404):
             raise await self._fail(key, response)
-        self.client.discard(response)
-        if response.code == 404:
-            return None
-        length, etag = header(response, b"Content-Length"), header(response, b"ETag")
-        if length is None or not length.isdigit() or not etag:
-            raise SharedStoreError(f"{self._what(key)}: no size or ETag in the answer")
-        return ObjectInfo(int(length), etag)
+        return object_info(self.client, response, self._what(key))
 
     async def read_small(
         self, key: str, limit: int = MAX_SMALL, job: Job | None = None
@@ -133,11 +127,7 @@ class AzureStore:
             return None
         if response.code != 200:
             raise await self._fail(key, response)
-        etag = header(response, b"ETag")
-        data = await self.client.read_small(response, limit)
-        if not etag:
-            raise SharedStoreError(f"{self._what(key)}: no ETag in the answer")
-        return Small(data, etag)
+        return await small_object(self.client, response, limit, self._what(key))
 
     async def get_range(
         self, key: str, first: int, last: int, sink: Sink, job: Job | None = None
@@ -148,12 +138,7 @@ class AzureStore:
         api = self._api()
         url = api.url(self.location.object_name(key))
         ranged = {b"Range": f"bytes={first}-{last}".encode()}
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign("GET", url, ranged)
-            return "GET", signed, {**ranged, **private}
-
-        response = await objects.small_request(self.client, job, prepare)
+        response = await blob_request(self.client, api, "GET", url, job, ranged)
         if response.code != 206:
             raise await self._fail(key, response)
         return await range_body(self.client, response, first, last, sink, self._what(key))
@@ -178,31 +163,23 @@ class AzureStore:
         block = max(self.block_size, -(-size // MAX_BLOCKS))
         count = -(-size // block)
         ids = [base64.b64encode(f"block-{n:08d}".encode()).decode() for n in range(count)]
-        slots = DeferredSemaphore(self.parallel)
-        failures: list[BaseException] = []
 
         async def one(n: int) -> None:
-            if failures:
-                return
             offset = n * block
             length = min(block, size - offset)
-            try:
-                r = await self._put(
-                    key,
-                    {"comp": "block", "blockid": ids[n]},
-                    {},
-                    lambda: FileBody(threads, path, offset, length),
-                    length,
-                    job,
-                )
-                if r.code != 201:
-                    raise await self._fail(key, r)
-                self.client.discard(r)
-            except BaseException as e:
-                failures.append(e)
-                raise
+            r = await self._put(
+                key,
+                {"comp": "block", "blockid": ids[n]},
+                {},
+                lambda: FileBody(threads, path, offset, length),
+                length,
+                job,
+            )
+            if r.code != 201:
+                raise await self._fail(key, r)
+            self.client.discard(r)
 
-        await DeferredList([slots.run(one, n) for n in range(count)], consumeErrors=True)
+        failures = await objects.each_parallel(range(count), one, self.parallel)
         if failures:
             raise failures[0]  # uncommitted blocks are dropped by the store after a week
         doc = '<?xml version="1.0" encoding="utf-8"?><BlockList>'
@@ -233,10 +210,7 @@ class AzureStore:
         self.client.discard(response)
         if response.code != 201:
             return None
-        etag = header(response, b"ETag")
-        if not etag:
-            raise SharedStoreError(f"{self._what(key)}: no ETag in the answer")
-        return etag
+        return etag_of(response, self._what(key))
 
     async def create_if_absent(self, key: str, data: bytes, job: Job | None = None) -> str | None:
         return await self._conditional(key, data, {b"If-None-Match": b"*"}, job)
@@ -271,10 +245,8 @@ class AzureStore:
             except Exception:
                 raise SharedStoreError(f"{self._what(prefix)}: unreadable listing") from None
             for b in blobs:
-                rel = self.location.relative(b.name)
-                if rel is None or not rel.startswith(prefix) or b.size is None:
-                    continue
-                if is_layout_key(rel):
+                rel = listed_key(self.location, b.name, prefix)
+                if rel is not None and b.size is not None:
                     found.append(Listed(rel, b.size, b.etag))
             if not marker:
                 break
@@ -285,12 +257,7 @@ class AzureStore:
         api = self._api()
         url = api.url(self.location.object_name(key))
         condition = {b"If-Match": etag.encode("latin-1")} if etag else {}
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed, private = api.sign("DELETE", url, condition)
-            return "DELETE", signed, {**condition, **private}
-
-        response = await objects.small_request(self.client, job, prepare)
+        response = await blob_request(self.client, api, "DELETE", url, job, condition)
         if response.code not in (202, 404, 412):
             raise await self._fail(key, response)
         self.client.discard(response)

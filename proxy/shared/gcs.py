@@ -17,7 +17,6 @@ the condition failing. (gcp-storage-emulator ignores these conditions:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -30,7 +29,7 @@ from proxy.fetch import objects
 from proxy.fetch.base import Job
 from proxy.fetch.gcs import SCOPE_READ_WRITE, GcsApi, ServiceAccount, gcs_endpoint, gcs_error
 from proxy.fetch.transfer import HttpClient, header, origin
-from proxy.shared.location import StoreLocation, is_layout_key, name_prefix
+from proxy.shared.location import StoreLocation, listed_key, name_prefix
 from proxy.shared.store import (
     MAX_LIST,
     MAX_SMALL,
@@ -39,6 +38,7 @@ from proxy.shared.store import (
     SharedStoreError,
     Small,
     range_body,
+    refused,
 )
 from proxy.shared.wire import BytesBody, Detached, FileBody, Sender, Sink
 
@@ -108,11 +108,7 @@ class GcsStore:
         return await self.sender.retrying(prepare, job)
 
     async def _fail(self, key: str, response: Any) -> SharedStoreError:
-        body = b""
-        with contextlib.suppress(Exception):  # without its document, the status tells
-            body = await self.client.read_small(response, 64 * 1024)
-        error = gcs_error(self._what(key))(response, body)
-        return SharedStoreError(error.message, response.code)
+        return await refused(self.client, response, gcs_error(self._what(key)))
 
     async def _json(self, response: Any) -> Any:
         body = await self.client.read_small(response, 1024 * 1024)
@@ -272,8 +268,8 @@ class GcsStore:
             for item in items if isinstance(items, list) else []:
                 if not isinstance(item, dict):
                     continue
-                rel = self.location.relative(str(item.get("name", "")))
-                if rel is None or not rel.startswith(prefix) or not is_layout_key(rel):
+                rel = listed_key(self.location, str(item.get("name", "")), prefix)
+                if rel is None:
                     continue
                 try:
                     found.append(Listed(rel, _size(item), _generation(item)))

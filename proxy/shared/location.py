@@ -111,6 +111,15 @@ def is_layout_key(key: str) -> bool:
     return not key.endswith("/")
 
 
+def listed_key(location: StoreLocation, name: str, prefix: str) -> str | None:
+    """The layout key of the listed object ``name`` when it starts with
+    ``prefix`` and is one this project could have written; else None."""
+    rel = location.relative(name)
+    if rel is None or not rel.startswith(prefix) or not is_layout_key(rel):
+        return None
+    return rel
+
+
 def name_prefix(location: StoreLocation, prefix: str) -> str:
     """The store's name prefix of the layout keys starting with ``prefix``
     (``""``: everything under the location)."""

@@ -19,19 +19,17 @@ fails for good).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from typing import Any
 
-from twisted.internet.defer import DeferredList, DeferredSemaphore
 from twisted.web.iweb import IBodyProducer
 
 from proxy.fetch import objects
 from proxy.fetch.base import Job
-from proxy.fetch.s3 import Signer, s3_error
+from proxy.fetch.s3 import Signer, raw_headers, s3_error, signed_request
 from proxy.fetch.transfer import HttpClient, header
-from proxy.shared.location import StoreLocation, is_layout_key, name_prefix
+from proxy.shared.location import StoreLocation, listed_key, name_prefix
 from proxy.shared.store import (
     MAX_LIST,
     MAX_SMALL,
@@ -39,7 +37,11 @@ from proxy.shared.store import (
     ObjectInfo,
     SharedStoreError,
     Small,
+    etag_of,
+    object_info,
     range_body,
+    refused,
+    small_object,
 )
 from proxy.shared.wire import BytesBody, Detached, FileBody, Sender, Sink
 
@@ -107,13 +109,6 @@ def _signed_part(
     return method, url, headers
 
 
-def _headers_of(response: Any) -> dict[str, str]:
-    return {
-        k.decode("latin-1").lower(): v[0].decode("latin-1")
-        for k, v in response.headers.getAllRawHeaders()
-    }
-
-
 class S3Store:
     """A :class:`~proxy.shared.store.SharedStore` on one S3 bucket and prefix."""
 
@@ -148,13 +143,7 @@ class S3Store:
 
     async def _small(self, s3: Any, operation: str, params: dict[str, Any], job: Job) -> Any:
         """A request without a body, retried on 5xx and cuts."""
-
-        async def prepare() -> tuple[str, str, dict[bytes, bytes]]:
-            signed: tuple[str, str, dict[bytes, bytes]]
-            signed = await self.client.thread(self.signer.prepare, s3, operation, params)
-            return signed
-
-        return await objects.small_request(self.client, job, prepare)
+        return await signed_request(self.client, self.signer, s3, operation, params, job)
 
     async def _with_bytes(
         self, s3: Any, operation: str, params: dict[str, Any], data: bytes | None, job: Job
@@ -189,16 +178,13 @@ class S3Store:
         return await self.sender.retrying(prepare, job)
 
     async def _fail(self, s3: Any, key: str, operation: str, response: Any) -> SharedStoreError:
-        body = b""
-        with contextlib.suppress(Exception):  # without its document, the status tells
-            body = await self.client.read_small(response, 64 * 1024)
-        error = s3_error(self.signer, s3, self._what(key), operation)(response, body)
-        return SharedStoreError(error.message, getattr(error, "upstream_status", response.code))
+        error = s3_error(self.signer, s3, self._what(key), operation)
+        return await refused(self.client, response, error)
 
     async def _parse(self, s3: Any, operation: str, response: Any, limit: int) -> Any:
         body = await self.client.read_small(response, limit)
         return await self.client.thread(
-            self.signer.parse, s3, operation, response.code, _headers_of(response), body
+            self.signer.parse, s3, operation, response.code, raw_headers(response), body
         )
 
     # -- the interface -------------------------------------------------------------
@@ -209,13 +195,7 @@ class S3Store:
         response = await self._small(s3, "head_object", self._params(key), job)
         if response.code != 200 and response.code != 404:
             raise await self._fail(s3, key, "HeadObject", response)
-        self.client.discard(response)
-        if response.code == 404:
-            return None
-        length, etag = header(response, b"Content-Length"), header(response, b"ETag")
-        if length is None or not length.isdigit() or not etag:
-            raise SharedStoreError(f"{self._what(key)}: no size or ETag in the answer")
-        return ObjectInfo(int(length), etag)
+        return object_info(self.client, response, self._what(key))
 
     async def read_small(
         self, key: str, limit: int = MAX_SMALL, job: Job | None = None
@@ -228,11 +208,7 @@ class S3Store:
             return None
         if response.code != 200:
             raise await self._fail(s3, key, "GetObject", response)
-        etag = header(response, b"ETag")
-        data = await self.client.read_small(response, limit)
-        if not etag:
-            raise SharedStoreError(f"{self._what(key)}: no ETag in the answer")
-        return Small(data, etag)
+        return await small_object(self.client, response, limit, self._what(key))
 
     async def get_range(
         self, key: str, first: int, last: int, sink: Sink, job: Job | None = None
@@ -271,30 +247,22 @@ class S3Store:
         if not upload_id:
             raise SharedStoreError(f"{self._what(key)}: no UploadId in the answer")
         etags: dict[int, str] = {}
-        slots = DeferredSemaphore(self.parallel)
-        failures: list[BaseException] = []
 
         async def one(number: int) -> None:
-            if failures:
-                return
             offset = (number - 1) * part
             length = min(part, size - offset)
             params = self._params(key, PartNumber=number, UploadId=upload_id)
-            try:
-                r = await self._with_file(s3, "upload_part", params, path, offset, length, job)
-                if r.code != 200:
-                    raise await self._fail(s3, key, "UploadPart", r)
-                self.client.discard(r)
-                etag = header(r, b"ETag")
-                if not etag:
-                    raise SharedStoreError(f"{self._what(key)}: part {number} has no ETag")
-                etags[number] = etag
-            except BaseException as e:
-                failures.append(e)
-                raise
+            r = await self._with_file(s3, "upload_part", params, path, offset, length, job)
+            if r.code != 200:
+                raise await self._fail(s3, key, "UploadPart", r)
+            self.client.discard(r)
+            etag = header(r, b"ETag")
+            if not etag:
+                raise SharedStoreError(f"{self._what(key)}: part {number} has no ETag")
+            etags[number] = etag
 
         count = -(-size // part)
-        await DeferredList([slots.run(one, n) for n in range(1, count + 1)], consumeErrors=True)
+        failures = await objects.each_parallel(range(1, count + 1), one, self.parallel)
         try:
             if failures:
                 raise failures[0]
@@ -331,10 +299,7 @@ class S3Store:
         self.client.discard(response)
         if response.code != 200:
             return None
-        etag = header(response, b"ETag")
-        if not etag:
-            raise SharedStoreError(f"{self._what(key)}: no ETag in the answer")
-        return etag
+        return etag_of(response, self._what(key))
 
     async def create_if_absent(self, key: str, data: bytes, job: Job | None = None) -> str | None:
         return await self._conditional(key, data, {"IfNoneMatch": "*"}, job)
@@ -364,11 +329,9 @@ class S3Store:
                 raise await self._fail(s3, prefix, "ListObjectsV2", response)
             page = await self._parse(s3, "ListObjectsV2", response, 16 * 1024 * 1024)
             for item in page.get("Contents") or []:
-                rel = self.location.relative(str(item.get("Key", "")))
+                rel = listed_key(self.location, str(item.get("Key", "")), prefix)
                 size = item.get("Size")
-                if rel is None or not rel.startswith(prefix) or not isinstance(size, int):
-                    continue
-                if is_layout_key(rel):
+                if rel is not None and isinstance(size, int):
                     found.append(Listed(rel, size, item.get("ETag")))
             more = page.get("IsTruncated") and page.get("NextContinuationToken")
             if not more:

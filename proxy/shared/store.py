@@ -22,7 +22,8 @@ credentials the object-store downloaders use (``AWS_*``, ``S3_ENDPOINT``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -174,6 +175,43 @@ def outbound(client: HttpClient, proxies: ProxyConfig | None = None) -> Sender:
         client.options.connect_timeout,
     )
     return Sender(client, agent)
+
+
+async def refused(
+    client: HttpClient, response: Any, error: Callable[[Any, bytes], StorageError]
+) -> SharedStoreError:
+    """A store's refusal: the downloader's ``error(response, body)`` of the
+    answer and its error document (up to 64 KiB), as a :class:`SharedStoreError`."""
+    body = b""
+    with contextlib.suppress(Exception):  # without its document, the status tells
+        body = await client.read_small(response, 64 * 1024)
+    e = error(response, body)
+    return SharedStoreError(e.message, getattr(e, "upstream_status", response.code))
+
+
+def object_info(client: HttpClient, response: Any, what: str) -> ObjectInfo | None:
+    """A HEAD's 200 or 404: the object's size and ETag, None when there is none."""
+    client.discard(response)
+    if response.code == 404:
+        return None
+    length, etag = header(response, b"Content-Length"), header(response, b"ETag")
+    if length is None or not length.isdigit() or not etag:
+        raise SharedStoreError(f"{what}: no size or ETag in the answer")
+    return ObjectInfo(int(length), etag)
+
+
+def etag_of(response: Any, what: str) -> str:
+    """The ETag of an answer that must have one (an object read or written)."""
+    etag = header(response, b"ETag")
+    if not etag:
+        raise SharedStoreError(f"{what}: no ETag in the answer")
+    return etag
+
+
+async def small_object(client: HttpClient, response: Any, limit: int, what: str) -> Small:
+    """A GET's 200: the whole object (at most ``limit`` bytes) and its ETag."""
+    data = await client.read_small(response, limit)
+    return Small(data, etag_of(response, what))
 
 
 async def range_body(
