@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -325,7 +326,7 @@ class PlainHTTPChannel(HTTPChannel):
         if sock is None or not transport_drained(transport):
             return False
         try:
-            sent = sock.send(head)
+            sent = sock.send(head, socket.MSG_MORE)  # one segment with the body's first bytes
         except OSError:
             sent = 0
         done = 0
