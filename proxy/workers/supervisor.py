@@ -77,11 +77,13 @@ class Readers:
         for slot in self._slots:
             self._spawn(slot)
         self._reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        readers = len(self._slots)
         log.info(
-            "serving with %d processes: this writer (pid %d) and %d readers",
-            len(self._slots) + 1,
+            "serving with %d processes: this writer (pid %d) and %d %s",
+            readers + 1,
             os.getpid(),
-            len(self._slots),
+            readers,
+            "reader" if readers == 1 else "readers",
         )
 
     def pids(self) -> list[int]:
