@@ -32,13 +32,6 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoS3]:
-    with MotoS3() as m:
-        m.boto().create_bucket(Bucket=BUCKET)
-        yield m
-
-
 @pytest.fixture
 def prefix() -> str:
     return "cluster-" + uuid.uuid4().hex[:12]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,6 @@ from tests.system.test_array_schemes import NODE, pull_through
 from tests.system.test_shared_tier import BUCKET, keys, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoS3]:
-    with MotoS3() as m:
-        m.boto().create_bucket(Bucket=BUCKET)
-        yield m
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from tests.support.source import Source
 from tests.system.test_shared_tier import BUCKET, blob_of, keys, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoS3]:
-    with MotoS3() as m:
-        m.boto().create_bucket(Bucket=BUCKET)
-        yield m
 
 
 @pytest.fixture
