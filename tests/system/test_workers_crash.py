@@ -385,14 +385,29 @@ def test_delete_while_a_reader_streams(cache_dir: Path, source: Source) -> None:
         with srv.client() as c:
             assert c.delete(f"/content/{b64(url)}").status_code == 204
         # Gone once answered, though a reader streams it.
-        assert not (cache_dir / "blobs" / "sha256" / digest.split(":", 1)[1]).exists()
-        with closing(_connection_to(srv, reader)) as c:
-            assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
-        _finish(first, stream, digest, len(data))
-        with srv.client() as c:
-            assert c.get(f"/content/{b64(url)}").status_code == 404
-        with closing(_connection_to(srv, reader)) as c:
-            assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
+        _gone_while_streamed(srv, reader, url, digest, (first, stream), len(data))
+
+
+def _gone_while_streamed(
+    srv: ServerProcess,
+    reader: int,
+    url: str,
+    digest: str,
+    streaming: tuple[bytes, Iterator[bytes]],
+    size: int,
+) -> None:
+    """The entry of ``url`` is gone from the cache while ``reader`` streams
+    its blob (``streaming``: the first chunk and the rest): the blob file is
+    removed, the reader answers 404 for new requests, the stream still ends
+    whole, and afterwards the writer and the reader both say 404."""
+    assert not (srv.cache_dir / "blobs" / "sha256" / digest.split(":", 1)[1]).exists()
+    with closing(_connection_to(srv, reader)) as c:
+        assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
+    _finish(streaming[0], streaming[1], digest, size)
+    with srv.client() as c:
+        assert c.get(f"/content/{b64(url)}").status_code == 404
+    with closing(_connection_to(srv, reader)) as c:
+        assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
 
 
 def test_eviction_while_a_reader_streams(cache_dir: Path, source: Source) -> None:
@@ -412,12 +427,5 @@ def test_eviction_while_a_reader_streams(cache_dir: Path, source: Source) -> Non
         _ingest(srv, source, {"/new.bin": new})  # 80M > 60M: the old entry goes
         # Evicted before the answer, though a reader streams it (the writer
         # does not know: a reader's uses reach it as last-use times only).
-        assert not (cache_dir / "blobs" / "sha256" / digest.split(":", 1)[1]).exists()
-        with closing(_connection_to(srv, reader)) as c:
-            assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
-        _finish(first, stream, digest, len(old))
-        with srv.client() as c:
-            assert c.get(f"/content/{b64(url)}").status_code == 404
-        with closing(_connection_to(srv, reader)) as c:
-            assert c.get(f"/v2/x/blobs/{digest}").status_code == 404
+        _gone_while_streamed(srv, reader, url, digest, (first, stream), len(old))
         _all_served(srv, {source.url("/new.bin"): _digest(new)})
