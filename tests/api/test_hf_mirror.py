@@ -39,10 +39,6 @@ def hub() -> Iterator[FakeHub]:
         yield fake
 
 
-def host_of(hub: FakeHub) -> str:
-    return hub.endpoint.split("://", 1)[1]
-
-
 def publish(hub: FakeHub) -> tuple[dict[str, bytes], str]:
     files = {
         "config.json": b'{"model_type": "llama"}\n',
@@ -71,7 +67,7 @@ def test_snapshot_and_files_from_the_cache_alone(
     hub: FakeHub, server: ServerProcess, tmp_path: Path
 ) -> None:
     files, commit = publish(hub)
-    pull(server, f"hf://{host_of(hub)}/org/model@v1.0")
+    pull(server, f"hf://{hub.host}/org/model@v1.0")
     with httpx.Client(base_url=hub.endpoint) as h:
         hub_tree = h.get(f"/api/models/org/model/tree/{commit}?recursive=true").json()
         hub_top = h.get(f"/api/models/org/model/tree/{commit}").json()
@@ -153,8 +149,8 @@ def test_a_partly_cached_repository_gives_no_snapshot(
     hub: FakeHub, server: ServerProcess, tmp_path: Path
 ) -> None:
     files, commit = publish(hub)
-    pull(server, f"hf://{host_of(hub)}/org/model/config.json")
-    pull(server, f"hf://{host_of(hub)}/org/model/weights/model-00002.safetensors")
+    pull(server, f"hf://{hub.host}/org/model/config.json")
+    pull(server, f"hf://{hub.host}/org/model/weights/model-00002.safetensors")
     hub.stop()
     endpoint = f"{server.base_url}/hf"
     got = run_client(
@@ -202,7 +198,7 @@ def test_datasets(hub: FakeHub, server: ServerProcess, tmp_path: Path) -> None:
     for path, data in files.items():
         hub.add_file(hub.repo("org/data", "dataset"), path, data)
     hub.commit(hub.repo("org/data", "dataset"))
-    pull(server, f"hf://{host_of(hub)}/datasets/org/data")
+    pull(server, f"hf://{hub.host}/datasets/org/data")
     hub.stop()
     got = run_client(
         tmp_path,
@@ -224,7 +220,7 @@ def test_datasets(hub: FakeHub, server: ServerProcess, tmp_path: Path) -> None:
 
 def test_bad_requests(hub: FakeHub, server: ServerProcess) -> None:
     publish(hub)
-    pull(server, f"hf://{host_of(hub)}/org/model")
+    pull(server, f"hf://{hub.host}/org/model")
     hub.stop()
     with httpx.Client(base_url=f"{server.base_url}/hf") as c:
         for path in (
@@ -258,7 +254,7 @@ def test_protected_reads(hub: FakeHub, cache_dir: Path, tmp_path: Path) -> None:
         with srv.client() as c:
             r = c.post(
                 "/content/",
-                json={"url": f"hf://{host_of(hub)}/org/model/config.json"},
+                json={"url": f"hf://{hub.host}/org/model/config.json"},
                 headers={"Authorization": f"Bearer {token}"},
             )
             assert r.status_code == 201, r.text
@@ -288,7 +284,7 @@ def test_a_long_tree_listing_is_paged_like_the_hub(
     for i in range(1003):
         hub.add_file("org/many", f"shards/{i // 500}/part-{i:04d}.txt", b"%d\n" % i)
     commit = hub.commit("org/many")
-    pull(server, f"hf://{host_of(hub)}/org/many")
+    pull(server, f"hf://{hub.host}/org/many")
     with httpx.Client(base_url=hub.endpoint) as h:
         first = h.get(f"/api/models/org/many/tree/{commit}?recursive=true")
         hub_all = first.json() + h.get(first.links["next"]["url"]).json()

@@ -32,10 +32,6 @@ def hub() -> Iterator[FakeHub]:
         yield fake
 
 
-def host_of(hub: FakeHub) -> str:
-    return hub.endpoint.split("://", 1)[1]
-
-
 def publish(hub: FakeHub) -> dict[str, bytes]:
     files = {
         "config.json": b'{"model_type": "llama"}\n',
@@ -53,7 +49,7 @@ def publish(hub: FakeHub) -> dict[str, bytes]:
 
 def test_one_lfs_file_in_a_subfolder(hub: FakeHub, server: ServerProcess) -> None:
     files = publish(hub)
-    url = f"hf://{host_of(hub)}/org/model/gguf/tiny-Q2_K.gguf"
+    url = f"hf://{hub.host}/org/model/gguf/tiny-Q2_K.gguf"
     with server.client() as c:
         r = c.post("/content/", json={"url": url, "credentials": TOKEN})
         assert r.status_code == 201, r.text
@@ -71,7 +67,7 @@ def test_one_lfs_file_in_a_subfolder(hub: FakeHub, server: ServerProcess) -> Non
 def test_small_file_at_a_tag(hub: FakeHub, server: ServerProcess) -> None:
     files = publish(hub)
     with server.client() as c:
-        r = c.post("/content/", json={"url": f"hf://{host_of(hub)}/org/model@v1.0/config.json"})
+        r = c.post("/content/", json={"url": f"hf://{hub.host}/org/model@v1.0/config.json"})
         assert r.status_code == 201, r.text
         assert r.json()["digest"] == sha(files["config.json"])
 
@@ -91,7 +87,7 @@ def test_hub_errors(hub: FakeHub, server: ServerProcess, path: str, status: int,
     hub.add_file("org/gated", "f.bin", b"gated bytes")
     hub.commit("org/gated")
     with server.client() as c:
-        r = c.post("/content/", json={"url": f"hf://{host_of(hub)}{path}"})
+        r = c.post("/content/", json={"url": f"hf://{hub.host}{path}"})
         assert r.status_code == status, r.text
         assert code in r.json()["error"]["message"]
 
@@ -102,7 +98,7 @@ def test_whole_repository_and_the_hub_cache_view(
 ) -> None:
     files = publish(hub)
     hub.tree_page_size = 2  # the listing comes in pages linked with Link: rel="next"
-    url = f"hf://{host_of(hub)}/org/model@v1.0"
+    url = f"hf://{hub.host}/org/model@v1.0"
     with server.client() as c:
         r = c.post("/content/", json={"url": url})
         assert r.status_code == 201, r.text
@@ -173,7 +169,7 @@ def test_same_bytes_as_the_official_client(
         """,
     )
     with server.client() as c:
-        r = c.post("/content/", json={"url": f"hf://{host_of(hub)}/org/model@v1.0"})
+        r = c.post("/content/", json={"url": f"hf://{hub.host}/org/model@v1.0"})
         assert r.status_code == 201, r.text
     ours = {b["title"]: b["digest"][7:] for b in r.json()["blobs"] if b["title"]}
     assert ours == official == {p: sha(d)[7:] for p, d in files.items()}
@@ -181,8 +177,8 @@ def test_same_bytes_as_the_official_client(
 
 def test_delete_keeps_the_view_consistent(hub: FakeHub, server: ServerProcess) -> None:
     publish(hub)
-    one = f"hf://{host_of(hub)}/org/model/config.json"
-    whole = f"hf://{host_of(hub)}/org/model"
+    one = f"hf://{hub.host}/org/model/config.json"
+    whole = f"hf://{hub.host}/org/model"
     with server.client() as c:
         assert c.post("/content/", json={"url": one}).status_code == 201
         r = c.post("/content/", json={"url": whole})

@@ -38,10 +38,6 @@ def hub() -> Iterator[FakeHub]:
         yield fake
 
 
-def host_of(hub: FakeHub) -> str:
-    return hub.endpoint.split("://", 1)[1]
-
-
 def publish(hub: FakeHub) -> dict[str, bytes]:
     files = {
         "config.json": b'{"model_type": "llama"}\n',
@@ -58,8 +54,8 @@ def publish(hub: FakeHub) -> dict[str, bytes]:
 
 def test_xet_backed_files_come_through_the_bridge(hub: FakeHub, server: ServerProcess) -> None:
     files = publish(hub)
-    one = f"hf://{host_of(hub)}/org/model/gguf/tiny-Q2_K.gguf"
-    whole = f"hf://{host_of(hub)}/org/model@v1.0"
+    one = f"hf://{hub.host}/org/model/gguf/tiny-Q2_K.gguf"
+    whole = f"hf://{hub.host}/org/model@v1.0"
     with server.client() as c:
         r = c.post("/content/", json={"url": one, "credentials": TOKEN})
         assert r.status_code == 201, r.text
@@ -87,7 +83,7 @@ def test_xet_backed_files_come_through_the_bridge(hub: FakeHub, server: ServerPr
 def test_a_bridge_serving_wrong_bytes_is_rejected(hub: FakeHub, server: ServerProcess) -> None:
     files = publish(hub)
     hub.bridge.serve_wrong_bytes = True
-    url = f"hf://{host_of(hub)}/org/model/weights/model-00002.safetensors"
+    url = f"hf://{hub.host}/org/model/weights/model-00002.safetensors"
     with server.client() as c:
         r = c.post("/content/", json={"url": url, "credentials": TOKEN})
         assert r.status_code == 502, r.text
@@ -109,7 +105,7 @@ def test_a_cut_on_the_bridge_resumes_with_a_range(hub: FakeHub, server: ServerPr
     files = publish(hub)
     data = files["weights/model-00001.safetensors"]
     hub.bridge.interrupt_next(250_000)
-    url = f"hf://{host_of(hub)}/org/model/weights/model-00001.safetensors"
+    url = f"hf://{hub.host}/org/model/weights/model-00001.safetensors"
     with server.client() as c:
         r = c.post("/content/", json={"url": url, "credentials": TOKEN})
         assert r.status_code == 201, r.text
