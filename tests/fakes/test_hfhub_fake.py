@@ -445,10 +445,14 @@ def test_renamed_repo_redirect_and_dataset_repos(hub: FakeHub, tmp_path: Path) -
 
 
 def fetch(
-    url: str, method: str = "GET", headers: dict[str, str] | None = None
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
 ) -> tuple[int, dict[str, str], bytes]:
+    """One request with http.client: status, lowercased headers, body."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.netloc, timeout=10)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, target, headers=headers or {})

@@ -15,7 +15,6 @@ available, the plain HTTP GET of ``Location`` otherwise), ``src/huggingface_hub/
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import textwrap
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.fakes.test_hfhub_fake import TOKEN, needs_client, run_client
+from tests.fakes.test_hfhub_fake import TOKEN, fetch, needs_client, run_client
 from tests.support.hfhub import FakeHub
 
 
@@ -38,16 +37,7 @@ def hub() -> Iterator[FakeHub]:
 def request(
     url: str, method: str = "GET", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.netloc, timeout=30)
-    try:
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request(method, target, headers=headers or {})
-        response = conn.getresponse()
-        body = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-    finally:
-        conn.close()
+    return fetch(url, method, headers, timeout=30.0)
 
 
 def publish(hub: FakeHub) -> tuple[dict[str, bytes], str]:
