@@ -272,8 +272,9 @@ def test_the_server_writes_downloads_with_o_direct(
         srv.kill()
 
 
-def test_buffered_writes_opens_no_o_direct_descriptor(tmp_path: Path, source: Source) -> None:
-    srv = writing_server(tmp_path / "cache", source, "--buffered-writes")
+def _writes_through_the_page_cache(srv: ServerProcess) -> None:
+    """``srv``, writing a download, says so and no descriptor of it uses
+    O_DIRECT; then it is killed."""
     try:
         assert any("written through the page cache (the default" in x for x in srv.lines)
         assert srv.proc is not None
@@ -281,6 +282,10 @@ def test_buffered_writes_opens_no_o_direct_descriptor(tmp_path: Path, source: So
         assert flags and not any(f & O_DIRECT for f in flags), flags
     finally:
         srv.kill()
+
+
+def test_buffered_writes_opens_no_o_direct_descriptor(tmp_path: Path, source: Source) -> None:
+    _writes_through_the_page_cache(writing_server(tmp_path / "cache", source, "--buffered-writes"))
 
 
 def test_a_direct_download_is_fsynced_before_its_rename(
@@ -304,11 +309,4 @@ def test_downloads_are_written_through_the_page_cache_by_default(
 ) -> None:
     """The default write mode, chosen by time to model ready (issue 23, tests/bench
     model_ready): even where the filesystem allows O_DIRECT, no descriptor uses it."""
-    srv = writing_server(tmp_path / "cache", source)
-    try:
-        assert any("written through the page cache (the default" in x for x in srv.lines)
-        assert srv.proc is not None
-        flags = list(data_fd_flags(srv.proc.pid))
-        assert flags and not any(f & O_DIRECT for f in flags), flags
-    finally:
-        srv.kill()
+    _writes_through_the_page_cache(writing_server(tmp_path / "cache", source))
