@@ -67,7 +67,7 @@ def test_tree_listing_of_a_deep_repository_over_http(server: ServerProcess) -> N
         sys.setrecursionlimit(10 * depth)  # the fake Hub's own tree code recurses
         try:
             commit = hub.commit("org/deep")
-            host = hub.endpoint.split("://", 1)[1]
+            host = hub.host
             with server.client() as c:
                 r = c.post("/content/", json={"url": f"hf://{host}/org/deep"})
         finally:
@@ -94,7 +94,7 @@ def test_a_path_deeper_than_a_title_may_go_is_refused(server: ServerProcess) -> 
         hub.add_repo("org/deeper")
         hub.add_file("org/deeper", deep, b"too deep")
         hub.commit("org/deeper")
-        host = hub.endpoint.split("://", 1)[1]
+        host = hub.host
         with server.client() as c:
             r = c.post("/content/", json={"url": f"hf://{host}/org/deeper"})
         assert r.status_code == 502 and "unsafe path" in r.text, r.text

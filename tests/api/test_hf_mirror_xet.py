@@ -56,7 +56,7 @@ def test_the_mirror_of_a_xet_repository_serves_clients_with_hf_xet(
         assert "x-xet-hash" in h.head("/org/model/resolve/main/model.safetensors").headers
         assert "xetHash" in h.get(f"/api/models/org/model/tree/{commit}").text
     with server.client() as c:
-        url = f"hf://{hub.endpoint.split('://', 1)[1]}/org/model"
+        url = f"hf://{hub.host}/org/model"
         r = c.post("/content/", json={"url": url})
         assert r.status_code == 201, r.text
     hub.stop()
@@ -129,7 +129,7 @@ def test_a_tree_cache_written_against_the_xet_hub_needs_xet_disabled(
     with httpx.Client(base_url=hub.endpoint) as h:
         listing = h.get(f"/api/models/org/model/tree/{commit}?recursive=true").json()
     with server.client() as c:
-        url = f"hf://{hub.endpoint.split('://', 1)[1]}/org/model"
+        url = f"hf://{hub.host}/org/model"
         assert c.post("/content/", json={"url": url}).status_code == 201
     hub.stop()
     files: dict[str, Any] = {}

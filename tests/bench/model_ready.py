@@ -208,7 +208,7 @@ class ModelReady:
 
     @staticmethod
     def url(hub: FakeHub) -> str:
-        return f"hf://{hub.endpoint.split('://', 1)[1]}/{REPO}"
+        return f"hf://{hub.host}/{REPO}"
 
     def record(self, name: str, fn: Any) -> None:
         if name in self.failed:

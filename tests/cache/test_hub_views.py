@@ -14,7 +14,7 @@ def test_hf_views_of_another_hub_are_kept_apart(server: ServerProcess) -> None:
         hub.add_file("org/r", "a", b"file a")
         hub.add_file("org/r", "a2/b", b"file b")
         hub.commit("org/r")
-        host = hub.endpoint.split("://", 1)[1]
+        host = hub.host
         with server.client() as c:
             assert c.post("/content/", json={"url": f"hf://{host}/org/r/a"}).status_code == 201
             assert c.post("/content/", json={"url": f"hf://{host}/org/r"}).status_code == 201

@@ -104,7 +104,7 @@ def test_hf_repository_served_as_modelpack(
     for path, data in files.items():
         hub.add_file("org/model", path, data)
     commit = hub.commit("org/model", tag="v1.0")
-    url = f"hf://{hub.endpoint.split('://', 1)[1]}/org/model@v1.0"
+    url = f"hf://{hub.host}/org/model@v1.0"
     with server.client() as c:
         r = c.post("/content/", json={"url": url})
         assert r.status_code == 201, r.text
@@ -199,7 +199,7 @@ def test_a_push_cannot_take_a_modelpack_name(hub: FakeHub, cache_dir: Path) -> N
     hub.add_file("org/model", "config.json", b"{}")
     hub.commit("org/model")
     with ServerProcess(cache_dir, "--allow-push") as srv, srv.client() as c:
-        r = c.post("/content/", json={"url": f"hf://{hub.endpoint.split('://', 1)[1]}/org/model"})
+        r = c.post("/content/", json={"url": f"hf://{hub.host}/org/model"})
         assert r.status_code == 201, r.text
         r = c.post("/v2/hf/org/model/blobs/uploads/")
         assert r.status_code == 403, r.text

@@ -182,7 +182,7 @@ def test_hf_lfs_files_come_through_their_owner(tmp_path: Path) -> None:
         for path, data in {**lfs, **plain}.items():
             hub.add_file("org/model", path, data)
         hub.commit("org/model", tag="v1.0")
-        host = hub.endpoint.split("://", 1)[1]
+        host = hub.host
         with Array(tmp_path, 3) as array:
             post_same(array, {"url": f"hf://{host}/org/model@v1.0"})
             assert_through_owner(

@@ -88,7 +88,7 @@ def test_new_nodes_serve_oci_hf_and_v2_from_the_store_with_the_origins_gone(
         hub.add_file("org/model", "model.safetensors", lfs)
         hub.add_file("org/model", "config.json", b'{"model_type": "llama"}\n')
         hub.commit("org/model")
-        host = hub.endpoint.split("://", 1)[1]
+        host = hub.host
         registry = reg.host
         oci_url, hf_url = f"oci://{registry}/team/app:v1", f"hf://{host}/org/model"
         with node(tmp_path, "a", moto, prefix) as a:
