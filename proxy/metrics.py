@@ -279,14 +279,8 @@ def count_answers(route: str, method: str, code: int, answers: int, sent: int) -
     key = (route, method, code)
     child = _children.get(key)
     if child is None:
-        child = (REQUESTS.labels(route, method, status_label(code)), SERVED.labels(route), None)
-        if route in ("v2_blob", "v2_manifest") and method in ("GET", "HEAD"):
-            if code in (200, 206, 304, 416):
-                child = (child[0], child[1], CACHE.labels(route[3:], "hit"))
-            elif code == 404:
-                child = (child[0], child[1], CACHE.labels(route[3:], "miss"))
-        elif route == "content" and method == "POST" and code in (200, 201):
-            child = (child[0], child[1], CACHE.labels("content", "hit" if code == 200 else "miss"))
+        requests = REQUESTS.labels(route, method, status_label(code))
+        child = (requests, SERVED.labels(route), _cache_lookup(route, method, code))
         if len(_children) < 10_000:  # bounded anyway; the labels already are
             _children[key] = child
     child[0].inc(answers)
@@ -296,6 +290,18 @@ def count_answers(route: str, method: str, code: int, answers: int, sent: int) -
         child[2].inc(answers)
     if route == "peer_blob" and sent:
         PEER_BYTES.labels("served").inc(sent)
+
+
+def _cache_lookup(route: str, method: str, code: int) -> Counter | None:
+    """The cache hit or miss an answer is, if it is one."""
+    if route in ("v2_blob", "v2_manifest") and method in ("GET", "HEAD"):
+        if code in (200, 206, 304, 416):
+            return CACHE.labels(route[3:], "hit")
+        if code == 404:
+            return CACHE.labels(route[3:], "miss")
+    elif route == "content" and method == "POST" and code in (200, 201):
+        return CACHE.labels("content", "hit" if code == 200 else "miss")
+    return None
 
 
 def before_exposition(flush: Callable[[], None]) -> None:
