@@ -28,6 +28,7 @@ what limits small range reads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -86,7 +87,7 @@ _FAST_TARGET_RE = re.compile(
 # Larger GETs take the ordinary way (sendfile from a worker thread): the fast
 # path may read what the socket does not take at once into memory.
 FAST_SENDFILE_MAX = 2 * 1024 * 1024
-FAST_MEMO = 1024  # entries of each of the fast path's memos
+FAST_MEMO = 1024  # entries of each of the fast path's memos (least recently used go)
 
 # The headers of every blob answer, both ways (the fast path and twisted.web):
 # fixed ones, and templates of those that depend on the request (filled with
@@ -107,6 +108,19 @@ _FAST_FIELDS = b"".join(
     [b"Server: " + version + b"\r\n"]
     + [key + b": " + value + b"\r\n" for key, value in _BLOB_FIXED + _BLOB_VARIABLE]
 )
+
+
+@functools.lru_cache(maxsize=FAST_MEMO)
+def _fast_name_ok(name: bytes) -> bool:
+    """Whether ``name`` (ASCII, from :data:`_FAST_TARGET_RE`) is a valid
+    repository name; remembered, as the fast path asks for every request."""
+    return NAME_RE.fullmatch(name.decode("ascii")) is not None
+
+
+@functools.lru_cache(maxsize=FAST_MEMO)
+def _fast_fields(name: bytes, hex_: bytes, host: bytes) -> bytes:
+    """The header lines of a fast blob answer; remembered per blob and Host."""
+    return _FAST_FIELDS % {b"digest": b"sha256:" + hex_, b"host": host, b"name": name}
 
 
 def check_name(name: str) -> None:
@@ -173,10 +187,6 @@ class RegistryAPI:
         self._date = HttpDate()
         self._touch = catalog.touch_blob  # a read is a use of every entry holding the blob
         self.referrers = Referrers(layout)
-        # The fast path's memos, each bounded (cleared when full): repository
-        # names found valid, and the header lines of (name, digest, Host).
-        self._fast_names: set[bytes] = set()
-        self._fast_fields: dict[tuple[bytes, bytes, bytes], bytes] = {}
 
     def fast_blob(self, channel: PlainHTTPChannel, head: bytes) -> bool:
         """Answer a plain ``HEAD``, or a small ``GET``, of a cached blob, with
@@ -190,12 +200,8 @@ class RegistryAPI:
         if m is None:
             return False
         name, hex_ = m.group(1, 2)
-        if name not in self._fast_names:
-            if not NAME_RE.fullmatch(name.decode("ascii")):
-                return False
-            if len(self._fast_names) >= FAST_MEMO:
-                self._fast_names.clear()
-            self._fast_names.add(name)
+        if not _fast_name_ok(name):
+            return False
         answered = self._fast_answer(channel, request, name, hex_)
         if answered is None:
             return False
@@ -237,14 +243,7 @@ class RegistryAPI:
                     span = None if byte_range is None else (byte_range.start, byte_range.end)
             except Unsatisfiable:
                 return None  # the ordinary way answers 416
-            key = (name, hex_, request.host)
-            fields = self._fast_fields.get(key)
-            if fields is None:
-                digest = b"sha256:" + hex_
-                fields = _FAST_FIELDS % {b"digest": digest, b"host": request.host, b"name": name}
-                if len(self._fast_fields) >= FAST_MEMO:
-                    self._fast_fields.clear()
-                self._fast_fields[key] = fields
+            fields = _fast_fields(name, hex_, request.host)
             if span is None:
                 status, offset, length = 200, 0, size
                 head = fastpath.answer_head(fields, self._date.now(), length)
